@@ -1,0 +1,62 @@
+"""extractkit: structured extraction with LLMs — cheap tiers first, every attempt measured."""
+
+from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
+from importlib.metadata import version as _version
+
+from ._chain import EscalationPolicy, Extractor
+from ._errors import (
+    ConfigError,
+    DocumentError,
+    ExamplesError,
+    ExtractionFailed,
+    ExtractkitError,
+    LedgerError,
+    LocalModelError,
+    MissingDependencyError,
+    RunError,
+    SchemaError,
+    TemplateError,
+)
+from ._examples import Example, load_examples
+from ._grounding import Grounded
+from ._pricing import Price, lookup_price
+from ._results import Attempt, Outcome, Result, Usage
+from ._retry import RetryPolicy
+from ._tiers import FewShot, FineTuned, Mode, Tier, ZeroShot
+
+try:
+    __version__ = _version("extractkit")
+except _PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0.0.0"
+
+__all__ = [
+    "Attempt",
+    "ConfigError",
+    "DocumentError",
+    "EscalationPolicy",
+    "Example",
+    "ExamplesError",
+    "ExtractionFailed",
+    "ExtractkitError",
+    "Extractor",
+    "FewShot",
+    "FineTuned",
+    "Grounded",
+    "LedgerError",
+    "LocalModelError",
+    "MissingDependencyError",
+    "Mode",
+    "Outcome",
+    "Price",
+    "Result",
+    "RetryPolicy",
+    "RunError",
+    "SchemaError",
+    "TemplateError",
+    "Tier",
+    "Usage",
+    "ZeroShot",
+    "__version__",
+    "load_examples",
+    "lookup_price",
+]

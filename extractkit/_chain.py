@@ -1,0 +1,204 @@
+"""The Extractor: runs the tiers in order and applies the escalation policy.
+
+The core is async (``aextract``); ``extract`` is a thin sync wrapper that runs it in its own event
+loop and closes its connections before returning. Async callers reuse connections per event loop
+and close them with ``await extractor.aclose()`` or ``async with extractor``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+import weakref
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import openai
+from pydantic import BaseModel
+
+from . import _retry
+from ._errors import ConfigError, ExtractionFailed
+from ._llm import TierCall, make_client
+from ._pricing import Price
+from ._results import FAILURE_OUTCOMES, Attempt, Outcome, Result
+from ._schema import canonical_json, check_schema, schema_hash, short_hash
+from ._tiers import BoundTier, Tier
+
+T = TypeVar("T", bound=BaseModel)
+
+
+@dataclass(frozen=True)
+class EscalationPolicy:
+    """What the chain does when a tier fails.
+
+    A tier ends when it answers validly, exhausts its re-asks (invalid_json, schema_invalid,
+    ungrounded), or hits an outcome that re-asking cannot fix (refusal, truncated,
+    content_filter, context_overflow) or transient failures outlast ``retry``. If the tier's last
+    outcome is in ``escalate_on`` the next tier runs; otherwise the chain stops there.
+    """
+
+    escalate_on: frozenset[Outcome] = FAILURE_OUTCOMES
+    retry: _retry.RetryPolicy = field(default_factory=_retry.RetryPolicy)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "escalate_on", frozenset(Outcome(o) for o in self.escalate_on))
+        if Outcome.OK in self.escalate_on:
+            raise ConfigError("escalate_on cannot contain 'ok'")
+
+    def should_escalate(self, last: Attempt | None) -> bool:
+        return last is None or last.outcome in self.escalate_on
+
+
+def document_sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+class Extractor(Generic[T]):
+    """Extracts ``schema`` from text with a chain of tiers, cheapest first.
+
+    >>> extractor = Extractor(Invoice, tiers=[ZeroShot(model="gpt-4o-mini")])  # doctest: +SKIP
+    >>> result = extractor.extract(text)                                         # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        schema: type[T],
+        tiers: Sequence[Tier],
+        *,
+        policy: EscalationPolicy | None = None,
+        raise_on_failure: bool = False,
+        prices: Mapping[str, Price] | None = None,
+        ledger: Any = None,
+        limiter: Any = None,
+    ):
+        self.schema: type[T] = check_schema(schema)  # type: ignore[assignment]
+        if not tiers:
+            raise ConfigError("an Extractor needs at least one tier")
+        names = [t.name for t in tiers]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"tier names must be unique, got {names}; set name= on a tier")
+        self.tiers = list(tiers)
+        self.policy = policy or EscalationPolicy()
+        self.raise_on_failure = raise_on_failure
+        self.prices = dict(prices) if prices else None
+        self.ledger = ledger
+        self.limiter = limiter
+        self.schema_hash = schema_hash(self.schema)
+        # examples are validated and indexed once, here, not per call
+        self._bound = {t.name: BoundTier(t, self.schema) for t in self.tiers}
+        self._clients: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, dict[str, openai.AsyncOpenAI]
+        ] = weakref.WeakKeyDictionary()
+
+    # -- identity -------------------------------------------------------------------------------
+    def describe(self) -> dict[str, Any]:
+        """Everything that changes answers; hashed into ``config_hash``. No secrets."""
+        return {
+            "schema": self.schema.__name__,
+            "schema_hash": self.schema_hash,
+            "tiers": [t.describe() for t in self.tiers],
+            "escalate_on": sorted(o.value for o in self.policy.escalate_on),
+        }
+
+    @property
+    def config_hash(self) -> str:
+        return short_hash(canonical_json(self.describe()))
+
+    def tier(self, name: str) -> Tier:
+        for t in self.tiers:
+            if t.name == name:
+                return t
+        raise ConfigError(f"no tier named {name!r}; tiers are {[t.name for t in self.tiers]}")
+
+    # -- clients --------------------------------------------------------------------------------
+    def _client(self, tier: Tier) -> openai.AsyncOpenAI:
+        loop = asyncio.get_running_loop()
+        per_loop = self._clients.setdefault(loop, {})
+        if tier.name not in per_loop:
+            per_loop[tier.name] = make_client(tier)
+        return per_loop[tier.name]
+
+    async def aclose(self) -> None:
+        loop = asyncio.get_running_loop()
+        for client in self._clients.pop(loop, {}).values():
+            await client.close()
+
+    def close(self) -> None:
+        """Kept for symmetry: sync calls already close their connections when they return."""
+
+    def __enter__(self) -> Extractor[T]:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Extractor[T]:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # -- extraction -----------------------------------------------------------------------------
+    async def aextract(self, text: str, *, only: str | None = None, **record: Any) -> Result[T]:
+        """Extract from ``text``. ``only="few_shot"`` forces one tier (no escalation), for eval.
+
+        Extra keyword arguments are passed to the ledger with the result (e.g. ``document_id``).
+        """
+        if not isinstance(text, str):
+            raise TypeError(f"text must be str, got {type(text).__name__}")
+        tiers = [self.tier(only)] if only else self.tiers
+        started = time.perf_counter()
+        attempts: list[Attempt] = []
+        value: T | None = None
+        winner: str | None = None
+        for tier in tiers:
+            call = TierCall(
+                self._bound[tier.name],
+                self._client(tier),
+                text,
+                retry_policy=self.policy.retry,
+                schema_hash=self.schema_hash,
+                prices=self.prices,
+                limiter=self.limiter,
+            )
+            try:
+                got = await call.run()
+            finally:
+                attempts.extend(call.attempts)
+            if got is not None:
+                value, winner = got, tier.name  # type: ignore[assignment]
+                break
+            if not self.policy.should_escalate(call.attempts[-1] if call.attempts else None):
+                break
+        result: Result[T] = Result(
+            value=value,
+            tier=winner,
+            attempts=attempts,
+            latency_s=round(time.perf_counter() - started, 6),
+            schema_hash=self.schema_hash,
+            document_sha256=document_sha256(text),
+        )
+        if self.ledger is not None:
+            await self.ledger.arecord(self, result, text=text, **record)
+        if self.raise_on_failure and not result.ok:
+            raise ExtractionFailed(f"every tier failed: {result.error}", result=result)
+        return result
+
+    def extract(self, text: str, *, only: str | None = None, **record: Any) -> Result[T]:
+        """Synchronous ``aextract``. Inside a running event loop, use ``await aextract``."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            raise RuntimeError("extract() called from a running event loop; use aextract()")
+
+        async def once() -> Result[T]:
+            try:
+                return await self.aextract(text, only=only, **record)
+            finally:
+                await self.aclose()
+
+        return asyncio.run(once())

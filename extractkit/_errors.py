@@ -1,0 +1,89 @@
+"""The one exception tree of extractkit.
+
+::
+
+    ExtractkitError                    base of everything extractkit raises on purpose
+    ├── ConfigError                    misuse: fix your code or config, retrying will not help
+    │   ├── SchemaError                the Pydantic model cannot be used as an extraction schema
+    │   ├── ExamplesError              a few-shot examples file is malformed (names file and line)
+    │   ├── TemplateError              a prompt template is missing or does not render
+    │   └── MissingDependencyError     an optional extra is not installed (says what to install)
+    ├── DocumentError                  one document cannot be read (empty, binary, no text, ...)
+    ├── LedgerError                    the ledger database cannot be opened or migrated
+    └── RunError                       a run failed although the configuration was valid
+        ├── ExtractionFailed           every tier failed; carries the Result and every Attempt
+        └── LocalModelError            the local model server did not start or died
+
+Misuse errors are raised before any request is sent. ``ExtractionFailed`` is raised by
+``Extractor.extract`` only when the extractor was built with ``raise_on_failure=True``;
+by default a failed extraction is returned as a ``Result`` whose ``value`` is ``None``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._results import Attempt, Result
+
+
+class ExtractkitError(Exception):
+    """Base class of every error extractkit raises on purpose."""
+
+
+class ConfigError(ExtractkitError):
+    """Misuse: a setting, schema, examples file or template is wrong."""
+
+
+class SchemaError(ConfigError):
+    """The schema cannot be used for extraction."""
+
+
+class ExamplesError(ConfigError):
+    """A few-shot examples file is malformed."""
+
+    def __init__(self, message: str, *, path: str | None = None, line: int | None = None):
+        self.path = path
+        self.line = line
+        super().__init__(message)
+
+
+class TemplateError(ConfigError):
+    """A prompt template cannot be loaded or rendered."""
+
+
+class MissingDependencyError(ConfigError):
+    """An optional dependency is not installed."""
+
+
+class DocumentError(ExtractkitError):
+    """A document cannot be turned into text."""
+
+    def __init__(self, message: str, *, path: str | None = None, kind: str = "unreadable"):
+        self.path = path
+        self.kind = kind
+        super().__init__(message)
+
+
+class LedgerError(ExtractkitError):
+    """The ledger cannot be opened, migrated or written."""
+
+
+class RunError(ExtractkitError):
+    """A run failed although its configuration was valid."""
+
+
+class ExtractionFailed(RunError):
+    """Every tier failed. ``.result`` is the failed Result, ``.attempts`` every attempt."""
+
+    def __init__(self, message: str, *, result: Result[Any]):
+        self.result = result
+        super().__init__(message)
+
+    @property
+    def attempts(self) -> list[Attempt]:
+        return list(self.result.attempts)
+
+
+class LocalModelError(RunError):
+    """The local model server could not be started or stopped answering."""

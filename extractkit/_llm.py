@@ -1,0 +1,334 @@
+"""One tier's call: instructor for the schema-bound call and the re-ask, plus what it lacks.
+
+instructor wraps a *create* function of ours (``TierCall._create``) instead of the raw SDK
+method. That function is where extractkit adds what instructor and the openai SDK do not do:
+
+- an output-token bound on every request, and a per-attempt timeout;
+- the schema adapted per mode (strict json_schema, llama.cpp's json_object + schema);
+- re-asks kept inside the context window (the quoted failed answer is trimmed), and a context
+  overflow recorded as its own outcome, never retried as if transient;
+- transient HTTP failures retried with backoff that honours Retry-After (``_retry``);
+- an ``Attempt`` for every HTTP call, completed by instructor's ``parse:error`` hook.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from typing import Any
+
+import instructor
+import openai
+from instructor.core.exceptions import IncompleteOutputException, InstructorRetryException
+from pydantic import BaseModel, ValidationError
+
+from . import _retry
+from ._pricing import Price, cost, lookup_price
+from ._results import Attempt, Outcome, Usage
+from ._schema import json_schema, output_token_budget, strict_schema
+from ._tiers import BoundTier, Mode
+from ._tokens import count_request_tokens, count_tokens, truncate_to_tokens
+
+OUTPUT_KEEP_CHARS = 4000  # how much of a model answer an Attempt keeps
+TOKEN_SAFETY = 1.15  # margin on offline token estimates (the server's tokenizer may differ)
+ERROR_KEEP_CHARS = 1500
+
+_INSTRUCTOR_MODE = {
+    Mode.TOOLS: instructor.Mode.TOOLS,
+    Mode.JSON_SCHEMA: instructor.Mode.JSON_SCHEMA,
+    Mode.JSON: instructor.Mode.JSON,
+    Mode.JSON_OBJECT_SCHEMA: instructor.Mode.JSON,
+}
+
+
+class _TierStop(Exception):
+    """Raised inside the create function to end the tier (already recorded as an Attempt)."""
+
+
+def make_client(tier: Any) -> openai.AsyncOpenAI:
+    http_client = openai.DefaultAioHttpClient() if tier.transport == "aiohttp" else None
+    return openai.AsyncOpenAI(
+        api_key=tier.resolve_api_key(),
+        base_url=tier.base_url,
+        timeout=tier.timeout_s,
+        max_retries=0,  # transient retries are ours (recorded, Retry-After honoured)
+        http_client=http_client,
+    )
+
+
+def _pydantic_errors(exc: ValidationError) -> list[dict[str, Any]]:
+    out = []
+    for err in exc.errors(include_url=False):
+        out.append(
+            {
+                "type": err.get("type"),
+                "loc": [str(p) for p in err.get("loc", ())],
+                "msg": err.get("msg"),
+                "input": repr(err.get("input"))[:200],
+            }
+        )
+    return out
+
+
+def classify_parse_error(exc: BaseException) -> tuple[Outcome, list[dict[str, Any]] | None]:
+    if isinstance(exc, ValidationError):
+        errors = _pydantic_errors(exc)
+        types = {e["type"] for e in errors}
+        if types and types <= {"json_invalid", "json_type"}:
+            return Outcome.INVALID_JSON, errors
+        if types == {"ungrounded"}:
+            return Outcome.UNGROUNDED, errors
+        return Outcome.SCHEMA_INVALID, errors
+    return Outcome.INVALID_JSON, None
+
+
+def _answer_text(response: Any) -> str | None:
+    try:
+        message = response.choices[0].message
+    except (AttributeError, IndexError):
+        return None
+    calls = getattr(message, "tool_calls", None) or []
+    if calls:
+        return "\n".join(c.function.arguments or "" for c in calls)
+    return getattr(message, "content", None)
+
+
+def _usage(response: Any) -> Usage:
+    u = getattr(response, "usage", None)
+    if u is None:
+        return Usage()
+    details = getattr(u, "prompt_tokens_details", None)
+    cached = getattr(details, "cached_tokens", 0) or 0
+    return Usage(u.prompt_tokens or 0, u.completion_tokens or 0, cached)
+
+
+def _short(exc: BaseException) -> str:
+    if isinstance(exc, openai.APIStatusError):
+        text = f"HTTP {exc.status_code}: {exc.message}"
+    else:
+        text = f"{type(exc).__name__}: {exc}"
+    return text[:ERROR_KEEP_CHARS]
+
+
+class TierCall:
+    """Runs one tier on one document and returns (value or None, attempts)."""
+
+    def __init__(
+        self,
+        bound: BoundTier,
+        client: openai.AsyncOpenAI,
+        document: str,
+        *,
+        retry_policy: _retry.RetryPolicy,
+        schema_hash: str,
+        prices: dict[str, Price] | None = None,
+        limiter: Any = None,
+    ):
+        self.bound = bound
+        self.tier = bound.tier
+        self.client = client
+        self.document = document
+        self.retry_policy = retry_policy
+        self.schema_hash = schema_hash
+        self.price = self.tier.price or lookup_price(self.tier.model, prices)
+        self.limiter = limiter
+        self.attempts: list[Attempt] = []
+        self.max_tokens = self.tier.max_output_tokens or output_token_budget(bound.schema)
+        self.context_window = self.tier.resolved_context_window()
+        self._n_original = 0
+
+    # -- recording ----------------------------------------------------------------------------
+    def _record(self, outcome: Outcome, started: float, t0: float, **fields: Any) -> None:
+        usage = fields.pop("usage", Usage())
+        self.attempts.append(
+            Attempt(
+                tier=self.tier.name,
+                model=self.tier.model,
+                number=len(self.attempts) + 1,
+                outcome=outcome,
+                usage=usage,
+                cost_usd=cost(usage, self.price),
+                latency_s=round(time.perf_counter() - t0, 6),
+                started_at=started,
+                prompt_hash=self.tier.template.hash,
+                schema_hash=self.schema_hash,
+                **fields,
+            )
+        )
+
+    def _amend_last(self, **changes: Any) -> None:
+        if self.attempts:
+            self.attempts[-1] = dataclasses.replace(self.attempts[-1], **changes)
+
+    def _on_parse_error(self, error: Exception, **_: Any) -> None:
+        outcome, errors = classify_parse_error(error)
+        self._amend_last(outcome=outcome, error=str(error)[:ERROR_KEEP_CHARS], errors=errors)
+
+    # -- the request ----------------------------------------------------------------------------
+    def _adapt(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        kwargs = dict(kwargs)
+        mode = self.tier.resolved_mode
+        schema = self.bound.schema
+        if mode is Mode.JSON_SCHEMA:
+            kwargs["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {
+                    "name": schema.__name__,
+                    "schema": strict_schema(schema),
+                    "strict": True,
+                },
+            }
+        elif mode is Mode.JSON_OBJECT_SCHEMA:
+            kwargs["response_format"] = {"type": "json_object", "schema": json_schema(schema)}
+        if self.tier.extra_body:
+            kwargs["extra_body"] = dict(self.tier.extra_body)
+        return kwargs
+
+    def _estimate(self, kwargs: dict[str, Any]) -> int:
+        extra = kwargs.get("tools") or kwargs.get("response_format")
+        return int(count_request_tokens(kwargs["messages"], extra) * TOKEN_SAFETY)
+
+    def _fit(self, kwargs: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        """Keep the request inside the context: trim what a re-ask quotes back."""
+        estimate = self._estimate(kwargs)
+        window = self.context_window
+        if window is None or estimate + self.max_tokens <= window:
+            return kwargs, estimate
+        messages = kwargs["messages"]
+        original, extra = messages[: self._n_original], messages[self._n_original :]
+        if not extra:
+            return kwargs, estimate
+        last_answer = ""
+        feedback: list[str] = []
+        for m in extra:
+            m = m if isinstance(m, dict) else m.model_dump()
+            if m.get("role") == "assistant":
+                last_answer = _answer_text_from_message(m)
+                feedback = []
+            elif m.get("content"):
+                feedback.append(str(m["content"]))
+        error_text = "\n".join(feedback)[:ERROR_KEEP_CHARS]
+        base = dict(kwargs, messages=original)
+        room = window - self.max_tokens - self._estimate(base) - count_tokens(error_text) - 120
+        quote = truncate_to_tokens(last_answer, int(room / TOKEN_SAFETY))
+        note = "" if len(quote) == len(last_answer) else " (cut short to fit the context)"
+        parts = ["Your previous answer was rejected."]
+        if quote:
+            parts.append(f"Previous answer{note}:\n{quote}")
+        parts.append(f"Errors:\n{error_text}\nAnswer again with corrected values.")
+        fitted = dict(kwargs, messages=original + [{"role": "user", "content": "\n".join(parts)}])
+        return fitted, self._estimate(fitted)
+
+    async def _create(self, **kwargs: Any) -> Any:
+        kwargs = self._adapt(kwargs)
+        kwargs, estimate = self._fit(kwargs)
+        window = self.context_window
+        if window is not None and estimate + self.max_tokens > window:
+            started, t0 = time.time(), time.perf_counter()
+            self._record(
+                Outcome.CONTEXT_OVERFLOW,
+                started,
+                t0,
+                error=(
+                    f"prompt of about {estimate} tokens + {self.max_tokens} output tokens "
+                    f"exceeds the {window}-token context of {self.tier.model} (not sent)"
+                ),
+            )
+            raise _TierStop("context overflow")
+        policy = self.retry_policy
+        for call in range(1, policy.max_attempts + 1):
+            if self.limiter is not None:
+                await self.limiter.acquire(estimate + self.max_tokens)
+            started, t0 = time.time(), time.perf_counter()
+            try:
+                response = await self.client.chat.completions.create(
+                    **kwargs, timeout=self.tier.timeout_s
+                )
+            except Exception as exc:
+                outcome = _retry.classify(exc)
+                self._record(outcome, started, t0, error=_short(exc),
+                             status_code=_retry.status_code(exc))  # fmt: skip
+                penalize = getattr(self.limiter, "penalize", None)
+                if penalize is not None and outcome is Outcome.RATE_LIMITED:
+                    penalize(_retry.parse_retry_after(_retry.response_headers(exc)))
+                if _retry.is_transient(exc) and call < policy.max_attempts:
+                    delay = _retry.retry_delay(call, _retry.response_headers(exc), policy)
+                    await _retry.sleep(delay)
+                    continue
+                raise _TierStop(str(exc)) from exc
+            return self._accept(response, started, t0)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _accept(self, response: Any, started: float, t0: float) -> Any:
+        choice = response.choices[0] if getattr(response, "choices", None) else None
+        finish = getattr(choice, "finish_reason", None)
+        text = _answer_text(response)
+        fields: dict[str, Any] = {
+            "usage": _usage(response),
+            "finish_reason": finish,
+            "output": text[:OUTPUT_KEEP_CHARS] if text else None,
+            "status_code": 200,
+        }
+        refusal = getattr(getattr(choice, "message", None), "refusal", None)
+        if refusal:
+            self._record(Outcome.REFUSAL, started, t0, error=str(refusal)[:500], **fields)
+            raise _TierStop("refusal")
+        if finish == "content_filter":
+            self._record(Outcome.CONTENT_FILTER, started, t0, error="content filtered", **fields)
+            raise _TierStop("content_filter")
+        if finish == "length":
+            self._record(
+                Outcome.TRUNCATED, started, t0,
+                error=f"output reached the {self.max_tokens}-token bound (finish_reason=length)",
+                **fields,
+            )  # fmt: skip
+            return response  # instructor raises IncompleteOutputException on it
+        self._record(Outcome.OK, started, t0, **fields)  # amended by the parse:error hook
+        return response
+
+    async def run(self) -> BaseModel | None:
+        tier = self.tier
+        messages = self.bound.messages(self.document)
+        self._n_original = len(messages)
+        hooks = instructor.hooks.Hooks()
+        hooks.on("parse:error", self._on_parse_error)
+        create: Any = instructor.patch(
+            create=self._create, mode=_INSTRUCTOR_MODE[tier.resolved_mode]
+        )
+        try:
+            value = await create(
+                response_model=self.bound.schema,
+                messages=messages,
+                model=tier.model,
+                temperature=tier.temperature,
+                max_tokens=self.max_tokens,
+                max_retries=tier.max_reasks,
+                context={"source_text": self.document},
+                strict=False,
+                hooks=hooks,
+            )
+        except (InstructorRetryException, IncompleteOutputException, _TierStop) as exc:
+            if self.attempts and self.attempts[-1].ok:
+                # instructor failed on the answer in a way its parse hook did not report
+                cause = exc.__cause__ or exc
+                self._amend_last(outcome=Outcome.INVALID_JSON, error=_short(cause))
+            return None
+        if self.attempts and not self.attempts[-1].ok:  # pragma: no cover - defensive
+            return None
+        # instructor returns a subclass of the schema carrying its raw completion: hand back
+        # a plain instance of the user's own class with the already-validated values
+        schema = self.bound.schema
+        fields = {k: v for k, v in value.__dict__.items() if k in schema.model_fields}
+        return schema.model_construct(_fields_set=set(value.model_fields_set), **fields)
+
+
+def _answer_text_from_message(m: dict[str, Any]) -> str:
+    calls = m.get("tool_calls") or []
+    if calls:
+        return "\n".join(str(c.get("function", {}).get("arguments", "")) for c in calls)
+    return str(m.get("content") or "")
+
+
+def dumps_value(value: BaseModel) -> str:
+    return json.dumps(value.model_dump(mode="json"), ensure_ascii=False)

@@ -1,0 +1,199 @@
+"""Tiers: ZeroShot, FewShot, FineTuned — their settings and the messages each sends."""
+
+from __future__ import annotations
+
+import enum
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel
+
+from ._errors import ConfigError
+from ._examples import Example, ExampleSelector, coerce_examples
+from ._pricing import Price
+from ._prompts import PromptTemplate, load_template
+
+
+class Mode(str, enum.Enum):
+    """How the schema is imposed on the model. Servers differ in what they honour."""
+
+    TOOLS = "tools"  # a forced tool call (OpenAI, llama.cpp server, most compatibles)
+    JSON_SCHEMA = "json_schema"  # response_format json_schema, strict (OpenAI structured outputs)
+    JSON = "json"  # response_format json_object, schema described in the prompt
+    JSON_OBJECT_SCHEMA = "json_object_schema"  # llama.cpp's {"type": "json_object", "schema": ...}
+
+
+# Context windows (tokens) of common models; None for unknown ones (no pre-flight check then).
+CONTEXT_WINDOWS: dict[str, int] = {
+    "gpt-4o-mini": 128_000,
+    "gpt-4o": 128_000,
+    "gpt-4.1": 1_047_576,
+    "gpt-4.1-mini": 1_047_576,
+    "gpt-4.1-nano": 1_047_576,
+    "gpt-3.5-turbo": 16_385,
+    "gpt-5": 400_000,
+    "gpt-5-mini": 400_000,
+    "gpt-5-nano": 400_000,
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Tier:
+    """Settings shared by every tier. Subclasses choose the default name, prompt and mode."""
+
+    kind: ClassVar[str] = "tier"
+    default_mode: ClassVar[Mode] = Mode.TOOLS
+
+    model: str
+    name: str = ""
+    base_url: str | None = None  # None: OPENAI_BASE_URL or the OpenAI API
+    api_key: str | None = field(default=None, repr=False)
+    api_key_env: str = "OPENAI_API_KEY"
+    timeout_s: float = 60.0  # per attempt; always set
+    mode: Mode | str | None = None
+    temperature: float = 0.0
+    max_reasks: int = 2  # re-asks after the first answer when validation fails
+    max_output_tokens: int | None = None  # None: derived from the schema
+    context_window: int | None = None  # None: from CONTEXT_WINDOWS, else unknown
+    prompt: str | Path | PromptTemplate | None = None  # a Jinja2 file; None: shipped default
+    price: Price | None = None  # overrides the price table for this tier
+    transport: str = "httpx"  # or "aiohttp" (faster with many requests in flight)
+    extra_body: Mapping[str, Any] | None = None  # passed through to the request
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise ConfigError(f"{type(self).__name__}: model is required")
+        if not self.name:
+            object.__setattr__(self, "name", self.kind)
+        mode = self.mode if self.mode is not None else self.default_mode
+        try:
+            object.__setattr__(self, "mode", Mode(mode))
+        except ValueError:
+            valid = ", ".join(m.value for m in Mode)
+            raise ConfigError(f"tier {self.name}: mode {mode!r} is not one of {valid}") from None
+        if self.max_reasks < 0:
+            raise ConfigError(f"tier {self.name}: max_reasks must be >= 0")
+        if self.timeout_s <= 0:
+            raise ConfigError(f"tier {self.name}: timeout_s must be > 0")
+        if self.transport not in ("httpx", "aiohttp"):
+            raise ConfigError(f"tier {self.name}: transport must be 'httpx' or 'aiohttp'")
+        object.__setattr__(self, "prompt", load_template(self.prompt, self.kind))
+
+    @property
+    def resolved_mode(self) -> Mode:
+        return Mode(self.mode)
+
+    @property
+    def template(self) -> PromptTemplate:
+        assert isinstance(self.prompt, PromptTemplate)
+        return self.prompt
+
+    def resolve_api_key(self) -> str:
+        if self.api_key:
+            return self.api_key
+        key = os.environ.get(self.api_key_env)
+        if key:
+            return key
+        raise ConfigError(
+            f"tier {self.name}: no API key. Set the environment variable {self.api_key_env}, "
+            f'or pass api_key= to the tier (api_key_env = "..." in a config file).'
+        )
+
+    def resolved_context_window(self) -> int | None:
+        if self.context_window is not None:
+            return self.context_window
+        from ._pricing import base_model
+
+        return CONTEXT_WINDOWS.get(base_model(self.model))
+
+    def describe(self) -> dict[str, Any]:
+        """The settings that change answers, for config hashes. Never includes the API key."""
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "model": self.model,
+            "base_url": self.base_url,
+            "mode": self.resolved_mode.value,
+            "temperature": self.temperature,
+            "max_reasks": self.max_reasks,
+            "max_output_tokens": self.max_output_tokens,
+            "prompt_hash": self.template.hash,
+            **self._describe_extra(),
+        }
+
+    def _describe_extra(self) -> dict[str, Any]:
+        return {}
+
+    # -- prompt -----------------------------------------------------------------------------
+    def bind(self, schema: type[BaseModel]) -> BoundTier:
+        return BoundTier(self, schema)
+
+    def examples_for(self, bound: BoundTier, document: str) -> list[Example]:
+        return []
+
+
+@dataclass(frozen=True, kw_only=True)
+class ZeroShot(Tier):
+    """Schema and instructions only."""
+
+    kind: ClassVar[str] = "zero_shot"
+
+
+@dataclass(frozen=True, kw_only=True)
+class FewShot(Tier):
+    """Adds k solved examples before the document, the most similar ones by default (BM25)."""
+
+    kind: ClassVar[str] = "few_shot"
+
+    examples: str | Path | Iterable[Example | dict[str, Any]] = ()
+    k: int = 3
+    select: str = "similar"  # or "first"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.examples, (str, Path)):
+            return
+        object.__setattr__(self, "examples", tuple(self.examples))
+        if not self.examples:
+            raise ConfigError(f"tier {self.name}: FewShot needs examples (a file or a list)")
+
+    def _describe_extra(self) -> dict[str, Any]:
+        src = str(self.examples) if isinstance(self.examples, (str, Path)) else "inline"
+        return {"examples": src, "k": self.k, "select": self.select}
+
+    def examples_for(self, bound: BoundTier, document: str) -> list[Example]:
+        assert bound.selector is not None
+        return bound.selector.select(document)
+
+
+@dataclass(frozen=True, kw_only=True)
+class FineTuned(Tier):
+    """A fine-tuned model: short prompt, strict json_schema with the schema adapted for it."""
+
+    kind: ClassVar[str] = "fine_tuned"
+    default_mode: ClassVar[Mode] = Mode.JSON_SCHEMA
+
+
+class BoundTier:
+    """A tier joined to a schema: examples validated and indexed once, prompts rendered per doc."""
+
+    def __init__(self, tier: Tier, schema: type[BaseModel]):
+        self.tier = tier
+        self.schema = schema
+        self.selector: ExampleSelector | None = None
+        if isinstance(tier, FewShot):
+            examples = coerce_examples(tier.examples, schema)
+            self.selector = ExampleSelector(examples, tier.k, tier.select)
+
+    def messages(self, document: str) -> list[dict[str, Any]]:
+        doc = (self.schema.__doc__ or "").strip()
+        system, user = self.tier.template.render(
+            document=document,
+            schema_name=self.schema.__name__,
+            schema_description=doc,
+            examples=self.tier.examples_for(self, document),
+        )
+        return [{"role": "system", "content": system}, {"role": "user", "content": user}]

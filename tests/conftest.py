@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Annotated
+
+import pytest
+import respx
+from pydantic import BaseModel
+
+from extractkit import Grounded
+
+from .fakes import BASE_URL
+
+CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpora" / "invoice2data"
+
+
+class Invoice(BaseModel):
+    issuer: Annotated[str, Grounded()]
+    total: Annotated[float, Grounded()]
+    date: dt.date | None = None
+
+
+@pytest.fixture(autouse=True)
+def _no_real_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-real-key")
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+
+
+@pytest.fixture
+def mock_api():
+    # using="httpx" intercepts both the default httpx transport and openai's aiohttp one;
+    # assert_all_mocked blocks any request that no route answers: nothing reaches a network.
+    with respx.mock(base_url=BASE_URL, using="httpx", assert_all_called=False) as router:
+        yield router
+
+
+@pytest.fixture
+def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Replaces the retry sleep; returns the delays that were asked for."""
+    delays: list[float] = []
+
+    async def fake_sleep(seconds: float) -> None:
+        delays.append(seconds)
+
+    monkeypatch.setattr("extractkit._retry.sleep", fake_sleep)
+    return delays
+
+
+@pytest.fixture
+def corpus() -> Path:
+    if not CORPUS.is_dir():
+        pytest.skip(f"shared corpus not found at {CORPUS}")
+    return CORPUS

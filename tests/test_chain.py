@@ -1,0 +1,308 @@
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import pytest
+
+from extractkit import (
+    EscalationPolicy,
+    ExtractionFailed,
+    Extractor,
+    FewShot,
+    FineTuned,
+    Outcome,
+    RetryPolicy,
+    ZeroShot,
+)
+
+from .conftest import Invoice
+from .fakes import BASE_URL, completion, error_body
+
+DOC = "ACME Tools Ltd\nInvoice 7\nDate: 2024-03-15\nTotal due: 1,249.50 EUR\n"
+GOOD = {"issuer": "ACME Tools Ltd", "total": 1249.5, "date": "2024-03-15"}
+
+
+def zero(**kw):
+    kw.setdefault("model", "gpt-4o-mini")
+    return ZeroShot(base_url=BASE_URL, **kw)
+
+
+def ok(args=GOOD, **kw):
+    return httpx.Response(200, json=completion(args, **kw))
+
+
+def bodies(route) -> list[dict]:
+    return [json.loads(call.request.content) for call in route.calls]
+
+
+# -- each outcome lands in the right Attempt --------------------------------------------------
+
+
+def test_ok(mock_api):
+    route = mock_api.post("/chat/completions").mock(return_value=ok(usage=(120, 30, 20)))
+    result = Extractor(Invoice, tiers=[zero()]).extract(DOC)
+    assert result.ok and result.tier == "zero_shot"
+    assert result.value == Invoice(**GOOD)
+    [a] = result.attempts
+    assert (a.outcome, a.tier, a.model, a.number) == (Outcome.OK, "zero_shot", "gpt-4o-mini", 1)
+    assert (a.usage.prompt_tokens, a.usage.completion_tokens, a.usage.cached_tokens) == (
+        120,
+        30,
+        20,
+    )
+    assert a.prompt_hash and a.schema_hash == result.schema_hash
+    body = bodies(route)[0]
+    assert body["max_tokens"] > 0 and body["tool_choice"]["function"]["name"] == "Invoice"
+    assert body["temperature"] == 0.0
+
+
+@pytest.mark.parametrize(
+    ("response", "outcome"),
+    [
+        (ok("{not json"), Outcome.INVALID_JSON),
+        (ok({"issuer": "ACME Tools Ltd", "total": "lots"}), Outcome.SCHEMA_INVALID),
+        (ok({"issuer": "Globex Corp", "total": 1249.5}), Outcome.UNGROUNDED),
+        (ok(None, content=None, refusal="I can't help with that."), Outcome.REFUSAL),
+        (ok('{"issuer": "ACME', finish_reason="length"), Outcome.TRUNCATED),
+        (ok(None, content="", finish_reason="content_filter"), Outcome.CONTENT_FILTER),
+        (httpx.Response(401, json=error_body("bad key", "invalid_api_key")), Outcome.API_ERROR),
+        (
+            httpx.Response(
+                400, json=error_body("maximum context length", "context_length_exceeded")
+            ),
+            Outcome.CONTEXT_OVERFLOW,
+        ),
+    ],
+)
+def test_each_failure_outcome(mock_api, sleeps, response, outcome):
+    mock_api.post("/chat/completions").mock(return_value=response)
+    result = Extractor(Invoice, tiers=[zero(max_reasks=0)]).extract(DOC)
+    assert not result.ok and result.value is None and result.tier is None
+    assert [a.outcome for a in result.attempts] == [outcome]
+    assert result.error and outcome.value in result.error
+    assert sleeps == []  # none of these is transient
+
+
+def test_schema_invalid_keeps_pydantic_errors(mock_api):
+    mock_api.post("/chat/completions").mock(return_value=ok({"issuer": "ACME Tools Ltd"}))
+    [a] = Extractor(Invoice, tiers=[zero(max_reasks=0)]).extract(DOC).attempts
+    assert a.outcome is Outcome.SCHEMA_INVALID
+    assert a.errors and a.errors[0]["type"] == "missing" and a.errors[0]["loc"] == ["total"]
+
+
+def test_timeout_is_recorded_and_retried(mock_api, sleeps):
+    mock_api.post("/chat/completions").mock(
+        side_effect=[httpx.ReadTimeout("slow"), httpx.ReadTimeout("slow"), ok()]
+    )
+    result = Extractor(Invoice, tiers=[zero()]).extract(DOC)
+    assert [a.outcome for a in result.attempts] == [Outcome.TIMEOUT, Outcome.TIMEOUT, Outcome.OK]
+    assert len(sleeps) == 2 and result.ok
+
+
+def test_timeout_everywhere_escalates(mock_api, sleeps):
+    mock_api.post("/chat/completions").mock(side_effect=httpx.ConnectError("refused"))
+    policy = EscalationPolicy(retry=RetryPolicy(max_attempts=2))
+    result = Extractor(Invoice, tiers=[zero(), zero(name="second")], policy=policy).extract(DOC)
+    assert [(a.tier, a.outcome) for a in result.attempts] == [
+        ("zero_shot", Outcome.API_ERROR), ("zero_shot", Outcome.API_ERROR),
+        ("second", Outcome.API_ERROR), ("second", Outcome.API_ERROR),
+    ]  # fmt: skip
+
+
+# -- escalation ------------------------------------------------------------------------------
+
+
+def test_invalid_reask_invalid_then_next_tier_ok(mock_api):
+    bad = ok({"issuer": "ACME Tools Ltd", "total": "n/a"})
+    route = mock_api.post("/chat/completions").mock(side_effect=[bad, bad, bad, ok()])
+    tiers = [
+        zero(max_reasks=2),
+        FewShot(model="gpt-4o-mini", base_url=BASE_URL, examples=[{"input": "X Co total 5", "output": {"issuer": "X Co", "total": 5}}]),
+    ]  # fmt: skip
+    result = Extractor(Invoice, tiers=tiers).extract(DOC)
+    assert result.ok and result.tier == "few_shot"
+    assert [(a.tier, a.number, a.outcome) for a in result.attempts] == [
+        ("zero_shot", 1, Outcome.SCHEMA_INVALID),
+        ("zero_shot", 2, Outcome.SCHEMA_INVALID),
+        ("zero_shot", 3, Outcome.SCHEMA_INVALID),
+        ("few_shot", 1, Outcome.OK),
+    ]
+    sent = bodies(route)
+    # the re-ask carries the validation error back to the model
+    assert len(sent[1]["messages"]) > len(sent[0]["messages"])
+    assert "total" in json.dumps(sent[1]["messages"][-1])
+    # the few-shot prompt has the example before the document
+    user = sent[3]["messages"][-1]["content"]
+    assert user.index("X Co total 5") < user.index("ACME Tools Ltd")
+
+
+def test_policy_can_stop_instead_of_escalating(mock_api):
+    mock_api.post("/chat/completions").mock(
+        side_effect=[ok(None, content="", finish_reason="content_filter"), ok()]
+    )
+    policy = EscalationPolicy(escalate_on={Outcome.SCHEMA_INVALID, Outcome.INVALID_JSON})
+    result = Extractor(Invoice, tiers=[zero(), zero(name="b")], policy=policy).extract(DOC)
+    assert not result.ok and len(result.attempts) == 1
+
+
+def test_raise_on_failure_carries_every_attempt(mock_api):
+    mock_api.post("/chat/completions").mock(return_value=ok("nope"))
+    ex = Extractor(Invoice, tiers=[zero(max_reasks=1)], raise_on_failure=True)
+    with pytest.raises(ExtractionFailed) as info:
+        ex.extract(DOC)
+    assert [a.outcome for a in info.value.attempts] == [Outcome.INVALID_JSON] * 2
+
+
+def test_only_forces_a_single_tier(mock_api):
+    mock_api.post("/chat/completions").mock(return_value=ok())
+    ex = Extractor(Invoice, tiers=[zero(), zero(name="other")])
+    result = ex.extract(DOC, only="other")
+    assert result.tier == "other" and [a.tier for a in result.attempts] == ["other"]
+
+
+# -- transient failures ----------------------------------------------------------------------
+
+
+def test_429_retry_after_is_waited_out(mock_api, sleeps):
+    limited = httpx.Response(
+        429, json=error_body("slow down", "rate_limit_exceeded"), headers={"retry-after": "7"}
+    )
+    mock_api.post("/chat/completions").mock(side_effect=[limited, ok()])
+    result = Extractor(Invoice, tiers=[zero()]).extract(DOC)
+    assert sleeps == [7.0]
+    assert [a.outcome for a in result.attempts] == [Outcome.RATE_LIMITED, Outcome.OK]
+    assert result.attempts[0].status_code == 429
+
+
+def test_500_twice_then_200(mock_api, sleeps):
+    err = httpx.Response(500, json=error_body("boom", None, "server_error"))
+    mock_api.post("/chat/completions").mock(side_effect=[err, err, ok()])
+    result = Extractor(Invoice, tiers=[zero()]).extract(DOC)
+    assert result.ok
+    assert [a.outcome for a in result.attempts] == [
+        Outcome.API_ERROR,
+        Outcome.API_ERROR,
+        Outcome.OK,
+    ]
+    assert len(sleeps) == 2 and 0 < sleeps[0] < sleeps[1]
+
+
+# -- usage and cost --------------------------------------------------------------------------
+
+
+def test_usage_and_cost_sum_across_attempts_and_tiers(mock_api):
+    bad = ok("{", usage=(1000, 100, 0))
+    mock_api.post("/chat/completions").mock(side_effect=[bad, bad, ok(usage=(2000, 200, 1000))])
+    tiers = [zero(max_reasks=1), FineTuned(model="ft:gpt-4o-mini-2024-07-18:acme::abc123", base_url=BASE_URL, mode="tools")]  # fmt: skip
+    result = Extractor(Invoice, tiers=tiers).extract(DOC)
+    assert result.tier == "fine_tuned"
+    assert result.usage.prompt_tokens == 4000 and result.usage.completion_tokens == 400
+    base = (1000 * 0.15 + 100 * 0.60) / 1e6  # gpt-4o-mini per attempt
+    ft = (1000 * 0.30 + 1000 * 0.15 + 200 * 1.20) / 1e6  # fine-tuned: 2x base, cached half
+    assert result.attempts[0].cost_usd == pytest.approx(base)
+    assert result.attempts[2].cost_usd == pytest.approx(ft)
+    assert result.cost_usd == pytest.approx(2 * base + ft)
+
+
+def test_unknown_price_is_none_not_zero(mock_api):
+    mock_api.post("/chat/completions").mock(return_value=ok())
+    result = Extractor(Invoice, tiers=[zero(model="mystery-model")]).extract(DOC)
+    assert result.attempts[0].cost_usd is None and result.cost_usd is None
+
+
+# -- modes and schema adaptation ---------------------------------------------------------------
+
+
+def test_fine_tuned_sends_strict_adapted_schema(mock_api):
+    from typing import Annotated
+
+    from pydantic import BaseModel, Field
+
+    class Tagged(BaseModel):
+        code: Annotated[str, Field(min_length=2, pattern=r"^[A-Z]+$")]
+        amount: Annotated[float, Field(ge=0)]
+
+    route = mock_api.post("/chat/completions").mock(
+        return_value=ok(None, content=json.dumps({"code": "a", "amount": 1}))
+    )
+    tier = FineTuned(model="ft:gpt-4o-mini-2024-07-18:acme::x", base_url=BASE_URL, max_reasks=0)
+    result = Extractor(Tagged, tiers=[tier]).extract("code a amount 1")
+    fmt = bodies(route)[0]["response_format"]
+    assert fmt["type"] == "json_schema" and fmt["json_schema"]["strict"] is True
+    sent = json.dumps(fmt)
+    for keyword in ("minLength", "pattern", "minimum"):
+        assert keyword not in sent
+    assert fmt["json_schema"]["schema"]["additionalProperties"] is False
+    # ... and validation still happens client-side with the full model
+    assert result.attempts[0].outcome is Outcome.SCHEMA_INVALID
+
+
+def test_json_object_schema_mode_for_llama_cpp(mock_api):
+    route = mock_api.post("/chat/completions").mock(return_value=ok(None, content=json.dumps(GOOD)))
+    result = Extractor(Invoice, tiers=[zero(mode="json_object_schema")]).extract(DOC)
+    assert result.ok
+    fmt = bodies(route)[0]["response_format"]
+    assert fmt["type"] == "json_object" and fmt["schema"]["properties"]["issuer"]
+
+
+# -- context budget ------------------------------------------------------------------------------
+
+
+def test_document_longer_than_context_is_not_sent(mock_api):
+    route = mock_api.post("/chat/completions").mock(return_value=ok())
+    tier = zero(model="local", context_window=1024, max_output_tokens=256)
+    result = Extractor(Invoice, tiers=[tier]).extract(DOC + "filler " * 2000)
+    assert route.call_count == 0
+    assert [a.outcome for a in result.attempts] == [Outcome.CONTEXT_OVERFLOW]
+    assert "exceeds the 1024-token context" in result.attempts[0].error
+
+
+def test_reask_is_trimmed_to_stay_inside_the_context(mock_api):
+    runaway = '{"issuer": "' + "ACME " * 700  # a long broken answer, as a small model gives
+    route = mock_api.post("/chat/completions").mock(side_effect=[ok(runaway), ok()])
+    tier = zero(model="local", context_window=2048, max_output_tokens=300)
+    result = Extractor(Invoice, tiers=[tier]).extract(DOC)
+    assert result.ok, result.attempts
+    second = bodies(route)[1]
+    from extractkit._tokens import count_request_tokens
+
+    assert count_request_tokens(second["messages"], second["tools"]) + 300 <= 2048
+    assert "cut short to fit the context" in second["messages"][-1]["content"]
+
+
+# -- sync / async parity -------------------------------------------------------------------------
+
+
+def test_sync_and_async_give_the_same_result(mock_api):
+    bad = ok({"issuer": "Nope Inc", "total": 1249.5})
+    mock_api.post("/chat/completions").mock(side_effect=[bad, ok(), bad, ok()])
+    ex = Extractor(Invoice, tiers=[zero()])
+    sync = ex.extract(DOC)
+
+    async def run():
+        async with Extractor(Invoice, tiers=[zero()]) as ax:
+            return await ax.aextract(DOC)
+
+    asynced = asyncio.run(run())
+    ex.close()
+    strip = lambda r: [(a.tier, a.number, a.outcome, a.usage, a.cost_usd) for a in r.attempts]  # noqa: E731
+    assert sync.value == asynced.value and sync.tier == asynced.tier
+    assert strip(sync) == strip(asynced)
+
+
+def test_extract_inside_event_loop_says_use_aextract(mock_api):
+    async def run():
+        Extractor(Invoice, tiers=[zero()]).extract(DOC)
+
+    with pytest.raises(RuntimeError, match="aextract"):
+        asyncio.run(run())
+
+
+def test_api_key_never_in_attempts_or_describe(mock_api, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-secret-123")
+    mock_api.post("/chat/completions").mock(return_value=ok())
+    ex = Extractor(Invoice, tiers=[zero()])
+    result = ex.extract(DOC)
+    assert "sk-secret-123" not in repr(result) + json.dumps(ex.describe()) + repr(ex.tiers)
