@@ -88,9 +88,9 @@ class Extractor(Generic[T]):
         self.schema_hash = schema_hash(self.schema)
         # examples are validated and indexed once, here, not per call
         self._bound = {t.name: BoundTier(t, self.schema) for t in self.tiers}
-        self._clients: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, dict[str, openai.AsyncOpenAI]
-        ] = weakref.WeakKeyDictionary()
+        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, openai.AsyncOpenAI]] = (
+            weakref.WeakKeyDictionary()
+        )
 
     # -- identity -------------------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
@@ -111,6 +111,14 @@ class Extractor(Generic[T]):
             if t.name == name:
                 return t
         raise ConfigError(f"no tier named {name!r}; tiers are {[t.name for t in self.tiers]}")
+
+    def _library_run_id(self) -> str:
+        """Library calls are grouped in one run per extractor and ledger."""
+        if getattr(self, "_run_id", None) is None:
+            self._run_id: str | None = self.ledger.start_run(
+                "library", self.describe(), self.config_hash, self.schema_hash
+            )
+        return self._run_id  # type: ignore[return-value]
 
     # -- clients --------------------------------------------------------------------------------
     def _client(self, tier: Tier) -> openai.AsyncOpenAI:
@@ -181,6 +189,7 @@ class Extractor(Generic[T]):
             document_sha256=document_sha256(text),
         )
         if self.ledger is not None:
+            record.setdefault("run_id", self._library_run_id())
             await self.ledger.arecord(self, result, text=text, **record)
         if self.raise_on_failure and not result.ok:
             raise ExtractionFailed(f"every tier failed: {result.error}", result=result)

@@ -94,9 +94,7 @@ class ExampleSelector:
     def _build_index(self) -> None:
         import bm25s
 
-        corpus = bm25s.tokenize(
-            [e.input for e in self.examples], stopwords="en", show_progress=False
-        )
+        corpus = bm25s.tokenize([e.input for e in self.examples], stopwords="en", show_progress=False)
         retriever = bm25s.BM25()
         retriever.index(corpus, show_progress=False)
         self._retriever = retriever

@@ -48,9 +48,14 @@ class _TierStop(Exception):
 
 def make_client(tier: Any) -> openai.AsyncOpenAI:
     http_client = openai.DefaultAioHttpClient() if tier.transport == "aiohttp" else None
+    base_url = tier.base_url
+    if tier.is_local:
+        from .local import local_base_url
+
+        base_url = local_base_url()
     return openai.AsyncOpenAI(
         api_key=tier.resolve_api_key(),
-        base_url=tier.base_url,
+        base_url=base_url,
         timeout=tier.timeout_s,
         max_retries=0,  # transient retries are ours (recorded, Retry-After honoured)
         http_client=http_client,
@@ -242,9 +247,7 @@ class TierCall:
                 await self.limiter.acquire(estimate + self.max_tokens)
             started, t0 = time.time(), time.perf_counter()
             try:
-                response = await self.client.chat.completions.create(
-                    **kwargs, timeout=self.tier.timeout_s
-                )
+                response = await self.client.chat.completions.create(**kwargs, timeout=self.tier.timeout_s)
             except Exception as exc:
                 outcome = _retry.classify(exc)
                 self._record(outcome, started, t0, error=_short(exc),
@@ -293,9 +296,7 @@ class TierCall:
         self._n_original = len(messages)
         hooks = instructor.hooks.Hooks()
         hooks.on("parse:error", self._on_parse_error)
-        create: Any = instructor.patch(
-            create=self._create, mode=_INSTRUCTOR_MODE[tier.resolved_mode]
-        )
+        create: Any = instructor.patch(create=self._create, mode=_INSTRUCTOR_MODE[tier.resolved_mode])
         try:
             value = await create(
                 response_model=self.bound.schema,

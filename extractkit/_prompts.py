@@ -27,9 +27,7 @@ def as_data(text: Any) -> str:
     return str(text).replace("</document>", "<\\/document>").replace("<document>", "<\\document>")
 
 
-_ENV = jinja2.Environment(
-    undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False
-)
+_ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False)
 _ENV.filters["as_data"] = as_data
 
 

@@ -81,6 +81,19 @@ class Tier:
         if self.transport not in ("httpx", "aiohttp"):
             raise ConfigError(f"tier {self.name}: transport must be 'httpx' or 'aiohttp'")
         object.__setattr__(self, "prompt", load_template(self.prompt, self.kind))
+        if self.is_local:
+            from ._pricing import Price
+
+            if self.price is None:  # no API bill; compute is not priced
+                object.__setattr__(self, "price", Price(0.0, 0.0))
+            if self.mode is None or self.mode == self.default_mode:
+                # the llama.cpp server rejects json_schema (HTTP 500) but honours tool calls
+                object.__setattr__(self, "mode", Mode.TOOLS)
+
+    @property
+    def is_local(self) -> bool:
+        """``base_url="local"``: the bundled local model server (see ``extractkit.local``)."""
+        return self.base_url == "local"
 
     @property
     def resolved_mode(self) -> Mode:
@@ -94,6 +107,8 @@ class Tier:
     def resolve_api_key(self) -> str:
         if self.api_key:
             return self.api_key
+        if self.is_local:
+            return "local"  # the local server accepts any key
         key = os.environ.get(self.api_key_env)
         if key:
             return key
@@ -105,6 +120,10 @@ class Tier:
     def resolved_context_window(self) -> int | None:
         if self.context_window is not None:
             return self.context_window
+        if self.is_local:
+            from .local import N_CTX
+
+            return N_CTX
         from ._pricing import base_model
 
         return CONTEXT_WINDOWS.get(base_model(self.model))

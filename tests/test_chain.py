@@ -69,9 +69,7 @@ def test_ok(mock_api):
         (ok(None, content="", finish_reason="content_filter"), Outcome.CONTENT_FILTER),
         (httpx.Response(401, json=error_body("bad key", "invalid_api_key")), Outcome.API_ERROR),
         (
-            httpx.Response(
-                400, json=error_body("maximum context length", "context_length_exceeded")
-            ),
+            httpx.Response(400, json=error_body("maximum context length", "context_length_exceeded")),
             Outcome.CONTEXT_OVERFLOW,
         ),
     ],

@@ -26,9 +26,7 @@ def test_public_api_is_complete_and_sorted():
     import inspect
 
     public = {
-        n
-        for n in dir(extractkit)
-        if not n.startswith("_") and not inspect.ismodule(getattr(extractkit, n))
+        n for n in dir(extractkit) if not n.startswith("_") and not inspect.ismodule(getattr(extractkit, n))
     }
     assert sorted(extractkit.__all__) == extractkit.__all__
     assert set(extractkit.__all__) == public | {"__version__"}
@@ -81,9 +79,7 @@ def test_source_index_grounds_numbers_text_and_dates():
 
 def test_grounding_guard_rejects_a_hallucinated_value():
     with pytest.raises(ValidationError) as info:
-        Invoice.model_validate(
-            {"issuer": "Globex", "total": 10}, context={"source_text": "ACME total 10"}
-        )
+        Invoice.model_validate({"issuer": "Globex", "total": 10}, context={"source_text": "ACME total 10"})
     assert [e["type"] for e in info.value.errors()] == ["ungrounded"]
     # without a document the same model validates stored data normally
     assert Invoice.model_validate({"issuer": "Globex", "total": 10}).issuer == "Globex"
@@ -177,10 +173,7 @@ def test_base_model(model, base):
 
 
 def test_prices():
-    assert (
-        lookup_price("ft:gpt-4o-mini-2024-07-18:acme::x").input
-        == 2 * lookup_price("gpt-4o-mini").input
-    )
+    assert lookup_price("ft:gpt-4o-mini-2024-07-18:acme::x").input == 2 * lookup_price("gpt-4o-mini").input
     assert lookup_price("no-such-model") is None
     assert lookup_price("no-such-model", {"no-such-model": Price(1, 2)}) == Price(1, 2)
     assert cost(Usage(1_000_000, 0, 0), None) is None

@@ -1,15 +1,39 @@
 from __future__ import annotations
 
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
+from rich.console import Console
+from rich.table import Table
 
 from .. import __version__
+from .._errors import ExtractkitError
 
 app = typer.Typer(
     name="extractkit",
     help="Structured extraction with LLMs: zero-shot, then few-shot, then fine-tuned.",
     no_args_is_help=True,
     add_completion=False,
+    pretty_exceptions_enable=False,
 )
+err = Console(stderr=True)
+out = Console()
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def fail_usage(message: str) -> typer.Exit:
+    err.print("[bold red]error:[/]", end=" ")
+    err.print(message, highlight=False, markup=False, soft_wrap=True)
+    return typer.Exit(EXIT_USAGE)
+
+
+def _money(v: float | None) -> str:
+    return "unknown" if v is None else f"${v:.6f}"
 
 
 @app.command()
@@ -18,5 +42,179 @@ def version() -> None:
     typer.echo(__version__)
 
 
+@app.command()
+def extract(
+    paths: Annotated[list[Path], typer.Argument(help="Files or folders (walked recursively).")],
+    config: Annotated[Path, typer.Option("--config", "-c", help="TOML config.")] = Path("extractkit.toml"),
+    schema: Annotated[str | None, typer.Option(help="module:Model, overrides the config.")] = None,
+    out_path: Annotated[Path | None, typer.Option("--out", help="JSON Lines, one per doc.")] = None,
+    concurrency: Annotated[int | None, typer.Option(min=1, help="Documents in flight.")] = None,
+    rpm: Annotated[float | None, typer.Option(help="Requests/minute limit.")] = None,
+    tpm: Annotated[float | None, typer.Option(help="Tokens/minute limit.")] = None,
+    force: Annotated[bool, typer.Option(help="Extract again even if the ledger has it.")] = False,
+    ledger_path: Annotated[Path | None, typer.Option("--ledger", help="Ledger file.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
+    include: Annotated[
+        list[str] | None, typer.Option(help="Only file names matching this glob (repeatable).")
+    ] = None,
+) -> None:
+    """Extract from every document under PATHS; record every attempt in the ledger.
+
+    Example: extractkit extract invoices/ --config extractkit.toml --out results.jsonl
+
+    Exit codes: 0 all documents extracted, 1 some failed (listed), 2 usage or config error.
+    """
+    from ..batch import BatchRunner, RateLimiter
+    from ..ledger import Ledger
+    from ._build import build
+
+    try:
+        extractor, cfg, cleanup = build(config, schema)
+    except ExtractkitError as exc:
+        raise fail_usage(str(exc)) from None
+    try:
+        for p in paths:
+            if not p.exists() and not p.is_symlink():
+                raise fail_usage(f"no such file or folder: {p}")
+        ledger = Ledger(ledger_path or cfg.resolve(cfg.ledger.path), store_text=cfg.ledger.store_text)
+        extractor.limiter = RateLimiter(rpm or cfg.batch.rpm, tpm or cfg.batch.tpm)
+        runner = BatchRunner(extractor, ledger, concurrency=concurrency or cfg.batch.concurrency,
+                             force=force, out=out_path, include=include)  # fmt: skip
+        code = _run_batch(runner, ledger, paths, as_json)
+    except ExtractkitError as exc:
+        raise fail_usage(str(exc)) from None
+    finally:
+        cleanup()
+    raise typer.Exit(code)
+
+
+@app.command("local")
+def local_serve(
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8012,
+    n_ctx: Annotated[int, typer.Option(help="Context window.")] = 4096,
+) -> None:
+    """Run the local model server in the foreground (OpenAI-compatible, 127.0.0.1).
+
+    Example: extractkit local --port 8012, then OPENAI_BASE_URL=http://127.0.0.1:8012/v1
+    """
+    import os
+
+    from ..local import check_installed, server_command
+
+    try:
+        check_installed()
+        cmd = server_command(port, n_ctx)
+    except ExtractkitError as exc:
+        raise fail_usage(str(exc)) from None
+    err.print(f"serving SmolLM2-135M at http://127.0.0.1:{port}/v1 (Ctrl-C stops it). "
+              "It proves the pipeline, not accuracy.", highlight=False)  # fmt: skip
+    os.execv(cmd[0], cmd)
+
+
+def _run_batch(runner: Any, ledger: Any, paths: list[Path], as_json: bool) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    progress = Progress(
+        TextColumn("[bold]extracting"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.description}"), TimeElapsedColumn(),
+        console=err, transient=False, disable=as_json or not err.is_terminal,
+    )  # fmt: skip
+    task = progress.add_task("", total=None)
+
+    def on_result(r: Any, s: Any) -> None:
+        wins = " ".join(f"{k}:{v}" for k, v in s.wins.items())
+        fails = " ".join(f"{k}:{v}" for k, v in s.tier_failures.items())
+        progress.update(
+            task, advance=1,
+            description=f"ok {s.ok} failed {s.failed} errors {s.errors} | wins {wins or '-'} "
+            f"| tier failures {fails or '-'} | cost {_money(s.cost_usd)}",
+        )  # fmt: skip
+        if not progress.disable:
+            return
+        if not as_json:
+            err.print(f"{r.status:6} {r.tier or r.outcome or '':16} {r.path}", highlight=False)
+
+    runner.on_result = on_result
+    try:
+        with progress:
+            summary = asyncio.run(runner.run(list(paths)))
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted[/]: finished documents are kept in the ledger; "
+                  "run the same command again to resume.")  # fmt: skip
+        return EXIT_INTERRUPTED
+    if as_json:
+        print(json.dumps(summary.to_dict(), indent=2))
+    else:
+        _print_summary(summary, ledger)
+    return EXIT_OK if not summary.failed_paths else EXIT_FAILED
+
+
+def _print_summary(summary: Any, ledger: Any) -> None:
+    table = Table(title=f"batch {summary.run_id} ({summary.status})")
+    for col in ("documents", "ok", "failed", "errors", "skipped", "resumed", "requests", "cost"):
+        table.add_column(col, justify="right")
+    table.add_row(*(str(x) for x in (summary.documents, summary.ok, summary.failed,
+                  summary.errors, summary.skipped, summary.resumed, summary.requests)),
+                  _money(summary.cost_usd))  # fmt: skip
+    out.print(table)
+    if summary.wins:
+        out.print("wins by tier: " + ", ".join(f"{k} {v}" for k, v in summary.wins.items()))
+    if summary.failed_paths:
+        out.print(f"[red]{len(summary.failed_paths)} document(s) not extracted:[/]")
+        rows = ledger.query(
+            "SELECT path, status, outcome, error FROM extractions WHERE run_id = ?"
+            " AND status != 'ok'", [summary.run_id])  # fmt: skip
+        by_path = {r["path"]: r for r in rows}
+        for p in summary.failed_paths:
+            r = by_path.get(p)
+            detail = (r["error"] or r["outcome"]) if r else "see the ledger"
+            out.print(f"  {p}: {detail}", highlight=False, markup=False)
+    out.print(f"ledger: {ledger.path}", highlight=False)
+
+
+@app.command()
+def report(
+    ledger_path: Annotated[Path | None, typer.Option("--ledger", help="Ledger file.")] = None,
+    run: Annotated[str | None, typer.Option(help="Only this run id.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Tier usage from the ledger: who wins, how often, at what cost per valid extraction.
+
+    Example: extractkit report --ledger .extractkit/ledger.sqlite3
+    """
+    from ..ledger import Ledger, default_path
+    from ..report import tier_report
+
+    path = ledger_path or default_path()
+    if not path.exists():
+        raise fail_usage(f"no ledger at {path}; run `extractkit extract` first or pass --ledger")
+    with Ledger(path) as ledger:
+        data = tier_report(ledger, run_id=run)
+    if as_json:
+        print(json.dumps(data, indent=2))
+        return
+    t = data["totals"]
+    table = Table(title=f"tier report ({run or 'all runs'}): {t['documents']} documents")
+    for col in ("tier", "reached", "resolved", "success", "attempts", "tokens in/out", "cost"):
+        table.add_column(col, justify="right")
+    for row in data["tiers"]:
+        rate = "-" if row["success_rate"] is None else f"{row['success_rate']:.0%}"
+        table.add_row(row["tier"], str(row["reached"]), str(row["resolved"]), rate,
+                      str(row["attempts"]), f"{row['prompt_tokens']}/{row['completion_tokens']}",
+                      _money(row["cost_usd"]))  # fmt: skip
+    out.print(table)
+    out.print(f"valid {t['ok'] or 0}, failed {t['failed'] or 0}; total cost {_money(t['cost_usd'])}; "
+              f"per valid extraction {_money(t['cost_per_valid_usd'])}", highlight=False)  # fmt: skip
+    if data["failure_outcomes"]:
+        out.print("failed attempts: " + ", ".join(
+            f"{r['tier']}/{r['outcome']} {r['n']}" for r in data["failure_outcomes"]))  # fmt: skip
+    if data["document_errors"]:
+        out.print("unreadable documents: " + ", ".join(
+            f"{k} {v}" for k, v in data["document_errors"].items()))  # fmt: skip
+
+
 def main() -> None:
-    app()
+    try:
+        app()
+    except KeyboardInterrupt:  # pragma: no cover
+        sys.exit(EXIT_INTERRUPTED)

@@ -1,0 +1,185 @@
+"""The TOML config file: the schema, the tiers, the ledger and batch settings.
+
+Everything a tier takes in the library can be set here, except secrets: a tier names the
+*environment variable* that holds its key (``api_key_env``), never the key itself.
+
+.. code-block:: toml
+
+    schema = "invoice_schema:Invoice"      # module:Class, importable from the config's folder
+
+    [ledger]
+    path = ".extractkit/ledger.sqlite3"      # or $EXTRACTKIT_LEDGER, or --ledger
+    store_text = true
+
+    [batch]
+    concurrency = 8
+    rpm = 500
+    tpm = 200000
+
+    [[tiers]]
+    kind = "zero_shot"
+    model = "gpt-4o-mini"
+
+    [[tiers]]
+    kind = "few_shot"
+    model = "gpt-4o-mini"
+    examples = "invoices.jsonl"              # relative to this file
+    k = 3
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ._errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class TierConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["zero_shot", "few_shot", "fine_tuned"]
+    model: str = "local"
+    name: str | None = None
+    base_url: str | None = None  # "local": the bundled local model server
+    api_key_env: str = "OPENAI_API_KEY"
+    mode: Literal["tools", "json_schema", "json", "json_object_schema"] | None = None
+    timeout_s: float = Field(60.0, gt=0)
+    temperature: float = 0.0
+    retries: int = Field(2, ge=0, le=10)  # re-asks after the first answer
+    max_output_tokens: int | None = Field(None, gt=0)
+    context_window: int | None = Field(None, gt=0)
+    prompt: str | None = None
+    examples: str | None = None
+    k: int = Field(3, ge=1)
+    select: Literal["similar", "first"] = "similar"
+    transport: Literal["httpx", "aiohttp"] | None = None
+
+    @field_validator("examples")
+    @classmethod
+    def _examples_only_for_few_shot(cls, v: str | None, info: Any) -> str | None:
+        if v is not None and info.data.get("kind") not in (None, "few_shot"):
+            raise ValueError("examples are only used by a few_shot tier")
+        return v
+
+
+class LedgerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    path: str | None = None
+    store_text: bool = True
+
+
+class BatchConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    concurrency: int = Field(8, ge=1, le=1024)
+    rpm: float | None = Field(None, gt=0)
+    tpm: float | None = Field(None, gt=0)
+
+
+class Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    schema_path: str = Field(alias="schema")
+    tiers: list[TierConfig] = Field(min_length=1)
+    ledger: LedgerConfig = Field(default_factory=lambda: LedgerConfig())
+    batch: BatchConfig = Field(default_factory=lambda: BatchConfig())
+    root: Path = Path(".")  # the config file's folder; relative paths resolve against it
+
+    @field_validator("tiers")
+    @classmethod
+    def _few_shot_has_examples(cls, tiers: list[TierConfig]) -> list[TierConfig]:
+        for i, t in enumerate(tiers):
+            if t.kind == "few_shot" and not t.examples:
+                raise ValueError(f'tiers.{i}: a few_shot tier needs examples = "file.jsonl"')
+        return tiers
+
+    def resolve(self, path: str | None) -> str | None:
+        if path is None:
+            return None
+        p = Path(path)
+        return str(p if p.is_absolute() else (self.root / p))
+
+
+def _format_errors(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        lines.append(f"  {loc}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and check a config file; every problem names its key."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    return parse_config(raw, root=path.resolve().parent, origin=str(path))
+
+
+def parse_config(raw: dict[str, Any], *, root: Path, origin: str = "config") -> Config:
+    try:
+        config = Config.model_validate({**raw, "root": root})
+    except ValidationError as exc:
+        raise ConfigError(f"{origin}: invalid config:\n{_format_errors(exc)}") from exc
+    return config
+
+
+def import_schema(spec: str, search: list[Path] | None = None) -> type[BaseModel]:
+    """'package.module:Model' -> the class. The config folder and cwd are importable."""
+    if ":" not in spec:
+        raise ConfigError(f"schema: expected 'module:Class', got {spec!r}")
+    module_name, _, attr = spec.partition(":")
+    for folder in [*(search or []), Path.cwd()]:
+        if str(folder) not in sys.path:
+            sys.path.insert(0, str(folder))
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"schema: cannot import module {module_name!r}: {exc}") from exc
+    schema = getattr(module, attr, None)
+    if not (isinstance(schema, type) and issubclass(schema, BaseModel)):
+        raise ConfigError(f"schema: {spec!r} is not a Pydantic model class")
+    return schema
+
+
+def build_tiers(config: Config, *, transport: str | None = None) -> list[Any]:
+    from ._tiers import FewShot, FineTuned, ZeroShot
+
+    classes = {"zero_shot": ZeroShot, "few_shot": FewShot, "fine_tuned": FineTuned}
+    tiers = []
+    for i, t in enumerate(config.tiers):
+        kwargs: dict[str, Any] = {
+            "model": t.model,
+            "base_url": t.base_url,
+            "api_key_env": t.api_key_env,
+            "mode": t.mode,
+            "timeout_s": t.timeout_s,
+            "temperature": t.temperature,
+            "max_reasks": t.retries,
+            "max_output_tokens": t.max_output_tokens,
+            "context_window": t.context_window,
+            "prompt": config.resolve(t.prompt),
+            "transport": t.transport or transport or "httpx",
+        }
+        if t.name:
+            kwargs["name"] = t.name
+        if t.kind == "few_shot":
+            kwargs.update(examples=config.resolve(t.examples), k=t.k, select=t.select)
+        try:
+            tiers.append(classes[t.kind](**kwargs))
+        except ConfigError as exc:
+            raise ConfigError(f"tiers.{i}: {exc}") from exc
+    return tiers

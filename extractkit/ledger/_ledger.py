@@ -1,0 +1,252 @@
+"""The ledger: every run, document, extraction and attempt, in SQLite (WAL)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from .._errors import LedgerError
+from .._results import Attempt, Result
+from .._schema import canonical_json, json_schema
+from ._migrations import migrate
+
+DEFAULT_PATH = Path(".extractkit") / "ledger.sqlite3"
+ENV_VAR = "EXTRACTKIT_LEDGER"
+
+_SECRET = re.compile(r"\b(sk-[A-Za-z0-9_\-*]{6,}|Bearer\s+[A-Za-z0-9_\-.]{8,})")
+
+
+def default_path() -> Path:
+    """``$EXTRACTKIT_LEDGER``, else ``.extractkit/ledger.sqlite3`` in the current directory."""
+    return Path(os.environ.get(ENV_VAR) or DEFAULT_PATH)
+
+
+_id_lock = threading.Lock()
+_id_state = [0, 0]  # last millisecond, sequence within it
+
+
+def new_id() -> str:
+    """A 28-hex-digit id that sorts in creation order: milliseconds, a sequence, randomness."""
+    with _id_lock:
+        ms = int(time.time() * 1000)
+        if ms <= _id_state[0]:
+            ms, seq = _id_state[0], _id_state[1] + 1
+        else:
+            seq = 0
+        _id_state[0], _id_state[1] = ms, seq
+    return f"{ms:012x}{seq:04x}{secrets.token_hex(6)}"
+
+
+def scrub(text: str | None, secrets_: Iterable[str] = ()) -> str | None:
+    """Remove API keys and bearer tokens from text before it is stored."""
+    if text is None:
+        return None
+    for s in secrets_:
+        if s and len(s) >= 6:
+            text = text.replace(s, "[REDACTED]")
+    return _SECRET.sub("[REDACTED]", text)
+
+
+class Ledger:
+    """A SQLite ledger. ``Ledger(":memory:")`` for tests; ``store_text=False`` keeps no text.
+
+    Safe to share between asyncio tasks and threads: writes are serialised and each extraction
+    is written with its attempts in one transaction, so a crash never leaves half of one.
+    """
+
+    def __init__(self, path: str | Path | None = None, *, store_text: bool = True):
+        self.path = Path(path) if path is not None else default_path()
+        self.store_text = store_text
+        self._lock = threading.RLock()
+        self._secrets: set[str] = set()
+        try:
+            if str(self.path) != ":memory:":
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.conn = sqlite3.connect(
+                str(self.path), check_same_thread=False, isolation_level=None, timeout=30
+            )
+            self.conn.row_factory = sqlite3.Row
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=NORMAL")
+            self.conn.execute("PRAGMA foreign_keys=ON")
+            self.applied = migrate(self.conn)
+        except (sqlite3.Error, OSError) as exc:
+            raise LedgerError(f"cannot open ledger {self.path}: {exc}") from exc
+
+    def close(self) -> None:
+        with self._lock:
+            self.conn.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def add_secret(self, value: str | None) -> None:
+        """A value (an API key) that must never be written; it is redacted wherever it occurs."""
+        if value:
+            self._secrets.add(value)
+
+    # -- runs -------------------------------------------------------------------------------
+    def start_run(self, kind: str, config: dict[str, Any] | None = None,
+                  config_hash: str | None = None, schema_hash: str | None = None) -> str:  # fmt: skip
+        from .. import __version__
+
+        run_id = new_id()
+        with self._lock, self.conn:
+            self.conn.execute(
+                "INSERT INTO runs (id, kind, config_hash, config_json, schema_hash,"
+                " extractkit_version, started_at, status) VALUES (?,?,?,?,?,?,?, 'running')",
+                (run_id, kind, config_hash, canonical_json(config) if config else None,
+                 schema_hash, __version__, time.time()),
+            )  # fmt: skip
+        return run_id
+
+    def finish_run(self, run_id: str, status: str, **counts: int) -> None:
+        allowed = {"n_documents", "n_ok", "n_failed", "n_errors", "n_skipped", "n_resumed"}
+        sets = ", ".join(f"{k} = ?" for k in counts if k in allowed)
+        values = [v for k, v in counts.items() if k in allowed]
+        with self._lock, self.conn:
+            self.conn.execute(
+                f"UPDATE runs SET status = ?, ended_at = ?{', ' + sets if sets else ''} WHERE id = ?",
+                (status, time.time(), *values, run_id),
+            )
+
+    # -- lookups ------------------------------------------------------------------------------
+    def find_final(self, document_sha256: str, schema_hash: str, config_hash: str) -> Any:
+        """The latest final (ok or failed) extraction of this document by this chain, or None."""
+        with self._lock:
+            return self.conn.execute(
+                "SELECT * FROM extractions WHERE document_sha256 = ? AND schema_hash = ?"
+                " AND config_hash = ? AND status IN ('ok', 'failed')"
+                " ORDER BY id DESC LIMIT 1",
+                (document_sha256, schema_hash, config_hash),
+            ).fetchone()
+
+    def attempts_of(self, extraction_id: str) -> list[sqlite3.Row]:
+        with self._lock:
+            return self.conn.execute(
+                "SELECT * FROM attempts WHERE extraction_id = ? ORDER BY id", (extraction_id,)
+            ).fetchall()
+
+    def query(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self.conn.execute(sql, tuple(params)).fetchall()
+
+    # -- writes -------------------------------------------------------------------------------
+    def record(
+        self,
+        extractor: Any,
+        result: Result[Any],
+        *,
+        text: str | None = None,
+        run_id: str | None = None,
+        path: str | None = None,
+        size: int | None = None,
+        doc_type: str | None = None,
+    ) -> str:
+        """Write one extraction and its attempts (one transaction). Returns the extraction id."""
+        schema = extractor.schema
+        ext_id = new_id()
+        now = time.time()
+        value_json = (
+            json.dumps(result.value.model_dump(mode="json"), ensure_ascii=False)
+            if result.value is not None
+            else None
+        )
+        usage = result.usage
+        secrets_ = self._secrets | _tier_keys(extractor)
+        with self._lock, self.conn:
+            c = self.conn
+            c.execute(
+                "INSERT OR IGNORE INTO schemas (hash, name, json) VALUES (?,?,?)",
+                (result.schema_hash, schema.__name__, canonical_json(json_schema(schema))),
+            )
+            for tier in extractor.tiers:
+                c.execute(
+                    "INSERT OR IGNORE INTO prompts (hash, origin, source) VALUES (?,?,?)",
+                    (tier.template.hash, tier.template.origin, tier.template.source),
+                )
+            c.execute(
+                "INSERT INTO documents (sha256, path, size, type, text, first_seen)"
+                " VALUES (?,?,?,?,?,?) ON CONFLICT(sha256) DO UPDATE SET"
+                " path = COALESCE(excluded.path, documents.path),"
+                " text = COALESCE(documents.text, excluded.text)",
+                (result.document_sha256, path, size, doc_type or "text",
+                 text if self.store_text else None, now),
+            )  # fmt: skip
+            c.execute(
+                "INSERT INTO extractions (id, run_id, document_sha256, path, schema_hash,"
+                " config_hash, status, tier, outcome, value_json, error, n_attempts,"
+                " prompt_tokens, completion_tokens, cost_usd, latency_s, created_at)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (ext_id, run_id, result.document_sha256, path, result.schema_hash,
+                 extractor.config_hash, "ok" if result.ok else "failed", result.tier,
+                 result.outcome.value, value_json, scrub(result.error, secrets_),
+                 len(result.attempts), usage.prompt_tokens, usage.completion_tokens,
+                 result.cost_usd, result.latency_s, now),
+            )  # fmt: skip
+            c.executemany(
+                "INSERT INTO attempts (id, extraction_id, run_id, tier, model, number, outcome,"
+                " error, errors_json, prompt_tokens, completion_tokens, cached_tokens, cost_usd,"
+                " latency_s, started_at, finish_reason, status_code, prompt_hash, schema_hash,"
+                " output) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                [_attempt_row(new_id(), ext_id, run_id, a, secrets_) for a in result.attempts],
+            )
+        return ext_id
+
+    async def arecord(self, extractor: Any, result: Result[Any], **kwargs: Any) -> str:
+        # one short local transaction: cheaper inline than a thread hop, and the lock keeps
+        # concurrent tasks (and threads) from interleaving
+        return self.record(extractor, result, **kwargs)
+
+    def record_error(
+        self, *, run_id: str | None, path: str, kind: str, message: str, schema_hash: str,
+        config_hash: str, document_sha256: str | None = None,
+    ) -> str:  # fmt: skip
+        """A document that could not be read: a per-document error, no attempts."""
+        ext_id = new_id()
+        with self._lock, self.conn:
+            self.conn.execute(
+                "INSERT INTO extractions (id, run_id, document_sha256, path, schema_hash,"
+                " config_hash, status, outcome, error, created_at)"
+                " VALUES (?,?,?,?,?,?, 'error', ?,?,?)",
+                (ext_id, run_id, document_sha256, path, schema_hash, config_hash, kind,
+                 message, time.time()),
+            )  # fmt: skip
+        return ext_id
+
+    def integrity_check(self) -> str:
+        with self._lock:
+            return str(self.conn.execute("PRAGMA integrity_check").fetchone()[0])
+
+
+def _tier_keys(extractor: Any) -> set[str]:
+    keys = set()
+    for tier in getattr(extractor, "tiers", []):
+        if tier.api_key:
+            keys.add(tier.api_key)
+        env = os.environ.get(tier.api_key_env)
+        if env:
+            keys.add(env)
+    return keys
+
+
+def _attempt_row(aid: str, ext_id: str, run_id: str | None, a: Attempt, secrets_: set[str]):
+    return (
+        aid, ext_id, run_id, a.tier, a.model, a.number, a.outcome.value,
+        scrub(a.error, secrets_),
+        json.dumps(a.errors, ensure_ascii=False) if a.errors is not None else None,
+        a.usage.prompt_tokens, a.usage.completion_tokens, a.usage.cached_tokens, a.cost_usd,
+        a.latency_s, a.started_at, a.finish_reason, a.status_code, a.prompt_hash,
+        a.schema_hash, scrub(a.output, secrets_),
+    )  # fmt: skip

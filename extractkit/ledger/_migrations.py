@@ -1,0 +1,118 @@
+"""Named, forward-only migrations, applied in order when a ledger is opened.
+
+Never edit or reorder a migration that has shipped: add a new one.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+MIGRATIONS: list[tuple[str, str]] = [
+    (
+        "0001_initial",
+        """
+        CREATE TABLE runs (
+            id TEXT PRIMARY KEY,
+            kind TEXT NOT NULL,                 -- batch | library | eval
+            config_hash TEXT,
+            config_json TEXT,
+            schema_hash TEXT,
+            extractkit_version TEXT,
+            started_at REAL NOT NULL,
+            ended_at REAL,
+            status TEXT NOT NULL,               -- running | done | interrupted | failed
+            n_documents INTEGER DEFAULT 0,
+            n_ok INTEGER DEFAULT 0,
+            n_failed INTEGER DEFAULT 0,
+            n_errors INTEGER DEFAULT 0,
+            n_skipped INTEGER DEFAULT 0,
+            n_resumed INTEGER DEFAULT 0
+        );
+        CREATE TABLE documents (
+            sha256 TEXT PRIMARY KEY,            -- of the extracted text (UTF-8)
+            path TEXT,                          -- where it was last seen
+            size INTEGER,                       -- bytes of the source file
+            type TEXT,                          -- txt | md | json | html | pdf | text
+            text TEXT,                          -- NULL when store_text is off
+            first_seen REAL NOT NULL
+        );
+        CREATE TABLE schemas (
+            hash TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            json TEXT NOT NULL
+        );
+        CREATE TABLE prompts (
+            hash TEXT PRIMARY KEY,
+            origin TEXT,
+            source TEXT NOT NULL
+        );
+        CREATE TABLE extractions (
+            id TEXT PRIMARY KEY,                -- sorts by time
+            run_id TEXT REFERENCES runs(id),
+            document_sha256 TEXT,               -- NULL when the document could not be read
+            path TEXT,
+            schema_hash TEXT NOT NULL,
+            config_hash TEXT NOT NULL,
+            status TEXT NOT NULL,               -- ok | failed | error (document unreadable)
+            tier TEXT,                          -- winning tier, NULL unless ok
+            outcome TEXT,                       -- ok, or the last failure outcome / error kind
+            value_json TEXT,
+            error TEXT,
+            n_attempts INTEGER NOT NULL DEFAULT 0,
+            prompt_tokens INTEGER NOT NULL DEFAULT 0,
+            completion_tokens INTEGER NOT NULL DEFAULT 0,
+            cost_usd REAL,                      -- NULL when some price was unknown
+            latency_s REAL,
+            created_at REAL NOT NULL
+        );
+        CREATE INDEX extractions_resume
+            ON extractions(document_sha256, schema_hash, config_hash, status);
+        CREATE INDEX extractions_run ON extractions(run_id);
+        CREATE TABLE attempts (
+            id TEXT PRIMARY KEY,
+            extraction_id TEXT NOT NULL REFERENCES extractions(id),
+            run_id TEXT,
+            tier TEXT NOT NULL,
+            model TEXT NOT NULL,
+            number INTEGER NOT NULL,
+            outcome TEXT NOT NULL,
+            error TEXT,
+            errors_json TEXT,
+            prompt_tokens INTEGER NOT NULL DEFAULT 0,
+            completion_tokens INTEGER NOT NULL DEFAULT 0,
+            cached_tokens INTEGER NOT NULL DEFAULT 0,
+            cost_usd REAL,
+            latency_s REAL,
+            started_at REAL,
+            finish_reason TEXT,
+            status_code INTEGER,
+            prompt_hash TEXT,
+            schema_hash TEXT,
+            output TEXT
+        );
+        CREATE INDEX attempts_extraction ON attempts(extraction_id);
+        CREATE INDEX attempts_tier ON attempts(tier, outcome);
+        """,
+    ),
+]
+
+
+def migrate(conn: sqlite3.Connection) -> list[str]:
+    """Apply the migrations this database lacks; return their names."""
+    conn.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)")
+    done = {row[0] for row in conn.execute("SELECT name FROM _migrations")}
+    applied = []
+    for name, sql in MIGRATIONS:
+        if name in done:
+            continue
+        with conn:
+            for statement in _statements(sql):
+                conn.execute(statement)
+            conn.execute("INSERT INTO _migrations (name, applied_at) VALUES (?, julianday('now'))", (name,))
+        applied.append(name)
+    return applied
+
+
+def _statements(sql: str) -> list[str]:
+    lines = [line.split("--", 1)[0] for line in sql.splitlines()]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]

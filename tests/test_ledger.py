@@ -1,0 +1,125 @@
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+
+import httpx
+import pytest
+
+from extractkit import Extractor, ZeroShot
+from extractkit.batch import RateLimiter
+from extractkit.ledger import MIGRATIONS, Ledger, migrate
+
+from .conftest import Invoice
+from .fakes import BASE_URL, completion, error_body
+
+DOC = "From: ACME Tools Ltd\nTotal: 1,249.50\n"
+
+
+def test_migrations_on_an_empty_database():
+    conn = sqlite3.connect(":memory:")
+    assert migrate(conn) == [name for name, _ in MIGRATIONS]
+    assert migrate(conn) == []  # applied once
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"runs", "documents", "extractions", "attempts", "schemas", "prompts"} <= tables
+
+
+def test_migrations_on_an_older_database(tmp_path, monkeypatch):
+    path = tmp_path / "old.sqlite3"
+    with Ledger(path) as old:  # a ledger as the first release wrote it
+        old.start_run("batch")
+    newer = [*MIGRATIONS, ("0002_test_column", "ALTER TABLE runs ADD COLUMN note TEXT")]
+    monkeypatch.setattr("extractkit.ledger._migrations.MIGRATIONS", newer)
+    with Ledger(path) as ledger:
+        assert ledger.applied == ["0002_test_column"]
+        assert ledger.query("SELECT COUNT(*) AS n, MAX(note) AS note FROM runs")[0]["n"] == 1
+        assert ledger.query("PRAGMA journal_mode")[0][0] == "wal"
+
+
+def test_library_extract_is_recorded(mock_api):
+    mock_api.post("/chat/completions").mock(
+        side_effect=[httpx.Response(200, json=completion({"issuer": "Nope", "total": 1249.5})),
+                     httpx.Response(200, json=completion({"issuer": "ACME Tools Ltd", "total": 1249.5}))]
+    )  # fmt: skip
+    ledger = Ledger(":memory:")
+    ex = Extractor(Invoice, tiers=[ZeroShot(model="gpt-4o-mini", base_url=BASE_URL)], ledger=ledger)
+    result = ex.extract(DOC)
+    [row] = ledger.query("SELECT * FROM extractions")
+    assert (row["status"], row["tier"], row["n_attempts"]) == ("ok", "zero_shot", 2)
+    assert row["document_sha256"] == result.document_sha256
+    attempts = ledger.query("SELECT outcome, number, schema_hash, prompt_hash FROM attempts ORDER BY id")
+    assert [(a["outcome"], a["number"]) for a in attempts] == [("ungrounded", 1), ("ok", 2)]
+    assert attempts[0]["schema_hash"] == result.schema_hash
+    assert ledger.query("SELECT text FROM documents")[0]["text"] == DOC
+    assert ledger.query("SELECT kind FROM runs")[0]["kind"] == "library"
+
+
+def test_store_text_off_keeps_no_text(mock_api):
+    mock_api.post("/chat/completions").mock(
+        return_value=httpx.Response(200, json=completion({"issuer": "ACME Tools Ltd", "total": 1249.5}))
+    )
+    ledger = Ledger(":memory:", store_text=False)
+    Extractor(Invoice, tiers=[ZeroShot(model="gpt-4o-mini", base_url=BASE_URL)], ledger=ledger).extract(DOC)
+    assert ledger.query("SELECT text FROM documents")[0]["text"] is None
+
+
+def test_concurrent_writes_lose_nothing(mock_api, tmp_path):
+    mock_api.post("/chat/completions").mock(
+        return_value=httpx.Response(200, json=completion({"issuer": "ACME Tools Ltd", "total": 1249.5}))
+    )
+    ledger = Ledger(tmp_path / "l.sqlite3")
+    ex = Extractor(Invoice, tiers=[ZeroShot(model="gpt-4o-mini", base_url=BASE_URL)], ledger=ledger)
+
+    async def many():
+        async with ex:
+            return await asyncio.gather(*(ex.aextract(DOC + f"ref {i}") for i in range(200)))
+
+    results = asyncio.run(many())
+    assert all(r.ok for r in results)
+    assert ledger.query("SELECT COUNT(*) FROM extractions")[0][0] == 200
+    assert ledger.query("SELECT COUNT(*) FROM attempts")[0][0] == 200
+    assert ledger.query("SELECT COUNT(DISTINCT document_sha256) FROM extractions")[0][0] == 200
+    assert ledger.integrity_check() == "ok"
+
+
+def test_api_keys_are_never_stored(mock_api, monkeypatch, tmp_path):
+    key = "sk-proj-SECRETSECRET1234567890"
+    monkeypatch.setenv("OPENAI_API_KEY", key)
+    mock_api.post("/chat/completions").mock(
+        return_value=httpx.Response(
+            401, json=error_body(f"Incorrect API key provided: {key}", "invalid_api_key")
+        )
+    )
+    path = tmp_path / "l.sqlite3"
+    ledger = Ledger(path)
+    result = Extractor(
+        Invoice, tiers=[ZeroShot(model="gpt-4o-mini", base_url=BASE_URL)], ledger=ledger
+    ).extract(DOC)
+    assert not result.ok
+    ledger.close()
+    dump = "\n".join(sqlite3.connect(path).iterdump())
+    assert "SECRETSECRET" not in dump and "[REDACTED]" in dump
+
+
+@pytest.mark.parametrize(("rpm", "tpm", "tokens", "gaps"), [
+    (600, None, 10, [0.1 / 0.97] * 4),          # one request every 60/rpm seconds
+    (None, 60_000, 500, [0.5 / 0.97] * 4),      # 500 tokens at 1,000 tokens/s
+])  # fmt: skip
+def test_rate_limiter_paces_instead_of_bursting(monkeypatch, rpm, tpm, tokens, gaps):
+    clock = [1000.0]
+    slept: list[float] = []
+
+    async def fake_sleep(s):
+        slept.append(s)
+
+    monkeypatch.setattr("extractkit.batch._limiter.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("extractkit.batch._limiter.asyncio.sleep", fake_sleep)
+    limiter = RateLimiter(rpm, tpm)
+
+    async def go():
+        for _ in range(5):
+            await limiter.acquire(tokens)
+
+    asyncio.run(go())
+    # with the clock standing still, request i waits i slots
+    assert slept == pytest.approx([g * (i + 1) for i, g in enumerate(gaps)])
