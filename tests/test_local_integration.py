@@ -1,0 +1,130 @@
+"""Against a real server nobody here wrote: llama-cpp-python + SmolLM2-135M on 127.0.0.1.
+
+These tests check the pipeline's behaviour on a real model (bounds, re-asks, overflow,
+timeouts, batch, report), never its accuracy: a 135M model gets most invoices wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from extractkit import EscalationPolicy, Extractor, FewShot, Outcome, RetryPolicy, ZeroShot
+from extractkit.local import LocalServer, check_installed, shared_server
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+
+try:
+    check_installed()
+    MISSING = None
+except Exception as exc:  # noqa: BLE001
+    MISSING = str(exc)
+if MISSING and os.environ.get("EXTRACTKIT_REQUIRE_LOCAL"):
+    raise RuntimeError(f"EXTRACTKIT_REQUIRE_LOCAL is set but {MISSING}")
+if MISSING:
+    pytest.skip(MISSING, allow_module_level=True)
+
+sys.path.insert(0, str(EXAMPLES))
+from invoice_schema import Invoice  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def server():
+    # base_url="local" starts the shared server on first use; here we start it up front
+    return shared_server()
+
+
+def local(**kw):
+    return ZeroShot(model="local", base_url="local", timeout_s=300, **kw)
+
+
+def test_chain_on_a_real_invoice_is_bounded(server, corpus):
+    text = (corpus / "Orlen.txt").read_text()
+    tier = local(max_reasks=2)
+    ex = Extractor(Invoice, tiers=[tier])
+    result = ex.extract(text)
+    bound = ex._bound[tier.name]
+    from extractkit._schema import output_token_budget
+
+    assert result.attempts, "nothing was recorded"
+    for a in result.attempts:
+        assert a.outcome in set(Outcome)
+        # every request carried an output bound: no runaway to the 4,096-token context
+        assert a.usage.completion_tokens <= output_token_budget(bound.schema)
+        # re-asks stayed inside the context: the server never answered 400 for overflow
+        assert a.status_code in (200, None)
+    assert 1 <= len(result.attempts) <= 3
+    if result.ok:  # the grounding guard only lets values through that occur in the document
+        assert str(result.value.invoice_number) in text
+
+
+def test_escalation_and_few_shot_on_the_real_server(server, corpus):
+    text = (corpus / "Orlen.txt").read_text()
+    tiers = [local(max_reasks=0), FewShot(model="local", base_url="local", timeout_s=300, max_reasks=0,
+                                          examples=EXAMPLES / "invoices.jsonl", k=1)]  # fmt: skip
+    result = Extractor(Invoice, tiers=tiers).extract(text)
+    tiers_run = [a.tier for a in result.attempts]
+    assert tiers_run[0] == "zero_shot"
+    if result.attempts[0].outcome is not Outcome.OK:
+        assert "few_shot" in tiers_run  # a failure escalated to the next tier
+
+
+def test_document_over_the_context_is_its_own_outcome(server, corpus):
+    text = (corpus / "Orlen.txt").read_text() * 20
+    result = Extractor(Invoice, tiers=[local()]).extract(text)
+    [a] = result.attempts  # not sent, not retried
+    assert a.outcome is Outcome.CONTEXT_OVERFLOW and "not sent" in a.error
+
+
+def test_server_side_overflow_is_not_retried(server, corpus):
+    text = (corpus / "Orlen.txt").read_text() * 20
+    # claim a bigger window than the server has, so the request is sent and the server refuses
+    result = Extractor(Invoice, tiers=[local(context_window=100_000)]).extract(text)
+    [a] = result.attempts
+    assert a.outcome is Outcome.CONTEXT_OVERFLOW and a.status_code == 400
+
+
+def test_batch_and_report_cli_against_the_real_server(server, corpus, tmp_path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "Orlen.txt").write_text((corpus / "Orlen.txt").read_text())
+    (docs / "oyo.pdf").write_bytes((corpus / "oyo.pdf").read_bytes())
+    cfg = tmp_path / "local.toml"
+    cfg.write_text(
+        (EXAMPLES / "local.toml").read_text().replace('"invoices.jsonl"', f'"{EXAMPLES / "invoices.jsonl"}"')
+    )
+    env = dict(os.environ, EXTRACTKIT_LOCAL_URL=server.base_url, PYTHONPATH=str(EXAMPLES))
+    env.pop("OPENAI_API_KEY", None)
+    ledger, out = tmp_path / "l.sqlite3", tmp_path / "out.jsonl"
+    proc = subprocess.run(
+        [sys.executable, "-m", "extractkit", "extract", str(docs), "--config", str(cfg),
+         "--ledger", str(ledger), "--out", str(out), "--json"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=1200,
+    )  # fmt: skip
+    assert proc.returncode in (0, 1), proc.stderr
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert sorted(Path(r["path"]).name for r in rows) == ["Orlen.txt", "oyo.pdf"]
+    assert all(r["attempts"] >= 1 for r in rows)
+    rep = subprocess.run([sys.executable, "-m", "extractkit", "report", "--ledger", str(ledger), "--json"],
+                         capture_output=True, text=True, env=env, timeout=60)  # fmt: skip
+    data = json.loads(rep.stdout)
+    assert data["totals"]["documents"] == 2 and data["tiers"][0]["tier"] == "zero_shot"
+    assert data["tiers"][0]["cost_usd"] == 0.0  # local: no API bill
+
+
+def test_per_attempt_timeout_is_enforced(corpus):
+    # a server of its own, so abandoned requests do not hold up the shared one
+    with LocalServer() as own:
+        tier = ZeroShot(model="local", base_url=own.base_url, api_key="x", timeout_s=0.05,
+                        context_window=4096)  # fmt: skip
+        policy = EscalationPolicy(retry=RetryPolicy(max_attempts=2, initial_delay_s=0.01))
+        result = Extractor(Invoice, tiers=[tier], policy=policy).extract((corpus / "Orlen.txt").read_text())
+    assert [a.outcome for a in result.attempts] == [Outcome.TIMEOUT, Outcome.TIMEOUT]
