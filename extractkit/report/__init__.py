@@ -10,8 +10,8 @@ from typing import Any
 
 from ..ledger import Ledger
 
-# Per tier, over the latest final extraction of each (document, config) in scope.
-TIER_SQL = """
+# The latest final extraction of each (document, config) in scope.
+LATEST_CTE = """
 WITH scope AS (
     SELECT e.* FROM extractions e
     WHERE e.status IN ('ok', 'failed') {where}
@@ -21,6 +21,10 @@ latest AS (
     WHERE s.id = (SELECT MAX(id) FROM scope t
                   WHERE t.document_sha256 = s.document_sha256 AND t.config_hash = s.config_hash)
 )
+"""
+
+# Per tier, over those extractions.
+TIER_SQL = LATEST_CTE + """
 SELECT a.tier,
        MIN(a.id) AS first_attempt,
        COUNT(DISTINCT a.extraction_id) AS reached,
@@ -36,16 +40,7 @@ GROUP BY a.tier
 ORDER BY first_attempt
 """
 
-TOTALS_SQL = """
-WITH scope AS (
-    SELECT e.* FROM extractions e
-    WHERE e.status IN ('ok', 'failed') {where}
-),
-latest AS (
-    SELECT * FROM scope s
-    WHERE s.id = (SELECT MAX(id) FROM scope t
-                  WHERE t.document_sha256 = s.document_sha256 AND t.config_hash = s.config_hash)
-)
+TOTALS_SQL = LATEST_CTE + """
 SELECT COUNT(*) AS documents,
        SUM(status = 'ok') AS ok,
        SUM(status = 'failed') AS failed,
