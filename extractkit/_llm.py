@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import time
 from typing import Any
 
@@ -33,6 +34,10 @@ from ._tokens import count_request_tokens, count_tokens, truncate_to_tokens
 OUTPUT_KEEP_CHARS = 4000  # how much of a model answer an Attempt keeps
 TOKEN_SAFETY = 1.15  # margin on offline token estimates (the server's tokenizer may differ)
 ERROR_KEEP_CHARS = 1500
+
+# instructor logs every failed validation at ERROR; for extractkit those are recorded outcomes,
+# not errors. A NullHandler keeps them off stderr unless the application configures logging.
+logging.getLogger("instructor").addHandler(logging.NullHandler())
 
 _INSTRUCTOR_MODE = {
     Mode.TOOLS: instructor.Mode.TOOLS,

@@ -125,7 +125,14 @@ class Result(Generic[T]):
         if not self.attempts:
             return "no tier was run"
         last = self.attempts[-1]
-        return f"{last.tier}: {last.outcome.value}" + (f": {last.error}" if last.error else "")
+        head = f"{last.tier}: {last.outcome.value}"
+        if last.errors:
+            fields = [f"{'.'.join(e['loc']) or '(root)'} {e['type']}" for e in last.errors[:6]]
+            more = f" (+{len(last.errors) - 6} more)" if len(last.errors) > 6 else ""
+            return f"{head}: " + ", ".join(fields) + more
+        if last.error:
+            return f"{head}: {last.error.splitlines()[0][:300]}"
+        return head
 
     def tier_attempts(self, tier: str) -> list[Attempt]:
         return [a for a in self.attempts if a.tier == tier]

@@ -24,7 +24,9 @@ latest AS (
 """
 
 # Per tier, over those extractions.
-TIER_SQL = LATEST_CTE + """
+TIER_SQL = (
+    LATEST_CTE
+    + """
 SELECT a.tier,
        MIN(a.id) AS first_attempt,
        COUNT(DISTINCT a.extraction_id) AS reached,
@@ -39,8 +41,11 @@ FROM attempts a JOIN latest l ON l.id = a.extraction_id
 GROUP BY a.tier
 ORDER BY first_attempt
 """
+)
 
-TOTALS_SQL = LATEST_CTE + """
+TOTALS_SQL = (
+    LATEST_CTE
+    + """
 SELECT COUNT(*) AS documents,
        SUM(status = 'ok') AS ok,
        SUM(status = 'failed') AS failed,
@@ -48,6 +53,7 @@ SELECT COUNT(*) AS documents,
        SUM(cost_usd IS NULL) AS unpriced
 FROM latest
 """
+)
 
 
 def tier_report(ledger: Ledger, *, run_id: str | None = None) -> dict[str, Any]:
