@@ -178,3 +178,21 @@ def test_prices():
     assert lookup_price("no-such-model", {"no-such-model": Price(1, 2)}) == Price(1, 2)
     assert cost(Usage(1_000_000, 0, 0), None) is None
     assert cost(Usage(2_000_000, 1_000_000, 1_000_000), Price(1.0, 4.0, 0.5)) == 1.0 + 0.5 + 4.0
+
+
+def test_missing_local_extra_says_what_to_install(monkeypatch):
+    import importlib.util
+
+    from extractkit import MissingDependencyError
+    from extractkit.local import check_installed
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    monkeypatch.delenv("EXTRACTKIT_LOCAL_MODEL", raising=False)
+    with pytest.raises(MissingDependencyError, match=r'pip install -e "\.\[local\]"'):
+        check_installed()
+
+
+def test_local_tier_defaults():
+    tier = ZeroShot(model="local", base_url="local")
+    assert tier.resolved_mode.value == "tools" and tier.resolved_context_window() == 4096
+    assert tier.resolve_api_key() == "local" and tier.price == Price(0.0, 0.0)

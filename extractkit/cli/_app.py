@@ -88,14 +88,19 @@ def extract(
     raise typer.Exit(code)
 
 
-@app.command("local")
+local_app = typer.Typer(help="The bundled local model (SmolLM2-135M via llama-cpp-python).",
+                        no_args_is_help=True)  # fmt: skip
+app.add_typer(local_app, name="local")
+
+
+@local_app.command("serve")
 def local_serve(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8012,
     n_ctx: Annotated[int, typer.Option(help="Context window.")] = 4096,
 ) -> None:
     """Run the local model server in the foreground (OpenAI-compatible, 127.0.0.1).
 
-    Example: extractkit local --port 8012, then OPENAI_BASE_URL=http://127.0.0.1:8012/v1
+    Example: extractkit local serve --port 8012, then OPENAI_BASE_URL=http://127.0.0.1:8012/v1
     """
     import os
 
