@@ -23,6 +23,7 @@ import instructor
 import openai
 from instructor.core.exceptions import IncompleteOutputException, InstructorRetryException
 from pydantic import BaseModel, ValidationError
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
 from . import _retry
 from ._pricing import Price, cost, lookup_price
@@ -247,26 +248,42 @@ class TierCall:
             )
             raise _TierStop("context overflow")
         policy = self.retry_policy
-        for call in range(1, policy.max_attempts + 1):
-            if self.limiter is not None:
-                await self.limiter.acquire(estimate + self.max_tokens)
-            started, t0 = time.time(), time.perf_counter()
-            try:
-                response = await self.client.chat.completions.create(**kwargs, timeout=self.tier.timeout_s)
-            except Exception as exc:
-                outcome = _retry.classify(exc)
-                self._record(outcome, started, t0, error=_short(exc),
-                             status_code=_retry.status_code(exc))  # fmt: skip
-                penalize = getattr(self.limiter, "penalize", None)
-                if penalize is not None and outcome is Outcome.RATE_LIMITED:
-                    penalize(_retry.parse_retry_after(_retry.response_headers(exc)))
-                if _retry.is_transient(exc) and call < policy.max_attempts:
-                    delay = _retry.retry_delay(call, _retry.response_headers(exc), policy)
-                    await _retry.sleep(delay)
-                    continue
-                raise _TierStop(str(exc)) from exc
-            return self._accept(response, started, t0)
-        raise AssertionError("unreachable")  # pragma: no cover
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(policy.max_attempts),
+            retry=retry_if_exception(_retry.is_transient),
+            wait=lambda state: _retry.retry_delay(
+                state.attempt_number,
+                _retry.response_headers(state.outcome.exception()) if state.outcome else None,
+                policy,
+            ),
+            sleep=lambda seconds: _retry.sleep(seconds),  # looked up at call time: patchable
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    response = await self._send(kwargs, estimate)
+            return response
+        except _TierStop:
+            raise
+        except Exception as exc:
+            raise _TierStop(str(exc)) from exc
+
+    async def _send(self, kwargs: dict[str, Any], estimate: int) -> Any:
+        """One HTTP call, recorded as an Attempt whatever happens."""
+        if self.limiter is not None:
+            await self.limiter.acquire(estimate + self.max_tokens)
+        started, t0 = time.time(), time.perf_counter()
+        try:
+            response = await self.client.chat.completions.create(**kwargs, timeout=self.tier.timeout_s)
+        except Exception as exc:
+            outcome = _retry.classify(exc)
+            self._record(outcome, started, t0, error=_short(exc), status_code=_retry.status_code(exc))
+            penalize = getattr(self.limiter, "penalize", None)
+            if penalize is not None and outcome is Outcome.RATE_LIMITED:
+                penalize(_retry.parse_retry_after(_retry.response_headers(exc)))
+            raise
+        return self._accept(response, started, t0)
 
     def _accept(self, response: Any, started: float, t0: float) -> Any:
         choice = response.choices[0] if getattr(response, "choices", None) else None

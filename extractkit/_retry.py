@@ -1,5 +1,7 @@
 """Retry policy for transient API failures: small pure functions, constants in one place.
 
+tenacity drives the loop (``_llm.TierCall._create``); these functions decide what it does.
+
 Validation failures are *not* handled here: those are re-asks, done by instructor inside a tier.
 This module decides what to do when the HTTP call itself fails.
 """
@@ -124,7 +126,7 @@ def status_code(exc: BaseException) -> int | None:
     return exc.status_code if isinstance(exc, openai.APIStatusError) else None
 
 
-def response_headers(exc: BaseException) -> Mapping[str, str] | None:
+def response_headers(exc: BaseException | None) -> Mapping[str, str] | None:
     if isinstance(exc, openai.APIStatusError):
         return exc.response.headers
     return None
