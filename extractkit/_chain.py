@@ -88,6 +88,8 @@ class Extractor(Generic[T]):
         self.schema_hash = schema_hash(self.schema)
         # examples are validated and indexed once, here, not per call
         self._bound = {t.name: BoundTier(t, self.schema) for t in self.tiers}
+        # tiers and policy are frozen: the chain's identity is computed once
+        self.config_hash = short_hash(canonical_json(self.describe()))
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, openai.AsyncOpenAI]] = (
             weakref.WeakKeyDictionary()
         )
@@ -101,10 +103,6 @@ class Extractor(Generic[T]):
             "tiers": [t.describe() for t in self.tiers],
             "escalate_on": sorted(o.value for o in self.policy.escalate_on),
         }
-
-    @property
-    def config_hash(self) -> str:
-        return short_hash(canonical_json(self.describe()))
 
     def tier(self, name: str) -> Tier:
         for t in self.tiers:
@@ -132,15 +130,6 @@ class Extractor(Generic[T]):
         loop = asyncio.get_running_loop()
         for client in self._clients.pop(loop, {}).values():
             await client.close()
-
-    def close(self) -> None:
-        """Kept for symmetry: sync calls already close their connections when they return."""
-
-    def __enter__(self) -> Extractor[T]:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     async def __aenter__(self) -> Extractor[T]:
         return self

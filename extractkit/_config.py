@@ -48,7 +48,7 @@ class TierConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["zero_shot", "few_shot", "fine_tuned"]
-    model: str = "local"
+    model: str
     name: str | None = None
     base_url: str | None = None  # "local": the bundled local model server
     api_key_env: str = "OPENAI_API_KEY"

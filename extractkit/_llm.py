@@ -14,7 +14,6 @@ method. That function is where extractkit adds what instructor and the openai SD
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from typing import Any
@@ -28,7 +27,6 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 from . import _retry
 from ._pricing import Price, cost, lookup_price
 from ._results import Attempt, Outcome, Usage
-from ._schema import json_schema, output_token_budget, strict_schema
 from ._tiers import BoundTier, Mode
 from ._tokens import count_request_tokens, count_tokens, truncate_to_tokens
 
@@ -96,13 +94,10 @@ def classify_parse_error(exc: BaseException) -> tuple[Outcome, list[dict[str, An
 
 def _answer_text(response: Any) -> str | None:
     try:
-        message = response.choices[0].message
+        message = response.choices[0].message.model_dump()
     except (AttributeError, IndexError):
         return None
-    calls = getattr(message, "tool_calls", None) or []
-    if calls:
-        return "\n".join(c.function.arguments or "" for c in calls)
-    return getattr(message, "content", None)
+    return _message_answer(message) or None
 
 
 def _usage(response: Any) -> Usage:
@@ -145,8 +140,8 @@ class TierCall:
         self.price = self.tier.price or lookup_price(self.tier.model, prices)
         self.limiter = limiter
         self.attempts: list[Attempt] = []
-        self.max_tokens = self.tier.max_output_tokens or output_token_budget(bound.schema)
-        self.context_window = self.tier.resolved_context_window()
+        self.max_tokens = bound.max_tokens
+        self.context_window = bound.context_window
         self._n_original = 0
 
     # -- recording ----------------------------------------------------------------------------
@@ -179,19 +174,8 @@ class TierCall:
     # -- the request ----------------------------------------------------------------------------
     def _adapt(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         kwargs = dict(kwargs)
-        mode = self.tier.resolved_mode
-        schema = self.bound.schema
-        if mode is Mode.JSON_SCHEMA:
-            kwargs["response_format"] = {
-                "type": "json_schema",
-                "json_schema": {
-                    "name": schema.__name__,
-                    "schema": strict_schema(schema),
-                    "strict": True,
-                },
-            }
-        elif mode is Mode.JSON_OBJECT_SCHEMA:
-            kwargs["response_format"] = {"type": "json_object", "schema": json_schema(schema)}
+        if self.bound.response_format is not None:
+            kwargs["response_format"] = self.bound.response_format
         if self.tier.extra_body:
             kwargs["extra_body"] = dict(self.tier.extra_body)
         return kwargs
@@ -215,7 +199,7 @@ class TierCall:
         for m in extra:
             m = m if isinstance(m, dict) else m.model_dump()
             if m.get("role") == "assistant":
-                last_answer = _answer_text_from_message(m)
+                last_answer = _message_answer(m)
                 feedback = []
             elif m.get("content"):
                 feedback.append(str(m["content"]))
@@ -337,8 +321,6 @@ class TierCall:
                 cause = exc.__cause__ or exc
                 self._amend_last(outcome=Outcome.INVALID_JSON, error=_short(cause))
             return None
-        if self.attempts and not self.attempts[-1].ok:  # pragma: no cover - defensive
-            return None
         # instructor returns a subclass of the schema carrying its raw completion: hand back
         # a plain instance of the user's own class with the already-validated values
         schema = self.bound.schema
@@ -346,12 +328,9 @@ class TierCall:
         return schema.model_construct(_fields_set=set(value.model_fields_set), **fields)
 
 
-def _answer_text_from_message(m: dict[str, Any]) -> str:
+def _message_answer(m: dict[str, Any]) -> str:
+    """What an assistant message answered: its tool-call arguments, else its content."""
     calls = m.get("tool_calls") or []
     if calls:
         return "\n".join(str(c.get("function", {}).get("arguments", "")) for c in calls)
     return str(m.get("content") or "")
-
-
-def dumps_value(value: BaseModel) -> str:
-    return json.dumps(value.model_dump(mode="json"), ensure_ascii=False)

@@ -24,10 +24,6 @@ class Outcome(str, enum.Enum):
     API_ERROR = "api_error"  # any other HTTP / connection failure
     TIMEOUT = "timeout"  # the per-attempt timeout expired
 
-    @property
-    def is_ok(self) -> bool:
-        return self is Outcome.OK
-
 
 FAILURE_OUTCOMES: frozenset[Outcome] = frozenset(o for o in Outcome if o is not Outcome.OK)
 

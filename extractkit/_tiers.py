@@ -200,12 +200,26 @@ class BoundTier:
     """A tier joined to a schema: examples validated and indexed once, prompts rendered per doc."""
 
     def __init__(self, tier: Tier, schema: type[BaseModel]):
+        from ._schema import json_schema, output_token_budget, strict_schema
+
         self.tier = tier
         self.schema = schema
         self.selector: ExampleSelector | None = None
         if isinstance(tier, FewShot):
             examples = coerce_examples(tier.examples, schema)
             self.selector = ExampleSelector(examples, tier.k, tier.select)
+        # decided once per extractor, not per document or attempt
+        self.max_tokens = tier.max_output_tokens or output_token_budget(schema)
+        self.context_window = tier.resolved_context_window()
+        mode = tier.resolved_mode
+        self.response_format: dict[str, Any] | None = None  # replaces instructor's, per mode
+        if mode is Mode.JSON_SCHEMA:
+            self.response_format = {
+                "type": "json_schema",
+                "json_schema": {"name": schema.__name__, "schema": strict_schema(schema), "strict": True},
+            }
+        elif mode is Mode.JSON_OBJECT_SCHEMA:
+            self.response_format = {"type": "json_object", "schema": json_schema(schema)}
 
     def messages(self, document: str) -> list[dict[str, Any]]:
         doc = (self.schema.__doc__ or "").strip()

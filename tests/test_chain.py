@@ -99,7 +99,7 @@ def test_timeout_is_recorded_and_retried(mock_api, sleeps):
     assert len(sleeps) == 2 and result.ok
 
 
-def test_timeout_everywhere_escalates(mock_api, sleeps):
+def test_connection_errors_everywhere_escalate(mock_api, sleeps):
     mock_api.post("/chat/completions").mock(side_effect=httpx.ConnectError("refused"))
     policy = EscalationPolicy(retry=RetryPolicy(max_attempts=2))
     result = Extractor(Invoice, tiers=[zero(), zero(name="second")], policy=policy).extract(DOC)
@@ -284,7 +284,6 @@ def test_sync_and_async_give_the_same_result(mock_api):
             return await ax.aextract(DOC)
 
     asynced = asyncio.run(run())
-    ex.close()
     strip = lambda r: [(a.tier, a.number, a.outcome, a.usage, a.cost_usd) for a in r.attempts]  # noqa: E731
     assert sync.value == asynced.value and sync.tier == asynced.tier
     assert strip(sync) == strip(asynced)

@@ -52,6 +52,16 @@ def test_library_extract_is_recorded(mock_api):
     assert attempts[0]["schema_hash"] == result.schema_hash
     assert ledger.query("SELECT text FROM documents")[0]["text"] == DOC
     assert ledger.query("SELECT kind FROM runs")[0]["kind"] == "library"
+    # schema and prompt versions are stored once, with their source
+    mock_api.post("/chat/completions").mock(
+        return_value=httpx.Response(200, json=completion({"issuer": "ACME Tools Ltd", "total": 1249.5}))
+    )
+    ex.extract(DOC + "again")
+    assert ledger.query("SELECT COUNT(*) FROM extractions")[0][0] == 2
+    [schema_row] = ledger.query("SELECT hash, name FROM schemas")
+    assert tuple(schema_row) == (result.schema_hash, "Invoice")
+    [prompt_row] = ledger.query("SELECT hash, source FROM prompts")
+    assert prompt_row["hash"] == attempts[0]["prompt_hash"] and "{% block system" in prompt_row["source"]
 
 
 def test_store_text_off_keeps_no_text(mock_api):

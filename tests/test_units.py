@@ -196,3 +196,17 @@ def test_local_tier_defaults():
     tier = ZeroShot(model="local", base_url="local")
     assert tier.resolved_mode.value == "tools" and tier.resolved_context_window() == 4096
     assert tier.resolve_api_key() == "local" and tier.price == Price(0.0, 0.0)
+
+
+def test_config_names_the_missing_key(tmp_path):
+    from extractkit import ConfigError
+    from extractkit._config import parse_config
+
+    with pytest.raises(ConfigError, match=r"tiers\.0\.model: Field required"):
+        parse_config({"schema": "m:C", "tiers": [{"kind": "zero_shot"}]}, root=tmp_path)
+    few = {
+        "schema": "m:C",
+        "tiers": [{"kind": "zero_shot", "model": "m"}, {"kind": "few_shot", "model": "m"}],
+    }
+    with pytest.raises(ConfigError, match=r"tiers\.1: a few_shot tier needs examples"):
+        parse_config(few, root=tmp_path)

@@ -50,7 +50,7 @@ class BatchSummary:
     errors: int = 0
     skipped: int = 0  # unsupported file types
     resumed: int = 0
-    requests: int = 0
+    attempts: int = 0  # made by this run (resumed documents add none)
     cost_usd: float | None = 0.0
     wins: Counter[str] = field(default_factory=Counter)
     tier_failures: Counter[str] = field(default_factory=Counter)
@@ -70,7 +70,7 @@ class BatchSummary:
         if r.resumed:
             self.resumed += 1
         else:
-            self.requests += r.attempts
+            self.attempts += r.attempts
         if self.cost_usd is not None:
             self.cost_usd = None if r.cost_usd is None else round(self.cost_usd + r.cost_usd, 10)
 

@@ -69,22 +69,21 @@ def extract(
     from ._build import build
 
     try:
-        extractor, cfg, cleanup = build(config, schema)
+        extractor, cfg = build(config, schema)
     except ExtractkitError as exc:
         raise fail_usage(str(exc)) from None
     try:
         for p in paths:
             if not p.exists() and not p.is_symlink():
                 raise fail_usage(f"no such file or folder: {p}")
-        ledger = Ledger(ledger_path or cfg.resolve(cfg.ledger.path), store_text=cfg.ledger.store_text)
         extractor.limiter = RateLimiter(rpm or cfg.batch.rpm, tpm or cfg.batch.tpm)
-        runner = BatchRunner(extractor, ledger, concurrency=concurrency or cfg.batch.concurrency,
-                             force=force, out=out_path, include=include)  # fmt: skip
-        code = _run_batch(runner, ledger, paths, as_json)
+        path = ledger_path or cfg.resolve(cfg.ledger.path)
+        with Ledger(path, store_text=cfg.ledger.store_text) as ledger:
+            runner = BatchRunner(extractor, ledger, concurrency=concurrency or cfg.batch.concurrency,
+                                 force=force, out=out_path, include=include)  # fmt: skip
+            code = _run_batch(runner, ledger, paths, as_json)
     except ExtractkitError as exc:
         raise fail_usage(str(exc)) from None
-    finally:
-        cleanup()
     raise typer.Exit(code)
 
 
@@ -156,10 +155,10 @@ def _run_batch(runner: Any, ledger: Any, paths: list[Path], as_json: bool) -> in
 
 def _print_summary(summary: Any, ledger: Any) -> None:
     table = Table(title=f"batch {summary.run_id} ({summary.status})")
-    for col in ("documents", "ok", "failed", "errors", "skipped", "resumed", "requests", "cost"):
+    for col in ("documents", "ok", "failed", "errors", "skipped", "resumed", "attempts", "cost"):
         table.add_column(col, justify="right")
     table.add_row(*(str(x) for x in (summary.documents, summary.ok, summary.failed,
-                  summary.errors, summary.skipped, summary.resumed, summary.requests)),
+                  summary.errors, summary.skipped, summary.resumed, summary.attempts)),
                   _money(summary.cost_usd))  # fmt: skip
     out.print(table)
     if summary.wins:

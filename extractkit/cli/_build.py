@@ -1,8 +1,7 @@
-"""Config file -> Extractor (and the cleanup to run afterwards)."""
+"""Config file -> Extractor."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -10,11 +9,11 @@ from .._chain import Extractor
 from .._config import Config, build_tiers, import_schema, load_config
 
 
-def build(config_path: Path, schema: str | None = None) -> tuple[Extractor[Any], Config, Callable[[], None]]:
+def build(config_path: Path, schema: str | None = None) -> tuple[Extractor[Any], Config]:
     cfg = load_config(config_path)
     model = import_schema(schema or cfg.schema_path, [cfg.root])
     tiers = build_tiers(cfg, transport="aiohttp")
     for tier in tiers:
         tier.resolve_api_key()  # a missing key fails here, before any request
     extractor: Extractor[Any] = Extractor(model, tiers)
-    return extractor, cfg, lambda: None
+    return extractor, cfg

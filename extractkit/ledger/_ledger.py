@@ -67,6 +67,7 @@ class Ledger:
         self.store_text = store_text
         self._lock = threading.RLock()
         self._secrets: set[str] = set()
+        self._versions_written: set[str] = set()  # schema and prompt hashes already stored
         try:
             if str(self.path) != ":memory:":
                 self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -165,17 +166,22 @@ class Ledger:
         )
         usage = result.usage
         secrets_ = self._secrets | _tier_keys(extractor)
+        written: list[str] = []
         with self._lock, self.conn:
             c = self.conn
-            c.execute(
-                "INSERT OR IGNORE INTO schemas (hash, name, json) VALUES (?,?,?)",
-                (result.schema_hash, schema.__name__, canonical_json(json_schema(schema))),
-            )
-            for tier in extractor.tiers:
+            if result.schema_hash not in self._versions_written:
                 c.execute(
-                    "INSERT OR IGNORE INTO prompts (hash, origin, source) VALUES (?,?,?)",
-                    (tier.template.hash, tier.template.origin, tier.template.source),
+                    "INSERT OR IGNORE INTO schemas (hash, name, json) VALUES (?,?,?)",
+                    (result.schema_hash, schema.__name__, canonical_json(json_schema(schema))),
                 )
+                written.append(result.schema_hash)
+            for tier in extractor.tiers:
+                if tier.template.hash not in self._versions_written:
+                    c.execute(
+                        "INSERT OR IGNORE INTO prompts (hash, origin, source) VALUES (?,?,?)",
+                        (tier.template.hash, tier.template.origin, tier.template.source),
+                    )
+                    written.append(tier.template.hash)
             c.execute(
                 "INSERT INTO documents (sha256, path, size, type, text, first_seen)"
                 " VALUES (?,?,?,?,?,?) ON CONFLICT(sha256) DO UPDATE SET"
@@ -202,6 +208,7 @@ class Ledger:
                 " output) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 [_attempt_row(new_id(), ext_id, run_id, a, secrets_) for a in result.attempts],
             )
+        self._versions_written.update(written)  # only once the transaction has committed
         return ext_id
 
     async def arecord(self, extractor: Any, result: Result[Any], **kwargs: Any) -> str:

@@ -144,11 +144,6 @@ def shared_server() -> LocalServer:
     global _shared
     with _shared_lock:
         if _shared is None or _shared.proc is None or _shared.proc.poll() is not None:
-            url = os.environ.get("EXTRACTKIT_LOCAL_URL")  # an already running server
-            if url:
-                server = LocalServer(port=int(url.rstrip("/").rsplit(":", 1)[1].split("/")[0]))
-                server.proc = None
-                return server
             _shared = LocalServer().start()
             atexit.register(_shared.stop)
         return _shared
