@@ -90,6 +90,11 @@ class Extractor(Generic[T]):
         self._bound = {t.name: BoundTier(t, self.schema) for t in self.tiers}
         # tiers and policy are frozen: the chain's identity is computed once
         self.config_hash = short_hash(canonical_json(self.describe()))
+        # a tier run alone (eval) is identified by itself, not by the chain around it
+        self.tier_hashes = {
+            t.name: short_hash(canonical_json({"schema_hash": self.schema_hash, "tier": t.describe()}))
+            for t in self.tiers
+        }
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, openai.AsyncOpenAI]] = (
             weakref.WeakKeyDictionary()
         )
@@ -178,6 +183,9 @@ class Extractor(Generic[T]):
             document_sha256=document_sha256(text),
         )
         if self.ledger is not None:
+            if only:
+                record.setdefault("forced_tier", only)
+                record.setdefault("config_hash", self.tier_hashes[only])
             record.setdefault("run_id", self._library_run_id())
             await self.ledger.arecord(self, result, text=text, **record)
         if self.raise_on_failure and not result.ok:

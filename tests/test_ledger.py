@@ -36,6 +36,24 @@ def test_migrations_on_an_older_database(tmp_path, monkeypatch):
         assert ledger.query("PRAGMA journal_mode")[0][0] == "wal"
 
 
+def test_a_first_release_ledger_upgrades_to_eval_and_reports(tmp_path, monkeypatch):
+    from extractkit.report import build_report
+
+    from .ledger_fixtures import populate
+
+    path = tmp_path / "v1.sqlite3"
+    monkeypatch.setattr("extractkit.ledger._migrations.MIGRATIONS", MIGRATIONS[:1])
+    conn = sqlite3.connect(path)
+    migrate(conn)
+    conn.close()
+    monkeypatch.undo()
+    with Ledger(path) as ledger:  # 0001 only on disk: 0002 is applied on open, then data goes in
+        assert ledger.applied == ["0002_eval"]
+        populate(ledger, {"zero": 3, "few": 1})
+        assert ledger.query("SELECT COUNT(*) FROM extractions WHERE forced_tier IS NULL")[0][0] == 4
+        assert build_report(ledger)["totals"]["documents"] == 4
+
+
 def test_library_extract_is_recorded(mock_api):
     mock_api.post("/chat/completions").mock(
         side_effect=[httpx.Response(200, json=completion({"issuer": "Nope", "total": 1249.5})),

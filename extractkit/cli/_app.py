@@ -176,48 +176,6 @@ def _print_summary(summary: Any, ledger: Any) -> None:
     out.print(f"ledger: {ledger.path}", highlight=False)
 
 
-@app.command()
-def report(
-    ledger_path: Annotated[Path | None, typer.Option("--ledger", help="Ledger file.")] = None,
-    run: Annotated[str | None, typer.Option(help="Only this run id.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-) -> None:
-    """Tier usage from the ledger: who wins, how often, at what cost per valid extraction.
-
-    Example: extractkit report --ledger .extractkit/ledger.sqlite3
-    """
-    from ..ledger import Ledger, default_path
-    from ..report import tier_report
-
-    path = ledger_path or default_path()
-    if not path.exists():
-        raise fail_usage(f"no ledger at {path}; run `extractkit extract` first or pass --ledger")
-    with Ledger(path) as ledger:
-        data = tier_report(ledger, run_id=run)
-    if as_json:
-        print(json.dumps(data, indent=2))
-        return
-    t = data["totals"]
-    per_valid = _money(t["cost_per_valid_usd"]) if t["ok"] else "n/a (none valid)"
-    table = Table(title=f"tier report ({run or 'all runs'}): {t['documents']} documents")
-    for col in ("tier", "reached", "resolved", "success", "attempts", "tokens in/out", "cost"):
-        table.add_column(col, justify="right")
-    for row in data["tiers"]:
-        rate = "-" if row["success_rate"] is None else f"{row['success_rate']:.0%}"
-        table.add_row(row["tier"], str(row["reached"]), str(row["resolved"]), rate,
-                      str(row["attempts"]), f"{row['prompt_tokens']}/{row['completion_tokens']}",
-                      _money(row["cost_usd"]))  # fmt: skip
-    out.print(table)
-    out.print(f"valid {t['ok'] or 0}, failed {t['failed'] or 0}; total cost {_money(t['cost_usd'])}; "
-              f"per valid extraction {per_valid}", highlight=False)  # fmt: skip
-    if data["failure_outcomes"]:
-        out.print("failed attempts: " + ", ".join(
-            f"{r['tier']}/{r['outcome']} {r['n']}" for r in data["failure_outcomes"]))  # fmt: skip
-    if data["document_errors"]:
-        out.print("unreadable documents: " + ", ".join(
-            f"{k} {v}" for k, v in data["document_errors"].items()))  # fmt: skip
-
-
 def main() -> None:
     try:
         app()

@@ -123,14 +123,17 @@ class Ledger:
             )
 
     # -- lookups ------------------------------------------------------------------------------
-    def find_final(self, document_sha256: str, schema_hash: str, config_hash: str) -> Any:
-        """The latest final (ok or failed) extraction of this document by this chain, or None."""
+    def find_final(
+        self, document_sha256: str, schema_hash: str, config_hash: str, *, forced_tier: str | None = None
+    ) -> Any:
+        """The latest final (ok or failed) extraction of this document by this chain (or by this
+        tier alone, with ``forced_tier``), or None."""
         with self._lock:
             return self.conn.execute(
                 "SELECT * FROM extractions WHERE document_sha256 = ? AND schema_hash = ?"
-                " AND config_hash = ? AND status IN ('ok', 'failed')"
+                " AND config_hash = ? AND forced_tier IS ? AND status IN ('ok', 'failed')"
                 " ORDER BY id DESC LIMIT 1",
-                (document_sha256, schema_hash, config_hash),
+                (document_sha256, schema_hash, config_hash, forced_tier),
             ).fetchone()
 
     def attempts_of(self, extraction_id: str) -> list[sqlite3.Row]:
@@ -154,8 +157,14 @@ class Ledger:
         path: str | None = None,
         size: int | None = None,
         doc_type: str | None = None,
+        config_hash: str | None = None,
+        forced_tier: str | None = None,
     ) -> str:
-        """Write one extraction and its attempts (one transaction). Returns the extraction id."""
+        """Write one extraction and its attempts (one transaction). Returns the extraction id.
+
+        ``forced_tier`` marks an extraction where one tier ran alone (eval); its ``config_hash`` is
+        then that tier's own hash, so reports of the chain leave it out and eval can reuse it.
+        """
         schema = extractor.schema
         ext_id = new_id()
         now = time.time()
@@ -193,13 +202,13 @@ class Ledger:
             c.execute(
                 "INSERT INTO extractions (id, run_id, document_sha256, path, schema_hash,"
                 " config_hash, status, tier, outcome, value_json, error, n_attempts,"
-                " prompt_tokens, completion_tokens, cost_usd, latency_s, created_at)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " prompt_tokens, completion_tokens, cost_usd, latency_s, created_at, forced_tier)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (ext_id, run_id, result.document_sha256, path, result.schema_hash,
-                 extractor.config_hash, "ok" if result.ok else "failed", result.tier,
+                 config_hash or extractor.config_hash, "ok" if result.ok else "failed", result.tier,
                  result.outcome.value, value_json, scrub(result.error, secrets_),
                  len(result.attempts), usage.prompt_tokens, usage.completion_tokens,
-                 result.cost_usd, result.latency_s, now),
+                 result.cost_usd, result.latency_s, now, forced_tier),
             )  # fmt: skip
             c.executemany(
                 "INSERT INTO attempts (id, extraction_id, run_id, tier, model, number, outcome,"

@@ -94,6 +94,35 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX attempts_tier ON attempts(tier, outcome);
         """,
     ),
+    (
+        "0002_eval",
+        """
+        ALTER TABLE extractions ADD COLUMN forced_tier TEXT;  -- set when one tier ran alone (eval)
+        CREATE INDEX extractions_forced
+            ON extractions(document_sha256, schema_hash, config_hash, forced_tier, status);
+        CREATE INDEX extractions_created ON extractions(created_at);
+        CREATE TABLE eval_items (
+            run_id TEXT NOT NULL REFERENCES runs(id),
+            gold_id TEXT NOT NULL,              -- line number or the gold line's "id"
+            document_sha256 TEXT,               -- NULL when the document could not be read
+            path TEXT,
+            expected_json TEXT NOT NULL,
+            PRIMARY KEY (run_id, gold_id)
+        );
+        CREATE INDEX eval_items_document ON eval_items(document_sha256);
+        CREATE TABLE eval_scores (
+            run_id TEXT NOT NULL REFERENCES runs(id),
+            gold_id TEXT NOT NULL,
+            tier TEXT NOT NULL,
+            extraction_id TEXT REFERENCES extractions(id),
+            field TEXT NOT NULL,                -- dotted path; list items as lines[].name
+            expected_json TEXT,
+            got_json TEXT,
+            result TEXT NOT NULL                -- tp | tn | fp | fn | wrong (counts as fp and fn)
+        );
+        CREATE INDEX eval_scores_run ON eval_scores(run_id, tier, field);
+        """,
+    ),
 ]
 
 

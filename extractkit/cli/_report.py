@@ -1,0 +1,128 @@
+"""`extractkit report`: the ledger turned into a decision."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ._app import app, err, fail_usage, out
+
+_RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([dh])$")
+
+
+def parse_when(value: str | None, now: float, option: str) -> float | None:
+    """'2026-11-01', '2026-11-01T12:00', '7d' or '12h' (before now) -> Unix seconds (UTC)."""
+    if value is None:
+        return None
+    m = _RELATIVE.match(value.strip())
+    if m:
+        return now - float(m.group(1)) * (86_400 if m.group(2) == "d" else 3_600)
+    try:
+        dt = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise fail_usage(
+            f"{option}: expected a date like 2026-11-01, a time like 2026-11-01T12:00, "
+            f"or a span like 7d or 12h; got {value!r}"
+        ) from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt.timestamp()
+
+
+def ledger_or_fail(ledger_path: Path | None):  # type: ignore[no-untyped-def]
+    from ..ledger import Ledger, default_path
+
+    path = ledger_path or default_path()
+    if not path.exists():
+        raise fail_usage(f"no ledger at {path}; run `extractkit extract` first or pass --ledger")
+    return Ledger(path)
+
+
+def economics_or_fail(failure_cost: float, training_cost: float | None, min_share: float, min_documents: int):  # type: ignore[no-untyped-def]
+    from ..report import Economics
+
+    try:
+        return Economics(failure_cost, training_cost, min_share, min_documents)
+    except ValueError as exc:
+        raise fail_usage(str(exc)) from None
+
+
+FailureCost = Annotated[
+    float, typer.Option(help="What one failed document costs you (e.g. a manual review), USD.")
+]
+TrainingCost = Annotated[
+    float | None, typer.Option(help="One-off fine-tuning cost, USD, for the break-even volume.")
+]
+MinShare = Annotated[
+    float, typer.Option(help="Smallest share of documents a tier must rescue to be worth running.")
+]
+AsJson = Annotated[bool, typer.Option("--json", help="Print the report as JSON (with the SQL behind it).")]
+CsvOut = Annotated[Path | None, typer.Option("--csv", help="Write the per-tier table as CSV to this file.")]
+MinDocuments = Annotated[int, typer.Option(help="Fewer documents than this: no verdict yet.")]
+HtmlOut = Annotated[
+    Path | None, typer.Option("--html", help="Write a self-contained HTML page to this file.")
+]
+
+
+@app.command()
+def report(
+    ledger_path: Annotated[Path | None, typer.Option("--ledger", help="Ledger file.")] = None,
+    schema: Annotated[str | None, typer.Option(help="Only this schema (name or hash prefix).")] = None,
+    run: Annotated[str | None, typer.Option(help="Only this run id.")] = None,
+    since: Annotated[str | None, typer.Option(help="From: 2026-11-01, 2026-11-01T12:00, or 7d ago.")] = None,
+    until: Annotated[str | None, typer.Option(help="Until (exclusive), same forms as --since.")] = None,
+    config_hash: Annotated[str | None, typer.Option("--config-hash", help="Only this chain config.")] = None,
+    failure_cost: FailureCost = 2.00,
+    training_cost: TrainingCost = None,
+    min_share: MinShare = 0.01,
+    min_documents: MinDocuments = 30,
+    recent_days: Annotated[float, typer.Option(help="Drift: the recent window, days.")] = 7,
+    baseline_days: Annotated[float, typer.Option(help="Drift: the window before it, days.")] = 28,
+    as_of: Annotated[str | None, typer.Option(help="Report as of this time (default now).")] = None,
+    as_json: AsJson = False,
+    csv_path: CsvOut = None,
+    html_path: HtmlOut = None,
+) -> None:
+    """Which tier resolves what, at what cost; what the fine-tuned tier rescues; a verdict; drift.
+
+    Example: extractkit report --ledger out/ledger.sqlite3 --failure-cost 2.00 --html report.html
+
+    Every number is SQL over the ledger (see `--json`, key "queries").
+    """
+    from ..report import Scope, build_report, print_report, report_csv, report_html, write_text
+
+    now = time.time()
+    now = parse_when(as_of, now, "--as-of") or now
+    scope = Scope(
+        schema=schema,
+        run_id=run,
+        since=parse_when(since, now, "--since"),
+        until=parse_when(until, now, "--until"),
+        config_hash=config_hash,
+    )
+    economics = economics_or_fail(failure_cost, training_cost, min_share, min_documents)
+    with ledger_or_fail(ledger_path) as ledger:
+        data = build_report(
+            ledger,
+            scope,
+            economics=economics,
+            as_of=now,
+            recent_days=recent_days,
+            baseline_days=baseline_days,
+        )
+    if csv_path:
+        write_text(csv_path, report_csv(data))
+        err.print(f"wrote {csv_path}", highlight=False)
+    if html_path:
+        write_text(html_path, report_html(data))
+        err.print(f"wrote {html_path}", highlight=False)
+    if as_json:
+        print(json.dumps(data, indent=2))
+    else:
+        print_report(data, out)

@@ -1,0 +1,209 @@
+"""The verdict: is a tier worth running after the ones before it?
+
+The question asked of a tier (the fine-tuned tier after few-shot, few-shot after zero-shot) is
+economic. Of the ``n`` documents the chain saw, the tier *rescued* ``k`` (resolved documents the
+earlier tiers failed; in ``eval``, answered correctly documents the earlier tiers did not). Each
+rescue saves the cost of a failure ``F`` (a manual review, say $2.00); the tier costs ``c`` per
+document on average (its spend over all ``n``, including what it spent failing). Running it pays
+when the rescue rate ``p = k/n`` exceeds ``c / F``. A tier that rescues fewer than ``min_share`` of
+documents is not worth its complexity whatever it costs, so the bar is
+``threshold = max(c / F, min_share)``.
+
+``p`` is uncertain, so the decision reads a 95 % Wilson interval, not the point estimate:
+
+- keep  when the whole interval lies above the threshold;
+- drop  when the whole interval lies below it;
+- otherwise "not enough evidence yet", with how many documents at the rate seen so far would
+  settle it. Below ``min_documents`` (30) the answer is always "not enough evidence yet": an
+  interval from a handful of documents is right about sampling noise and silent about everything
+  else that changes between documents.
+
+With a one-off training cost ``T``, the break-even volume is ``T / (p*F - c)`` documents.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ._stats import documents_needed, wilson
+
+KEEP, DROP, UNDECIDED, NO_DATA = "keep", "drop", "not_enough_evidence", "no_data"
+
+
+@dataclass(frozen=True)
+class Economics:
+    """What a failure costs the team, a one-off training cost, and the smallest share worth having."""
+
+    failure_cost: float = 2.00
+    training_cost: float | None = None
+    min_share: float = 0.01
+    min_documents: int = 30
+
+    def __post_init__(self) -> None:
+        if self.failure_cost <= 0:
+            raise ValueError("failure_cost must be > 0 (the cost of one failed document, e.g. 2.00)")
+        if self.training_cost is not None and self.training_cost < 0:
+            raise ValueError("training_cost must be >= 0")
+        if not 0 <= self.min_share < 1:
+            raise ValueError("min_share must be in [0, 1)")
+        if self.min_documents < 1:
+            raise ValueError("min_documents must be >= 1")
+
+
+@dataclass
+class Verdict:
+    tier: str
+    after: list[str]
+    decision: str
+    sentence: str
+    n: int
+    rescued: int
+    rate: float | None
+    ci_low: float | None
+    ci_high: float | None
+    threshold: float | None
+    cost_per_document: float | None
+    savings_per_document: float | None
+    net_per_document: float | None
+    documents_needed: int | None
+    break_even_documents: float | None
+    reasons: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _pct(x: float) -> str:
+    if x == 0 or x == 1:
+        return f"{x:.0%}"
+    return f"{x:.1%}" if x < 0.1 or x > 0.9 else f"{x:.0%}"
+
+
+def _usd(x: float) -> str:
+    return f"${x:.2f}" if abs(x) >= 0.1 else f"${x:.4f}"
+
+
+def marginal_verdict(
+    tier: str,
+    after: list[str],
+    *,
+    n: int,
+    rescued: int,
+    spend: float | None,
+    economics: Economics,
+    what: str = "resolved",
+) -> Verdict:
+    """Verdict on running ``tier`` after the tiers in ``after``.
+
+    ``spend`` is what the tier cost over the ``n`` documents (None when a price was unknown; the
+    verdict then judges the rescue rate alone and says so). ``what`` words the rescue ("resolved"
+    in the report, "answered correctly" in eval).
+    """
+    before = " -> ".join(after) if after else "nothing"
+    if n <= 0:
+        return Verdict(
+            tier,
+            after,
+            NO_DATA,
+            f"No documents reached a chain with {tier} yet.",
+            0,
+            0,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+        )
+    F = economics.failure_cost
+    rate = rescued / n
+    lo, hi = wilson(rescued, n)
+    reasons: list[str] = []
+    if spend is None:
+        cost = None
+        reasons.append(f"{tier}'s price is unknown, so its cost is left out; set a price to include it")
+        threshold = economics.min_share
+    else:
+        cost = spend / n
+        threshold = max(cost / F, economics.min_share)
+    savings = rate * F
+    net = savings - (cost or 0.0)
+    seen = (
+        f"it {what} {rescued} of {n} documents that {before} did not "
+        f"({_pct(rate)}, 95% CI {_pct(lo)}-{_pct(hi)})"
+    )
+    money = (
+        f"{_usd(savings)} saved per document at {_usd(F)} per failure, against "
+        f"{_usd(cost)} it costs per document"
+        if cost is not None
+        else ""
+    )
+    bar = (
+        f"the {_pct(threshold)} rescue rate it needs to pay for itself"
+        if cost is not None and cost / F >= economics.min_share
+        else f"the {_pct(economics.min_share)} minimum share worth running a tier for"
+    )
+    needed: int | None = None
+    if n < economics.min_documents:
+        decision = UNDECIDED
+        total = documents_needed(rescued, n, threshold)
+        needed = max(economics.min_documents, total or 0) - n
+        sentence = (
+            f"Not enough evidence yet on {tier}: {seen}; at least {economics.min_documents} "
+            f"documents are needed before deciding, so about {needed} more."
+        )
+        reasons.append(f"only {n} documents, fewer than the {economics.min_documents} the verdict requires")
+    elif lo > threshold:
+        decision = KEEP
+        sentence = f"Keep {tier}: {seen}" + (f"; {money}." if money else ".")
+        reasons.append(f"the whole interval lies above {bar}")
+    elif hi < threshold:
+        decision = DROP
+        sentence = f"Drop {tier}: {seen}, below {bar}" + (f"; {money}." if money else ".")
+        reasons.append(f"the whole interval lies below {bar}")
+    else:
+        decision = UNDECIDED
+        total = documents_needed(rescued, n, threshold)
+        needed = None if total is None else total - n
+        more = (
+            f"about {needed} more documents at this rate would settle it"
+            if needed is not None
+            else "at this rate no realistic number of documents would settle it"
+        )
+        sentence = f"Not enough evidence yet on {tier}: {seen}, which straddles {bar}; {more}."
+        reasons.append(f"the interval {_pct(lo)}-{_pct(hi)} contains {_pct(threshold)}")
+    break_even: float | None = None
+    if economics.training_cost is not None:
+        if net > 0:
+            break_even = economics.training_cost / net
+            reasons.append(
+                f"a one-off training cost of {_usd(economics.training_cost)} is recovered after "
+                f"about {break_even:,.0f} documents at the rate seen"
+            )
+        else:
+            reasons.append(
+                f"it never recovers a training cost of {_usd(economics.training_cost)}: "
+                "it saves less per document than it costs"
+            )
+    return Verdict(
+        tier,
+        list(after),
+        decision,
+        sentence,
+        n,
+        rescued,
+        rate,
+        lo,
+        hi,
+        threshold,
+        cost,
+        savings,
+        net,
+        needed,
+        break_even,
+        reasons,
+    )

@@ -1,0 +1,299 @@
+"""The report on ledgers whose truth is known: every number and every verdict worked out by hand."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+
+from extractkit.ledger import Ledger
+from extractkit.report import (
+    DROP,
+    KEEP,
+    UNDECIDED,
+    Economics,
+    Scope,
+    build_report,
+    documents_needed,
+    marginal_verdict,
+    percentile,
+    report_csv,
+    two_proportion_z,
+    wilson,
+)
+
+from .ledger_fixtures import chain, populate
+
+DAY = 86_400.0
+NOW = 1_800_000_000.0
+
+
+@pytest.fixture
+def ledger(tmp_path):
+    with Ledger(tmp_path / "ledger.sqlite3") as lg:
+        yield lg
+
+
+def tier(report, name):
+    return next(t for t in report["tiers"] if t["tier"] == name)
+
+
+def verdict(report, name):
+    return next(v for v in report["verdicts"] if v["tier"] == name)
+
+
+# -- the statistics, against values computed independently --------------------------------------
+
+
+@pytest.mark.parametrize(("k", "n", "lo", "hi"), [
+    (30, 100, 0.21894, 0.39585),   # Wilson (1927); same as statsmodels proportion_confint(method="wilson")
+    (0, 500, 0.0, 0.0076242),      # z^2 / (n + z^2) at k = 0
+    (2, 5, 0.11762, 0.76928),
+    (10, 10, 0.72247, 1.0),
+])  # fmt: skip
+def test_wilson_interval(k, n, lo, hi):
+    got = wilson(k, n)
+    assert got[0] == pytest.approx(lo, abs=1e-5) and got[1] == pytest.approx(hi, abs=1e-5)
+
+
+def test_documents_needed_is_the_smallest_n_that_decides():
+    n = documents_needed(0, 100, 0.01)
+    assert n is not None and wilson(0, n)[1] < 0.01 <= wilson(0, n - 1)[1]
+    assert documents_needed(30, 100, 0.01) == 100  # already decided
+    assert documents_needed(1, 100, 0.01) is None  # exactly at the threshold: never decided
+
+
+def test_percentile_nearest_rank_and_z():
+    assert percentile([5, 1, 4, 2, 3], 0.5) == 3 and percentile([1, 2, 3, 4], 0.95) == 4
+    assert percentile([], 0.5) is None
+    # 60/100 vs 90/100: pooled p = 0.75, se = sqrt(.75*.25*.02) = 0.061237
+    assert two_proportion_z(60, 100, 90, 100) == pytest.approx(-0.3 / 0.0612372, rel=1e-5)
+
+
+# -- fixture ledgers -------------------------------------------------------------------------------
+
+
+def test_fine_tuned_rescues_30_percent(ledger):
+    populate(ledger, {"zero": 50, "few": 20, "ft": 30})
+    r = build_report(ledger, economics=Economics(failure_cost=2.0, training_cost=50.0), as_of=NOW)
+    t = r["totals"]
+    assert (t["documents"], t["ok"], t["failed"]) == (100, 100, 0)
+    assert t["cost_usd"] == pytest.approx(0.61) and t["cost_per_valid_usd"] == pytest.approx(0.0061)
+    z, f, ft = tier(r, "zero_shot"), tier(r, "few_shot"), tier(r, "fine_tuned")
+    assert [x["tier"] for x in r["tiers"]] == ["zero_shot", "few_shot", "fine_tuned"]
+    assert (z["reached"], z["resolved"], z["attempts"], z["reasks"]) == (100, 50, 150, 50)
+    assert (f["reached"], f["resolved"], f["attempts"], f["reasks"]) == (50, 20, 80, 30)
+    assert (ft["reached"], ft["resolved"], ft["attempts"], ft["reasks"]) == (30, 30, 30, 0)
+    assert z["success_rate"] == 0.5 and f["success_rate"] == 0.4 and ft["success_rate"] == 1.0
+    assert (z["share_resolved"], f["share_resolved"], ft["share_resolved"]) == (0.5, 0.2, 0.3)
+    # a tier's spend, failures included, per document it resolved
+    assert z["cost_usd"] == pytest.approx(0.15) and z["cost_per_valid_usd"] == pytest.approx(0.003)
+    assert f["cost_usd"] == pytest.approx(0.16) and f["cost_per_valid_usd"] == pytest.approx(0.008)
+    assert ft["cost_per_attempt_usd"] == pytest.approx(0.01)
+    assert z["failure_outcomes"] == {"invalid_json": 50, "schema_invalid": 50}
+    assert (z["latency_p50_s"], f["latency_p95_s"], ft["latency_p50_s"]) == (1.0, 2.0, 0.5)
+    assert (z["prompt_tokens"], z["completion_tokens"]) == (15_000, 3_000)
+    rescue = next(x for x in r["rescue"] if x["tier"] == "fine_tuned")
+    assert rescue["rescued"] == 30 and rescue["after"] == ["zero_shot", "few_shot"]
+    assert rescue["own_cost_usd"] == pytest.approx(0.30) and rescue["lower_cost_usd"] == pytest.approx(0.18)
+    assert rescue["cost_per_rescued_usd"] == pytest.approx(0.016)
+    assert rescue["failures_avoided_usd"] == pytest.approx(60.0)
+    v = verdict(r, "fine_tuned")
+    assert v["decision"] == KEEP and v["sentence"].startswith("Keep fine_tuned")
+    assert (v["n"], v["rescued"]) == (100, 30) and v["ci_low"] == pytest.approx(0.21894, abs=1e-5)
+    assert v["cost_per_document"] == pytest.approx(0.003) and v["threshold"] == 0.01
+    # break-even of a $50 training cost: 50 / (0.3 * 2.00 - 0.003) documents
+    assert v["break_even_documents"] == pytest.approx(50 / 0.597)
+    assert verdict(r, "few_shot")["decision"] == KEEP
+    assert r["verdict"] == v["sentence"]
+    assert r["unresolved"]["by_outcome"] == {}
+
+
+def test_fine_tuned_rescues_none(ledger):
+    populate(ledger, {"zero": 300, "few": 150, "none": 50})
+    r = build_report(ledger, as_of=NOW)
+    v = verdict(r, "fine_tuned")
+    assert (v["n"], v["rescued"], v["decision"]) == (500, 0, DROP)
+    assert v["ci_high"] == pytest.approx(0.0076242, abs=1e-6) and v["threshold"] == 0.01
+    assert v["cost_per_document"] == pytest.approx(1.0 / 500)  # 50 documents x 2 attempts x $0.01
+    assert r["unresolved"]["by_outcome"] == {"ungrounded": 50}
+    assert len(r["unresolved"]["examples"]) == 20
+    assert r["totals"]["failed"] == 50 and tier(r, "fine_tuned")["cost_per_valid_usd"] is None
+    assert r["verdict"].startswith("Drop fine_tuned")
+
+
+def test_fine_tuned_rescues_some_but_costs_more_than_the_failures_it_saves(ledger):
+    populate(ledger, {"zero": 100, "few": 40, "ft": 40, "none": 20}, costs={"fine_tuned": 0.05})
+    r = build_report(ledger, economics=Economics(failure_cost=0.05, training_cost=10.0), as_of=NOW)
+    v = verdict(r, "fine_tuned")
+    # spend 40 x 0.05 + 20 x 2 x 0.05 = 4.00 over 200 documents; it needs 0.02 / 0.05 = 40 % rescued
+    assert v["cost_per_document"] == pytest.approx(0.02) and v["threshold"] == pytest.approx(0.4)
+    assert v["rate"] == 0.2 and v["savings_per_document"] == pytest.approx(0.01)
+    assert v["net_per_document"] == pytest.approx(-0.01)
+    assert v["decision"] == DROP and v["break_even_documents"] is None
+    assert any("never recovers" in x for x in v["reasons"])
+    rescue = next(x for x in r["rescue"] if x["tier"] == "fine_tuned")
+    assert rescue["marginal_cost_per_rescue_usd"] == pytest.approx(0.1)  # 4.00 / 40, more than $0.05 saved
+
+
+def test_only_five_documents_is_not_enough_evidence(ledger):
+    populate(ledger, {"zero": 2, "few": 1, "ft": 2})
+    r = build_report(ledger, as_of=NOW)
+    v = verdict(r, "fine_tuned")
+    assert v["decision"] == UNDECIDED and v["documents_needed"] == 25
+    assert "25 more" in v["sentence"] and r["verdict"].startswith("Not enough evidence yet")
+
+
+def test_undecided_with_enough_documents_says_how_many_more(ledger):
+    populate(ledger, {"zero": 80, "few": 19, "ft": 1})
+    v = verdict(build_report(ledger, as_of=NOW), "fine_tuned")
+    assert v["decision"] == UNDECIDED and v["rate"] == 0.01  # exactly the bar: no amount decides it
+    assert v["documents_needed"] is None and "no realistic number" in v["sentence"]
+    v2 = marginal_verdict("ft", ["zero"], n=100, rescued=2, spend=0.0, economics=Economics())
+    assert v2.decision == UNDECIDED and v2.documents_needed is not None
+    total = 100 + v2.documents_needed
+    assert wilson(round(0.02 * total), total)[0] > 0.01 >= wilson(round(0.02 * (total - 1)), total - 1)[0]
+    assert f"about {v2.documents_needed} more documents" in v2.sentence
+
+
+def test_unknown_price_is_unknown_not_zero(ledger):
+    populate(ledger, {"zero": 50, "few": 20, "ft": 30}, costs={"fine_tuned": None})
+    r = build_report(ledger, as_of=NOW)
+    assert r["totals"]["cost_usd"] is None and tier(r, "fine_tuned")["cost_usd"] is None
+    assert tier(r, "zero_shot")["cost_usd"] == pytest.approx(0.15)
+    v = verdict(r, "fine_tuned")
+    assert v["cost_per_document"] is None and any("price is unknown" in x for x in v["reasons"])
+    assert any("no price" in n for n in r["notes"])
+
+
+def test_no_data_and_single_tier(ledger):
+    r = build_report(ledger, as_of=NOW)
+    assert r["totals"]["documents"] == 0 and r["verdicts"] == [] and "extract" in r["verdict"]
+    populate(ledger, {"zero": 3}, extractor=chain(("zero_shot",)))
+    r = build_report(ledger, as_of=NOW)
+    assert r["verdicts"] == [] and "nothing to compare" in r["verdict"]
+
+
+def test_scope_run_window_schema_and_forced_tiers(ledger):
+    populate(ledger, {"zero": 10}, created_at=NOW - 3 * DAY, prefix="a")
+    ex = populate(ledger, {"few": 5}, created_at=NOW - 1 * DAY, prefix="b")
+    run_b = ledger.query("SELECT run_id FROM extractions ORDER BY id DESC LIMIT 1")[0][0]
+    assert build_report(ledger, Scope(run_id=run_b), as_of=NOW)["totals"]["documents"] == 5
+    assert build_report(ledger, Scope(since=NOW - 2 * DAY), as_of=NOW)["totals"]["documents"] == 5
+    assert build_report(ledger, Scope(until=NOW - 2 * DAY), as_of=NOW)["totals"]["documents"] == 10
+    assert build_report(ledger, Scope(schema="Invoice"), as_of=NOW)["totals"]["documents"] == 15
+    assert build_report(ledger, Scope(schema="Receipt"), as_of=NOW)["totals"]["documents"] == 0
+    assert build_report(ledger, Scope(config_hash=ex.config_hash[:6]), as_of=NOW)["totals"]["documents"] == 15
+    # an extraction where one tier was forced (eval) is not part of the chain's numbers
+    from .ledger_fixtures import COSTS, result
+
+    ledger.record(ex, result(ex, "ft", "ffff", COSTS), forced_tier="fine_tuned",
+                  config_hash=ex.tier_hashes["fine_tuned"])  # fmt: skip
+    assert build_report(ledger, as_of=NOW)["totals"]["documents"] == 15
+
+
+def test_rerun_of_a_document_counts_once(ledger):
+    ex = populate(ledger, {"none": 4})
+    populate(ledger, {"zero": 4}, extractor=ex)  # same documents, same config, answered the second time
+    r = build_report(ledger, as_of=NOW)
+    assert (r["totals"]["documents"], r["totals"]["ok"]) == (4, 4)
+
+
+# -- drift -----------------------------------------------------------------------------------------
+
+
+def test_drift_flags_a_drop_in_success_rate(ledger):
+    ex = chain(("zero_shot", "few_shot"))
+    populate(ledger, {"zero": 90, "few": 10}, extractor=ex, created_at=NOW - 14 * DAY, prefix="old")
+    populate(ledger, {"zero": 60, "few": 40}, extractor=ex, created_at=NOW - 1 * DAY, prefix="new")
+    d = build_report(ledger, as_of=NOW)["drift"]
+    z = next(x for x in d["tiers"] if x["tier"] == "zero_shot")
+    assert z["recent"]["success_rate"] == 0.6 and z["baseline"]["success_rate"] == 0.9
+    assert z["success_z"] == pytest.approx(two_proportion_z(60, 100, 90, 100))
+    # cost per valid: 0.11 / 90 before, 0.14 / 60 now (+91 %), with a significant success change
+    assert z["recent"]["cost_per_valid_usd"] == pytest.approx(0.14 / 60)
+    assert z["flags"] == ["success_rate", "cost_per_valid"]
+    f = next(x for x in d["tiers"] if x["tier"] == "few_shot")
+    assert f["flags"] == [] and d["flagged"] == ["zero_shot: success_rate, cost_per_valid"]
+
+
+def test_drift_quiet_when_nothing_changed_and_cautious_when_sparse(ledger):
+    ex = chain(("zero_shot", "few_shot"))
+    populate(ledger, {"zero": 80, "few": 20}, extractor=ex, created_at=NOW - 14 * DAY, prefix="old")
+    populate(ledger, {"zero": 78, "few": 22}, extractor=ex, created_at=NOW - 1 * DAY, prefix="new")
+    d = build_report(ledger, as_of=NOW)["drift"]
+    assert d["flagged"] == []
+    populate(ledger, {"zero": 5}, extractor=chain(("zero_shot",)), created_at=NOW - 2 * DAY, prefix="x")
+    d = build_report(ledger, Scope(config_hash=chain(("zero_shot",)).config_hash), as_of=NOW)["drift"]
+    assert "too few" in d["tiers"][0]["note"]
+
+
+def test_drift_flags_a_price_change_under_the_same_name(ledger):
+    ex = chain(("zero_shot", "few_shot"))
+    populate(ledger, {"zero": 80, "few": 20}, extractor=ex, created_at=NOW - 14 * DAY, prefix="old")
+    # the same mix, but zero-shot answers cost twice as much in the recent window (a model update)
+    populate(ledger, {"zero": 79, "few": 21}, extractor=ex, created_at=NOW - 1 * DAY, prefix="new",
+             costs={"zero_shot": 0.002})  # fmt: skip
+    z = next(x for x in build_report(ledger, as_of=NOW)["drift"]["tiers"] if x["tier"] == "zero_shot")
+    assert "cost_per_attempt" in z["flags"] and "cost_per_valid" in z["flags"]
+    assert "success_rate" not in z["flags"]
+
+
+# -- reproducible with plain SQL, and the other formats ------------------------------------------
+
+
+def test_every_query_reruns_in_plain_sqlite(ledger):
+    populate(ledger, {"zero": 50, "few": 20, "ft": 30})
+    r = build_report(ledger, as_of=NOW)
+    con = sqlite3.connect(ledger.path)
+    names = set()
+    for q in r["queries"]:
+        rows = con.execute(q["sql"], q["params"]).fetchall()
+        names.add(q["name"])
+        if q["name"] == "totals":
+            assert rows[0][0] == r["totals"]["documents"]
+        if q["name"] == "tiers":
+            assert [row[0] for row in rows] == ["zero_shot", "few_shot", "fine_tuned"]
+    assert {"totals", "tiers", "tier_latency", "rescue", "drift", "trend"} <= names
+    json.dumps(r)  # all of it is JSON
+
+
+def test_csv_has_one_row_per_tier(ledger):
+    populate(ledger, {"zero": 50, "few": 20, "ft": 30})
+    rows = list(csv.DictReader(io.StringIO(report_csv(build_report(ledger, as_of=NOW)))))
+    assert [r["tier"] for r in rows] == ["zero_shot", "few_shot", "fine_tuned"]
+    assert rows[1]["resolved"] == "20" and math.isclose(float(rows[1]["cost_per_valid_usd"]), 0.008)
+
+
+def cli(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "extractkit", *args], capture_output=True, text=True,
+                          timeout=120, **kw)  # fmt: skip
+
+
+def test_report_cli_formats_and_errors(tmp_path, ledger):
+    populate(ledger, {"zero": 50, "few": 20, "ft": 30})
+    ledger.close()
+    lp = str(ledger.path)
+    term = cli("report", "--ledger", lp, "--failure-cost", "2", "--training-cost", "50")
+    assert term.returncode == 0, term.stderr
+    assert "Keep fine_tuned" in term.stdout and "break-even after 84 documents" in term.stdout
+    out = cli("report", "--ledger", lp, "--json", "--csv", str(tmp_path / "r.csv"), "--html",
+              str(tmp_path / "r.html"))  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["totals"]["documents"] == 100
+    assert (tmp_path / "r.csv").read_text().startswith("tier,kind,")
+    assert "<svg" in (tmp_path / "r.html").read_text()
+    bad = cli("report", "--ledger", lp, "--since", "last tuesday")
+    assert bad.returncode == 2 and "--since" in bad.stderr
+    bad = cli("report", "--ledger", lp, "--failure-cost", "0")
+    assert bad.returncode == 2 and "failure_cost" in bad.stderr
+    missing = cli("report", "--ledger", str(tmp_path / "nope.sqlite3"))
+    assert missing.returncode == 2 and "no ledger" in missing.stderr
+    since = cli("report", "--ledger", lp, "--since", "1d", "--json")
+    assert json.loads(since.stdout)["totals"]["documents"] == 100
