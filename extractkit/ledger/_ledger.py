@@ -241,9 +241,41 @@ class Ledger:
             )  # fmt: skip
         return ext_id
 
+    # -- eval -------------------------------------------------------------------------------------
+    def record_eval_item(self, run_id: str, gold_id: str, document_sha256: str | None, path: str | None,
+                         expected: dict[str, Any]) -> None:  # fmt: skip
+        with self._lock, self.conn:
+            self.conn.execute(
+                "INSERT OR REPLACE INTO eval_items (run_id, gold_id, document_sha256, path, expected_json)"
+                " VALUES (?,?,?,?,?)",
+                (run_id, gold_id, document_sha256, path, json.dumps(expected, ensure_ascii=False)),
+            )
+
+    def record_eval_result(self, run_id: str, gold_id: str, tier: str, extraction_id: str, reused: bool,
+                           scores: Iterable[Any]) -> None:  # fmt: skip
+        """Which extraction answered a gold item for a tier, and its field scores (one transaction)."""
+        with self._lock, self.conn:
+            self.conn.execute(
+                "INSERT OR REPLACE INTO eval_results (run_id, gold_id, tier, extraction_id, reused)"
+                " VALUES (?,?,?,?,?)",
+                (run_id, gold_id, tier, extraction_id, int(reused)),
+            )
+            self.conn.execute("DELETE FROM eval_scores WHERE run_id = ? AND gold_id = ? AND tier = ?",
+                              (run_id, gold_id, tier))  # fmt: skip
+            self.conn.executemany(
+                "INSERT INTO eval_scores (run_id, gold_id, tier, extraction_id, field, expected_json,"
+                " got_json, result) VALUES (?,?,?,?,?,?,?,?)",
+                [(run_id, gold_id, tier, extraction_id, sc.field, _json_or_none(sc.expected),
+                  _json_or_none(sc.got), sc.result) for sc in scores],
+            )  # fmt: skip
+
     def integrity_check(self) -> str:
         with self._lock:
             return str(self.conn.execute("PRAGMA integrity_check").fetchone()[0])
+
+
+def _json_or_none(v: Any) -> str | None:
+    return None if v is None else json.dumps(v, ensure_ascii=False, default=str)
 
 
 def _tier_keys(extractor: Any) -> set[str]:

@@ -110,6 +110,14 @@ MIGRATIONS: list[tuple[str, str]] = [
             PRIMARY KEY (run_id, gold_id)
         );
         CREATE INDEX eval_items_document ON eval_items(document_sha256);
+        CREATE TABLE eval_results (             -- which extraction answered each gold item per tier
+            run_id TEXT NOT NULL REFERENCES runs(id),
+            gold_id TEXT NOT NULL,
+            tier TEXT NOT NULL,
+            extraction_id TEXT NOT NULL REFERENCES extractions(id),
+            reused INTEGER NOT NULL DEFAULT 0,  -- 1 when taken from an earlier eval (not paid again)
+            PRIMARY KEY (run_id, gold_id, tier)
+        );
         CREATE TABLE eval_scores (
             run_id TEXT NOT NULL REFERENCES runs(id),
             gold_id TEXT NOT NULL,

@@ -1,0 +1,237 @@
+"""The eval report: per tier and per field scores, chain simulation and verdicts, from the ledger.
+
+Everything is read back with SQL from ``eval_items``, ``eval_results``, ``eval_scores`` and
+``extractions`` for one eval run (the queries are returned with the report).
+
+Chain simulation: from the forced-tier results, each ordering of the tiers (every subsequence of
+the configured order: zero -> few -> fine-tuned, few -> fine-tuned, fine-tuned alone, ...) is
+replayed per document: the first tier whose answer was *valid* gives the answer (the chain cannot
+know whether a valid answer is right), and the document costs what every tier it reached cost.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from typing import Any
+
+from ..ledger import Ledger
+from ..report import Economics, marginal_verdict, percentile, wilson
+from ._score import prf
+
+SQL = {
+    "run": "SELECT id, kind, config_json, started_at, ended_at, status FROM runs WHERE id = ?",
+    "items": "SELECT gold_id, document_sha256, path FROM eval_items WHERE run_id = ? ORDER BY rowid",
+    "results": """
+SELECT r.gold_id, r.tier, r.reused, e.status, e.outcome, e.error, e.cost_usd, e.latency_s, e.n_attempts,
+       TOTAL(s.result = 'tp') AS tp, TOTAL(s.result = 'tn') AS tn, TOTAL(s.result = 'fp') AS fp,
+       TOTAL(s.result = 'fn') AS fn, TOTAL(s.result = 'wrong') AS wrong
+FROM eval_results r JOIN extractions e ON e.id = r.extraction_id
+LEFT JOIN eval_scores s ON s.run_id = r.run_id AND s.gold_id = r.gold_id AND s.tier = r.tier
+WHERE r.run_id = ? GROUP BY r.gold_id, r.tier""",
+    "fields": """
+SELECT tier, field, TOTAL(result = 'tp') AS tp, TOTAL(result = 'tn') AS tn, TOTAL(result = 'fp') AS fp,
+       TOTAL(result = 'fn') AS fn, TOTAL(result = 'wrong') AS wrong
+FROM eval_scores WHERE run_id = ? GROUP BY tier, field ORDER BY field, tier""",
+}
+
+
+def latest_eval_run(ledger: Ledger) -> str | None:
+    rows = ledger.query("SELECT id FROM runs WHERE kind = 'eval' ORDER BY id DESC LIMIT 1")
+    return rows[0]["id"] if rows else None
+
+
+def _correct(r: dict[str, Any]) -> bool:
+    return r["status"] == "ok" and r["fp"] + r["fn"] + r["wrong"] == 0
+
+
+def build_eval(ledger: Ledger, run_id: str, *, economics: Economics | None = None) -> dict[str, Any]:
+    economics = economics or Economics()
+    queries: list[dict[str, Any]] = []
+
+    def q(name: str) -> list[dict[str, Any]]:
+        queries.append({"name": name, "sql": SQL[name].strip(), "params": [run_id]})
+        return [dict(r) for r in ledger.query(SQL[name], [run_id])]
+
+    runs = q("run")
+    if not runs or runs[0]["kind"] != "eval":
+        raise ValueError(f"no eval run {run_id!r} in {ledger.path}")
+    config = json.loads(runs[0]["config_json"] or "{}")
+    items = q("items")
+    results = q("results")
+    by: dict[tuple[str, str], dict[str, Any]] = {(r["gold_id"], r["tier"]): r for r in results}
+    ran = {r["tier"] for r in results}
+    order = [t["name"] for t in config.get("tiers", []) if t["name"] in ran] or sorted(ran)
+    kinds = {t["name"]: t.get("kind") for t in config.get("tiers", [])}
+    models = {t["name"]: t.get("model") for t in config.get("tiers", [])}
+    scored = [i["gold_id"] for i in items if i["document_sha256"] is not None]
+    docs = [g for g in scored if all((g, t) in by for t in order)]
+    n = len(docs)
+
+    tiers = []
+    for t in order:
+        rows = [by[(g, t)] for g in docs]
+        valid = sum(r["status"] == "ok" for r in rows)
+        correct = sum(_correct(r) for r in rows)
+        tp, fp, fn, wrong = (int(sum(r[k] for r in rows)) for k in ("tp", "fp", "fn", "wrong"))
+        p, rec, f1 = prf(tp, fp, fn, wrong)
+        costs = [r["cost_usd"] for r in rows]
+        cost = None if any(c is None for c in costs) else sum(costs)
+        lat = [r["latency_s"] for r in rows if r["latency_s"] is not None]
+        tiers.append(
+            {
+                "tier": t,
+                "kind": kinds.get(t),
+                "model": models.get(t),
+                "documents": len(rows),
+                "valid": valid,
+                "valid_rate": valid / n if n else None,
+                "correct": correct,
+                "accuracy": correct / n if n else None,
+                "accuracy_ci": list(wilson(correct, n)) if n else None,
+                "tp": tp,
+                "fp": fp,
+                "fn": fn,
+                "wrong": wrong,
+                "precision": p,
+                "recall": rec,
+                "f1": f1,
+                "cost_usd": cost,
+                "cost_per_document_usd": cost / n if cost is not None and n else None,
+                "cost_per_correct_usd": cost / correct if cost is not None and correct else None,
+                "latency_p50_s": percentile(lat, 0.5),
+                "latency_p95_s": percentile(lat, 0.95),
+                "reused": sum(r["reused"] for r in rows),
+            }
+        )
+
+    fields: dict[str, dict[str, Any]] = {}
+    for r in q("fields"):
+        if r["tier"] not in order:
+            continue
+        p, rec, f1 = prf(int(r["tp"]), int(r["fp"]), int(r["fn"]), int(r["wrong"]))
+        fields.setdefault(r["field"], {})[r["tier"]] = {
+            "tp": int(r["tp"]),
+            "fp": int(r["fp"]),
+            "fn": int(r["fn"]),
+            "wrong": int(r["wrong"]),
+            "tn": int(r["tn"]),
+            "precision": p,
+            "recall": rec,
+            "f1": f1,
+        }
+
+    chains = [
+        simulate(list(c), docs, by)
+        for k in range(len(order), 0, -1)
+        for c in itertools.combinations(order, k)
+    ]
+    verdicts = []
+    for k in range(1, len(order)):
+        before, tier = order[:k], order[k]
+        reach = [g for g in docs if all(by[(g, b)]["status"] != "ok" for b in before)]
+        rescued = sum(_correct(by[(g, tier)]) for g in reach)
+        costs = [by[(g, tier)]["cost_usd"] for g in reach]
+        spend = None if any(c is None for c in costs) else float(sum(costs))
+        v = marginal_verdict(
+            tier, before, n=n, rescued=rescued, spend=spend, economics=economics, what="answered correctly"
+        )
+        d = v.to_dict()
+        d["wrong_answers_accepted"] = sum(
+            by[(g, tier)]["status"] == "ok" and not _correct(by[(g, tier)]) for g in reach
+        )
+        verdicts.append(d)
+    headline = _headline(verdicts, order, n)
+    unreadable = [i for i in items if i["document_sha256"] is None]
+    incomplete = [g for g in scored if g not in docs]
+    notes = []
+    if any(models.get(t) == "local" for t in order):
+        notes.append(
+            "tiers on the bundled local model (SmolLM2-135M) prove the pipeline, not accuracy: "
+            "do not read these scores as what a real model would do."
+        )
+    if unreadable:
+        notes.append(f"{len(unreadable)} gold document(s) could not be read and are not scored.")
+    if incomplete:
+        notes.append(
+            f"{len(incomplete)} gold document(s) lack a result for some tier (an error during the "
+            "run) and are left out of every number; run eval again to complete them."
+        )
+    return {
+        "run_id": run_id,
+        "status": runs[0]["status"],
+        "documents": n,
+        "economics": economics.__dict__,
+        "tiers": tiers,
+        "fields": fields,
+        "chains": chains,
+        "verdicts": verdicts,
+        "verdict": headline,
+        "unreadable": unreadable,
+        "incomplete": incomplete,
+        "notes": notes,
+        "queries": queries,
+    }
+
+
+def simulate(chain: list[str], docs: list[str], by: dict[tuple[str, str], dict[str, Any]]) -> dict[str, Any]:
+    """Replay one ordering of tiers over the documents from their forced results."""
+    answered = correct = 0
+    tp = fp = fn = wrong = 0
+    cost: float | None = 0.0
+    latencies: list[float] = []
+    wins: dict[str, int] = {t: 0 for t in chain}
+    for g in docs:
+        spent, took, final = 0.0, 0.0, None
+        unknown = False
+        for t in chain:
+            r = by[(g, t)]
+            if r["cost_usd"] is None:
+                unknown = True
+            else:
+                spent += r["cost_usd"]
+            took += r["latency_s"] or 0.0
+            final = r
+            if r["status"] == "ok":
+                answered += 1
+                wins[t] += 1
+                break
+        assert final is not None
+        correct += _correct(final)
+        tp, fp, fn, wrong = (
+            tp + int(final["tp"]),
+            fp + int(final["fp"]),
+            fn + int(final["fn"]),
+            wrong + int(final["wrong"]),
+        )
+        cost = None if cost is None or unknown else cost + spent
+        latencies.append(took)
+    n = len(docs)
+    p, rec, f1 = prf(tp, fp, fn, wrong)
+    return {
+        "chain": chain,
+        "name": " -> ".join(chain),
+        "documents": n,
+        "valid_rate": answered / n if n else None,
+        "accuracy": correct / n if n else None,
+        "accuracy_ci": list(wilson(correct, n)) if n else None,
+        "correct": correct,
+        "precision": p,
+        "recall": rec,
+        "f1": f1,
+        "wins": wins,
+        "cost_usd": cost,
+        "cost_per_document_usd": cost / n if cost is not None and n else None,
+        "cost_per_correct_usd": cost / correct if cost is not None and correct else None,
+        "latency_mean_s": sum(latencies) / n if n else None,
+        "latency_p95_s": percentile(latencies, 0.95),
+    }
+
+
+def _headline(verdicts: list[dict[str, Any]], order: list[str], n: int) -> str:
+    if n == 0:
+        return "No gold document was scored: check the gold file and the unreadable documents."
+    if not verdicts:
+        return f"Only one tier ({order[0]}) was evaluated: see its scores; add tiers to compare."
+    fine = [v for v in verdicts if "fine" in v["tier"]] or verdicts[-1:]
+    return str(fine[-1]["sentence"])
