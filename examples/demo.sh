@@ -24,5 +24,5 @@ set +e
 code=$?
 set -e
 [ "$code" -le 1 ] || exit "$code"   # 1 = some documents failed: still report
-.venv/bin/extractkit report --ledger out/ledger.sqlite3
-echo "results: out/results.jsonl   ledger: out/ledger.sqlite3" >&2
+.venv/bin/extractkit report --ledger out/ledger.sqlite3 --html out/report.html
+echo "results: out/results.jsonl   ledger: out/ledger.sqlite3   report: out/report.html" >&2

@@ -293,6 +293,10 @@ def test_eval_cli_end_to_end(tmp_path):
         n = len(server.requests)
         again = cli(*args)
         assert again.returncode == 0 and len(server.requests) == n and "each tier alone" in again.stdout
+    # an earlier eval, shown again: no config, no key, no server needed
+    shown = cli("eval", "--run", ev["run_id"], "--ledger", str(tmp_path / "l.db"), "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["tiers"] == ev["tiers"]
     assert "chart-accuracy" in (tmp_path / "e.html").read_text()
     assert (tmp_path / "e.csv").read_text().splitlines()[1].startswith("tier,zero_shot")
     bad = cli("eval", str(tmp_path / "nope.jsonl"), "--config", str(cfg))

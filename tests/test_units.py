@@ -210,3 +210,27 @@ def test_config_names_the_missing_key(tmp_path):
     }
     with pytest.raises(ConfigError, match=r"tiers\.1: a few_shot tier needs examples"):
         parse_config(few, root=tmp_path)
+
+
+def test_every_subpackage_and_template_ships_in_the_wheel():
+    """setuptools lists packages explicitly: a new subpackage left off the list works in an editable
+    install and is missing from the wheel. Check the list against the tree."""
+    import fnmatch
+    import sys
+    from pathlib import Path
+
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    setup = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(setup["packages"])
+    on_disk = {".".join(p.parent.relative_to(root).parts) for p in (root / "extractkit").rglob("__init__.py")}
+    assert on_disk <= listed, f"add to [tool.setuptools] packages: {sorted(on_disk - listed)}"
+    for package, globs in setup["package-data"].items():
+        folder = root / setup.get("package-dir", {}).get(package, package.replace(".", "/"))
+        files = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()]
+        data = [f for f in files if not f.endswith((".py", ".pyc")) and "__pycache__" not in f]
+        assert all(any(fnmatch.fnmatch(f, g) for g in globs) for f in data), (package, data, globs)

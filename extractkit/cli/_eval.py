@@ -26,8 +26,8 @@ from ._report import (
 @app.command("eval")
 def eval_(
     gold: Annotated[
-        Path, typer.Argument(help='Gold file: JSON Lines of {"document": ..., "expected": {...}}.')
-    ],
+        Path | None, typer.Argument(help='Gold file: JSON Lines of {"document": ..., "expected": {...}}.')
+    ] = None,
     config: Annotated[Path, typer.Option("--config", "-c", help="TOML config.")] = Path("extractkit.toml"),
     schema: Annotated[str | None, typer.Option(help="module:Model, overrides the config.")] = None,
     tier: Annotated[list[str] | None, typer.Option(help="Only this tier (repeatable); default all.")] = None,
@@ -53,13 +53,25 @@ def eval_(
     Forced extractions are kept in the ledger, so running it again pays only for what is new.
     Exit codes: 0 done, 1 some gold documents could not be read or errored, 2 usage error.
     """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     from ..batch import RateLimiter
-    from ..evaluate import aevaluate, build_eval, eval_csv, eval_html, load_gold, print_eval
+    from ..evaluate import aevaluate, build_eval, load_gold
     from ..ledger import Ledger
-    from ..report import write_text
     from ._build import build
+    from ._report import ledger_or_fail
 
     economics = economics_or_fail(failure_cost, training_cost, min_share, min_documents)
+    if run is not None:  # show an earlier eval: no config, no key, no requests
+        with ledger_or_fail(ledger_path) as ledger:
+            try:
+                ev = build_eval(ledger, run, economics=economics)
+            except ValueError as exc:
+                raise fail_usage(str(exc)) from None
+        _emit(ev, as_json, csv_path, html_path)
+        return
+    if gold is None:
+        raise fail_usage("give a gold file (or --run EVAL_RUN_ID to show an earlier eval)")
     try:
         extractor, cfg = build(config, schema)
         items = load_gold(gold, extractor.schema)
@@ -68,58 +80,47 @@ def eval_(
     except ExtractkitError as exc:
         raise fail_usage(str(exc)) from None
     extractor.limiter = RateLimiter(cfg.batch.rpm, cfg.batch.tpm)
-    path = ledger_path or Path(cfg.resolve(cfg.ledger.path) or "")
-    code = EXIT_OK
-    with Ledger(path, store_text=cfg.ledger.store_text) as ledger:
-        if run is None:
-            err.print(
-                f"evaluating {len(items)} gold documents x {len(tier or extractor.tiers)} tiers "
-                f"(each tier alone); ledger {ledger.path}",
-                highlight=False,
-            )
+    n_tiers = len(tier or extractor.tiers)
+    bar = Progress(TextColumn("[bold]evaluating"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.description}"), TimeElapsedColumn(), console=err,
+                   disable=as_json or not err.is_terminal)  # fmt: skip
+    task = bar.add_task("", total=len(items) * n_tiers)
 
-            def progress(s: Any) -> None:
-                if not as_json:
-                    err.print(
-                        f"  {s.extracted + s.reused} done ({s.reused} reused)", end="\r", highlight=False
-                    )
+    def progress(s: Any) -> None:
+        bar.update(task, completed=s.extracted + s.reused, description=f"{s.reused} reused")
 
-            try:
-                summary = asyncio.run(
-                    aevaluate(
-                        extractor,
-                        items,
-                        ledger,
-                        tiers=tier,
-                        concurrency=concurrency or cfg.batch.concurrency,
-                        force=force,
-                        dayfirst=dayfirst,
-                        on_progress=progress,
-                    )
-                )
-            except KeyboardInterrupt:
-                err.print("[yellow]interrupted[/]: finished extractions are kept; run again to resume.")
-                raise typer.Exit(EXIT_INTERRUPTED) from None
-            except ExtractkitError as exc:
-                raise fail_usage(str(exc)) from None
-            err.print(
-                f"{summary.extracted} extracted, {summary.reused} reused from earlier evals", highlight=False
-            )
-            for u in summary.unreadable:
-                err.print(
-                    f"unreadable gold document {u['gold_id']}: {u['error']}", markup=False, highlight=False
-                )
-            for e in summary.errors:
-                err.print(
-                    f"error on {e['gold_id']} / {e['tier']}: {e['error']}", markup=False, highlight=False
-                )
-            if summary.unreadable or summary.errors:
-                code = EXIT_FAILED
-            run = summary.run_id
+    with Ledger(
+        ledger_path or Path(cfg.resolve(cfg.ledger.path) or ""), store_text=cfg.ledger.store_text
+    ) as ledger:
+        err.print(f"evaluating {len(items)} gold documents x {n_tiers} tiers (each tier alone); "
+                  f"ledger {ledger.path}", highlight=False)  # fmt: skip
         try:
-            ev = build_eval(ledger, run, economics=economics)
-        except ValueError as exc:
+            with bar:
+                summary = asyncio.run(aevaluate(
+                    extractor, items, ledger, tiers=tier, concurrency=concurrency or cfg.batch.concurrency,
+                    force=force, dayfirst=dayfirst, on_progress=progress,
+                ))  # fmt: skip
+        except KeyboardInterrupt:
+            err.print("[yellow]interrupted[/]: finished extractions are kept; run again to resume.")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except ExtractkitError as exc:
             raise fail_usage(str(exc)) from None
+        err.print(
+            f"{summary.extracted} extracted, {summary.reused} reused from earlier evals", highlight=False
+        )
+        for u in summary.unreadable:
+            err.print(f"unreadable gold document {u['gold_id']}: {u['error']}", markup=False, highlight=False)
+        for e in summary.errors:
+            err.print(f"error on {e['gold_id']} / {e['tier']}: {e['error']}", markup=False, highlight=False)
+        ev = build_eval(ledger, summary.run_id, economics=economics)
+    _emit(ev, as_json, csv_path, html_path)
+    raise typer.Exit(EXIT_FAILED if summary.unreadable or summary.errors else EXIT_OK)
+
+
+def _emit(ev: dict[str, Any], as_json: bool, csv_path: Path | None, html_path: Path | None) -> None:
+    from ..evaluate import eval_csv, eval_html, print_eval
+    from ..report import write_text
+
     if csv_path:
         write_text(csv_path, eval_csv(ev))
         err.print(f"wrote {csv_path}", highlight=False)
@@ -130,7 +131,6 @@ def eval_(
         print(json.dumps(ev, indent=2))
     else:
         print_eval(ev, out)
-    raise typer.Exit(code)
 
 
 gold_app = typer.Typer(help="Gold files for `extractkit eval`.", no_args_is_help=True)
