@@ -94,3 +94,22 @@ def test_the_browser_check_would_catch_a_script(tmp_path):
                    f"<p>{PAYLOAD_PATH}</p></body></html>")  # fmt: skip
     dom = run_chromium(bad, "--dump-dom")
     assert "<title>pwned-by-path</title>" in dom.stdout
+
+
+def test_eval_page_renders_with_charts(mock_api, tmp_path):
+    from extractkit.evaluate import build_eval, eval_html, evaluate
+
+    from .test_eval import GOLD, eval_chain, responder
+
+    mock_api.post("/chat/completions").mock(side_effect=responder)
+    with Ledger(tmp_path / "l.sqlite3") as ledger:
+        s = evaluate(eval_chain(), GOLD[:12], ledger)
+        html = eval_html(build_eval(ledger, s.run_id))
+    assert "<script" not in html.lower()
+    page = tmp_path / "eval.html"
+    page.write_text(html, encoding="utf-8")
+    dom = run_chromium(page, "--dump-dom")
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert 'id="chart-accuracy"' in dom.stdout and 'id="chart-chain-cost"' in dom.stdout
+    assert len(re.findall(r'<rect class="bar"', dom.stdout)) == 14  # 7 chains x 2 charts
+    assert "zero_shot -&gt; few_shot -&gt; fine_tuned" in dom.stdout

@@ -134,7 +134,13 @@ def build_eval(ledger: Ledger, run_id: str, *, economics: Economics | None = Non
         costs = [by[(g, tier)]["cost_usd"] for g in reach]
         spend = None if any(c is None for c in costs) else float(sum(costs))
         v = marginal_verdict(
-            tier, before, n=n, rescued=rescued, spend=spend, economics=economics, what="answered correctly"
+            tier,
+            before,
+            n=n,
+            rescued=rescued,
+            spend=spend,
+            economics=economics,
+            what="it answered {k} of {n} documents correctly where {before} gave no valid answer",
         )
         d = v.to_dict()
         d["wrong_answers_accepted"] = sum(

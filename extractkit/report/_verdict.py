@@ -92,13 +92,13 @@ def marginal_verdict(
     rescued: int,
     spend: float | None,
     economics: Economics,
-    what: str = "resolved",
+    what: str = "it resolved {k} of {n} documents that {before} did not",
 ) -> Verdict:
     """Verdict on running ``tier`` after the tiers in ``after``.
 
     ``spend`` is what the tier cost over the ``n`` documents (None when a price was unknown; the
-    verdict then judges the rescue rate alone and says so). ``what`` words the rescue ("resolved"
-    in the report, "answered correctly" in eval).
+    verdict then judges the rescue rate alone and says so). ``what`` words the rescue, with
+    ``{k}``, ``{n}`` and ``{before}`` filled in.
     """
     before = " -> ".join(after) if after else "nothing"
     if n <= 0:
@@ -132,10 +132,7 @@ def marginal_verdict(
         threshold = max(cost / F, economics.min_share)
     savings = rate * F
     net = savings - (cost or 0.0)
-    seen = (
-        f"it {what} {rescued} of {n} documents that {before} did not "
-        f"({_pct(rate)}, 95% CI {_pct(lo)}-{_pct(hi)})"
-    )
+    seen = what.format(k=rescued, n=n, before=before) + f" ({_pct(rate)}, 95% CI {_pct(lo)}-{_pct(hi)})"
     money = (
         f"{_usd(savings)} saved per document at {_usd(F)} per failure, against "
         f"{_usd(cost)} it costs per document"
