@@ -10,12 +10,15 @@ from ._errors import (
     ExamplesError,
     ExtractionFailed,
     ExtractkitError,
+    FinetuneJobError,
+    GoldError,
     LedgerError,
     LocalModelError,
     MissingDependencyError,
     RunError,
     SchemaError,
     TemplateError,
+    TrainingDataError,
 )
 from ._examples import Example, load_examples
 from ._grounding import Grounded
@@ -41,6 +44,8 @@ __all__ = [
     "Extractor",
     "FewShot",
     "FineTuned",
+    "FinetuneJobError",
+    "GoldError",
     "Grounded",
     "LedgerError",
     "LocalModelError",
@@ -54,6 +59,7 @@ __all__ = [
     "SchemaError",
     "TemplateError",
     "Tier",
+    "TrainingDataError",
     "Usage",
     "ZeroShot",
     "__version__",

@@ -7,12 +7,15 @@
     │   ├── SchemaError                the Pydantic model cannot be used as an extraction schema
     │   ├── ExamplesError              a few-shot examples file is malformed (names file and line)
     │   ├── TemplateError              a prompt template is missing or does not render
-    │   └── MissingDependencyError     an optional extra is not installed (says what to install)
+    │   ├── MissingDependencyError     an optional extra is not installed (says what to install)
+    │   ├── GoldError                  a gold file is malformed (names file and line)
+    │   └── TrainingDataError          too few or unusable examples for a fine-tuning export
     ├── DocumentError                  one document cannot be read (empty, binary, no text, ...)
     ├── LedgerError                    the ledger database cannot be opened or migrated
     └── RunError                       a run failed although the configuration was valid
         ├── ExtractionFailed           every tier failed; carries the Result and every Attempt
-        └── LocalModelError            the local model server did not start or died
+        ├── LocalModelError            the local model server did not start or died
+        └── FinetuneJobError           the provider rejected or failed a fine-tuning job
 
 Misuse errors are raised before any request is sent. ``ExtractionFailed`` is raised by
 ``Extractor.extract`` only when the extractor was built with ``raise_on_failure=True``;
@@ -87,3 +90,15 @@ class ExtractionFailed(RunError):
 
 class LocalModelError(RunError):
     """The local model server could not be started or stopped answering."""
+
+
+class GoldError(ConfigError):
+    """A gold file that cannot be used: names the file and line."""
+
+
+class TrainingDataError(ConfigError):
+    """Too few, or unusable, examples for a fine-tuning export or an examples harvest."""
+
+
+class FinetuneJobError(RunError):
+    """The provider rejected or failed a fine-tuning job (upload, create or the job itself)."""

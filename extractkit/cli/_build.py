@@ -9,11 +9,14 @@ from .._chain import Extractor
 from .._config import Config, build_tiers, import_schema, load_config
 
 
-def build(config_path: Path, schema: str | None = None) -> tuple[Extractor[Any], Config]:
+def build(
+    config_path: Path, schema: str | None = None, *, resolve_keys: bool = True
+) -> tuple[Extractor[Any], Config]:
+    """``resolve_keys=False`` for commands that send no extraction request (export, harvest)."""
     cfg = load_config(config_path)
     model = import_schema(schema or cfg.schema_path, [cfg.root])
     tiers = build_tiers(cfg, transport="aiohttp")
-    for tier in tiers:
+    for tier in tiers if resolve_keys else []:
         tier.resolve_api_key()  # a missing key fails here, before any request
     extractor: Extractor[Any] = Extractor(model, tiers)
     return extractor, cfg

@@ -16,12 +16,8 @@ from typing import Any
 from pydantic import BaseModel
 
 from .._chain import document_sha256
-from .._errors import ConfigError, DocumentError
+from .._errors import DocumentError, GoldError
 from ..batch._loaders import TEXT_TYPES, Document, load
-
-
-class GoldError(ConfigError):
-    """A gold file that cannot be used: names the file and line."""
 
 
 @dataclass(frozen=True)

@@ -131,6 +131,36 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX eval_scores_run ON eval_scores(run_id, tier, field);
         """,
     ),
+    (
+        "0003_finetune_jobs",
+        """
+        CREATE TABLE finetune_jobs (
+            id TEXT PRIMARY KEY,                -- the provider's job id (ftjob-...)
+            created_at REAL NOT NULL,
+            updated_at REAL,
+            base_url TEXT,                      -- the provider's API base (no credentials)
+            base_model TEXT NOT NULL,
+            suffix TEXT,
+            seed INTEGER,
+            n_epochs INTEGER,
+            training_file TEXT,                 -- provider file ids
+            validation_file TEXT,
+            manifest_json TEXT,                 -- the export behind it: counts, filters, hashes
+            status TEXT NOT NULL,               -- queued, running, succeeded, failed, cancelled, ...
+            fine_tuned_model TEXT,
+            trained_tokens INTEGER,
+            error TEXT
+        );
+        CREATE TABLE finetune_events (
+            id TEXT PRIMARY KEY,                -- the provider's event id
+            job_id TEXT NOT NULL REFERENCES finetune_jobs(id),
+            created_at REAL,
+            level TEXT,
+            message TEXT
+        );
+        CREATE INDEX finetune_events_job ON finetune_events(job_id, created_at);
+        """,
+    ),
 ]
 
 
