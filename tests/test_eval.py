@@ -224,6 +224,11 @@ def test_eval_forces_each_tier_scores_simulates_and_decides(mock_api, tmp_path):
             sum(r["cost_usd"] for r in paid if int(r["gold_id"]) >= reached[r["tier"]]))
         ft = next(v for v in ev["verdicts"] if v["tier"] == "fine_tuned")
         assert (ft["n"], ft["rescued"], ft["wrong_answers_accepted"], ft["decision"]) == (40, 6, 4, KEEP)
+        # the two uses of one dataset, side by side: paired on the same documents
+        [cmp] = ev["comparisons"]
+        assert (cmp["a"], cmp["b"], cmp["only_a"], cmp["only_b"], cmp["winner"]) == ("few_shot", "fine_tuned", 0, 6,
+                                                                                       "fine_tuned")  # fmt: skip
+        assert cmp["p_value"] == pytest.approx(2 / 64) and "more accurate" in cmp["sentence"]
         few = next(v for v in ev["verdicts"] if v["tier"] == "few_shot")
         assert (few["rescued"], few["decision"]) == (10, KEEP)
         # forced extractions are not the chain's: the tier report does not count them

@@ -69,6 +69,13 @@ def test_documents_needed_is_the_smallest_n_that_decides():
     assert documents_needed(1, 100, 0.01) is None  # exactly at the threshold: never decided
 
 
+def test_mcnemar_exact():
+    from extractkit.report import mcnemar_exact
+
+    assert mcnemar_exact(0, 6) == 2 / 64 and mcnemar_exact(3, 3) == 1.0 and mcnemar_exact(0, 0) == 1.0
+    assert mcnemar_exact(1, 9) == pytest.approx(2 * 11 / 1024)
+
+
 def test_percentile_nearest_rank_and_z():
     assert percentile([5, 1, 4, 2, 3], 0.5) == 3 and percentile([1, 2, 3, 4], 0.95) == 4
     assert percentile([], 0.5) is None

@@ -56,6 +56,20 @@ def _setup(config: Path, ledger_path: Path | None) -> tuple[Any, Any, Any]:
     return extractor, cfg, ledger
 
 
+def _ledger_for(ledger_path: Path | None, config: Path | None) -> Any:
+    """--ledger, else the config's ledger (if the config file exists), else the default ledger."""
+    from .._config import load_config
+    from ..ledger import Ledger
+
+    if ledger_path is None and config is not None and config.is_file():
+        try:
+            cfg = load_config(config)
+        except ExtractkitError as exc:
+            raise fail_usage(str(exc)) from None
+        return Ledger(cfg.resolve(cfg.ledger.path))
+    return Ledger(ledger_path)
+
+
 def _selection(
     from_tier: list[str] | None,
     run: str | None,
@@ -172,6 +186,9 @@ def launch_(
     seed: Annotated[int | None, typer.Option(help="Training seed.")] = None,
     epochs: Annotated[int | None, typer.Option(min=1, help="Epochs (default: the provider's).")] = None,
     ledger_path: Annotated[Path | None, typer.Option("--ledger", help="Ledger to record the job in.")] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="Config whose ledger to use.")] = Path(
+        "extractkit.toml"
+    ),
     as_json: AsJson = False,
 ) -> None:
     """Upload the export and create the fine-tuning job; the job is recorded in the ledger.
@@ -179,13 +196,12 @@ def launch_(
     Example: extractkit finetune launch --dir finetune/ --suffix invoices --seed 7
     """
     from ..finetune import launch
-    from ..ledger import Ledger
 
     train = directory / "train.jsonl"
     val = directory / "validation.jsonl"
     if not train.is_file():
         raise fail_usage(f"no {train}: run `extractkit finetune export -o {directory}` first")
-    with Ledger(ledger_path) as ledger:
+    with _ledger_for(ledger_path, config) as ledger:
         try:
             job = launch(
                 ledger,
@@ -223,6 +239,9 @@ def status_(
     tier: Annotated[
         str | None, typer.Option(help="Tier name to update (default: the fine_tuned one).")
     ] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="Config whose ledger to use.")] = Path(
+        "extractkit.toml"
+    ),
     as_json: AsJson = False,
 ) -> None:
     """Poll a fine-tuning job; when it succeeded, optionally write the model into the config.
@@ -232,9 +251,8 @@ def status_(
     --write-config shows the diff, keeps the old file as .bak and writes the new one.
     """
     from ..finetune import config_diff, status, with_finetuned_model
-    from ..ledger import Ledger
 
-    with Ledger(ledger_path) as ledger:
+    with _ledger_for(ledger_path, write_config or config) as ledger:
         while True:
             try:
                 job = status(ledger, job_id)

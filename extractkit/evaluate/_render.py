@@ -77,6 +77,8 @@ def print_eval(ev: dict[str, Any], console: Console) -> None:
                 markup=False,
                 highlight=False,
             )
+    for c in ev.get("comparisons", []):
+        console.print(Text("same data, two uses: " + c["sentence"], style="bold"))
     print_verdicts(ev["verdicts"], ev["verdict"], console)
 
 

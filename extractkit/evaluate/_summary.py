@@ -16,7 +16,7 @@ import json
 from typing import Any
 
 from ..ledger import Ledger
-from ..report import Economics, marginal_verdict, percentile, wilson
+from ..report import Economics, marginal_verdict, mcnemar_exact, percentile, wilson
 from ._score import prf
 
 SQL = {
@@ -147,6 +147,12 @@ def build_eval(ledger: Ledger, run_id: str, *, economics: Economics | None = Non
             by[(g, tier)]["status"] == "ok" and not _correct(by[(g, tier)]) for g in reach
         )
         verdicts.append(d)
+    comparisons = [
+        compare(a, b, docs, by)
+        for a in order
+        for b in order
+        if kinds.get(a) == "few_shot" and kinds.get(b) == "fine_tuned"
+    ]
     headline = _headline(verdicts, order, n)
     unreadable = [i for i in items if i["document_sha256"] is None]
     incomplete = [g for g in scored if g not in docs]
@@ -173,6 +179,7 @@ def build_eval(ledger: Ledger, run_id: str, *, economics: Economics | None = Non
         "chains": chains,
         "verdicts": verdicts,
         "verdict": headline,
+        "comparisons": comparisons,
         "unreadable": unreadable,
         "incomplete": incomplete,
         "notes": notes,
@@ -232,6 +239,42 @@ def simulate(chain: list[str], docs: list[str], by: dict[tuple[str, str], dict[s
         "latency_mean_s": sum(latencies) / n if n else None,
         "latency_p95_s": percentile(latencies, 0.95),
     }
+
+
+def compare(a: str, b: str, docs: list[str], by: dict[tuple[str, str], dict[str, Any]]) -> dict[str, Any]:
+    """Two tiers alone on the same documents (e.g. few-shot with a harvested pool against a model
+    fine-tuned on the same data): paired, so the test is McNemar's on the documents they disagree on."""
+    right_a = [_correct(by[(g, a)]) for g in docs]
+    right_b = [_correct(by[(g, b)]) for g in docs]
+    only_a = sum(x and not y for x, y in zip(right_a, right_b, strict=True))
+    only_b = sum(y and not x for x, y in zip(right_a, right_b, strict=True))
+    p = mcnemar_exact(only_a, only_b)
+    costs: dict[str, float | None] = {}
+    for t in (a, b):
+        c = [by[(g, t)]["cost_usd"] for g in docs]
+        costs[t] = None if any(x is None for x in c) or not docs else sum(c) / len(docs)
+    n, ka, kb = len(docs), sum(right_a), sum(right_b)
+    both = costs[a] is not None and costs[b] is not None
+    money = f", at ${costs[a]:.4f} and ${costs[b]:.4f} per document" if both else ""
+    seen = f"on the same {n} gold documents {a} was right on {ka} and {b} on {kb}{money}"
+    if n == 0:
+        winner, sentence = None, f"No gold document to compare {a} and {b} on."
+    elif p < 0.05:
+        winner = a if ka > kb else b
+        sentence = f"{winner} is more accurate: {seen} (McNemar exact p = {p:.3g})."
+    else:
+        cheaper = None
+        ca, cb = costs[a], costs[b]
+        if ca is not None and cb is not None and ca != cb:
+            cheaper = a if ca < cb else b
+        winner = cheaper
+        tail = f"; the cheaper, {cheaper}, is the better buy" if cheaper else ""
+        sentence = f"No significant difference: {seen} (McNemar exact p = {p:.3g}){tail}."
+    return {
+        "a": a, "b": b, "documents": n, "correct_a": ka, "correct_b": kb, "only_a": only_a,
+        "only_b": only_b, "p_value": p, "cost_per_document_a": costs[a], "cost_per_document_b": costs[b],
+        "winner": winner, "sentence": sentence,
+    }  # fmt: skip
 
 
 def _headline(verdicts: list[dict[str, Any]], order: list[str], n: int) -> str:

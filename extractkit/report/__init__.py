@@ -7,7 +7,7 @@ it can be reproduced with any SQLite client.
 from ._aggregate import SQL, Scope, build_report
 from ._html import report_html
 from ._render import print_report, print_verdicts, report_csv, write_text
-from ._stats import documents_needed, percentile, two_proportion_z, wilson
+from ._stats import documents_needed, mcnemar_exact, percentile, two_proportion_z, wilson
 from ._verdict import DROP, KEEP, NO_DATA, UNDECIDED, Economics, Verdict, marginal_verdict
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "build_report",
     "documents_needed",
     "marginal_verdict",
+    "mcnemar_exact",
     "percentile",
     "print_report",
     "print_verdicts",

@@ -79,3 +79,14 @@ def two_proportion_z(s1: int, n1: int, s2: int, n2: int) -> float | None:
     if se == 0:
         return None if s1 / n1 == s2 / n2 else math.copysign(math.inf, s1 / n1 - s2 / n2)
     return (s1 / n1 - s2 / n2) / se
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Two-sided exact McNemar p-value from the discordant pairs: ``b`` documents only the first
+    got right, ``c`` only the second (a binomial test of b against (b + c) / 2)."""
+    n = b + c
+    if n == 0:
+        return 1.0
+    k = min(b, c)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
+    return min(1.0, 2 * tail)
