@@ -1,16 +1,22 @@
 """The grounding guard: values that must occur in the source document.
 
-Mark a field ``Annotated[str, Grounded()]`` (or a number, a date, or a list of those). When the
-extractor validates a model answer it passes the document text as Pydantic validation context;
-a value that does not occur in it fails validation with error type ``ungrounded`` — which
-re-asks and escalates like any other validation failure. Outside extraction (no document in the
-context) the check is skipped, so the same model validates stored data normally.
+Mark a field ``Annotated[str, Grounded()]`` (or a number, a date, or a list of those). While the
+extractor validates a model answer, the document is the *current source* (a context variable set
+around the call, so it is not handed to instructor as a template context, which would run the
+document through Jinja2); a value that does not occur in it fails validation with error type
+``ungrounded`` — which re-asks and escalates like any other validation failure. Outside
+extraction the check is skipped, so the same model validates stored data normally; to check
+stored data against a text, validate with ``context={"source_text": text}`` or inside
+``with grounding_source(text):``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -109,13 +115,31 @@ class SourceIndex:
         return self.has_text(str(value))
 
 
+_CURRENT: ContextVar[SourceIndex | None] = ContextVar("extractkit_grounding_source", default=None)
+
+
+@contextmanager
+def grounding_source(text: str) -> Iterator[SourceIndex]:
+    """Validate Grounded fields against ``text`` inside this block (indexed once)."""
+    index = SourceIndex(text)
+    token = _CURRENT.set(index)
+    try:
+        yield index
+    finally:
+        _CURRENT.reset(token)
+
+
 def check_grounded(value: Any, info: ValidationInfo) -> Any:
     context = info.context
-    if not isinstance(context, dict) or not isinstance(context.get(SOURCE_KEY), str):
+    index: SourceIndex | None
+    if isinstance(context, dict) and isinstance(context.get(SOURCE_KEY), str):
+        found = context.get(_INDEX_KEY)
+        index = found if isinstance(found, SourceIndex) else SourceIndex(context[SOURCE_KEY])
+        context[_INDEX_KEY] = index
+    else:
+        index = _CURRENT.get()
+    if index is None:
         return value
-    index = context.get(_INDEX_KEY)
-    if not isinstance(index, SourceIndex):
-        index = context[_INDEX_KEY] = SourceIndex(context[SOURCE_KEY])
     if not index.contains(value):
         raise PydanticCustomError(
             "ungrounded",

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ValidationError
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
 from . import _retry
+from ._grounding import grounding_source
 from ._pricing import Price, cost, lookup_price
 from ._results import Attempt, Outcome, Usage
 from ._tiers import BoundTier, Mode
@@ -304,17 +305,19 @@ class TierCall:
         hooks.on("parse:error", self._on_parse_error)
         create: Any = instructor.patch(create=self._create, mode=_INSTRUCTOR_MODE[tier.resolved_mode])
         try:
-            value = await create(
-                response_model=self.bound.schema,
-                messages=messages,
-                model=tier.model,
-                temperature=tier.temperature,
-                max_tokens=self.max_tokens,
-                max_retries=tier.max_reasks,
-                context={"source_text": self.document},
-                strict=False,
-                hooks=hooks,
-            )
+            # the document reaches the Grounded validators through a context variable, not
+            # instructor's `context=`, which would also render every message as a Jinja2 template
+            with grounding_source(self.document):
+                value = await create(
+                    response_model=self.bound.schema,
+                    messages=messages,
+                    model=tier.model,
+                    temperature=tier.temperature,
+                    max_tokens=self.max_tokens,
+                    max_retries=tier.max_reasks,
+                    strict=False,
+                    hooks=hooks,
+                )
         except (InstructorRetryException, IncompleteOutputException, _TierStop) as exc:
             if self.attempts and self.attempts[-1].ok:
                 # instructor failed on the answer in a way its parse hook did not report

@@ -40,6 +40,18 @@ def bodies(route) -> list[dict]:
 # -- each outcome lands in the right Attempt --------------------------------------------------
 
 
+@pytest.mark.parametrize("marker", ["Total {{ 7*7 }} units", "{% if x %}unclosed", "{# comment #}"])
+def test_documents_that_look_like_templates_are_sent_verbatim(mock_api, marker):
+    """instructor renders messages as Jinja2 templates when given a context: the document must
+    reach the model exactly as it is (and never break the call), with grounding still enforced."""
+    doc = DOC + marker + "\n"
+    route = mock_api.post("/chat/completions").mock(side_effect=[ok({**GOOD, "issuer": "Nobody"}), ok()])
+    result = Extractor(Invoice, tiers=[zero(max_reasks=1)]).extract(doc)
+    assert result.ok and [a.outcome for a in result.attempts] == [Outcome.UNGROUNDED, Outcome.OK]
+    for body in bodies(route):
+        assert marker in body["messages"][-1 if len(body["messages"]) == 2 else 1]["content"]
+
+
 def test_ok(mock_api):
     route = mock_api.post("/chat/completions").mock(return_value=ok(usage=(120, 30, 20)))
     result = Extractor(Invoice, tiers=[zero()]).extract(DOC)

@@ -165,9 +165,10 @@ def export(
     if rep.skipped:
         out.print("skipped: " + ", ".join(f"{v} {k}" for k, v in rep.skipped.items()), highlight=False)
     cost = f"${rep.estimated_cost_usd:.4f}" if rep.estimated_cost_usd is not None else "unknown"
+    limit = f"{rep.context_limit:,}" if rep.context_limit else "unknown"
     out.print(
         f"{rep.train_tokens:,} training tokens (longest example {rep.longest_tokens:,}, limit "
-        f"{rep.context_limit or 'unknown'}); estimated training cost for {rep.epochs} epochs of "
+        f"{limit}); estimated training cost for {rep.epochs} epochs of "
         f"{rep.base_model}: {cost}",
         highlight=False,
     )

@@ -170,8 +170,11 @@ def export_finetune(
     return report
 
 
-def _too_few(n: int, got: Collected, skipped: dict[str, int]) -> str:
+def _too_few(n: int, got: Collected, skipped: dict[str, int], need: str = "") -> str:
     why = "; ".join(f"{v} {k}" for k, v in skipped.items()) or "none skipped"
+    if need:
+        return (f"{n} examples; {need}. Selected {len(got.all)} validated documents; skipped: {why}. "
+                "Extract more documents, add a gold file or corrections, or widen the filters.")
     return (
         f"{n} training examples; fine-tuning needs at least {MIN_EXAMPLES} (OpenAI's minimum). "
         f"Selected {len(got.all)} validated documents ({len(got.validation)} went to validation); "
@@ -207,11 +210,7 @@ def harvest_examples(
     got = collect(ledger, schema, sel)
     chosen = got.all if include_validation else got.train
     if not chosen:
-        raise TrainingDataError(
-            _too_few(0, got, dict(got.skipped)).replace(
-                "fine-tuning needs at least 10", "a few-shot pool needs at least 1"
-            )
-        )
+        raise TrainingDataError(_too_few(0, got, dict(got.skipped), "a few-shot pool needs at least 1"))
     warnings = []
     if len(chosen) < 3:
         warnings.append(f"only {len(chosen)} examples: a FewShot tier with k=3 will use fewer")
