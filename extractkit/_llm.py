@@ -14,6 +14,7 @@ method. That function is where extractkit adds what instructor and the openai SD
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 from typing import Any
@@ -143,6 +144,7 @@ class TierCall:
         self.attempts: list[Attempt] = []
         self.max_tokens = bound.max_tokens
         self.context_window = bound.context_window
+        self._token_memo: dict[str, int] = {}  # this document's messages, counted once
         self._n_original = 0
 
     # -- recording ----------------------------------------------------------------------------
@@ -183,7 +185,12 @@ class TierCall:
 
     def _estimate(self, kwargs: dict[str, Any]) -> int:
         extra = kwargs.get("tools") or kwargs.get("response_format")
-        return int(count_request_tokens(kwargs["messages"], extra) * TOKEN_SAFETY)
+        n = count_request_tokens(kwargs["messages"], memo=self._token_memo)
+        if extra:  # the tool / schema definition is the same for every call of this tier: count it once
+            if self.bound.extra_tokens is None:
+                self.bound.extra_tokens = count_tokens(json.dumps(extra, ensure_ascii=False))
+            n += self.bound.extra_tokens
+        return int(n * TOKEN_SAFETY)
 
     def _fit(self, kwargs: dict[str, Any]) -> tuple[dict[str, Any], int]:
         """Keep the request inside the context: trim what a re-ask quotes back."""
@@ -233,11 +240,22 @@ class TierCall:
             )
             raise _TierStop("context overflow")
         policy = self.retry_policy
+        # the first try goes straight out; tenacity's machinery is set up only after a transient
+        # failure (it costs more per call than the rest of the attempt's bookkeeping)
+        try:
+            return await self._send(kwargs, estimate)
+        except _TierStop:
+            raise
+        except Exception as exc:
+            if policy.max_attempts <= 1 or not _retry.is_transient(exc):
+                raise _TierStop(str(exc)) from exc
+            first = exc
+        await _retry.sleep(_retry.retry_delay(1, _retry.response_headers(first), policy))
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(policy.max_attempts),
+            stop=stop_after_attempt(policy.max_attempts - 1),
             retry=retry_if_exception(_retry.is_transient),
             wait=lambda state: _retry.retry_delay(
-                state.attempt_number,
+                state.attempt_number + 1,  # the first attempt was made above
                 _retry.response_headers(state.outcome.exception()) if state.outcome else None,
                 policy,
             ),

@@ -204,6 +204,7 @@ class BoundTier:
 
         self.tier = tier
         self.schema = schema
+        self.extra_tokens: int | None = None  # tokens of the tool / schema definition, once known
         self.selector: ExampleSelector | None = None
         if isinstance(tier, FewShot):
             examples = coerce_examples(tier.examples, schema)

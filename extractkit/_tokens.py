@@ -24,10 +24,20 @@ def _encoding() -> Any:
     return tiktoken.get_encoding(OFFLINE_ENCODING)
 
 
+SHORT = 4096  # texts up to this many characters (prompts, schemas) are counted once and remembered
+
+
+@functools.lru_cache(maxsize=1024)
+def _count_short(text: str) -> int:
+    return len(_encoding().encode(text, disallowed_special=()))
+
+
 def count_tokens(text: str) -> int:
     """Tokens in ``text`` (cl100k_base, offline). Exact for cl100k models, an estimate otherwise."""
     if not text:
         return 0
+    if len(text) <= SHORT:
+        return _count_short(text)
     return len(_encoding().encode(text, disallowed_special=()))
 
 
@@ -47,9 +57,18 @@ def message_text(message: Any) -> str:
     return "\n".join(parts)
 
 
-def count_request_tokens(messages: list[Any], extra: Any = None) -> int:
-    """Estimated prompt tokens of a chat request: messages plus tool / schema definitions."""
-    total = sum(count_tokens(message_text(m)) + PER_MESSAGE_OVERHEAD for m in messages)
+def count_request_tokens(messages: list[Any], extra: Any = None, memo: dict[str, int] | None = None) -> int:
+    """Estimated prompt tokens of a chat request: messages plus tool / schema definitions.
+
+    ``memo`` (text -> count) spares re-counting the same long document on every attempt."""
+    total = 0
+    for m in messages:
+        text = message_text(m)
+        if memo is None:
+            n = count_tokens(text)
+        elif (n := memo.get(text, -1)) < 0:
+            n = memo[text] = count_tokens(text)
+        total += n + PER_MESSAGE_OVERHEAD
     if extra:
         total += count_tokens(json.dumps(extra, ensure_ascii=False))
     return total + 3

@@ -151,3 +151,22 @@ def test_rate_limiter_paces_instead_of_bursting(monkeypatch, rpm, tpm, tokens, g
     asyncio.run(go())
     # with the clock standing still, request i waits i slots
     assert slept == pytest.approx([g * (i + 1) for i, g in enumerate(gaps)])
+
+
+def test_an_extraction_and_its_attempts_are_written_together_or_not_at_all(tmp_path, monkeypatch):
+    from .ledger_fixtures import COSTS, chain, result
+
+    ex = chain()
+    with Ledger(tmp_path / "l.sqlite3") as ledger:
+
+        def broken(*args, **kwargs):
+            raise RuntimeError("disk on fire")
+
+        monkeypatch.setattr("extractkit.ledger._ledger._attempt_row", broken)
+        with pytest.raises(RuntimeError):
+            ledger.record(ex, result(ex, "few", "ab", COSTS), text="doc")
+        counts = [ledger.query(f"SELECT COUNT(*) FROM {t}")[0][0] for t in ("extractions", "documents", "attempts")]
+        assert counts == [0, 0, 0]
+        monkeypatch.undo()
+        ledger.record(ex, result(ex, "few", "ab", COSTS), text="doc")  # the connection is usable again
+        assert ledger.query("SELECT COUNT(*) FROM attempts")[0][0] == 3

@@ -71,8 +71,8 @@ def _record(
     suffix: str | None = None,
 ) -> None:
     now = time.time()
-    with ledger._lock, ledger.conn:
-        ledger.conn.execute(
+    with ledger.transaction() as conn:
+        conn.execute(
             "INSERT INTO finetune_jobs (id, created_at, updated_at, base_url, base_model, suffix, seed,"
             " n_epochs, training_file, validation_file, manifest_json, status, fine_tuned_model,"
             " trained_tokens, error) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
@@ -193,8 +193,8 @@ async def astatus(
             {"id": e.id, "created_at": e.created_at, "level": e.level, "message": e.message}
             for e in page.data
         ]
-        with ledger._lock, ledger.conn:
-            ledger.conn.executemany(
+        with ledger.transaction() as conn:
+            conn.executemany(
                 "INSERT OR IGNORE INTO finetune_events (id, job_id, created_at, level, message)"
                 " VALUES (?,?,?,?,?)",
                 [(e["id"], job_id, e["created_at"], e["level"], scrub(str(e["message"]))) for e in evs],

@@ -9,7 +9,8 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +93,20 @@ class Ledger:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE ... COMMIT, rolled back on error), serialised with
+        every other use of the connection. The connection is in autocommit mode, where
+        ``with conn:`` alone would commit each statement on its own."""
+        with self._lock:
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.conn
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+            self.conn.execute("COMMIT")
+
     def add_secret(self, value: str | None) -> None:
         """A value (an API key) that must never be written; it is redacted wherever it occurs."""
         if value:
@@ -103,7 +118,7 @@ class Ledger:
         from .. import __version__
 
         run_id = new_id()
-        with self._lock, self.conn:
+        with self.transaction():
             self.conn.execute(
                 "INSERT INTO runs (id, kind, config_hash, config_json, schema_hash,"
                 " extractkit_version, started_at, status) VALUES (?,?,?,?,?,?,?, 'running')",
@@ -116,7 +131,7 @@ class Ledger:
         allowed = {"n_documents", "n_ok", "n_failed", "n_errors", "n_skipped", "n_resumed"}
         sets = ", ".join(f"{k} = ?" for k in counts if k in allowed)
         values = [v for k, v in counts.items() if k in allowed]
-        with self._lock, self.conn:
+        with self.transaction():
             self.conn.execute(
                 f"UPDATE runs SET status = ?, ended_at = ?{', ' + sets if sets else ''} WHERE id = ?",
                 (status, time.time(), *values, run_id),
@@ -176,8 +191,7 @@ class Ledger:
         usage = result.usage
         secrets_ = self._secrets | _tier_keys(extractor)
         written: list[str] = []
-        with self._lock, self.conn:
-            c = self.conn
+        with self.transaction() as c:
             if result.schema_hash not in self._versions_written:
                 c.execute(
                     "INSERT OR IGNORE INTO schemas (hash, name, json) VALUES (?,?,?)",
@@ -231,7 +245,7 @@ class Ledger:
     ) -> str:  # fmt: skip
         """A document that could not be read: a per-document error, no attempts."""
         ext_id = new_id()
-        with self._lock, self.conn:
+        with self.transaction():
             self.conn.execute(
                 "INSERT INTO extractions (id, run_id, document_sha256, path, schema_hash,"
                 " config_hash, status, outcome, error, created_at)"
@@ -244,7 +258,7 @@ class Ledger:
     # -- eval -------------------------------------------------------------------------------------
     def record_eval_item(self, run_id: str, gold_id: str, document_sha256: str | None, path: str | None,
                          expected: dict[str, Any]) -> None:  # fmt: skip
-        with self._lock, self.conn:
+        with self.transaction():
             self.conn.execute(
                 "INSERT OR REPLACE INTO eval_items (run_id, gold_id, document_sha256, path, expected_json)"
                 " VALUES (?,?,?,?,?)",
@@ -254,7 +268,7 @@ class Ledger:
     def record_eval_result(self, run_id: str, gold_id: str, tier: str, extraction_id: str, reused: bool,
                            scores: Iterable[Any]) -> None:  # fmt: skip
         """Which extraction answered a gold item for a tier, and its field scores (one transaction)."""
-        with self._lock, self.conn:
+        with self.transaction():
             self.conn.execute(
                 "INSERT OR REPLACE INTO eval_results (run_id, gold_id, tier, extraction_id, reused)"
                 " VALUES (?,?,?,?,?)",

@@ -100,6 +100,7 @@ MIGRATIONS: list[tuple[str, str]] = [
         ALTER TABLE extractions ADD COLUMN forced_tier TEXT;  -- set when one tier ran alone (eval)
         CREATE INDEX extractions_forced
             ON extractions(document_sha256, schema_hash, config_hash, forced_tier, status);
+        DROP INDEX extractions_resume;          -- extractions_forced serves the resume lookup too
         CREATE INDEX extractions_created ON extractions(created_at);
         CREATE TABLE eval_items (
             run_id TEXT NOT NULL REFERENCES runs(id),
@@ -172,10 +173,16 @@ def migrate(conn: sqlite3.Connection) -> list[str]:
     for name, sql in MIGRATIONS:
         if name in done:
             continue
-        with conn:
+        # one transaction per migration (DDL included): a failure leaves the database as it was
+        conn.execute("BEGIN IMMEDIATE")
+        try:
             for statement in _statements(sql):
                 conn.execute(statement)
             conn.execute("INSERT INTO _migrations (name, applied_at) VALUES (?, julianday('now'))", (name,))
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
         applied.append(name)
     return applied
 
