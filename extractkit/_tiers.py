@@ -205,6 +205,11 @@ class BoundTier:
         self.tier = tier
         self.schema = schema
         self.extra_tokens: int | None = None  # tokens of the tool / schema definition, once known
+        # instructor wraps the schema in a new class on every call unless it is already wrapped:
+        # wrap it once here (the answer is handed back as the user's own class)
+        from instructor.v2.core.response_model import prepare_response_model
+
+        self.response_model: type[BaseModel] = prepare_response_model(schema)  # type: ignore[assignment]
         self.selector: ExampleSelector | None = None
         if isinstance(tier, FewShot):
             examples = coerce_examples(tier.examples, schema)

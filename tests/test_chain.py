@@ -315,3 +315,13 @@ def test_api_key_never_in_attempts_or_describe(mock_api, monkeypatch):
     ex = Extractor(Invoice, tiers=[zero()])
     result = ex.extract(DOC)
     assert "sk-secret-123" not in repr(result) + json.dumps(ex.describe()) + repr(ex.tiers)
+
+
+def test_a_provider_that_leaves_out_fields_still_parses(mock_api):
+    """Responses are parsed by pydantic-core (fast); a body it rejects falls back to the SDK."""
+    body = completion(GOOD)
+    del body["object"], body["created"]
+    body["choices"][0]["logprobs"] = "not an object"
+    mock_api.post("/chat/completions").mock(return_value=httpx.Response(200, json=body))
+    result = Extractor(Invoice, tiers=[zero()]).extract(DOC)
+    assert result.ok and result.value == Invoice(**GOOD)

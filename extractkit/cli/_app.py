@@ -80,7 +80,7 @@ def extract(
         path = ledger_path or cfg.resolve(cfg.ledger.path)
         with Ledger(path, store_text=cfg.ledger.store_text) as ledger:
             runner = BatchRunner(extractor, ledger, concurrency=concurrency or cfg.batch.concurrency,
-                                 force=force, out=out_path, include=include)  # fmt: skip
+                                 force=force, out=out_path, include=include, freeze_gc=True)  # fmt: skip
             code = _run_batch(runner, ledger, paths, as_json)
     except ExtractkitError as exc:
         raise fail_usage(str(exc)) from None
