@@ -82,6 +82,21 @@ class BatchSummary:
         return d
 
 
+INLINE_BYTES = 64 * 1024  # plain-text files this small are read on the loop: a thread hop costs more
+
+
+async def _load(path: Path, doc_type: str) -> Document:
+    """PDFs, HTML and large files are read in a worker thread; small text files inline."""
+    if doc_type in ("txt", "md", "json"):
+        try:
+            small = path.stat().st_size <= INLINE_BYTES
+        except OSError:
+            small = False  # let load() report it
+        if small:
+            return load(path, doc_type)
+    return await asyncio.to_thread(load, path, doc_type)
+
+
 class BatchRunner:
     def __init__(
         self,
@@ -119,7 +134,7 @@ class BatchRunner:
     async def _one(self, path: Path, doc_type: str, run_id: str, summary: BatchSummary) -> DocResult:
         ex = self.extractor
         try:
-            doc = await asyncio.to_thread(load, path, doc_type)
+            doc = await _load(path, doc_type)
         except DocumentError as exc:
             self.ledger.record_error(
                 run_id=run_id, path=str(path), kind=exc.kind, message=str(exc),
