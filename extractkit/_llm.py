@@ -33,7 +33,7 @@ from ._grounding import grounding_source
 from ._pricing import Price, cost, lookup_price
 from ._results import Attempt, Outcome, Usage
 from ._tiers import BoundTier, Mode
-from ._tokens import count_request_tokens, count_tokens, truncate_to_tokens
+from ._tokens import count_request_tokens, count_tokens, message_text, truncate_to_tokens
 
 OUTPUT_KEEP_CHARS = 4000  # how much of a model answer an Attempt keeps
 TOKEN_SAFETY = 1.15  # margin on offline token estimates (the server's tokenizer may differ)
@@ -278,7 +278,7 @@ class TierCall:
     async def _send(self, kwargs: dict[str, Any], estimate: int) -> Any:
         """One HTTP call, recorded as an Attempt whatever happens."""
         if self.limiter is not None:
-            await self.limiter.acquire(estimate + self.max_tokens)
+            await self.limiter.acquire(rate_limit_tokens(kwargs, self.max_tokens))
         started, t0 = time.time(), time.perf_counter()
         try:
             # the SDK's low-level post (its documented way to send a body as it is): the typed
@@ -357,6 +357,18 @@ class TierCall:
         schema = self.bound.schema
         fields = {k: v for k, v in value.__dict__.items() if k in schema.model_fields}
         return schema.model_construct(_fields_set=set(value.model_fields_set), **fields)
+
+
+def rate_limit_tokens(kwargs: dict[str, Any], max_tokens: int) -> int:
+    """What a request counts against a tokens/minute limit, estimated the way OpenAI documents
+    it: the request's characters / 4, plus max_tokens. (The tokenizer count with its safety
+    margin is for the context check; charged here it would leave a few percent of the limit
+    unused.)"""
+    chars = sum(len(message_text(m)) for m in kwargs.get("messages", []))
+    extra = kwargs.get("tools") or kwargs.get("response_format")
+    if extra:
+        chars += len(json.dumps(extra, ensure_ascii=False))
+    return -(-chars // 4) + max_tokens
 
 
 def _body(kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -234,3 +234,12 @@ def test_every_subpackage_and_template_ships_in_the_wheel():
         files = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()]
         data = [f for f in files if not f.endswith((".py", ".pyc")) and "__pycache__" not in f]
         assert all(any(fnmatch.fnmatch(f, g) for g in globs) for f in data), (package, data, globs)
+
+
+def test_rate_limit_charge_is_characters_over_four_plus_max_tokens():
+    from extractkit._llm import rate_limit_tokens
+
+    kwargs = {"messages": [{"role": "system", "content": "x" * 40}, {"role": "user", "content": "y" * 41}],
+              "tools": [{"type": "function"}]}  # fmt: skip
+    chars = 40 + 41 + len('[{"type": "function"}]')
+    assert rate_limit_tokens(kwargs, 200) == -(-chars // 4) + 200
