@@ -9,7 +9,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -157,9 +157,11 @@ class Ledger:
                 "SELECT * FROM attempts WHERE extraction_id = ? ORDER BY id", (extraction_id,)
             ).fetchall()
 
-    def query(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+    def query(self, sql: str, params: Iterable[Any] | Mapping[str, Any] = ()) -> list[sqlite3.Row]:
+        """Rows of one statement; ``params`` positional (a sequence) or named (a mapping)."""
+        args: Any = dict(params) if isinstance(params, Mapping) else tuple(params)
         with self._lock:
-            return self.conn.execute(sql, tuple(params)).fetchall()
+            return self.conn.execute(sql, args).fetchall()
 
     # -- writes -------------------------------------------------------------------------------
     def record(
@@ -228,8 +230,9 @@ class Ledger:
                 "INSERT INTO attempts (id, extraction_id, run_id, tier, model, number, outcome,"
                 " error, errors_json, prompt_tokens, completion_tokens, cached_tokens, cost_usd,"
                 " latency_s, started_at, finish_reason, status_code, prompt_hash, schema_hash,"
-                " output) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                [_attempt_row(new_id(), ext_id, run_id, a, secrets_) for a in result.attempts],
+                " output, follows) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                [_attempt_row(new_id(), ext_id, run_id, a, secrets_, follows)
+                 for a, follows in zip(result.attempts, _follows(result.attempts), strict=True)],
             )
         self._versions_written.update(written)  # only once the transaction has committed
         return ext_id
@@ -303,12 +306,29 @@ def _tier_keys(extractor: Any) -> set[str]:
     return keys
 
 
-def _attempt_row(aid: str, ext_id: str, run_id: str | None, a: Attempt, secrets_: set[str]):
+_VALIDATION = {"invalid_json", "schema_invalid", "ungrounded"}
+_TRANSIENT = {"rate_limited", "api_error", "timeout"}
+
+
+def _follows(attempts: list[Attempt]) -> list[str | None]:
+    """For each attempt, what it followed in its tier: None (the first), 'reask' or 'retry'."""
+    last: dict[str, str] = {}
+    out: list[str | None] = []
+    for a in attempts:
+        prev = last.get(a.tier)
+        out.append("reask" if prev in _VALIDATION else "retry" if prev in _TRANSIENT else None)
+        last[a.tier] = a.outcome.value
+    return out
+
+
+def _attempt_row(
+    aid: str, ext_id: str, run_id: str | None, a: Attempt, secrets_: set[str], follows: str | None
+) -> tuple[Any, ...]:
     return (
         aid, ext_id, run_id, a.tier, a.model, a.number, a.outcome.value,
         scrub(a.error, secrets_),
         json.dumps(a.errors, ensure_ascii=False) if a.errors is not None else None,
         a.usage.prompt_tokens, a.usage.completion_tokens, a.usage.cached_tokens, a.cost_usd,
         a.latency_s, a.started_at, a.finish_reason, a.status_code, a.prompt_hash,
-        a.schema_hash, scrub(a.output, secrets_),
+        a.schema_hash, scrub(a.output, secrets_), follows,
     )  # fmt: skip

@@ -101,6 +101,13 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX extractions_forced
             ON extractions(document_sha256, schema_hash, config_hash, forced_tier, status);
         DROP INDEX extractions_resume;          -- extractions_forced serves the resume lookup too
+        ALTER TABLE attempts ADD COLUMN follows TEXT;  -- NULL: a tier's first try; reask | retry
+        UPDATE attempts SET follows = (
+            SELECT CASE WHEN p.outcome IN ('invalid_json', 'schema_invalid', 'ungrounded') THEN 'reask'
+                        WHEN p.outcome IN ('rate_limited', 'api_error', 'timeout') THEN 'retry' END
+            FROM attempts p WHERE p.extraction_id = attempts.extraction_id AND p.tier = attempts.tier
+              AND p.number = attempts.number - 1
+        ) WHERE number > 1;
         CREATE INDEX extractions_created ON extractions(created_at);
         CREATE TABLE eval_items (
             run_id TEXT NOT NULL REFERENCES runs(id),

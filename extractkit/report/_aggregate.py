@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..ledger import Ledger
+from ..ledger._ledger import new_id
 from ._stats import Z99, two_proportion_z, wilson
 from ._verdict import Economics, marginal_verdict
 
@@ -53,128 +54,107 @@ class Scope:
             params.append(self.config_hash + "%")
         return " AND ".join(clauses), params
 
-    def window(self, since: float, until: float) -> Scope:
-        lo = since if self.since is None else max(since, self.since)
-        hi = until if self.until is None else min(until, self.until)
-        return Scope(self.schema, self.run_id, lo, hi, self.config_hash)
 
 
-# The latest final extraction of each (document, config) in scope, and its attempts with the
-# outcome of the attempt before each one in the same tier (to tell re-asks from retries).
-BASE = """
-WITH scope AS (
-    SELECT e.* FROM extractions e WHERE e.status IN ('ok', 'failed') AND {where}
-),
-latest AS (
-    SELECT s.* FROM scope s
-    WHERE s.id = (SELECT MAX(t.id) FROM scope t
-                  WHERE t.document_sha256 = s.document_sha256 AND t.config_hash = s.config_hash)
-),
-att AS (
-    SELECT a.*, LAG(a.outcome) OVER (PARTITION BY a.extraction_id, a.tier ORDER BY a.number) AS prev
-    FROM attempts a JOIN latest l ON l.id = a.extraction_id
+# Percentiles are read from latency buckets (10 ms below 10 s, 0.1 s below 100 s, then 1 s): one
+# grouped pass instead of a sort per tier.
+BUCKET = (
+    "CASE WHEN {x} IS NULL THEN NULL WHEN {x} < 10 THEN ROUND({x}, 2) "
+    "WHEN {x} < 100 THEN ROUND({x}, 1) ELSE ROUND({x}, 0) END"
 )
-"""
 
-
-def _rank(q: float) -> str:
-    """SQL for the nearest rank of quantile q among ``cnt`` rows (ceil without ceil())."""
-    return f"MAX(1, CAST({q} * cnt AS INTEGER) + ({q} * cnt > CAST({q} * cnt AS INTEGER)))"
-
+# The latest final extraction of each (document, config) in scope, materialised once per report.
+LATEST = """
+CREATE TEMP TABLE {latest} AS
+SELECT e.id, e.document_sha256, e.config_hash, e.schema_hash, e.path, e.status, e.tier, e.outcome, e.error,
+       e.cost_usd, e.latency_s, e.created_at, e.prompt_tokens, e.completion_tokens
+FROM extractions e JOIN (
+    SELECT MAX(e.id) AS id FROM extractions e
+    WHERE e.status IN ('ok', 'failed') AND {where}
+    GROUP BY e.document_sha256, e.config_hash
+) m ON m.id = e.id"""
 
 SQL = {
-    "totals": BASE
-    + """
+    "totals": """
 SELECT COUNT(*) AS documents, TOTAL(status = 'ok') AS ok, TOTAL(status = 'failed') AS failed,
        TOTAL(cost_usd) AS cost_usd, TOTAL(cost_usd IS NULL) AS unpriced,
        TOTAL(prompt_tokens) AS prompt_tokens, TOTAL(completion_tokens) AS completion_tokens,
        MIN(created_at) AS first_at, MAX(created_at) AS last_at,
        COUNT(DISTINCT config_hash) AS configs, COUNT(DISTINCT schema_hash) AS schemas
-FROM latest""",
-    "document_latency": BASE
-    + f"""
-, lat AS (SELECT latency_s, ROW_NUMBER() OVER (ORDER BY latency_s) AS rn, COUNT(*) OVER () AS cnt
-          FROM latest WHERE latency_s IS NOT NULL)
-SELECT MAX(CASE WHEN rn = {_rank(0.5)} THEN latency_s END) AS p50,
-       MAX(CASE WHEN rn = {_rank(0.95)} THEN latency_s END) AS p95
-FROM lat""",
-    "tiers": BASE
-    + f"""
-SELECT tier, MIN(id) AS first_attempt,
-       COUNT(DISTINCT extraction_id) AS reached,
-       COUNT(DISTINCT CASE WHEN outcome = 'ok' THEN extraction_id END) AS resolved,
-       COUNT(*) AS attempts,
-       TOTAL(prev IN {VALIDATION}) AS reasks,
-       TOTAL(prev IN {TRANSIENT}) AS retries,
-       TOTAL(prompt_tokens) AS prompt_tokens, TOTAL(completion_tokens) AS completion_tokens,
-       TOTAL(cost_usd) AS cost_usd, TOTAL(cost_usd IS NULL) AS unpriced_attempts,
-       GROUP_CONCAT(DISTINCT model) AS models
-FROM att GROUP BY tier ORDER BY first_attempt""",
-    "tier_latency": BASE
-    + f"""
-, lat AS (SELECT tier, latency_s,
-                 ROW_NUMBER() OVER (PARTITION BY tier ORDER BY latency_s) AS rn,
-                 COUNT(*) OVER (PARTITION BY tier) AS cnt
-          FROM att WHERE latency_s IS NOT NULL)
-SELECT tier, MAX(CASE WHEN rn = {_rank(0.5)} THEN latency_s END) AS p50,
-             MAX(CASE WHEN rn = {_rank(0.95)} THEN latency_s END) AS p95
-FROM lat GROUP BY tier""",
-    "failure_outcomes": BASE
-    + """
-SELECT tier, outcome, COUNT(*) AS n FROM att WHERE outcome != 'ok'
-GROUP BY tier, outcome ORDER BY tier, n DESC, outcome""",
-    "unresolved": BASE
-    + """
-SELECT outcome, COUNT(*) AS n FROM latest WHERE status = 'failed' GROUP BY outcome ORDER BY n DESC""",
-    "unresolved_examples": BASE
-    + """
-SELECT path, document_sha256, outcome, error FROM latest WHERE status = 'failed'
+FROM {latest}""",
+    "document_latency": f"""
+SELECT {BUCKET.format(x="latency_s")} AS bucket, COUNT(*) AS n FROM {{latest}}
+WHERE latency_s IS NOT NULL GROUP BY bucket""",
+    # every attempt of those extractions, grouped by everything the report tells apart
+    "attempts": f"""
+SELECT a.tier, a.model, a.outcome, a.number = 1 AS first, a.follows, l.tier AS winner,
+       CASE WHEN l.created_at >= :recent_since AND l.created_at < :recent_until THEN 'recent'
+            WHEN l.created_at >= :baseline_since AND l.created_at < :baseline_until THEN 'baseline'
+       END AS window,
+       {BUCKET.format(x="a.latency_s")} AS bucket,
+       COUNT(*) AS n, TOTAL(a.cost_usd) AS cost, TOTAL(a.cost_usd * a.cost_usd) AS cost_sq,
+       COUNT(a.cost_usd) AS priced, TOTAL(a.prompt_tokens) AS prompt_tokens,
+       TOTAL(a.completion_tokens) AS completion_tokens
+FROM {{latest}} l JOIN attempts a ON a.extraction_id = l.id
+GROUP BY 1, 2, 3, 4, 5, 6, 7, 8""",
+    "winners": """
+SELECT tier, COUNT(*) AS n FROM {latest} WHERE status = 'ok' GROUP BY tier""",
+    "unresolved": """
+SELECT outcome, COUNT(*) AS n FROM {latest} WHERE status = 'failed' GROUP BY outcome ORDER BY n DESC""",
+    "unresolved_examples": """
+SELECT path, document_sha256, outcome, error FROM {latest} WHERE status = 'failed'
 ORDER BY id DESC LIMIT 20""",
-    "rescue": BASE
-    + """
-SELECT l.tier, COUNT(DISTINCT l.id) AS rescued,
-       TOTAL(CASE WHEN a.tier = l.tier THEN a.cost_usd END) AS own_cost_usd,
-       TOTAL(CASE WHEN a.tier != l.tier THEN a.cost_usd END) AS lower_cost_usd,
-       TOTAL(a.cost_usd IS NULL) AS unpriced
-FROM latest l JOIN attempts a ON a.extraction_id = l.id
-WHERE l.status = 'ok' GROUP BY l.tier""",
-    "documents_by_config": BASE
-    + """
-SELECT config_hash, COUNT(*) AS n FROM latest GROUP BY config_hash""",
-    "chains": BASE
-    + """
+    "documents_by_config": """
+SELECT config_hash, COUNT(*) AS n FROM {latest} GROUP BY config_hash""",
+    "chains": """
 SELECT DISTINCT r.config_hash, r.config_json FROM runs r
-WHERE r.config_hash IN (SELECT DISTINCT config_hash FROM latest) AND r.config_json IS NOT NULL""",
-    "document_errors": """
-SELECT e.outcome, COUNT(*) AS n FROM extractions e WHERE e.status = 'error' AND {where}
-GROUP BY e.outcome ORDER BY n DESC""",
-    "trend": BASE
-    + """
+WHERE r.config_hash IN (SELECT DISTINCT config_hash FROM {latest}) AND r.config_json IS NOT NULL""",
+    "trend": """
 SELECT date(created_at, 'unixepoch') AS day, COUNT(*) AS documents, TOTAL(status = 'ok') AS ok,
-       TOTAL(cost_usd) AS cost_usd FROM latest GROUP BY day ORDER BY day""",
-    "trend_tiers": BASE
-    + """
+       TOTAL(cost_usd) AS cost_usd FROM {latest} GROUP BY day ORDER BY day""",
+    "trend_tiers": """
 SELECT date(created_at, 'unixepoch') AS day, tier, COUNT(*) AS resolved
-FROM latest WHERE status = 'ok' GROUP BY day, tier ORDER BY day""",
-    "drift": BASE
-    + """
-SELECT tier, COUNT(DISTINCT extraction_id) AS reached,
-       COUNT(DISTINCT CASE WHEN outcome = 'ok' THEN extraction_id END) AS resolved,
-       COUNT(cost_usd) AS priced, TOTAL(cost_usd) AS cost_usd, TOTAL(cost_usd * cost_usd) AS cost_sq
-FROM att GROUP BY tier""",
+FROM {latest} WHERE status = 'ok' GROUP BY day, tier ORDER BY day""",
 }
+
+DOCUMENT_ERRORS = """
+SELECT e.outcome, COUNT(*) AS n FROM extractions e WHERE e.status = 'error' AND {where}
+GROUP BY e.outcome ORDER BY n DESC"""
 
 
 class _Runner:
-    def __init__(self, ledger: Ledger):
+    """Runs the report's queries against one materialised ``latest`` table, keeping each query."""
+
+    def __init__(self, ledger: Ledger, scope: Scope):
         self.ledger = ledger
         self.queries: list[dict[str, Any]] = []
-
-    def __call__(self, name: str, scope: Scope) -> list[dict[str, Any]]:
+        self.latest = f"temp.report_latest_{new_id()}"
         where, params = scope.where()
-        sql = SQL[name].format(where=where)
+        self._run("latest", LATEST.format(latest=self.latest, where=where), params)
+
+    def _run(self, name: str, sql: str, params: Any) -> list[dict[str, Any]]:
         self.queries.append({"name": name, "sql": sql.strip(), "params": params})
         return [dict(r) for r in self.ledger.query(sql, params)]
+
+    def __call__(self, name: str, params: Any = ()) -> list[dict[str, Any]]:
+        return self._run(name, SQL[name].format(latest=self.latest), params)
+
+    def close(self) -> None:
+        self.ledger.query(f"DROP TABLE IF EXISTS {self.latest}")
+
+
+def _percentile(buckets: dict[float, int], q: float) -> float | None:
+    """Nearest-rank percentile over (value, count) buckets."""
+    total = sum(buckets.values())
+    if not total:
+        return None
+    rank = max(1, math.ceil(q * total))
+    seen = 0
+    for value in sorted(buckets):
+        seen += buckets[value]
+        if seen >= rank:
+            return value
+    return None
 
 
 def _i(x: Any) -> int:
@@ -203,28 +183,73 @@ def build_report(
     """Everything ``extractkit report`` shows, as plain data (see the module docstring)."""
     scope = scope or Scope()
     economics = economics or Economics()
-    q = _Runner(ledger)
-    totals = q("totals", scope)[0]
+    now = time.time() if as_of is None else as_of
+    windows = {
+        "recent_since": now - recent_days * DAY, "recent_until": now,
+        "baseline_since": now - (recent_days + baseline_days) * DAY,
+        "baseline_until": now - recent_days * DAY,
+    }  # fmt: skip
+    q = _Runner(ledger, scope)
+    try:
+        totals = q("totals")[0]
+        doc_latency = {r["bucket"]: r["n"] for r in q("document_latency")}
+        chains = _chains(q("chains"))
+        docs_by_config = {r["config_hash"]: r["n"] for r in q("documents_by_config")}
+        groups = q("attempts", windows)
+        winners = {r["tier"]: r["n"] for r in q("winners")}
+        unresolved = {"by_outcome": {r["outcome"]: r["n"] for r in q("unresolved")},
+                      "examples": q("unresolved_examples")}  # fmt: skip
+        trend_rows, trend_tier_rows = q("trend"), q("trend_tiers")
+    finally:
+        q.close()
     documents = _i(totals["documents"])
     valid = _i(totals["ok"])
     chain_cost = None if totals["unpriced"] else totals["cost_usd"]
-    lat = q("document_latency", scope)[0]
-    chains = _chains(q("chains", scope))
-    docs_by_config = {r["config_hash"]: r["n"] for r in q("documents_by_config", scope)}
     kinds = {t["name"]: t.get("kind") for tiers in chains.values() for t in tiers}
 
-    tiers = q("tiers", scope)
-    latencies = {r["tier"]: r for r in q("tier_latency", scope)}
-    failures: dict[str, dict[str, int]] = {}
-    for r in q("failure_outcomes", scope):
-        failures.setdefault(r["tier"], {})[r["outcome"]] = r["n"]
+    per: dict[str, dict[str, Any]] = {}
+    rescue_spend: dict[str, dict[str, Any]] = {}
+    drift_sums: dict[tuple[str, str], dict[str, float]] = {}
+    for g in groups:
+        name, n = g["tier"], g["n"]
+        t = per.setdefault(name, {
+            "tier": name, "reached": 0, "resolved": 0, "attempts": 0, "reasks": 0,
+            "retries": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0, "unpriced_attempts": 0,
+            "models": set(), "latency": {}, "failure_outcomes": {},
+        })  # fmt: skip
+        t["reached"] += n if g["first"] else 0
+        t["resolved"] += n if g["outcome"] == "ok" else 0
+        t["attempts"] += n
+        t["reasks"] += n if g["follows"] == "reask" else 0
+        t["retries"] += n if g["follows"] == "retry" else 0
+        t["prompt_tokens"] += int(g["prompt_tokens"])
+        t["completion_tokens"] += int(g["completion_tokens"])
+        t["cost_usd"] += g["cost"]
+        t["unpriced_attempts"] += n - g["priced"]
+        t["models"].add(g["model"])
+        if g["bucket"] is not None:
+            t["latency"][g["bucket"]] = t["latency"].get(g["bucket"], 0) + n
+        if g["outcome"] != "ok":
+            t["failure_outcomes"][g["outcome"]] = t["failure_outcomes"].get(g["outcome"], 0) + n
+        if g["winner"] is not None:  # spend on documents some tier resolved, by winner (for rescue)
+            w = rescue_spend.setdefault(g["winner"], {"own": 0.0, "lower": 0.0, "unpriced": 0})
+            w["own" if g["winner"] == name else "lower"] += g["cost"]
+            w["unpriced"] += n - g["priced"]
+        if g["window"] is not None:
+            d = drift_sums.setdefault((g["window"], name), {"reached": 0, "resolved": 0, "priced": 0,
+                                                            "cost_usd": 0.0, "cost_sq": 0.0})  # fmt: skip
+            d["reached"] += n if g["first"] else 0
+            d["resolved"] += n if g["outcome"] == "ok" else 0
+            d["priced"] += g["priced"]
+            d["cost_usd"] += g["cost"]
+            d["cost_sq"] += g["cost_sq"]
+    # chain order: as configured (a tier only some configs have goes after those it follows)
+    rank = {name: i for ts in chains.values() for i, name in enumerate(x["name"] for x in ts)}
+    tiers = sorted(per.values(), key=lambda t: (rank.get(t["tier"], len(rank)), -t["reached"], t["tier"]))
     for t in tiers:
-        t.pop("first_attempt")
-        for k in ("reasks", "retries", "prompt_tokens", "completion_tokens", "unpriced_attempts"):
-            t[k] = _i(t[k])
         name = t["tier"]
         t["kind"] = kinds.get(name)
-        t["models"] = sorted((t["models"] or "").split(","))
+        t["models"] = sorted(t["models"])
         t["success_rate"] = t["resolved"] / t["reached"] if t["reached"] else None
         lo, hi = wilson(t["resolved"], t["reached"])
         t["success_ci"] = [lo, hi] if t["reached"] else None
@@ -234,52 +259,41 @@ def build_report(
         t["cost_per_attempt_usd"] = cost / t["attempts"] if cost is not None and t["attempts"] else None
         # what the tier spent, failures included, per document it resolved
         t["cost_per_valid_usd"] = cost / t["resolved"] if cost is not None and t["resolved"] else None
-        t["latency_p50_s"] = latencies.get(name, {}).get("p50")
-        t["latency_p95_s"] = latencies.get(name, {}).get("p95")
-        t["failure_outcomes"] = failures.get(name, {})
+        buckets = t.pop("latency")
+        t["latency_p50_s"] = _percentile(buckets, 0.5)
+        t["latency_p95_s"] = _percentile(buckets, 0.95)
+        t["failure_outcomes"] = dict(sorted(t["failure_outcomes"].items(), key=lambda kv: (-kv[1], kv[0])))
 
     order = [t["tier"] for t in tiers]
-    rescue_rows = {r["tier"]: r for r in q("rescue", scope)}
     rescue, verdicts = [], []
-    for t in tiers[1:] if len(tiers) > 1 else []:
+    for t in tiers[1:]:
         name = t["tier"]
         configs = [h for h, ts in chains.items() if any(x["name"] == name for x in ts)]
         n = sum(docs_by_config.get(h, 0) for h in configs) if configs else documents
         before = _before(name, chains, order)
-        r = rescue_rows.get(name, {"rescued": 0, "own_cost_usd": 0.0, "lower_cost_usd": 0.0, "unpriced": 0})
-        rescued = _i(r["rescued"])
+        r = rescue_spend.get(name, {"own": 0.0, "lower": 0.0, "unpriced": 0})
+        rescued = winners.get(name, 0)
         known = not r["unpriced"] and t["cost_usd"] is not None
-        rescue_cost = (r["own_cost_usd"] + r["lower_cost_usd"]) if known else None
+        rescue_cost = (r["own"] + r["lower"]) if known else None
         v = marginal_verdict(name, before, n=n, rescued=rescued, spend=t["cost_usd"], economics=economics)
-        rescue.append(
-            {
-                "tier": name,
-                "kind": t["kind"],
-                "after": before,
-                "documents": n,
-                "rescued": rescued,
-                "own_cost_usd": r["own_cost_usd"] if known else None,
-                "lower_cost_usd": r["lower_cost_usd"] if known else None,
-                "rescue_cost_usd": rescue_cost,
-                "cost_per_rescued_usd": rescue_cost / rescued
-                if rescue_cost is not None and rescued
-                else None,
-                "tier_cost_usd": t["cost_usd"],
-                "marginal_cost_per_rescue_usd": t["cost_usd"] / rescued
-                if t["cost_usd"] is not None and rescued
-                else None,
-                "failures_avoided_usd": rescued * economics.failure_cost,
-                "break_even_documents": v.break_even_documents,
-            }
-        )
+        rescue.append({
+            "tier": name, "kind": t["kind"], "after": before, "documents": n, "rescued": rescued,
+            "own_cost_usd": r["own"] if known else None, "lower_cost_usd": r["lower"] if known else None,
+            "rescue_cost_usd": rescue_cost,
+            "cost_per_rescued_usd": rescue_cost / rescued if rescue_cost is not None and rescued else None,
+            "tier_cost_usd": t["cost_usd"],
+            "marginal_cost_per_rescue_usd": (
+                t["cost_usd"] / rescued if t["cost_usd"] is not None and rescued else None),
+            "failures_avoided_usd": rescued * economics.failure_cost,
+            "break_even_documents": v.break_even_documents,
+        })  # fmt: skip
         verdicts.append(v.to_dict())
 
-    where_err, params_err = scope.where()
-    errors_sql = SQL["document_errors"].format(where=where_err)
-    q.queries.append({"name": "document_errors", "sql": errors_sql.strip(), "params": params_err})
-    document_errors = {r["outcome"]: r["n"] for r in ledger.query(errors_sql, params_err)}
+    where, params = scope.where()
+    errors_sql = DOCUMENT_ERRORS.format(where=where)
+    q.queries.append({"name": "document_errors", "sql": errors_sql.strip(), "params": params})
+    document_errors = {r["outcome"]: r["n"] for r in ledger.query(errors_sql, params)}
 
-    now = time.time() if as_of is None else as_of
     report = {
         "scope": {**scope.__dict__, "as_of": now},
         "economics": economics.__dict__,
@@ -292,24 +306,21 @@ def build_report(
             "completion_tokens": _i(totals["completion_tokens"]),
             "cost_usd": chain_cost,
             "cost_per_valid_usd": chain_cost / valid if chain_cost is not None and valid else None,
-            "latency_p50_s": lat["p50"],
-            "latency_p95_s": lat["p95"],
+            "latency_p50_s": _percentile(doc_latency, 0.5),
+            "latency_p95_s": _percentile(doc_latency, 0.95),
             "first_at": totals["first_at"],
             "last_at": totals["last_at"],
             "configs": _i(totals["configs"]),
             "schemas": _i(totals["schemas"]),
         },
         "tiers": tiers,
-        "unresolved": {
-            "by_outcome": {r["outcome"]: r["n"] for r in q("unresolved", scope)},
-            "examples": q("unresolved_examples", scope),
-        },
+        "unresolved": unresolved,
         "document_errors": document_errors,
         "rescue": rescue,
         "verdicts": verdicts,
         "verdict": _headline(verdicts, tiers),
-        "drift": drift(q, scope, now, recent_days, baseline_days),
-        "trend": trend(q, scope),
+        "drift": drift(drift_sums, windows, recent_days, baseline_days),
+        "trend": trend(trend_rows, trend_tier_rows),
     }
     report["notes"] = notes(tiers)
     report["queries"] = q.queries
@@ -352,23 +363,22 @@ def _headline(verdicts: list[dict[str, Any]], tiers: list[dict[str, Any]]) -> st
     return str(fine[-1]["sentence"])
 
 
-def drift(q: _Runner, scope: Scope, now: float, recent_days: float, baseline_days: float) -> dict[str, Any]:
+def drift(sums: dict[tuple[str, str], dict[str, float]], windows: dict[str, float], recent_days: float,
+          baseline_days: float) -> dict[str, Any]:  # fmt: skip
     """Per tier, the recent window against the one before it: success rate (two-proportion z)
     and cost per attempt (Welch), flagged at p < 0.01; cost per valid extraction is flagged when
-    it moved by 20 % or more and either test is significant."""
-    recent = (now - recent_days * DAY, now)
-    base = (now - (recent_days + baseline_days) * DAY, now - recent_days * DAY)
-    rows_r = {r["tier"]: r for r in q("drift", scope.window(*recent))}
-    rows_b = {r["tier"]: r for r in q("drift", scope.window(*base))}
+    it moved by 20 % or more and either test is significant. A document belongs to the window of
+    its latest extraction."""
     out = []
-    for name in list(dict.fromkeys([*rows_b, *rows_r])):
-        r, b = rows_r.get(name), rows_b.get(name)
+    names = list(dict.fromkeys(name for (_, name) in sums))
+    for name in names:
+        r, b = sums.get(("recent", name)), sums.get(("baseline", name))
         item: dict[str, Any] = {"tier": name, "recent": _window(r), "baseline": _window(b), "flags": []}
         if not r or not b or min(r["reached"], b["reached"]) < 20:
             item["note"] = "too few documents in one of the windows to compare (need 20 each)"
             out.append(item)
             continue
-        z = two_proportion_z(r["resolved"], r["reached"], b["resolved"], b["reached"])
+        z = two_proportion_z(int(r["resolved"]), int(r["reached"]), int(b["resolved"]), int(b["reached"]))
         item["success_z"] = z
         if z is not None and abs(z) >= Z99:
             item["flags"].append("success_rate")
@@ -381,8 +391,9 @@ def drift(q: _Runner, scope: Scope, now: float, recent_days: float, baseline_day
             item["flags"].append("cost_per_valid")
         out.append(item)
     return {
-        "recent": {"since": recent[0], "until": recent[1], "days": recent_days},
-        "baseline": {"since": base[0], "until": base[1], "days": baseline_days},
+        "recent": {"since": windows["recent_since"], "until": windows["recent_until"], "days": recent_days},
+        "baseline": {
+            "since": windows["baseline_since"], "until": windows["baseline_until"], "days": baseline_days},
         "tiers": out,
         "flagged": [f"{i['tier']}: {', '.join(i['flags'])}" for i in out if i["flags"]],
     }
@@ -424,22 +435,17 @@ def _welch_from_sums(r: dict[str, Any], b: dict[str, Any]) -> float | None:
     return (mr - mb) / se
 
 
-def trend(q: _Runner, scope: Scope) -> list[dict[str, Any]]:
+def trend(days_rows: list[dict[str, Any]], tier_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per day: documents, valid, cost per valid extraction, and documents resolved per tier."""
     by_tier: dict[str, dict[str, int]] = {}
-    for r in q("trend_tiers", scope):
+    for r in tier_rows:
         by_tier.setdefault(r["day"], {})[r["tier"]] = r["resolved"]
     days = []
-    for r in q("trend", scope):
+    for r in days_rows:
         ok = _i(r["ok"])
-        days.append(
-            {
-                "day": r["day"],
-                "documents": r["documents"],
-                "ok": ok,
-                "cost_usd": r["cost_usd"],
-                "cost_per_valid_usd": r["cost_usd"] / ok if ok else None,
-                "resolved_by_tier": by_tier.get(r["day"], {}),
-            }
-        )
+        days.append({
+            "day": r["day"], "documents": r["documents"], "ok": ok,
+            "cost_usd": r["cost_usd"], "cost_per_valid_usd": r["cost_usd"] / ok if ok else None,
+            "resolved_by_tier": by_tier.get(r["day"], {}),
+        })  # fmt: skip
     return days
