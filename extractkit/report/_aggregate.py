@@ -56,23 +56,26 @@ class Scope:
 
 
 
-# Percentiles are read from latency buckets (10 ms below 10 s, 0.1 s below 100 s, then 1 s): one
-# grouped pass instead of a sort per tier.
-BUCKET = (
-    "CASE WHEN {x} IS NULL THEN NULL WHEN {x} < 10 THEN ROUND({x}, 2) "
-    "WHEN {x} < 100 THEN ROUND({x}, 1) ELSE ROUND({x}, 0) END"
-)
+SAMPLE = 20_000  # latency percentiles read at most about this many values (every k-th row)
+DRIVEN_MIN = 50_000  # from this many documents (and a fifth of the ledger), scan attempts by index
 
 # The latest final extraction of each (document, config) in scope, materialised once per report.
-LATEST = """
-CREATE TEMP TABLE {latest} AS
+LATEST = [
+    """
+CREATE TEMP TABLE {latest} (
+    id TEXT PRIMARY KEY, document_sha256 TEXT, config_hash TEXT, schema_hash TEXT, path TEXT, status TEXT,
+    tier TEXT, outcome TEXT, error TEXT, cost_usd REAL, latency_s REAL, created_at REAL,
+    prompt_tokens INTEGER, completion_tokens INTEGER)""",
+    """
+INSERT INTO {latest}
 SELECT e.id, e.document_sha256, e.config_hash, e.schema_hash, e.path, e.status, e.tier, e.outcome, e.error,
        e.cost_usd, e.latency_s, e.created_at, e.prompt_tokens, e.completion_tokens
 FROM extractions e JOIN (
     SELECT MAX(e.id) AS id FROM extractions e
     WHERE e.status IN ('ok', 'failed') AND {where}
     GROUP BY e.document_sha256, e.config_hash
-) m ON m.id = e.id"""
+) m ON m.id = e.id""",
+]
 
 SQL = {
     "totals": """
@@ -80,23 +83,18 @@ SELECT COUNT(*) AS documents, TOTAL(status = 'ok') AS ok, TOTAL(status = 'failed
        TOTAL(cost_usd) AS cost_usd, TOTAL(cost_usd IS NULL) AS unpriced,
        TOTAL(prompt_tokens) AS prompt_tokens, TOTAL(completion_tokens) AS completion_tokens,
        MIN(created_at) AS first_at, MAX(created_at) AS last_at,
-       COUNT(DISTINCT config_hash) AS configs, COUNT(DISTINCT schema_hash) AS schemas
+       COUNT(DISTINCT config_hash) AS configs, COUNT(DISTINCT schema_hash) AS schemas,
+       (SELECT COUNT(*) FROM extractions) AS ledger_extractions
 FROM {latest}""",
-    "document_latency": f"""
-SELECT {BUCKET.format(x="latency_s")} AS bucket, COUNT(*) AS n FROM {{latest}}
-WHERE latency_s IS NOT NULL GROUP BY bucket""",
-    # every attempt of those extractions, grouped by everything the report tells apart
-    "attempts": f"""
-SELECT a.tier, a.model, a.outcome, a.number = 1 AS first, a.follows, l.tier AS winner,
-       CASE WHEN l.created_at >= :recent_since AND l.created_at < :recent_until THEN 'recent'
-            WHEN l.created_at >= :baseline_since AND l.created_at < :baseline_until THEN 'baseline'
-       END AS window,
-       {BUCKET.format(x="a.latency_s")} AS bucket,
-       COUNT(*) AS n, TOTAL(a.cost_usd) AS cost, TOTAL(a.cost_usd * a.cost_usd) AS cost_sq,
-       COUNT(a.cost_usd) AS priced, TOTAL(a.prompt_tokens) AS prompt_tokens,
-       TOTAL(a.completion_tokens) AS completion_tokens
-FROM {{latest}} l JOIN attempts a ON a.extraction_id = l.id
-GROUP BY 1, 2, 3, 4, 5, 6, 7, 8""",
+    "document_latency": """
+SELECT latency_s FROM {latest} WHERE latency_s IS NOT NULL AND rowid % :k = 0""",
+    "attempt_latency": """
+SELECT a.tier, a.latency_s FROM {latest} l CROSS JOIN attempts a ON a.extraction_id = l.id
+WHERE a.latency_s IS NOT NULL AND a.rowid % :k = 0""",
+    # the same, for a scope covering most of a big ledger: filter the attempts first
+    "attempt_latency_driven": """
+SELECT a.tier, a.latency_s FROM attempts a CROSS JOIN {latest} l ON l.id = a.extraction_id
+WHERE a.latency_s IS NOT NULL AND a.rowid % :k = 0""",
     "winners": """
 SELECT tier, COUNT(*) AS n FROM {latest} WHERE status = 'ok' GROUP BY tier""",
     "unresolved": """
@@ -110,12 +108,42 @@ SELECT config_hash, COUNT(*) AS n FROM {latest} GROUP BY config_hash""",
 SELECT DISTINCT r.config_hash, r.config_json FROM runs r
 WHERE r.config_hash IN (SELECT DISTINCT config_hash FROM {latest}) AND r.config_json IS NOT NULL""",
     "trend": """
-SELECT date(created_at, 'unixepoch') AS day, COUNT(*) AS documents, TOTAL(status = 'ok') AS ok,
-       TOTAL(cost_usd) AS cost_usd FROM {latest} GROUP BY day ORDER BY day""",
-    "trend_tiers": """
-SELECT date(created_at, 'unixepoch') AS day, tier, COUNT(*) AS resolved
-FROM {latest} WHERE status = 'ok' GROUP BY day, tier ORDER BY day""",
+SELECT CAST(created_at / 86400 AS INTEGER) AS day, tier, status, COUNT(*) AS n, TOTAL(cost_usd) AS cost_usd
+FROM {latest} GROUP BY day, tier, status ORDER BY day""",
 }
+
+_RECENT = "l.created_at >= :recent_since AND l.created_at < :recent_until"
+_BASELINE = "l.created_at >= :baseline_since AND l.created_at < :baseline_until"
+
+
+def attempts_sql(latest: str, winners: list[str], attempts_driven: bool) -> str:
+    """Every attempt of the latest extractions, grouped by tier and outcome, with the other
+    distinctions as conditional sums (no sort: over a whole ledger the scan follows the
+    (tier, outcome) index). ``winners`` are the tiers that resolved documents (for rescue spend)."""
+    cols = [
+        "a.tier", "a.outcome", "COUNT(*) AS n", "TOTAL(a.number = 1) AS first",
+        "TOTAL(a.follows = 'reask') AS reasks", "TOTAL(a.follows = 'retry') AS retries",
+        "TOTAL(a.cost_usd) AS cost", "COUNT(a.cost_usd) AS priced", "TOTAL(a.prompt_tokens) AS prompt_tokens",
+        "TOTAL(a.completion_tokens) AS completion_tokens", "GROUP_CONCAT(DISTINCT a.model) AS models",
+        "TOTAL(CASE WHEN l.tier = a.tier THEN a.cost_usd END) AS own",
+    ]  # fmt: skip
+    for i in range(len(winners)):
+        lower = f"TOTAL(CASE WHEN l.tier = :w{i} AND a.tier != :w{i} THEN a.cost_usd END) AS lower_{i}"
+        cols.append(lower)
+        cols.append(f"COUNT(CASE WHEN l.tier = :w{i} AND a.cost_usd IS NULL THEN 1 END) AS unpriced_{i}")
+    for w, cond in (("r", _RECENT), ("b", _BASELINE)):
+        cols += [
+            f"TOTAL(a.number = 1 AND {cond}) AS {w}_reached", f"COUNT(CASE WHEN {cond} THEN 1 END) AS {w}_n",
+            f"COUNT(CASE WHEN {cond} THEN a.cost_usd END) AS {w}_priced",
+            f"TOTAL(CASE WHEN {cond} THEN a.cost_usd END) AS {w}_cost",
+            f"TOTAL(CASE WHEN {cond} THEN a.cost_usd * a.cost_usd END) AS {w}_cost_sq",
+        ]  # fmt: skip
+    if attempts_driven:
+        source = f"attempts a INDEXED BY attempts_tier CROSS JOIN {latest} l ON l.id = a.extraction_id"
+    else:
+        source = f"{latest} l CROSS JOIN attempts a ON a.extraction_id = l.id"
+    return f"SELECT {', '.join(cols)}\nFROM {source}\nGROUP BY a.tier, a.outcome"
+
 
 DOCUMENT_ERRORS = """
 SELECT e.outcome, COUNT(*) AS n FROM extractions e WHERE e.status = 'error' AND {where}
@@ -130,31 +158,26 @@ class _Runner:
         self.queries: list[dict[str, Any]] = []
         self.latest = f"temp.report_latest_{new_id()}"
         where, params = scope.where()
-        self._run("latest", LATEST.format(latest=self.latest, where=where), params)
+        self.run("latest_table", LATEST[0].format(latest=self.latest), ())
+        self.run("latest", LATEST[1].format(latest=self.latest, where=where), params)
 
-    def _run(self, name: str, sql: str, params: Any) -> list[dict[str, Any]]:
+    def run(self, name: str, sql: str, params: Any) -> list[dict[str, Any]]:
         self.queries.append({"name": name, "sql": sql.strip(), "params": params})
         return [dict(r) for r in self.ledger.query(sql, params)]
 
     def __call__(self, name: str, params: Any = ()) -> list[dict[str, Any]]:
-        return self._run(name, SQL[name].format(latest=self.latest), params)
+        return self.run(name, SQL[name].format(latest=self.latest), params)
 
     def close(self) -> None:
         self.ledger.query(f"DROP TABLE IF EXISTS {self.latest}")
 
 
-def _percentile(buckets: dict[float, int], q: float) -> float | None:
-    """Nearest-rank percentile over (value, count) buckets."""
-    total = sum(buckets.values())
-    if not total:
+def _percentile(values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile (exact when every value was read, an estimate from a sample)."""
+    if not values:
         return None
-    rank = max(1, math.ceil(q * total))
-    seen = 0
-    for value in sorted(buckets):
-        seen += buckets[value]
-        if seen >= rank:
-            return value
-    return None
+    ordered = sorted(values)
+    return ordered[max(1, math.ceil(q * len(ordered))) - 1]
 
 
 def _i(x: Any) -> int:
@@ -192,64 +215,75 @@ def build_report(
     q = _Runner(ledger, scope)
     try:
         totals = q("totals")[0]
-        doc_latency = {r["bucket"]: r["n"] for r in q("document_latency")}
+        documents = _i(totals["documents"])
         chains = _chains(q("chains"))
         docs_by_config = {r["config_hash"]: r["n"] for r in q("documents_by_config")}
-        groups = q("attempts", windows)
         winners = {r["tier"]: r["n"] for r in q("winners")}
+        names = sorted(winners)
+        # over most of a big ledger, follow the attempts' (tier, outcome) index; for a small scope,
+        # start from its few extractions
+        driven = documents >= DRIVEN_MIN and documents > 0.2 * _i(totals["ledger_extractions"])
+        groups = q.run("attempts", attempts_sql(q.latest, names, driven),
+                       {**windows, **{f"w{i}": w for i, w in enumerate(names)}})  # fmt: skip
+        n_attempts = sum(g["n"] for g in groups)
+        k_att, k_doc = max(1, n_attempts // SAMPLE), max(1, documents // SAMPLE)
+        attempt_latency = q("attempt_latency_driven" if driven else "attempt_latency", {"k": k_att})
+        doc_latency = [r["latency_s"] for r in q("document_latency", {"k": k_doc})]
         unresolved = {"by_outcome": {r["outcome"]: r["n"] for r in q("unresolved")},
                       "examples": q("unresolved_examples")}  # fmt: skip
-        trend_rows, trend_tier_rows = q("trend"), q("trend_tiers")
+        trend_rows = q("trend")
     finally:
         q.close()
-    documents = _i(totals["documents"])
     valid = _i(totals["ok"])
     chain_cost = None if totals["unpriced"] else totals["cost_usd"]
     kinds = {t["name"]: t.get("kind") for tiers in chains.values() for t in tiers}
 
     per: dict[str, dict[str, Any]] = {}
-    rescue_spend: dict[str, dict[str, Any]] = {}
+    rescue_spend = {w: {"own": 0.0, "lower": 0.0, "unpriced": 0} for w in names}
     drift_sums: dict[tuple[str, str], dict[str, float]] = {}
     for g in groups:
         name, n = g["tier"], g["n"]
         t = per.setdefault(name, {
-            "tier": name, "reached": 0, "resolved": 0, "attempts": 0, "reasks": 0,
-            "retries": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0, "unpriced_attempts": 0,
-            "models": set(), "latency": {}, "failure_outcomes": {},
+            "tier": name, "reached": 0, "resolved": 0, "attempts": 0, "reasks": 0, "retries": 0,
+            "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0, "unpriced_attempts": 0,
+            "models": set(), "failure_outcomes": {},
         })  # fmt: skip
-        t["reached"] += n if g["first"] else 0
+        t["reached"] += int(g["first"])
         t["resolved"] += n if g["outcome"] == "ok" else 0
         t["attempts"] += n
-        t["reasks"] += n if g["follows"] == "reask" else 0
-        t["retries"] += n if g["follows"] == "retry" else 0
+        t["reasks"] += int(g["reasks"])
+        t["retries"] += int(g["retries"])
         t["prompt_tokens"] += int(g["prompt_tokens"])
         t["completion_tokens"] += int(g["completion_tokens"])
         t["cost_usd"] += g["cost"]
         t["unpriced_attempts"] += n - g["priced"]
-        t["models"].add(g["model"])
-        if g["bucket"] is not None:
-            t["latency"][g["bucket"]] = t["latency"].get(g["bucket"], 0) + n
+        t["models"].update((g["models"] or "").split(","))
         if g["outcome"] != "ok":
             t["failure_outcomes"][g["outcome"]] = t["failure_outcomes"].get(g["outcome"], 0) + n
-        if g["winner"] is not None:  # spend on documents some tier resolved, by winner (for rescue)
-            w = rescue_spend.setdefault(g["winner"], {"own": 0.0, "lower": 0.0, "unpriced": 0})
-            w["own" if g["winner"] == name else "lower"] += g["cost"]
-            w["unpriced"] += n - g["priced"]
-        if g["window"] is not None:
-            d = drift_sums.setdefault((g["window"], name), {"reached": 0, "resolved": 0, "priced": 0,
-                                                            "cost_usd": 0.0, "cost_sq": 0.0})  # fmt: skip
-            d["reached"] += n if g["first"] else 0
-            d["resolved"] += n if g["outcome"] == "ok" else 0
-            d["priced"] += g["priced"]
-            d["cost_usd"] += g["cost"]
-            d["cost_sq"] += g["cost_sq"]
+        if name in rescue_spend:
+            rescue_spend[name]["own"] += g["own"]
+        for i, w in enumerate(names):
+            rescue_spend[w]["lower"] += g[f"lower_{i}"]
+            rescue_spend[w]["unpriced"] += g[f"unpriced_{i}"]
+        for key, w in (("recent", "r"), ("baseline", "b")):
+            if not g[f"{w}_n"]:
+                continue
+            d = drift_sums.setdefault((key, name), {"reached": 0, "resolved": 0, "priced": 0,
+                                                    "cost_usd": 0.0, "cost_sq": 0.0})  # fmt: skip
+            d["reached"] += int(g[f"{w}_reached"])
+            d["resolved"] += g[f"{w}_n"] if g["outcome"] == "ok" else 0
+            d["priced"] += g[f"{w}_priced"]
+            d["cost_usd"] += g[f"{w}_cost"]
+            d["cost_sq"] += g[f"{w}_cost_sq"]
+    latencies: dict[str, list[float]] = {}
+    for r in attempt_latency:
+        latencies.setdefault(r["tier"], []).append(r["latency_s"])
     # chain order: as configured (a tier only some configs have goes after those it follows)
     rank = {name: i for ts in chains.values() for i, name in enumerate(x["name"] for x in ts)}
     tiers = sorted(per.values(), key=lambda t: (rank.get(t["tier"], len(rank)), -t["reached"], t["tier"]))
     for t in tiers:
         name = t["tier"]
         t["kind"] = kinds.get(name)
-        t["models"] = sorted(t["models"])
         t["success_rate"] = t["resolved"] / t["reached"] if t["reached"] else None
         lo, hi = wilson(t["resolved"], t["reached"])
         t["success_ci"] = [lo, hi] if t["reached"] else None
@@ -259,9 +293,9 @@ def build_report(
         t["cost_per_attempt_usd"] = cost / t["attempts"] if cost is not None and t["attempts"] else None
         # what the tier spent, failures included, per document it resolved
         t["cost_per_valid_usd"] = cost / t["resolved"] if cost is not None and t["resolved"] else None
-        buckets = t.pop("latency")
-        t["latency_p50_s"] = _percentile(buckets, 0.5)
-        t["latency_p95_s"] = _percentile(buckets, 0.95)
+        t["models"] = sorted(m for m in t["models"] if m)
+        t["latency_p50_s"] = _percentile(latencies.get(name, []), 0.5)
+        t["latency_p95_s"] = _percentile(latencies.get(name, []), 0.95)
         t["failure_outcomes"] = dict(sorted(t["failure_outcomes"].items(), key=lambda kv: (-kv[1], kv[0])))
 
     order = [t["tier"] for t in tiers]
@@ -306,7 +340,7 @@ def build_report(
             "completion_tokens": _i(totals["completion_tokens"]),
             "cost_usd": chain_cost,
             "cost_per_valid_usd": chain_cost / valid if chain_cost is not None and valid else None,
-            "latency_p50_s": _percentile(doc_latency, 0.5),
+            "latency_p50_s": _percentile(doc_latency, 0.5),  # of a sample beyond SAMPLE documents
             "latency_p95_s": _percentile(doc_latency, 0.95),
             "first_at": totals["first_at"],
             "last_at": totals["last_at"],
@@ -320,7 +354,8 @@ def build_report(
         "verdicts": verdicts,
         "verdict": _headline(verdicts, tiers),
         "drift": drift(drift_sums, windows, recent_days, baseline_days),
-        "trend": trend(trend_rows, trend_tier_rows),
+        "trend": trend(trend_rows),
+        "sampled": {"attempt_latency_every": k_att, "document_latency_every": k_doc},
     }
     report["notes"] = notes(tiers)
     report["queries"] = q.queries
@@ -435,17 +470,19 @@ def _welch_from_sums(r: dict[str, Any], b: dict[str, Any]) -> float | None:
     return (mr - mb) / se
 
 
-def trend(days_rows: list[dict[str, Any]], tier_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def trend(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per day: documents, valid, cost per valid extraction, and documents resolved per tier."""
-    by_tier: dict[str, dict[str, int]] = {}
-    for r in tier_rows:
-        by_tier.setdefault(r["day"], {})[r["tier"]] = r["resolved"]
-    days = []
-    for r in days_rows:
-        ok = _i(r["ok"])
-        days.append({
-            "day": r["day"], "documents": r["documents"], "ok": ok,
-            "cost_usd": r["cost_usd"], "cost_per_valid_usd": r["cost_usd"] / ok if ok else None,
-            "resolved_by_tier": by_tier.get(r["day"], {}),
-        })  # fmt: skip
-    return days
+    days: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        day = time.strftime("%Y-%m-%d", time.gmtime(r["day"] * 86_400))  # days since 1970 (UTC)
+        d = days.setdefault(day, {"day": day, "documents": 0, "ok": 0, "cost_usd": 0.0})
+        d.setdefault("resolved_by_tier", {})
+        d["documents"] += r["n"]
+        d["cost_usd"] += r["cost_usd"]
+        if r["status"] == "ok":
+            d["ok"] += r["n"]
+            d["resolved_by_tier"][r["tier"]] = d["resolved_by_tier"].get(r["tier"], 0) + r["n"]
+    out = list(days.values())
+    for d in out:
+        d["cost_per_valid_usd"] = d["cost_usd"] / d["ok"] if d["ok"] else None
+    return out
