@@ -22,7 +22,7 @@ from extractkit import Extractor, ZeroShot
 from extractkit.batch import BatchRunner, RateLimiter
 from extractkit.ledger import Ledger
 
-SIZES = {"tiny": {"tpm": 120_000, "seconds": 6}, "full": {"tpm": 120_000, "seconds": 60}}
+SIZES = {"tiny": {"tpm": 120_000, "seconds": 3}, "full": {"tpm": 120_000, "seconds": 60}}
 MODEL = "gpt-4o-mini"
 PADDING = 20  # lines of filler per document: a prompt of a few hundred tokens
 
