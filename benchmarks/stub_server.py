@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import random
@@ -152,7 +153,5 @@ async def serve(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(parse(sys.argv[1:])))
-    except KeyboardInterrupt:
-        pass
