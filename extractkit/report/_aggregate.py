@@ -95,8 +95,12 @@ WHERE a.latency_s IS NOT NULL AND a.rowid % :k = 0""",
     "attempt_latency_driven": """
 SELECT a.tier, a.latency_s FROM attempts a CROSS JOIN {latest} l ON l.id = a.extraction_id
 WHERE a.latency_s IS NOT NULL AND a.rowid % :k = 0""",
+    # documents each tier resolved, and everything spent on them (an extraction's cost is the sum
+    # of its attempts', unknown when any is): the rescue spend of earlier tiers is this minus the
+    # tier's own
     "winners": """
-SELECT tier, COUNT(*) AS n FROM {latest} WHERE status = 'ok' GROUP BY tier""",
+SELECT tier, COUNT(*) AS n, TOTAL(cost_usd) AS spent, TOTAL(cost_usd IS NULL) AS unpriced
+FROM {latest} WHERE status = 'ok' GROUP BY tier""",
     "unresolved": """
 SELECT outcome, COUNT(*) AS n FROM {latest} WHERE status = 'failed' GROUP BY outcome ORDER BY n DESC""",
     "unresolved_examples": """
@@ -116,10 +120,10 @@ _RECENT = "l.created_at >= :recent_since AND l.created_at < :recent_until"
 _BASELINE = "l.created_at >= :baseline_since AND l.created_at < :baseline_until"
 
 
-def attempts_sql(latest: str, winners: list[str], attempts_driven: bool) -> str:
+def attempts_sql(latest: str, attempts_driven: bool) -> str:
     """Every attempt of the latest extractions, grouped by tier and outcome, with the other
     distinctions as conditional sums (no sort: over a whole ledger the scan follows the
-    (tier, outcome) index). ``winners`` are the tiers that resolved documents (for rescue spend)."""
+    (tier, outcome) index)."""
     cols = [
         "a.tier", "a.outcome", "COUNT(*) AS n", "TOTAL(a.number = 1) AS first",
         "TOTAL(a.follows = 'reask') AS reasks", "TOTAL(a.follows = 'retry') AS retries",
@@ -127,10 +131,6 @@ def attempts_sql(latest: str, winners: list[str], attempts_driven: bool) -> str:
         "TOTAL(a.completion_tokens) AS completion_tokens", "GROUP_CONCAT(DISTINCT a.model) AS models",
         "TOTAL(CASE WHEN l.tier = a.tier THEN a.cost_usd END) AS own",
     ]  # fmt: skip
-    for i in range(len(winners)):
-        lower = f"TOTAL(CASE WHEN l.tier = :w{i} AND a.tier != :w{i} THEN a.cost_usd END) AS lower_{i}"
-        cols.append(lower)
-        cols.append(f"COUNT(CASE WHEN l.tier = :w{i} AND a.cost_usd IS NULL THEN 1 END) AS unpriced_{i}")
     for w, cond in (("r", _RECENT), ("b", _BASELINE)):
         cols += [
             f"TOTAL(a.number = 1 AND {cond}) AS {w}_reached", f"COUNT(CASE WHEN {cond} THEN 1 END) AS {w}_n",
@@ -218,13 +218,12 @@ def build_report(
         documents = _i(totals["documents"])
         chains = _chains(q("chains"))
         docs_by_config = {r["config_hash"]: r["n"] for r in q("documents_by_config")}
-        winners = {r["tier"]: r["n"] for r in q("winners")}
-        names = sorted(winners)
+        won = {r["tier"]: r for r in q("winners")}
+        winners = {name: r["n"] for name, r in won.items()}
         # over most of a big ledger, follow the attempts' (tier, outcome) index; for a small scope,
         # start from its few extractions
         driven = documents >= DRIVEN_MIN and documents > 0.2 * _i(totals["ledger_extractions"])
-        groups = q.run("attempts", attempts_sql(q.latest, names, driven),
-                       {**windows, **{f"w{i}": w for i, w in enumerate(names)}})  # fmt: skip
+        groups = q.run("attempts", attempts_sql(q.latest, driven), windows)
         n_attempts = sum(g["n"] for g in groups)
         k_att, k_doc = max(1, n_attempts // SAMPLE), max(1, documents // SAMPLE)
         attempt_latency = q("attempt_latency_driven" if driven else "attempt_latency", {"k": k_att})
@@ -239,7 +238,7 @@ def build_report(
     kinds = {t["name"]: t.get("kind") for tiers in chains.values() for t in tiers}
 
     per: dict[str, dict[str, Any]] = {}
-    rescue_spend = {w: {"own": 0.0, "lower": 0.0, "unpriced": 0} for w in names}
+    own_spend: dict[str, float] = {}
     drift_sums: dict[tuple[str, str], dict[str, float]] = {}
     for g in groups:
         name, n = g["tier"], g["n"]
@@ -260,11 +259,7 @@ def build_report(
         t["models"].update((g["models"] or "").split(","))
         if g["outcome"] != "ok":
             t["failure_outcomes"][g["outcome"]] = t["failure_outcomes"].get(g["outcome"], 0) + n
-        if name in rescue_spend:
-            rescue_spend[name]["own"] += g["own"]
-        for i, w in enumerate(names):
-            rescue_spend[w]["lower"] += g[f"lower_{i}"]
-            rescue_spend[w]["unpriced"] += g[f"unpriced_{i}"]
+        own_spend[name] = own_spend.get(name, 0.0) + g["own"]
         for key, w in (("recent", "r"), ("baseline", "b")):
             if not g[f"{w}_n"]:
                 continue
@@ -305,10 +300,12 @@ def build_report(
         configs = [h for h, ts in chains.items() if any(x["name"] == name for x in ts)]
         n = sum(docs_by_config.get(h, 0) for h in configs) if configs else documents
         before = _before(name, chains, order)
-        r = rescue_spend.get(name, {"own": 0.0, "lower": 0.0, "unpriced": 0})
+        on_won = won.get(name, {"spent": 0.0, "unpriced": 0})
+        r = {"own": own_spend.get(name, 0.0)}
+        r["lower"] = max(0.0, on_won["spent"] - r["own"])
         rescued = winners.get(name, 0)
-        known = not r["unpriced"] and t["cost_usd"] is not None
-        rescue_cost = (r["own"] + r["lower"]) if known else None
+        known = not on_won["unpriced"] and t["cost_usd"] is not None
+        rescue_cost = on_won["spent"] if known else None
         v = marginal_verdict(name, before, n=n, rescued=rescued, spend=t["cost_usd"], economics=economics)
         rescue.append({
             "tier": name, "kind": t["kind"], "after": before, "documents": n, "rescued": rescued,
