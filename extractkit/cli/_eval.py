@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -20,6 +19,7 @@ from ._report import (
     MinShare,
     TrainingCost,
     economics_or_fail,
+    emit,
 )
 
 
@@ -119,18 +119,8 @@ def eval_(
 
 def _emit(ev: dict[str, Any], as_json: bool, csv_path: Path | None, html_path: Path | None) -> None:
     from ..evaluate import eval_csv, eval_html, print_eval
-    from ..report import write_text
 
-    if csv_path:
-        write_text(csv_path, eval_csv(ev))
-        err.print(f"wrote {csv_path}", highlight=False)
-    if html_path:
-        write_text(html_path, eval_html(ev))
-        err.print(f"wrote {html_path}", highlight=False)
-    if as_json:
-        print(json.dumps(ev, indent=2))
-    else:
-        print_eval(ev, out)
+    emit(ev, as_json, csv_path, html_path, csv=eval_csv, html=eval_html, show=print_eval)
 
 
 gold_app = typer.Typer(help="Gold files for `extractkit eval`.", no_args_is_help=True)

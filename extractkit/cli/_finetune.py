@@ -132,18 +132,8 @@ def export(
     """
     from ..finetune import export_finetune
 
-    sel = _selection(
-        from_tier,
-        run,
-        since,
-        until,
-        gold,
-        corrections,
-        exclude_gold,
-        include_eval_documents,
-        validation,
-        seed,
-    )
+    sel = _selection(from_tier, run, since, until, gold, corrections, exclude_gold, include_eval_documents,
+                     validation, seed)  # fmt: skip
     extractor, _cfg, ledger = _setup(config, ledger_path)
     ft = next((t for t in extractor.tiers if t.kind == "fine_tuned"), None)
     with ledger:
@@ -331,18 +321,8 @@ def harvest(
     """
     from ..finetune import harvest_examples
 
-    sel = _selection(
-        from_tier,
-        run,
-        since,
-        until,
-        gold,
-        corrections,
-        exclude_gold,
-        include_eval_documents,
-        validation,
-        seed,
-    )
+    sel = _selection(from_tier, run, since, until, gold, corrections, exclude_gold, include_eval_documents,
+                     validation, seed)  # fmt: skip
     extractor, _cfg, ledger = _setup(config, ledger_path)
     with ledger:
         try:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -53,6 +54,22 @@ def economics_or_fail(failure_cost: float, training_cost: float | None, min_shar
         raise fail_usage(str(exc)) from None
 
 
+def emit(data: dict[str, Any], as_json: bool, csv_path: Path | None, html_path: Path | None, *,
+         csv: Callable[[dict[str, Any]], str], html: Callable[[dict[str, Any]], str],
+         show: Callable[[dict[str, Any], Any], None]) -> None:  # fmt: skip
+    """The four output formats of `report` and `eval`: files for --csv/--html, then JSON or the view."""
+    from ..report import write_text
+
+    for path, render in ((csv_path, csv), (html_path, html)):
+        if path:
+            write_text(path, render(data))
+            err.print(f"wrote {path}", highlight=False)
+    if as_json:
+        print(json.dumps(data, indent=2))
+    else:
+        show(data, out)
+
+
 FailureCost = Annotated[
     float, typer.Option(help="What one failed document costs you (e.g. a manual review), USD.")
 ]
@@ -95,7 +112,7 @@ def report(
 
     Every number is SQL over the ledger (see `--json`, key "queries").
     """
-    from ..report import Scope, build_report, print_report, report_csv, report_html, write_text
+    from ..report import Scope, build_report, print_report, report_csv, report_html
 
     now = time.time()
     now = parse_when(as_of, now, "--as-of") or now
@@ -116,13 +133,4 @@ def report(
             recent_days=recent_days,
             baseline_days=baseline_days,
         )
-    if csv_path:
-        write_text(csv_path, report_csv(data))
-        err.print(f"wrote {csv_path}", highlight=False)
-    if html_path:
-        write_text(html_path, report_html(data))
-        err.print(f"wrote {html_path}", highlight=False)
-    if as_json:
-        print(json.dumps(data, indent=2))
-    else:
-        print_report(data, out)
+    emit(data, as_json, csv_path, html_path, csv=report_csv, html=report_html, show=print_report)
