@@ -61,6 +61,11 @@ def _error_text(job: Any) -> str | None:
     return f"{err.code or 'error'}: {err.message or ''}".strip()
 
 
+def _job(job: Any, events: list[dict[str, Any]] | None = None) -> Job:
+    return Job(job.id, job.status, job.model, job.fine_tuned_model, job.trained_tokens, _error_text(job),
+               job.training_file, job.validation_file, events or [])  # fmt: skip
+
+
 def _record(
     ledger: Ledger,
     job: Any,
@@ -150,16 +155,7 @@ async def alaunch(
         _record(
             ledger, job, base_url=str(client.base_url), manifest=manifest, n_epochs=n_epochs, suffix=suffix
         )
-        return Job(
-            job.id,
-            job.status,
-            job.model,
-            job.fine_tuned_model,
-            job.trained_tokens,
-            _error_text(job),
-            job.training_file,
-            job.validation_file,
-        )
+        return _job(job)
     finally:
         if own:
             await client.close()
@@ -199,17 +195,7 @@ async def astatus(
                 " VALUES (?,?,?,?,?)",
                 [(e["id"], job_id, e["created_at"], e["level"], scrub(str(e["message"]))) for e in evs],
             )
-        return Job(
-            job.id,
-            job.status,
-            job.model,
-            job.fine_tuned_model,
-            job.trained_tokens,
-            _error_text(job),
-            job.training_file,
-            job.validation_file,
-            sorted(evs, key=lambda e: e["created_at"]),
-        )
+        return _job(job, sorted(evs, key=lambda e: e["created_at"]))
     finally:
         if own:
             await client.close()
