@@ -57,7 +57,8 @@ def generate(path: Path, n_attempts: int, seed: int = 0) -> int:
                 cost += c
                 number = 2 if tier in prev else 1
                 attempts.append((new_id(), eid, run, tier, MODEL[tier], number, outcome, rng.randint(300, 900), 60,
-                                 c, rng.uniform(0.3, 3.0), created, "reask" if tier in prev else None))  # fmt: skip
+                                 c, rng.uniform(0.3, 3.0), created, "reask" if tier in prev else None,
+                                 int(tier == winner), 1))  # fmt: skip
                 prev[tier] = outcome
             made += len(steps)
             extractions.append((eid, run, f"{i:064x}", f"docs/{i}.txt", ex.schema_hash, ex.config_hash,
@@ -71,7 +72,8 @@ def generate(path: Path, n_attempts: int, seed: int = 0) -> int:
             )
             c.executemany(
                 "INSERT INTO attempts (id, extraction_id, run_id, tier, model, number, outcome, prompt_tokens,"
-                " completion_tokens, cost_usd, latency_s, started_at, follows) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " completion_tokens, cost_usd, latency_s, started_at, follows, won, current)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 attempts,
             )
         ledger.finish_run(run, "done", n_documents=len(extractions))

@@ -78,4 +78,5 @@ def populate(
     ledger.finish_run(run, "done", n_documents=i)
     if created_at is not None:
         ledger.conn.execute("UPDATE extractions SET created_at = ? WHERE run_id = ?", (created_at, run))
+        ledger.conn.execute("UPDATE attempts SET started_at = ? WHERE run_id = ?", (created_at - 1, run))
     return ex

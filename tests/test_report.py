@@ -263,25 +263,47 @@ def test_every_query_reruns_in_plain_sqlite(ledger):
     for q in r["queries"]:
         rows = con.execute(q["sql"], q["params"]).fetchall()
         names.append(q["name"])
-        if q["name"] == "totals":
-            assert rows[0][0] == r["totals"]["documents"] == 100
+        if q["name"] == "documents":  # grouped by day, config, schema, tier, status, outcome
+            assert sum(row[6] for row in rows) == r["totals"]["documents"] == 100
         if q["name"] == "attempts":  # grouped rows; the report's per-tier numbers are their sums
             assert sum(row[2] for row in rows) == sum(t["attempts"] for t in r["tiers"]) == 260
-    assert names[:2] == ["latest_table", "latest"] and {"totals", "attempts", "winners", "trend"} <= set(names)
+    assert {"documents", "attempts", "attempt_latency_current", "document_latency"} <= set(names)
     json.dumps(r)  # all of it is JSON
+    # a filtered scope materialises its latest extractions first; the queries still replay in order
+    r2 = build_report(ledger, Scope(schema="Invoice"), as_of=NOW)
+    assert [q["name"] for q in r2["queries"]][:2] == ["latest_table", "latest"]
+    con2 = sqlite3.connect(ledger.path)
+    for q in r2["queries"]:
+        con2.execute(q["sql"], q["params"]).fetchall()
+    assert strip_queries(r2) == strip_queries(r) | {"scope": r2["scope"]}
 
 
-def test_both_query_plans_give_the_same_report(ledger, monkeypatch):
-    """Over most of a big ledger the attempts are scanned by index; for a small scope, from the
-    scope's extractions. The numbers must not depend on the plan (nor on sampling at this size)."""
+def strip_queries(r):
+    return {k: v for k, v in r.items() if k != "queries"}
+
+
+def test_all_query_plans_give_the_same_report(ledger, monkeypatch):
+    """Unfiltered, the report reads the current-extraction flags the ledger keeps; filtered, it
+    materialises the scope's latest extractions and joins, scanning the attempts by index over
+    most of a big ledger or from the scope's extractions otherwise. Same numbers every way, with
+    reruns (superseded extractions) and eval's forced extractions in the ledger."""
+    from .ledger_fixtures import COSTS, result
+
+    ex = populate(ledger, {"none": 10}, created_at=NOW - 3 * DAY, prefix="r")
     populate(ledger, {"zero": 50, "few": 20, "ft": 30, "none": 7}, created_at=NOW - DAY)
+    populate(ledger, {"few": 10}, extractor=ex, created_at=NOW - DAY, prefix="r")  # reruns now succeed
+    ledger.record(ex, result(ex, "ft", "fffe", COSTS), forced_tier="fine_tuned", config_hash=ex.tier_hashes["fine_tuned"])
+    assert ledger.query("SELECT COUNT(*) FROM extractions WHERE superseded_by IS NOT NULL")[0][0] == 10
+    current = build_report(ledger, as_of=NOW)
+    assert "a.current = 1" in next(q["sql"] for q in current["queries"] if q["name"] == "attempts")
+    monkeypatch.setattr("extractkit.report._aggregate.USE_CURRENT", False)
     small = build_report(ledger, as_of=NOW)
     monkeypatch.setattr("extractkit.report._aggregate.DRIVEN_MIN", 0)
     driven = build_report(ledger, as_of=NOW)
-    assert "INDEXED BY attempts_tier" in next(q["sql"] for q in driven["queries"] if q["name"] == "attempts")
+    assert "INDEXED BY attempts_tier CROSS JOIN" in next(q["sql"] for q in driven["queries"] if q["name"] == "attempts")
     assert "INDEXED BY" not in next(q["sql"] for q in small["queries"] if q["name"] == "attempts")
-    strip = lambda r: {k: v for k, v in r.items() if k not in ("queries",)}  # noqa: E731
-    assert strip(driven) == strip(small)
+    assert strip_queries(driven) == strip_queries(small) == strip_queries(current)
+    assert current["totals"]["documents"] == 117 and current["totals"]["ok"] == 110
 
 
 def test_csv_has_one_row_per_tier(ledger):

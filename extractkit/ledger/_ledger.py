@@ -226,12 +226,24 @@ class Ledger:
                  len(result.attempts), usage.prompt_tokens, usage.completion_tokens,
                  result.cost_usd, result.latency_s, now, forced_tier),
             )  # fmt: skip
+            # the earlier final extractions of this document by this chain are no longer current
+            older = [r[0] for r in c.execute(
+                "UPDATE extractions SET superseded_by = ? WHERE document_sha256 = ? AND schema_hash = ?"
+                " AND config_hash = ? AND forced_tier IS ? AND status IN ('ok', 'failed')"
+                " AND superseded_by IS NULL AND id != ? RETURNING id",
+                (ext_id, result.document_sha256, result.schema_hash, config_hash or extractor.config_hash,
+                 forced_tier, ext_id),
+            ).fetchall()]  # fmt: skip
+            if older:
+                stale = [(x,) for x in older]
+                c.executemany("UPDATE attempts SET current = 0 WHERE extraction_id = ?", stale)
             c.executemany(
                 "INSERT INTO attempts (id, extraction_id, run_id, tier, model, number, outcome,"
                 " error, errors_json, prompt_tokens, completion_tokens, cached_tokens, cost_usd,"
                 " latency_s, started_at, finish_reason, status_code, prompt_hash, schema_hash,"
-                " output, follows) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                [_attempt_row(new_id(), ext_id, run_id, a, secrets_, follows)
+                " output, follows, won, current) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                [(*_attempt_row(new_id(), ext_id, run_id, a, secrets_, follows),
+                  int(result.ok and a.tier == result.tier), int(forced_tier is None))
                  for a, follows in zip(result.attempts, _follows(result.attempts), strict=True)],
             )
         self._versions_written.update(written)  # only once the transaction has committed

@@ -108,6 +108,23 @@ MIGRATIONS: list[tuple[str, str]] = [
             FROM attempts p WHERE p.extraction_id = attempts.extraction_id AND p.tier = attempts.tier
               AND p.number = attempts.number - 1
         ) WHERE number > 1;
+        -- the latest final extraction of a document by a chain is the "current" one; reports read
+        -- these flags, kept up to date by every write, instead of grouping to find it
+        ALTER TABLE extractions ADD COLUMN superseded_by TEXT;  -- a newer final extraction of the same
+        ALTER TABLE attempts ADD COLUMN won INTEGER;      -- 1: this attempt's tier resolved the document
+        ALTER TABLE attempts ADD COLUMN current INTEGER;  -- 1: its extraction is current and not eval's
+        UPDATE extractions SET superseded_by = (
+            SELECT MAX(t.id) FROM extractions t
+            WHERE t.document_sha256 = extractions.document_sha256 AND t.schema_hash = extractions.schema_hash
+              AND t.config_hash = extractions.config_hash AND t.forced_tier IS extractions.forced_tier
+              AND t.status IN ('ok', 'failed') AND t.id > extractions.id
+        ) WHERE status IN ('ok', 'failed');
+        UPDATE attempts SET
+            won = (SELECT COALESCE(e.tier = attempts.tier, 0) FROM extractions e
+                   WHERE e.id = attempts.extraction_id),
+            current = (SELECT e.superseded_by IS NULL AND e.forced_tier IS NULL
+                              AND e.status IN ('ok', 'failed')
+                       FROM extractions e WHERE e.id = attempts.extraction_id);
         CREATE INDEX extractions_created ON extractions(created_at);
         CREATE TABLE eval_items (
             run_id TEXT NOT NULL REFERENCES runs(id),

@@ -77,15 +77,25 @@ FROM extractions e JOIN (
 ) m ON m.id = e.id""",
 ]
 
+# Without filters the scope is every chain's current extractions, kept flagged by the ledger's writes
+# (extractions.superseded_by, attempts.current): read in place, nothing materialised.
+CURRENT = """(
+SELECT e.rowid AS rowid, e.id, e.document_sha256, e.config_hash, e.schema_hash, e.path, e.status, e.tier,
+       e.outcome, e.error, e.cost_usd, e.latency_s, e.created_at, e.prompt_tokens, e.completion_tokens
+FROM extractions e
+WHERE e.status IN ('ok', 'failed') AND e.superseded_by IS NULL AND e.forced_tier IS NULL)"""
+USE_CURRENT = True  # tests switch it off to check both ways agree
+
 SQL = {
-    "totals": """
-SELECT COUNT(*) AS documents, TOTAL(status = 'ok') AS ok, TOTAL(status = 'failed') AS failed,
-       TOTAL(cost_usd) AS cost_usd, TOTAL(cost_usd IS NULL) AS unpriced,
+    # one pass over the documents for the totals, winners, unresolved, configs and the daily trend
+    "documents": """
+SELECT CAST(created_at / 86400 AS INTEGER) AS day, config_hash, schema_hash, tier, status, outcome,
+       COUNT(*) AS n, TOTAL(cost_usd) AS cost_usd, TOTAL(cost_usd IS NULL) AS unpriced,
        TOTAL(prompt_tokens) AS prompt_tokens, TOTAL(completion_tokens) AS completion_tokens,
-       MIN(created_at) AS first_at, MAX(created_at) AS last_at,
-       COUNT(DISTINCT config_hash) AS configs, COUNT(DISTINCT schema_hash) AS schemas,
-       (SELECT COUNT(*) FROM extractions) AS ledger_extractions
-FROM {latest}""",
+       MIN(created_at) AS first_at, MAX(created_at) AS last_at
+FROM {latest} GROUP BY 1, 2, 3, 4, 5, 6""",
+    "ledger_extractions": """
+SELECT COUNT(*) AS n FROM extractions""",
     "document_latency": """
 SELECT latency_s FROM {latest} WHERE latency_s IS NOT NULL AND rowid % :k = 0""",
     "attempt_latency": """
@@ -95,29 +105,23 @@ WHERE a.latency_s IS NOT NULL AND a.rowid % :k = 0""",
     "attempt_latency_driven": """
 SELECT a.tier, a.latency_s FROM attempts a CROSS JOIN {latest} l ON l.id = a.extraction_id
 WHERE a.latency_s IS NOT NULL AND a.rowid % :k = 0""",
-    # documents each tier resolved, and everything spent on them (an extraction's cost is the sum
-    # of its attempts', unknown when any is): the rescue spend of earlier tiers is this minus the
-    # tier's own
-    "winners": """
-SELECT tier, COUNT(*) AS n, TOTAL(cost_usd) AS spent, TOTAL(cost_usd IS NULL) AS unpriced
-FROM {latest} WHERE status = 'ok' GROUP BY tier""",
-    "unresolved": """
-SELECT outcome, COUNT(*) AS n FROM {latest} WHERE status = 'failed' GROUP BY outcome ORDER BY n DESC""",
+    # every k-th row by rowid, visited directly rather than by scanning the table
+    "attempt_latency_current": """
+WITH RECURSIVE r(x) AS (
+    SELECT :k UNION ALL SELECT x + :k FROM r WHERE x + :k <= (SELECT MAX(rowid) FROM attempts))
+SELECT a.tier, a.latency_s FROM r CROSS JOIN attempts a ON a.rowid = r.x
+WHERE a.current = 1 AND a.latency_s IS NOT NULL""",
     "unresolved_examples": """
 SELECT path, document_sha256, outcome, error FROM {latest} WHERE status = 'failed'
 ORDER BY id DESC LIMIT 20""",
-    "documents_by_config": """
-SELECT config_hash, COUNT(*) AS n FROM {latest} GROUP BY config_hash""",
     "chains": """
 SELECT DISTINCT r.config_hash, r.config_json FROM runs r
 WHERE r.config_hash IN (SELECT DISTINCT config_hash FROM {latest}) AND r.config_json IS NOT NULL""",
-    "trend": """
-SELECT CAST(created_at / 86400 AS INTEGER) AS day, tier, status, COUNT(*) AS n, TOTAL(cost_usd) AS cost_usd
-FROM {latest} GROUP BY day, tier, status ORDER BY day""",
 }
 
-_RECENT = "l.created_at >= :recent_since AND l.created_at < :recent_until"
-_BASELINE = "l.created_at >= :baseline_since AND l.created_at < :baseline_until"
+# drift windows are read by the time of the attempt
+_RECENT = "a.started_at >= :recent_since AND a.started_at < :recent_until"
+_BASELINE = "a.started_at >= :baseline_since AND a.started_at < :baseline_until"
 
 
 def attempts_sql(latest: str, attempts_driven: bool) -> str:
@@ -129,7 +133,7 @@ def attempts_sql(latest: str, attempts_driven: bool) -> str:
         "TOTAL(a.follows = 'reask') AS reasks", "TOTAL(a.follows = 'retry') AS retries",
         "TOTAL(a.cost_usd) AS cost", "COUNT(a.cost_usd) AS priced", "TOTAL(a.prompt_tokens) AS prompt_tokens",
         "TOTAL(a.completion_tokens) AS completion_tokens", "GROUP_CONCAT(DISTINCT a.model) AS models",
-        "TOTAL(CASE WHEN l.tier = a.tier THEN a.cost_usd END) AS own",
+        "TOTAL(CASE WHEN a.won = 1 THEN a.cost_usd END) AS own",
     ]  # fmt: skip
     for w, cond in (("r", _RECENT), ("b", _BASELINE)):
         cols += [
@@ -138,7 +142,9 @@ def attempts_sql(latest: str, attempts_driven: bool) -> str:
             f"TOTAL(CASE WHEN {cond} THEN a.cost_usd END) AS {w}_cost",
             f"TOTAL(CASE WHEN {cond} THEN a.cost_usd * a.cost_usd END) AS {w}_cost_sq",
         ]  # fmt: skip
-    if attempts_driven:
+    if latest == CURRENT:  # the flags written with every extraction: no join at all
+        source = "attempts a INDEXED BY attempts_tier WHERE a.current = 1"
+    elif attempts_driven:
         source = f"attempts a INDEXED BY attempts_tier CROSS JOIN {latest} l ON l.id = a.extraction_id"
     else:
         source = f"{latest} l CROSS JOIN attempts a ON a.extraction_id = l.id"
@@ -156,6 +162,10 @@ class _Runner:
     def __init__(self, ledger: Ledger, scope: Scope):
         self.ledger = ledger
         self.queries: list[dict[str, Any]] = []
+        self.current = USE_CURRENT and scope == Scope()
+        if self.current:
+            self.latest = CURRENT
+            return
         self.latest = f"temp.report_latest_{new_id()}"
         where, params = scope.where()
         self.run("latest_table", LATEST[0].format(latest=self.latest), ())
@@ -169,7 +179,8 @@ class _Runner:
         return self.run(name, SQL[name].format(latest=self.latest), params)
 
     def close(self) -> None:
-        self.ledger.query(f"DROP TABLE IF EXISTS {self.latest}")
+        if not self.current:
+            self.ledger.query(f"DROP TABLE IF EXISTS {self.latest}")
 
 
 def _percentile(values: list[float], q: float) -> float | None:
@@ -214,23 +225,38 @@ def build_report(
     }  # fmt: skip
     q = _Runner(ledger, scope)
     try:
-        totals = q("totals")[0]
-        documents = _i(totals["documents"])
+        docs = q("documents")
+        totals = _document_totals(docs)
+        documents = totals["documents"]
         chains = _chains(q("chains"))
-        docs_by_config = {r["config_hash"]: r["n"] for r in q("documents_by_config")}
-        won = {r["tier"]: r for r in q("winners")}
+        docs_by_config: dict[str, int] = {}
+        # documents each tier resolved and everything spent on them (an extraction's cost is the sum
+        # of its attempts', unknown when any is): earlier tiers' rescue spend is this minus the own
+        won: dict[str, dict[str, Any]] = {}
+        failed_by: dict[str, int] = {}
+        for r in docs:
+            docs_by_config[r["config_hash"]] = docs_by_config.get(r["config_hash"], 0) + r["n"]
+            if r["status"] == "ok":
+                spent = won.setdefault(r["tier"], {"n": 0, "spent": 0.0, "unpriced": 0})
+                spent["n"] += r["n"]
+                spent["spent"] += r["cost_usd"]
+                spent["unpriced"] += int(r["unpriced"])
+            else:
+                failed_by[r["outcome"]] = failed_by.get(r["outcome"], 0) + r["n"]
         winners = {name: r["n"] for name, r in won.items()}
         # over most of a big ledger, follow the attempts' (tier, outcome) index; for a small scope,
         # start from its few extractions
-        driven = documents >= DRIVEN_MIN and documents > 0.2 * _i(totals["ledger_extractions"])
+        driven = (not q.current and documents >= DRIVEN_MIN
+                  and documents > 0.2 * q("ledger_extractions")[0]["n"])  # fmt: skip
         groups = q.run("attempts", attempts_sql(q.latest, driven), windows)
         n_attempts = sum(g["n"] for g in groups)
         k_att, k_doc = max(1, n_attempts // SAMPLE), max(1, documents // SAMPLE)
-        attempt_latency = q("attempt_latency_driven" if driven else "attempt_latency", {"k": k_att})
+        latency_query = "attempt_latency_current" if q.current else (
+            "attempt_latency_driven" if driven else "attempt_latency")
+        attempt_latency = q(latency_query, {"k": k_att})
         doc_latency = [r["latency_s"] for r in q("document_latency", {"k": k_doc})]
-        unresolved = {"by_outcome": {r["outcome"]: r["n"] for r in q("unresolved")},
+        unresolved = {"by_outcome": dict(sorted(failed_by.items(), key=lambda kv: (-kv[1], kv[0]))),
                       "examples": q("unresolved_examples")}  # fmt: skip
-        trend_rows = q("trend")
     finally:
         q.close()
     valid = _i(totals["ok"])
@@ -351,7 +377,7 @@ def build_report(
         "verdicts": verdicts,
         "verdict": _headline(verdicts, tiers),
         "drift": drift(drift_sums, windows, recent_days, baseline_days),
-        "trend": trend(trend_rows),
+        "trend": trend(docs),
         "sampled": {"attempt_latency_every": k_att, "document_latency_every": k_doc},
     }
     report["notes"] = notes(tiers)
@@ -465,6 +491,24 @@ def _welch_from_sums(r: dict[str, Any], b: dict[str, Any]) -> float | None:
     if se == 0:
         return None if mr == mb else math.copysign(math.inf, mr - mb)
     return (mr - mb) / se
+
+
+def _document_totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    firsts = [r["first_at"] for r in rows]
+    lasts = [r["last_at"] for r in rows]
+    return {
+        "documents": sum(r["n"] for r in rows),
+        "ok": sum(r["n"] for r in rows if r["status"] == "ok"),
+        "failed": sum(r["n"] for r in rows if r["status"] == "failed"),
+        "cost_usd": sum(r["cost_usd"] for r in rows),
+        "unpriced": sum(r["unpriced"] for r in rows),
+        "prompt_tokens": sum(r["prompt_tokens"] for r in rows),
+        "completion_tokens": sum(r["completion_tokens"] for r in rows),
+        "first_at": min(firsts) if firsts else None,
+        "last_at": max(lasts) if lasts else None,
+        "configs": len({r["config_hash"] for r in rows}),
+        "schemas": len({r["schema_hash"] for r in rows}),
+    }
 
 
 def trend(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
