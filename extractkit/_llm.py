@@ -307,6 +307,9 @@ class TierCall:
             "finish_reason": finish,
             "output": text[:OUTPUT_KEEP_CHARS] if text else None,
             "status_code": 200,
+            # what actually answered: a model name can move to a new snapshot under the same alias
+            "served_model": getattr(response, "model", None) or None,
+            "fingerprint": getattr(response, "system_fingerprint", None) or None,
         }
         refusal = getattr(getattr(choice, "message", None), "refusal", None)
         if refusal:

@@ -67,6 +67,8 @@ class Attempt:
     prompt_hash: str = ""
     schema_hash: str = ""
     output: str | None = None  # what the model returned (bounded), for debugging
+    served_model: str | None = None  # the model the provider says answered (e.g. a dated snapshot)
+    fingerprint: str | None = None  # the provider's system_fingerprint, when it sends one
 
     @property
     def ok(self) -> bool:

@@ -317,6 +317,14 @@ def test_api_key_never_in_attempts_or_describe(mock_api, monkeypatch):
     assert "sk-secret-123" not in repr(result) + json.dumps(ex.describe()) + repr(ex.tiers)
 
 
+def test_the_model_that_answered_is_recorded(mock_api):
+    body = completion(GOOD, model="gpt-4o-mini-2024-07-18")
+    body["system_fingerprint"] = "fp_44709d6fcb"
+    mock_api.post("/chat/completions").mock(return_value=httpx.Response(200, json=body))
+    [a] = Extractor(Invoice, tiers=[zero()]).extract(DOC).attempts
+    assert (a.model, a.served_model, a.fingerprint) == ("gpt-4o-mini", "gpt-4o-mini-2024-07-18", "fp_44709d6fcb")
+
+
 def test_a_provider_that_leaves_out_fields_still_parses(mock_api):
     """Responses are parsed by pydantic-core (fast); a body it rejects falls back to the SDK."""
     body = completion(GOOD)

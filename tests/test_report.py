@@ -339,3 +339,27 @@ def test_report_cli_formats_and_errors(tmp_path, ledger):
     assert missing.returncode == 2 and "no ledger" in missing.stderr
     since = cli("report", "--ledger", lp, "--since", "1d", "--json")
     assert json.loads(since.stdout)["totals"]["documents"] == 100
+
+
+def test_a_model_that_changes_under_the_same_name_is_flagged(ledger):
+    from extractkit import Attempt, Outcome, Result, Usage
+
+    ex = chain(("zero_shot",))
+
+    def answer(doc: str, served: str, fingerprint: str | None, at: float) -> None:
+        a = Attempt(tier="zero_shot", model="gpt-4o-mini", number=1, outcome=Outcome.OK, usage=Usage(10, 5),
+                    cost_usd=0.001, started_at=at, served_model=served, fingerprint=fingerprint)  # fmt: skip
+        ledger.record(ex, Result(value=None, tier=None, attempts=[a], latency_s=1.0, schema_hash=ex.schema_hash,
+                                 document_sha256=f"{doc:0>64}"))  # fmt: skip
+
+    for i in range(3):
+        answer(f"a{i}", "gpt-4o-mini-2024-07-18", "fp_1", NOW - 20 * DAY)
+    answer("b1", "gpt-4o-mini-2025-03-01", "fp_9", NOW - DAY)
+    r = build_report(ledger, as_of=NOW)
+    [change] = r["drift"]["model_changes"]
+    assert change["before"] == ["gpt-4o-mini-2024-07-18 (fp_1)"] and change["new"] == ["gpt-4o-mini-2025-03-01 (fp_9)"]
+    assert any("now answered by gpt-4o-mini-2025-03-01" in f for f in r["drift"]["flagged"])
+    rows = {(m["served_model"], m["attempts"]) for m in r["served_models"]}
+    assert rows == {("gpt-4o-mini-2024-07-18", 3), ("gpt-4o-mini-2025-03-01", 1)}
+    # nothing new in the recent window: no flag
+    assert build_report(ledger, as_of=NOW - 5 * DAY)["drift"]["model_changes"] == []

@@ -241,11 +241,24 @@ class Ledger:
                 "INSERT INTO attempts (id, extraction_id, run_id, tier, model, number, outcome,"
                 " error, errors_json, prompt_tokens, completion_tokens, cached_tokens, cost_usd,"
                 " latency_s, started_at, finish_reason, status_code, prompt_hash, schema_hash,"
-                " output, follows, won, current) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " output, follows, won, current, served_model, fingerprint)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 [(*_attempt_row(new_id(), ext_id, run_id, a, secrets_, follows),
-                  int(result.ok and a.tier == result.tier), int(forced_tier is None))
+                  int(result.ok and a.tier == result.tier), int(forced_tier is None), a.served_model,
+                  a.fingerprint)
                  for a, follows in zip(result.attempts, _follows(result.attempts), strict=True)],
             )
+            served = [(a.tier, a.model, a.served_model, a.fingerprint or "", a.started_at or now)
+                      for a in result.attempts if a.served_model]  # fmt: skip
+            if served:
+                c.executemany(
+                    "INSERT INTO served_models (tier, model, served_model, fingerprint, first_seen,"
+                    " last_seen, attempts) VALUES (?,?,?,?,?,?,1) ON CONFLICT DO UPDATE SET"
+                    " attempts = attempts + 1,"
+                    " first_seen = MIN(first_seen, excluded.first_seen),"
+                    " last_seen = MAX(last_seen, excluded.last_seen)",
+                    [(t, m, sm, fp, at, at) for t, m, sm, fp, at in served],
+                )
         self._versions_written.update(written)  # only once the transaction has committed
         return ext_id
 

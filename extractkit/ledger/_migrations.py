@@ -126,6 +126,18 @@ MIGRATIONS: list[tuple[str, str]] = [
                               AND e.status IN ('ok', 'failed')
                        FROM extractions e WHERE e.id = attempts.extraction_id);
         CREATE INDEX extractions_created ON extractions(created_at);
+        ALTER TABLE attempts ADD COLUMN served_model TEXT;  -- what the provider says answered
+        ALTER TABLE attempts ADD COLUMN fingerprint TEXT;
+        CREATE TABLE served_models (            -- each model seen behind a tier's configured name
+            tier TEXT NOT NULL,
+            model TEXT NOT NULL,                -- as configured
+            served_model TEXT NOT NULL,         -- as the provider answered
+            fingerprint TEXT NOT NULL,          -- '' when the provider sent none
+            first_seen REAL NOT NULL,
+            last_seen REAL NOT NULL,
+            attempts INTEGER NOT NULL,
+            PRIMARY KEY (tier, model, served_model, fingerprint)
+        );
         CREATE TABLE eval_items (
             run_id TEXT NOT NULL REFERENCES runs(id),
             gold_id TEXT NOT NULL,              -- line number or the gold line's "id"

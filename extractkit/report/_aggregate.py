@@ -96,6 +96,9 @@ SELECT CAST(created_at / 86400 AS INTEGER) AS day, config_hash, schema_hash, tie
 FROM {latest} GROUP BY 1, 2, 3, 4, 5, 6""",
     "ledger_extractions": """
 SELECT COUNT(*) AS n FROM extractions""",
+    "served_models": """
+SELECT tier, model, served_model, fingerprint, first_seen, last_seen, attempts FROM served_models
+ORDER BY tier, first_seen""",
     "document_latency": """
 SELECT latency_s FROM {latest} WHERE latency_s IS NOT NULL AND rowid % :k = 0""",
     "attempt_latency": """
@@ -255,6 +258,7 @@ def build_report(
             "attempt_latency_driven" if driven else "attempt_latency")
         attempt_latency = q(latency_query, {"k": k_att})
         doc_latency = [r["latency_s"] for r in q("document_latency", {"k": k_doc})]
+        served = q("served_models")
         unresolved = {"by_outcome": dict(sorted(failed_by.items(), key=lambda kv: (-kv[1], kv[0]))),
                       "examples": q("unresolved_examples")}  # fmt: skip
     finally:
@@ -376,7 +380,8 @@ def build_report(
         "rescue": rescue,
         "verdicts": verdicts,
         "verdict": _headline(verdicts, tiers),
-        "drift": drift(drift_sums, windows, recent_days, baseline_days),
+        "drift": drift(drift_sums, windows, recent_days, baseline_days, served),
+        "served_models": served,
         "trend": trend(docs),
         "sampled": {"attempt_latency_every": k_att, "document_latency_every": k_doc},
     }
@@ -422,7 +427,7 @@ def _headline(verdicts: list[dict[str, Any]], tiers: list[dict[str, Any]]) -> st
 
 
 def drift(sums: dict[tuple[str, str], dict[str, float]], windows: dict[str, float], recent_days: float,
-          baseline_days: float) -> dict[str, Any]:  # fmt: skip
+          baseline_days: float, served: list[dict[str, Any]] | None = None) -> dict[str, Any]:  # fmt: skip
     """Per tier, the recent window against the one before it: success rate (two-proportion z)
     and cost per attempt (Welch), flagged at p < 0.01; cost per valid extraction is flagged when
     it moved by 20 % or more and either test is significant. A document belongs to the window of
@@ -448,13 +453,42 @@ def drift(sums: dict[tuple[str, str], dict[str, float]], windows: dict[str, floa
         if cr is not None and cb and abs(cr - cb) / cb >= 0.2 and item["flags"]:
             item["flags"].append("cost_per_valid")
         out.append(item)
+    changes = model_changes(served or [], windows["recent_since"], windows["recent_until"])
     return {
+        "model_changes": changes,
         "recent": {"since": windows["recent_since"], "until": windows["recent_until"], "days": recent_days},
         "baseline": {
             "since": windows["baseline_since"], "until": windows["baseline_until"], "days": baseline_days},
         "tiers": out,
-        "flagged": [f"{i['tier']}: {', '.join(i['flags'])}" for i in out if i["flags"]],
+        "flagged": [f"{i['tier']}: {', '.join(i['flags'])}" for i in out if i["flags"]]
+        + [c["sentence"] for c in changes],
     }
+
+
+def model_changes(served: list[dict[str, Any]], since: float, until: float) -> list[dict[str, Any]]:
+    """A tier whose provider answered with a model (or system fingerprint) first seen in the recent
+    window, after answering with another before it: the name stayed, the model moved."""
+    out = []
+    by_tier: dict[str, list[dict[str, Any]]] = {}
+    for r in served:
+        by_tier.setdefault(r["tier"], []).append(r)
+    for tier, rows in by_tier.items():
+        before = [r for r in rows if r["first_seen"] < since]
+        new = [r for r in rows if since <= r["first_seen"] < until]
+        if not before or not new:
+            continue
+
+        def label(r: dict[str, Any]) -> str:
+            return r["served_model"] + (f" ({r['fingerprint']})" if r["fingerprint"] else "")
+
+        old_labels = sorted({label(r) for r in before})
+        new_labels = sorted({label(r) for r in new})
+        out.append({
+            "tier": tier, "model": rows[0]["model"], "before": old_labels, "new": new_labels,
+            "sentence": f"{tier}: {rows[0]['model']} is now answered by {', '.join(new_labels)} "
+                        f"(before: {', '.join(old_labels)})",
+        })  # fmt: skip
+    return out
 
 
 def _window(r: dict[str, Any] | None) -> dict[str, Any]:

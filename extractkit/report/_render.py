@@ -128,6 +128,14 @@ def print_report(report: dict[str, Any], console: Console) -> None:
         errs = ", ".join(f"{k} {v}" for k, v in report["document_errors"].items())
         console.print(f"unreadable documents (never sent): {errs}", markup=False, highlight=False)
     econ = report["economics"]
+    served: dict[str, list[str]] = {}
+    for r in report.get("served_models", []):
+        fp = f" ({r['fingerprint']})" if r["fingerprint"] else ""
+        key = f"{r['tier']} ({r['model']})"
+        served.setdefault(key, []).append(f"{r['served_model']}{fp} x{r['attempts']}")
+    if served:
+        console.print("models that answered: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in served.items()),
+                      markup=False, highlight=False)  # fmt: skip
     for note in report.get("notes", []):
         console.print(Text("note: " + note, style="yellow"))
     for r in report["rescue"]:
