@@ -359,7 +359,7 @@ def test_a_model_that_changes_under_the_same_name_is_flagged(ledger):
     [change] = r["drift"]["model_changes"]
     assert change["before"] == ["gpt-4o-mini-2024-07-18 (fp_1)"] and change["new"] == ["gpt-4o-mini-2025-03-01 (fp_9)"]
     assert any("now answered by gpt-4o-mini-2025-03-01" in f for f in r["drift"]["flagged"])
-    rows = {(m["served_model"], m["attempts"]) for m in r["served_models"]}
-    assert rows == {("gpt-4o-mini-2024-07-18", 3), ("gpt-4o-mini-2025-03-01", 1)}
+    rows = {(m["served_model"], m["first_seen"]) for m in r["served_models"]}
+    assert rows == {("gpt-4o-mini-2024-07-18", NOW - 20 * DAY), ("gpt-4o-mini-2025-03-01", NOW - DAY)}
     # nothing new in the recent window: no flag
     assert build_report(ledger, as_of=NOW - 5 * DAY)["drift"]["model_changes"] == []

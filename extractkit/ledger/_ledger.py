@@ -69,6 +69,7 @@ class Ledger:
         self._lock = threading.RLock()
         self._secrets: set[str] = set()
         self._versions_written: set[str] = set()  # schema and prompt hashes already stored
+        self._served_written: dict[tuple[str, str, str, str], float] = {}  # served model -> written at
         try:
             if str(self.path) != ":memory:":
                 self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -248,18 +249,22 @@ class Ledger:
                   a.fingerprint)
                  for a, follows in zip(result.attempts, _follows(result.attempts), strict=True)],
             )
-            served = [(a.tier, a.model, a.served_model, a.fingerprint or "", a.started_at or now)
-                      for a in result.attempts if a.served_model]  # fmt: skip
+            # which model answered: written when first seen by this writer, then at most once a minute
+            served = {}
+            for a in result.attempts:
+                key = (a.tier, a.model, a.served_model or "", a.fingerprint or "")
+                if a.served_model and now - self._served_written.get(key, -1e9) >= 60:
+                    served[key] = a.started_at or now
             if served:
                 c.executemany(
                     "INSERT INTO served_models (tier, model, served_model, fingerprint, first_seen,"
-                    " last_seen, attempts) VALUES (?,?,?,?,?,?,1) ON CONFLICT DO UPDATE SET"
-                    " attempts = attempts + 1,"
+                    " last_seen) VALUES (?,?,?,?,?,?) ON CONFLICT DO UPDATE SET"
                     " first_seen = MIN(first_seen, excluded.first_seen),"
                     " last_seen = MAX(last_seen, excluded.last_seen)",
-                    [(t, m, sm, fp, at, at) for t, m, sm, fp, at in served],
+                    [(*key, at, at) for key, at in served.items()],
                 )
         self._versions_written.update(written)  # only once the transaction has committed
+        self._served_written.update(dict.fromkeys(served, now))
         return ext_id
 
     async def arecord(self, extractor: Any, result: Result[Any], **kwargs: Any) -> str:

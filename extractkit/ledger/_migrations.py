@@ -134,8 +134,7 @@ MIGRATIONS: list[tuple[str, str]] = [
             served_model TEXT NOT NULL,         -- as the provider answered
             fingerprint TEXT NOT NULL,          -- '' when the provider sent none
             first_seen REAL NOT NULL,
-            last_seen REAL NOT NULL,
-            attempts INTEGER NOT NULL,
+            last_seen REAL NOT NULL,           -- refreshed at most once a minute per writer
             PRIMARY KEY (tier, model, served_model, fingerprint)
         );
         CREATE TABLE eval_items (

@@ -97,7 +97,7 @@ FROM {latest} GROUP BY 1, 2, 3, 4, 5, 6""",
     "ledger_extractions": """
 SELECT COUNT(*) AS n FROM extractions""",
     "served_models": """
-SELECT tier, model, served_model, fingerprint, first_seen, last_seen, attempts FROM served_models
+SELECT tier, model, served_model, fingerprint, first_seen, last_seen FROM served_models
 ORDER BY tier, first_seen""",
     "document_latency": """
 SELECT latency_s FROM {latest} WHERE latency_s IS NOT NULL AND rowid % :k = 0""",

@@ -132,7 +132,7 @@ def print_report(report: dict[str, Any], console: Console) -> None:
     for r in report.get("served_models", []):
         fp = f" ({r['fingerprint']})" if r["fingerprint"] else ""
         key = f"{r['tier']} ({r['model']})"
-        served.setdefault(key, []).append(f"{r['served_model']}{fp} x{r['attempts']}")
+        served.setdefault(key, []).append(f"{r['served_model']}{fp} since {when(r['first_seen'])}")
     if served:
         console.print("models that answered: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in served.items()),
                       markup=False, highlight=False)  # fmt: skip
