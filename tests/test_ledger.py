@@ -170,3 +170,10 @@ def test_an_extraction_and_its_attempts_are_written_together_or_not_at_all(tmp_p
         monkeypatch.undo()
         ledger.record(ex, result(ex, "few", "ab", COSTS), text="doc")  # the connection is usable again
         assert ledger.query("SELECT COUNT(*) FROM attempts")[0][0] == 3
+
+
+def test_a_failing_query_is_a_ledger_error_naming_the_ledger(tmp_path):
+    from extractkit import LedgerError
+
+    with Ledger(tmp_path / "l.sqlite3") as ledger, pytest.raises(LedgerError, match=r"l\.sqlite3: no such column"):
+        ledger.query("SELECT nope FROM runs")

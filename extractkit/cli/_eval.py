@@ -66,7 +66,7 @@ def eval_(
         with ledger_or_fail(ledger_path) as ledger:
             try:
                 ev = build_eval(ledger, run, economics=economics)
-            except ValueError as exc:
+            except (ValueError, ExtractkitError) as exc:
                 raise fail_usage(str(exc)) from None
         _emit(ev, as_json, csv_path, html_path)
         return

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
+from .._errors import ExtractkitError
 from ._app import app, err, fail_usage, out
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([dh])$")
@@ -125,12 +126,9 @@ def report(
     )
     economics = economics_or_fail(failure_cost, training_cost, min_share, min_documents)
     with ledger_or_fail(ledger_path) as ledger:
-        data = build_report(
-            ledger,
-            scope,
-            economics=economics,
-            as_of=now,
-            recent_days=recent_days,
-            baseline_days=baseline_days,
-        )
+        try:
+            data = build_report(ledger, scope, economics=economics, as_of=now, recent_days=recent_days,
+                                baseline_days=baseline_days)  # fmt: skip
+        except ExtractkitError as exc:
+            raise fail_usage(str(exc)) from None
     emit(data, as_json, csv_path, html_path, csv=report_csv, html=report_html, show=print_report)

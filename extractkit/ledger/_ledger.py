@@ -162,7 +162,10 @@ class Ledger:
         """Rows of one statement; ``params`` positional (a sequence) or named (a mapping)."""
         args: Any = dict(params) if isinstance(params, Mapping) else tuple(params)
         with self._lock:
-            return self.conn.execute(sql, args).fetchall()
+            try:
+                return self.conn.execute(sql, args).fetchall()
+            except sqlite3.Error as exc:
+                raise LedgerError(f"ledger {self.path}: {exc}") from exc
 
     # -- writes -------------------------------------------------------------------------------
     def record(
