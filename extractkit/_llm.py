@@ -186,13 +186,19 @@ class TierCall:
             kwargs["extra_body"] = dict(self.tier.extra_body)
         return kwargs
 
-    def _estimate(self, kwargs: dict[str, Any]) -> int:
+    def _extra_size(self, kwargs: dict[str, Any]) -> tuple[int, int]:
+        """(tokens, characters) of the tool / schema definition: the same for every call of this
+        tier, so measured once per tier."""
         extra = kwargs.get("tools") or kwargs.get("response_format")
-        n = count_request_tokens(kwargs["messages"], memo=self._token_memo)
-        if extra:  # the tool / schema definition is the same for every call of this tier: count it once
-            if self.bound.extra_tokens is None:
-                self.bound.extra_tokens = count_tokens(json.dumps(extra, ensure_ascii=False))
-            n += self.bound.extra_tokens
+        if not extra:
+            return 0, 0
+        if self.bound.extra_size is None:
+            text = json.dumps(extra, ensure_ascii=False)
+            self.bound.extra_size = (count_tokens(text), len(text))
+        return self.bound.extra_size
+
+    def _estimate(self, kwargs: dict[str, Any]) -> int:
+        n = count_request_tokens(kwargs["messages"], memo=self._token_memo) + self._extra_size(kwargs)[0]
         return int(n * TOKEN_SAFETY)
 
     def _fit(self, kwargs: dict[str, Any]) -> tuple[dict[str, Any], int]:
@@ -278,7 +284,8 @@ class TierCall:
     async def _send(self, kwargs: dict[str, Any], estimate: int) -> Any:
         """One HTTP call, recorded as an Attempt whatever happens."""
         if self.limiter is not None:
-            await self.limiter.acquire(rate_limit_tokens(kwargs, self.max_tokens))
+            charge = rate_limit_tokens(kwargs, self.max_tokens, self._extra_size(kwargs)[1])
+            await self.limiter.acquire(charge)
         started, t0 = time.time(), time.perf_counter()
         try:
             # the SDK's low-level post (its documented way to send a body as it is): the typed
@@ -362,16 +369,16 @@ class TierCall:
         return schema.model_construct(_fields_set=set(value.model_fields_set), **fields)
 
 
-def rate_limit_tokens(kwargs: dict[str, Any], max_tokens: int) -> int:
+def rate_limit_tokens(kwargs: dict[str, Any], max_tokens: int, extra_chars: int | None = None) -> int:
     """What a request counts against a tokens/minute limit, estimated the way OpenAI documents
     it: the request's characters / 4, plus max_tokens. (The tokenizer count with its safety
     margin is for the context check; charged here it would leave a few percent of the limit
-    unused.)"""
+    unused.) ``extra_chars``: the tool / schema definition's length, when already known."""
     chars = sum(len(message_text(m)) for m in kwargs.get("messages", []))
-    extra = kwargs.get("tools") or kwargs.get("response_format")
-    if extra:
-        chars += len(json.dumps(extra, ensure_ascii=False))
-    return -(-chars // 4) + max_tokens
+    if extra_chars is None:
+        extra = kwargs.get("tools") or kwargs.get("response_format")
+        extra_chars = len(json.dumps(extra, ensure_ascii=False)) if extra else 0
+    return -(-(chars + extra_chars) // 4) + max_tokens
 
 
 def _body(kwargs: dict[str, Any]) -> dict[str, Any]:

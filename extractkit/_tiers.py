@@ -204,7 +204,7 @@ class BoundTier:
 
         self.tier = tier
         self.schema = schema
-        self.extra_tokens: int | None = None  # tokens of the tool / schema definition, once known
+        self.extra_size: tuple[int, int] | None = None  # (tokens, chars) of the tool definition, once known
         # instructor wraps the schema in a new class on every call unless it is already wrapped:
         # wrap it once here (the answer is handed back as the user's own class)
         from instructor.v2.core.response_model import prepare_response_model

@@ -243,3 +243,5 @@ def test_rate_limit_charge_is_characters_over_four_plus_max_tokens():
               "tools": [{"type": "function"}]}  # fmt: skip
     chars = 40 + 41 + len('[{"type": "function"}]')
     assert rate_limit_tokens(kwargs, 200) == -(-chars // 4) + 200
+    # the tier measures its tool definition once and passes its length: the same charge
+    assert rate_limit_tokens(kwargs, 200, len('[{"type": "function"}]')) == -(-chars // 4) + 200

@@ -16,7 +16,7 @@ from typing import Any
 
 from ..ledger import Ledger
 from ..ledger._ledger import new_id
-from ._stats import Z99, two_proportion_z, wilson
+from ._stats import Z99, percentile, two_proportion_z, wilson
 from ._verdict import Economics, marginal_verdict
 
 DAY = 86_400.0
@@ -186,14 +186,6 @@ class _Runner:
             self.ledger.query(f"DROP TABLE IF EXISTS {self.latest}")
 
 
-def _percentile(values: list[float], q: float) -> float | None:
-    """Nearest-rank percentile (exact when every value was read, an estimate from a sample)."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[max(1, math.ceil(q * len(ordered))) - 1]
-
-
 def _i(x: Any) -> int:
     return int(x or 0)
 
@@ -319,8 +311,8 @@ def build_report(
         # what the tier spent, failures included, per document it resolved
         t["cost_per_valid_usd"] = cost / t["resolved"] if cost is not None and t["resolved"] else None
         t["models"] = sorted(m for m in t["models"] if m)
-        t["latency_p50_s"] = _percentile(latencies.get(name, []), 0.5)
-        t["latency_p95_s"] = _percentile(latencies.get(name, []), 0.95)
+        t["latency_p50_s"] = percentile(latencies.get(name, []), 0.5)
+        t["latency_p95_s"] = percentile(latencies.get(name, []), 0.95)
         t["failure_outcomes"] = dict(sorted(t["failure_outcomes"].items(), key=lambda kv: (-kv[1], kv[0])))
 
     order = [t["tier"] for t in tiers]
@@ -367,8 +359,8 @@ def build_report(
             "completion_tokens": _i(totals["completion_tokens"]),
             "cost_usd": chain_cost,
             "cost_per_valid_usd": chain_cost / valid if chain_cost is not None and valid else None,
-            "latency_p50_s": _percentile(doc_latency, 0.5),  # of a sample beyond SAMPLE documents
-            "latency_p95_s": _percentile(doc_latency, 0.95),
+            "latency_p50_s": percentile(doc_latency, 0.5),  # of a sample beyond SAMPLE documents
+            "latency_p95_s": percentile(doc_latency, 0.95),
             "first_at": totals["first_at"],
             "last_at": totals["last_at"],
             "configs": _i(totals["configs"]),

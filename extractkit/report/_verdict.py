@@ -26,6 +26,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ._render import money, pct
 from ._stats import documents_needed, wilson
 
 KEEP, DROP, UNDECIDED, NO_DATA = "keep", "drop", "not_enough_evidence", "no_data"
@@ -72,16 +73,6 @@ class Verdict:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _pct(x: float) -> str:
-    if x == 0 or x == 1:
-        return f"{x:.0%}"
-    return f"{x:.1%}" if x < 0.1 or x > 0.9 else f"{x:.0%}"
-
-
-def _usd(x: float) -> str:
-    return f"${x:.2f}" if abs(x) >= 0.1 else f"${x:.4f}"
 
 
 def marginal_verdict(
@@ -132,17 +123,17 @@ def marginal_verdict(
         threshold = max(cost / F, economics.min_share)
     savings = rate * F
     net = savings - (cost or 0.0)
-    seen = what.format(k=rescued, n=n, before=before) + f" ({_pct(rate)}, 95% CI {_pct(lo)}-{_pct(hi)})"
-    money = (
-        f"{_usd(savings)} saved per document at {_usd(F)} per failure, against "
-        f"{_usd(cost)} it costs per document"
+    seen = what.format(k=rescued, n=n, before=before) + f" ({pct(rate)}, 95% CI {pct(lo)}-{pct(hi)})"
+    gain = (
+        f"{money(savings)} saved per document at {money(F)} per failure, against "
+        f"{money(cost)} it costs per document"
         if cost is not None
         else ""
     )
     bar = (
-        f"the {_pct(threshold)} rescue rate it needs to pay for itself"
+        f"the {pct(threshold)} rescue rate it needs to pay for itself"
         if cost is not None and cost / F >= economics.min_share
-        else f"the {_pct(economics.min_share)} minimum share worth running a tier for"
+        else f"the {pct(economics.min_share)} minimum share worth running a tier for"
     )
     needed: int | None = None
     if n < economics.min_documents:
@@ -156,11 +147,11 @@ def marginal_verdict(
         reasons.append(f"only {n} documents, fewer than the {economics.min_documents} the verdict requires")
     elif lo > threshold:
         decision = KEEP
-        sentence = f"Keep {tier}: {seen}" + (f"; {money}." if money else ".")
+        sentence = f"Keep {tier}: {seen}" + (f"; {gain}." if gain else ".")
         reasons.append(f"the whole interval lies above {bar}")
     elif hi < threshold:
         decision = DROP
-        sentence = f"Drop {tier}: {seen}, below {bar}" + (f"; {money}." if money else ".")
+        sentence = f"Drop {tier}: {seen}, below {bar}" + (f"; {gain}." if gain else ".")
         reasons.append(f"the whole interval lies below {bar}")
     else:
         decision = UNDECIDED
@@ -172,18 +163,18 @@ def marginal_verdict(
             else "at this rate no realistic number of documents would settle it"
         )
         sentence = f"Not enough evidence yet on {tier}: {seen}, which straddles {bar}; {more}."
-        reasons.append(f"the interval {_pct(lo)}-{_pct(hi)} contains {_pct(threshold)}")
+        reasons.append(f"the interval {pct(lo)}-{pct(hi)} contains {pct(threshold)}")
     break_even: float | None = None
     if economics.training_cost is not None:
         if net > 0:
             break_even = economics.training_cost / net
             reasons.append(
-                f"a one-off training cost of {_usd(economics.training_cost)} is recovered after "
+                f"a one-off training cost of {money(economics.training_cost)} is recovered after "
                 f"about {break_even:,.0f} documents at the rate seen"
             )
         else:
             reasons.append(
-                f"it never recovers a training cost of {_usd(economics.training_cost)}: "
+                f"it never recovers a training cost of {money(economics.training_cost)}: "
                 "it saves less per document than it costs"
             )
     return Verdict(
