@@ -1,14 +1,20 @@
 """One tier's call: instructor for the schema-bound call and the re-ask, plus what it lacks.
 
-instructor wraps a *create* function of ours (``TierCall._create``) instead of the raw SDK
-method. That function is where extractkit adds what instructor and the openai SDK do not do:
+instructor's handlers for the tier's mode (``instructor.v2.mode_registry``) build the
+schema-bound request, parse and validate each answer and write the re-ask message; the attempt
+loop is ``TierCall.run``, so each attempt is recorded as it happens. Around the HTTP call
+(``TierCall._create``) extractkit adds what instructor and the openai SDK do not do:
 
 - an output-token bound on every request, and a per-attempt timeout;
 - the schema adapted per mode (strict json_schema, llama.cpp's json_object + schema);
 - re-asks kept inside the context window (the quoted failed answer is trimmed), and a context
   overflow recorded as its own outcome, never retried as if transient;
 - transient HTTP failures retried with backoff that honours Retry-After (``_retry``);
-- an ``Attempt`` for every HTTP call, completed by instructor's ``parse:error`` hook.
+- an ``Attempt`` for every HTTP call, its outcome set from the parse.
+
+(instructor's patched ``create`` runs the same handlers, but per call it re-inspects the
+response model six times and copies usage models: a third of the client's CPU per response at
+batch concurrency, see BENCHMARKS.md.)
 """
 
 from __future__ import annotations
@@ -20,9 +26,8 @@ import time
 from typing import Any
 
 import httpx
-import instructor
 import openai
-from instructor.core.exceptions import IncompleteOutputException, InstructorRetryException
+from instructor.core.exceptions import AsyncValidationError, IncompleteOutputException, ResponseParsingError
 from openai import NotGiven, Omit
 from openai.types.chat import ChatCompletion
 from pydantic import BaseModel, ValidationError
@@ -32,8 +37,14 @@ from . import _retry
 from ._grounding import grounding_source
 from ._pricing import Price, cost, lookup_price
 from ._results import Attempt, Outcome, Usage
-from ._tiers import BoundTier, Mode
-from ._tokens import count_request_tokens, count_tokens, message_text, truncate_to_tokens
+from ._tiers import BoundTier
+from ._tokens import (
+    PER_MESSAGE_OVERHEAD,
+    count_request_tokens,
+    count_tokens,
+    message_text,
+    truncate_to_tokens,
+)
 
 OUTPUT_KEEP_CHARS = 4000  # how much of a model answer an Attempt keeps
 TOKEN_SAFETY = 1.15  # margin on offline token estimates (the server's tokenizer may differ)
@@ -43,12 +54,8 @@ ERROR_KEEP_CHARS = 1500
 # not errors. A NullHandler keeps them off stderr unless the application configures logging.
 logging.getLogger("instructor").addHandler(logging.NullHandler())
 
-_INSTRUCTOR_MODE = {
-    Mode.TOOLS: instructor.Mode.TOOLS,
-    Mode.JSON_SCHEMA: instructor.Mode.JSON_SCHEMA,
-    Mode.JSON: instructor.Mode.JSON,
-    Mode.JSON_OBJECT_SCHEMA: instructor.Mode.JSON,
-}
+# what instructor re-asks on (as its own retry loop does)
+_PARSE_ERRORS = (ValidationError, json.JSONDecodeError, AsyncValidationError, ResponseParsingError)
 
 
 class _TierStop(Exception):
@@ -186,26 +193,37 @@ class TierCall:
             kwargs["extra_body"] = dict(self.tier.extra_body)
         return kwargs
 
-    def _extra_size(self, kwargs: dict[str, Any]) -> tuple[int, int]:
-        """(tokens, characters) of the tool / schema definition: the same for every call of this
-        tier, so measured once per tier."""
-        extra = kwargs.get("tools") or kwargs.get("response_format")
-        if not extra:
-            return 0, 0
-        if self.bound.extra_size is None:
-            text = json.dumps(extra, ensure_ascii=False)
-            self.bound.extra_size = (count_tokens(text), len(text))
-        return self.bound.extra_size
+    def _extra_text(self, kwargs: dict[str, Any]) -> str:
+        """The tool / schema definition as JSON: the same for every call of this tier, dumped once."""
+        if self.bound.extra_text is None:
+            extra = kwargs.get("tools") or kwargs.get("response_format")
+            self.bound.extra_text = json.dumps(extra, ensure_ascii=False) if extra else ""
+        return self.bound.extra_text
 
     def _estimate(self, kwargs: dict[str, Any]) -> int:
-        n = count_request_tokens(kwargs["messages"], memo=self._token_memo) + self._extra_size(kwargs)[0]
+        if self.bound.extra_tokens is None:
+            self.bound.extra_tokens = count_tokens(self._extra_text(kwargs))
+        n = count_request_tokens(kwargs["messages"], memo=self._token_memo) + self.bound.extra_tokens
         return int(n * TOKEN_SAFETY)
 
-    def _fit(self, kwargs: dict[str, Any]) -> tuple[dict[str, Any], int]:
-        """Keep the request inside the context: trim what a re-ask quotes back."""
-        estimate = self._estimate(kwargs)
+    def _surely_fits(self, kwargs: dict[str, Any]) -> bool:
+        """True when the request fits the context by a bound no tokenizer can exceed: every token
+        of a byte-level BPE (or a SentencePiece model with byte fallback) covers at least one byte
+        of UTF-8, so a prompt has at most as many tokens as bytes. Most documents are far inside
+        the window and are never tokenized; the rest are counted."""
+        n = sum(len(message_text(m).encode()) + PER_MESSAGE_OVERHEAD for m in kwargs["messages"]) + 3
+        n += len(self._extra_text(kwargs).encode())
+        assert self.context_window is not None
+        return int(n * TOKEN_SAFETY) + self.max_tokens <= self.context_window
+
+    def _fit(self, kwargs: dict[str, Any]) -> tuple[dict[str, Any], int | None]:
+        """Keep the request inside the context: trim what a re-ask quotes back. Returns the
+        request and its estimated prompt tokens (None: not counted, it fits by far)."""
         window = self.context_window
-        if window is None or estimate + self.max_tokens <= window:
+        if window is None or self._surely_fits(kwargs):
+            return kwargs, None
+        estimate = self._estimate(kwargs)
+        if estimate + self.max_tokens <= window:
             return kwargs, estimate
         messages = kwargs["messages"]
         original, extra = messages[: self._n_original], messages[self._n_original :]
@@ -236,7 +254,7 @@ class TierCall:
         kwargs = self._adapt(kwargs)
         kwargs, estimate = self._fit(kwargs)
         window = self.context_window
-        if window is not None and estimate + self.max_tokens > window:
+        if window is not None and estimate is not None and estimate + self.max_tokens > window:
             started, t0 = time.time(), time.perf_counter()
             self._record(
                 Outcome.CONTEXT_OVERFLOW,
@@ -252,7 +270,7 @@ class TierCall:
         # the first try goes straight out; tenacity's machinery is set up only after a transient
         # failure (it costs more per call than the rest of the attempt's bookkeeping)
         try:
-            return await self._send(kwargs, estimate)
+            return await self._send(kwargs)
         except _TierStop:
             raise
         except Exception as exc:
@@ -274,17 +292,17 @@ class TierCall:
         try:
             async for attempt in retrying:
                 with attempt:
-                    response = await self._send(kwargs, estimate)
+                    response = await self._send(kwargs)
             return response
         except _TierStop:
             raise
         except Exception as exc:
             raise _TierStop(str(exc)) from exc
 
-    async def _send(self, kwargs: dict[str, Any], estimate: int) -> Any:
+    async def _send(self, kwargs: dict[str, Any]) -> Any:
         """One HTTP call, recorded as an Attempt whatever happens."""
         if self.limiter is not None:
-            charge = rate_limit_tokens(kwargs, self.max_tokens, self._extra_size(kwargs)[1])
+            charge = rate_limit_tokens(kwargs, self.max_tokens, len(self._extra_text(kwargs)))
             await self.limiter.acquire(charge)
         started, t0 = time.time(), time.perf_counter()
         try:
@@ -331,42 +349,51 @@ class TierCall:
                 error=f"output reached the {self.max_tokens}-token bound (finish_reason=length)",
                 **fields,
             )  # fmt: skip
-            return response  # instructor raises IncompleteOutputException on it
-        self._record(Outcome.OK, started, t0, **fields)  # amended by the parse:error hook
+            return response  # instructor's parser raises IncompleteOutputException on it
+        self._record(Outcome.OK, started, t0, **fields)  # amended when the parse fails
         return response
 
     async def run(self) -> BaseModel | None:
-        tier = self.tier
-        messages = self.bound.messages(self.document)
+        """Attempt, validate, re-ask: instructor's handlers for this mode build the schema-bound
+        request, parse and validate each answer and write the re-ask; the loop is ours, so every
+        attempt is recorded as it happens (and instructor's per-call wrapper, which re-inspects
+        the response model several times per call, stays off the hot path)."""
+        tier, bound = self.tier, self.bound
+        handlers = bound.handlers
+        messages = bound.messages(self.document)
         self._n_original = len(messages)
-        hooks = instructor.hooks.Hooks()
-        hooks.on("parse:error", self._on_parse_error)
-        create: Any = instructor.patch(create=self._create, mode=_INSTRUCTOR_MODE[tier.resolved_mode])
-        try:
-            # the document reaches the Grounded validators through a context variable, not
-            # instructor's `context=`, which would also render every message as a Jinja2 template
-            with grounding_source(self.document):
-                value = await create(
-                    response_model=self.bound.response_model,
-                    messages=messages,
-                    model=tier.model,
-                    temperature=tier.temperature,
-                    max_tokens=self.max_tokens,
-                    max_retries=tier.max_reasks,
-                    strict=False,
-                    hooks=hooks,
-                )
-        except (InstructorRetryException, IncompleteOutputException, _TierStop) as exc:
-            if self.attempts and self.attempts[-1].ok:
-                # instructor failed on the answer in a way its parse hook did not report
-                cause = exc.__cause__ or exc
-                self._amend_last(outcome=Outcome.INVALID_JSON, error=_short(cause))
-            return None
-        # instructor returns a subclass of the schema carrying its raw completion: hand back
-        # a plain instance of the user's own class with the already-validated values
-        schema = self.bound.schema
-        fields = {k: v for k, v in value.__dict__.items() if k in schema.model_fields}
-        return schema.model_construct(_fields_set=set(value.model_fields_set), **fields)
+        request = {"messages": messages, "model": tier.model, "temperature": tier.temperature}
+        model, kwargs = bound.prepare_request({**request, "max_tokens": self.max_tokens})
+        # the document reaches the Grounded validators through a context variable (instructor's
+        # validation context is also a Jinja2 template context when its wrapper is used)
+        with grounding_source(self.document):
+            for reask in range(tier.max_reasks + 1):
+                try:
+                    response = await self._create(**kwargs)
+                except _TierStop:
+                    return None
+                try:
+                    value = handlers.response_parser(
+                        response=response, response_model=model, validation_context=None,
+                        strict=False, stream=False, is_async=True,
+                    )  # fmt: skip
+                except IncompleteOutputException:
+                    return None  # recorded as truncated: a re-ask with the same bound would be too
+                except _PARSE_ERRORS as exc:
+                    self._on_parse_error(exc)
+                    if reask == tier.max_reasks:
+                        return None
+                    kwargs = handlers.reask_handler(kwargs=kwargs, response=response, exception=exc)
+                    continue
+                except Exception as exc:  # an answer instructor could not read at all
+                    self._amend_last(outcome=Outcome.INVALID_JSON, error=_short(exc))
+                    return None
+                # hand back a plain instance of the user's own class (instructor's carries its
+                # raw completion) with the already-validated values
+                schema = bound.schema
+                fields = {k: v for k, v in value.__dict__.items() if k in schema.model_fields}
+                return schema.model_construct(_fields_set=set(value.model_fields_set), **fields)
+        return None
 
 
 def rate_limit_tokens(kwargs: dict[str, Any], max_tokens: int, extra_chars: int | None = None) -> int:

@@ -196,6 +196,9 @@ class FineTuned(Tier):
     default_mode: ClassVar[Mode] = Mode.JSON_SCHEMA
 
 
+_MISSING = object()
+
+
 class BoundTier:
     """A tier joined to a schema: examples validated and indexed once, prompts rendered per doc."""
 
@@ -204,12 +207,24 @@ class BoundTier:
 
         self.tier = tier
         self.schema = schema
-        self.extra_size: tuple[int, int] | None = None  # (tokens, chars) of the tool definition, once known
-        # instructor wraps the schema in a new class on every call unless it is already wrapped:
-        # wrap it once here (the answer is handed back as the user's own class)
+        self.extra_text: str | None = None  # the tool / schema definition as sent, once known
+        self.extra_tokens: int | None = None  # ... and its tokens, once counted
+        # instructor's part, decided once per tier: the schema wrapped as its response model (the
+        # answer is handed back as the user's own class) and its handlers for this mode, which
+        # build the schema-bound request, parse + validate answers and write re-asks
+        import instructor
+        from instructor.v2 import Provider, mode_registry
         from instructor.v2.core.response_model import prepare_response_model
 
         self.response_model: type[BaseModel] = prepare_response_model(schema)  # type: ignore[assignment]
+        instructor_mode = {
+            Mode.TOOLS: instructor.Mode.TOOLS,
+            Mode.JSON_SCHEMA: instructor.Mode.JSON_SCHEMA,
+            Mode.JSON: instructor.Mode.JSON,
+            Mode.JSON_OBJECT_SCHEMA: instructor.Mode.JSON,  # + llama.cpp's schema, below
+        }[tier.resolved_mode]
+        self.handlers = mode_registry.get_handlers(Provider.OPENAI, instructor_mode)
+        self._request_extra: tuple[type[BaseModel], dict[str, Any]] | None = None
         self.selector: ExampleSelector | None = None
         if isinstance(tier, FewShot):
             examples = coerce_examples(tier.examples, schema)
@@ -226,6 +241,19 @@ class BoundTier:
             }
         elif mode is Mode.JSON_OBJECT_SCHEMA:
             self.response_format = {"type": "json_object", "schema": json_schema(schema)}
+
+    def prepare_request(self, kwargs: dict[str, Any]) -> tuple[type[BaseModel], dict[str, Any]]:
+        """instructor's request handler for this mode (tools / response_format, schema in the
+        prompt). When it leaves the messages as they are (tools, json_schema), what it adds is the
+        same for every document: found once, then merged; otherwise it runs for every document."""
+        if self._request_extra is None:
+            handler = self.handlers.request_handler
+            model, prepared = handler(response_model=self.response_model, kwargs=dict(kwargs))
+            if any(prepared.get(k, _MISSING) != v for k, v in kwargs.items()):
+                return model, prepared  # it rewrote the prompt (json mode) or an argument
+            self._request_extra = (model, {k: v for k, v in prepared.items() if k not in kwargs})
+        model, extra = self._request_extra
+        return model, {**kwargs, "messages": list(kwargs["messages"]), **extra}
 
     def messages(self, document: str) -> list[dict[str, Any]]:
         doc = (self.schema.__doc__ or "").strip()

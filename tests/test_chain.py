@@ -257,6 +257,53 @@ def test_json_object_schema_mode_for_llama_cpp(mock_api):
     assert fmt["type"] == "json_object" and fmt["schema"]["properties"]["issuer"]
 
 
+@pytest.mark.parametrize("mode", ["tools", "json", "json_schema", "json_object_schema"])
+def test_requests_and_reasks_are_instructors_own(mock_api, mode):
+    """extractkit runs the attempt loop itself on instructor's handlers for the mode: what it sends
+    (each document's request, and the re-ask after a failed answer) is what those handlers build,
+    including modes where the schema goes into each document's prompt (json)."""
+    import instructor
+    from instructor.v2 import Provider, mode_registry
+
+    tools = mode == "tools"
+
+    def answer(values):
+        return ok(values) if tools else ok(None, content=json.dumps(values))
+
+    bad = {**GOOD, "total": "n/a"}
+    route = mock_api.post("/chat/completions").mock(side_effect=[answer(bad), answer(GOOD), answer(GOOD)])
+    ex = Extractor(Invoice, tiers=[zero(mode=mode, max_reasks=1)])
+    docs = [DOC, DOC.replace("Invoice 7", "Invoice 8")]
+    assert [ex.extract(d).ok for d in docs] == [True, True]
+    sent = bodies(route)
+
+    bound = ex._bound["zero_shot"]
+    imode = {"tools": instructor.Mode.TOOLS, "json_schema": instructor.Mode.JSON_SCHEMA}.get(mode, instructor.Mode.JSON)
+    handlers = mode_registry.get_handlers(Provider.OPENAI, imode)
+    expected = []
+    for doc in docs:
+        base = {"messages": bound.messages(doc), "model": "gpt-4o-mini", "temperature": 0.0, "max_tokens": bound.max_tokens}
+        expected.append(handlers.request_handler(response_model=bound.response_model, kwargs=base)[1])
+    first, reask, second = sent
+    for body, want in ((first, expected[0]), (second, expected[1])):
+        assert body["messages"] == want["messages"]
+        if tools:
+            assert body["tools"] == want["tools"] and body["tool_choice"] == want["tool_choice"]
+    if mode == "json":  # instructor puts the schema into the system prompt of every document
+        assert '"issuer"' in second["messages"][0]["content"]
+    # the re-ask: instructor's handler applied to the first request and its failed answer
+    from openai.types.chat import ChatCompletion
+    from pydantic import ValidationError
+
+    from extractkit._grounding import grounding_source
+
+    failed = ChatCompletion.model_validate(completion(bad) if tools else completion(None, content=json.dumps(bad)))
+    with grounding_source(DOC), pytest.raises(ValidationError) as error:
+        bound.response_model.model_validate_json(json.dumps(bad))
+    want = handlers.reask_handler(kwargs=expected[0], response=failed, exception=error.value)
+    assert reask["messages"] == json.loads(json.dumps(want["messages"]))
+
+
 # -- context budget ------------------------------------------------------------------------------
 
 
@@ -267,6 +314,24 @@ def test_document_longer_than_context_is_not_sent(mock_api):
     assert route.call_count == 0
     assert [a.outcome for a in result.attempts] == [Outcome.CONTEXT_OVERFLOW]
     assert "exceeds the 1024-token context" in result.attempts[0].error
+
+
+def test_tokens_are_counted_only_when_the_bytes_could_overflow(mock_api, monkeypatch):
+    """A prompt has at most one token per UTF-8 byte: a document that fits by that bound is sent
+    without tokenizing; one whose bytes exceed the window is counted, and sent when it fits."""
+    import extractkit._llm as llm
+
+    route = mock_api.post("/chat/completions").mock(return_value=ok())
+    counted = []
+    real = llm.count_request_tokens
+    monkeypatch.setattr(llm, "count_request_tokens", lambda *a, **k: counted.append(1) or real(*a, **k))
+    tier = zero(model="local", context_window=2048, max_output_tokens=256)
+    ex = Extractor(Invoice, tiers=[tier])
+    assert ex.extract(DOC).ok and counted == []
+    long = DOC + "invoice line item " * 400  # ~7,300 bytes, ~1,200 tokens
+    assert len(long.encode()) > 2048
+    result = ex.extract(long)
+    assert result.ok and counted and route.call_count == 2
 
 
 def test_reask_is_trimmed_to_stay_inside_the_context(mock_api):
