@@ -363,3 +363,14 @@ def test_a_model_that_changes_under_the_same_name_is_flagged(ledger):
     assert rows == {("gpt-4o-mini-2024-07-18", NOW - 20 * DAY), ("gpt-4o-mini-2025-03-01", NOW - DAY)}
     # nothing new in the recent window: no flag
     assert build_report(ledger, as_of=NOW - 5 * DAY)["drift"]["model_changes"] == []
+
+
+def test_headline_is_the_fine_tuned_tiers_verdict_by_kind_not_by_name():
+    from extractkit.report import headline_sentence
+
+    verdicts = [{"tier": "refined_prompt", "sentence": "A"}, {"tier": "ft", "sentence": "B"},
+                {"tier": "big_model", "sentence": "C"}]  # fmt: skip
+    kinds = {"zero": "zero_shot", "refined_prompt": "few_shot", "ft": "fine_tuned", "big_model": "zero_shot"}
+    assert headline_sentence(verdicts, kinds) == "B"
+    assert headline_sentence(verdicts, {**kinds, "ft": "few_shot"}) == "C"  # no fine-tuned tier: the last
+    assert headline_sentence([], kinds) is None

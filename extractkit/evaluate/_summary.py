@@ -16,7 +16,7 @@ import json
 from typing import Any
 
 from ..ledger import Ledger
-from ..report import Economics, marginal_verdict, mcnemar_exact, percentile, wilson
+from ..report import Economics, headline_sentence, marginal_verdict, mcnemar_exact, percentile, wilson
 from ._score import prf
 
 SQL = {
@@ -153,7 +153,7 @@ def build_eval(ledger: Ledger, run_id: str, *, economics: Economics | None = Non
         for b in order
         if kinds.get(a) == "few_shot" and kinds.get(b) == "fine_tuned"
     ]
-    headline = _headline(verdicts, order, n)
+    headline = _headline(verdicts, kinds, order, n)
     unreadable = [i for i in items if i["document_sha256"] is None]
     incomplete = [g for g in scored if g not in docs]
     notes = []
@@ -277,10 +277,10 @@ def compare(a: str, b: str, docs: list[str], by: dict[tuple[str, str], dict[str,
     }  # fmt: skip
 
 
-def _headline(verdicts: list[dict[str, Any]], order: list[str], n: int) -> str:
+def _headline(verdicts: list[dict[str, Any]], kinds: dict[str, str | None], order: list[str], n: int) -> str:
     if n == 0:
         return "No gold document was scored: check the gold file and the unreadable documents."
-    if not verdicts:
+    sentence = headline_sentence(verdicts, kinds)
+    if sentence is None:
         return f"Only one tier ({order[0]}) was evaluated: see its scores; add tiers to compare."
-    fine = [v for v in verdicts if "fine" in v["tier"]] or verdicts[-1:]
-    return str(fine[-1]["sentence"])
+    return sentence

@@ -8,7 +8,7 @@ from ._aggregate import SQL, Scope, build_report
 from ._html import report_html
 from ._render import print_report, print_verdicts, report_csv, write_text
 from ._stats import documents_needed, mcnemar_exact, percentile, two_proportion_z, wilson
-from ._verdict import DROP, KEEP, NO_DATA, UNDECIDED, Economics, Verdict, marginal_verdict
+from ._verdict import DROP, KEEP, NO_DATA, UNDECIDED, Economics, Verdict, headline_sentence, marginal_verdict
 
 __all__ = [
     "DROP",
@@ -21,6 +21,7 @@ __all__ = [
     "Verdict",
     "build_report",
     "documents_needed",
+    "headline_sentence",
     "marginal_verdict",
     "mcnemar_exact",
     "percentile",

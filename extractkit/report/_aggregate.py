@@ -17,7 +17,7 @@ from typing import Any
 from ..ledger import Ledger
 from ..ledger._ledger import new_id
 from ._stats import Z99, percentile, two_proportion_z, wilson
-from ._verdict import Economics, marginal_verdict
+from ._verdict import Economics, headline_sentence, marginal_verdict
 
 DAY = 86_400.0
 VALIDATION = "('invalid_json', 'schema_invalid', 'ungrounded')"
@@ -409,13 +409,13 @@ def _before(name: str, chains: dict[str, list[dict[str, Any]]], order: list[str]
 def _headline(verdicts: list[dict[str, Any]], tiers: list[dict[str, Any]]) -> str:
     if not tiers:
         return "No extractions in scope yet: run `extractkit extract` first."
-    if not verdicts:
+    sentence = headline_sentence(verdicts, {t["tier"]: t["kind"] for t in tiers})
+    if sentence is None:
         return (
             f"Only one tier ({tiers[0]['tier']}) ran: there is nothing to compare it with; "
             "add a tier or run `extractkit eval`."
         )
-    fine = [v for v in verdicts if "fine" in (v["tier"] or "")] or verdicts[-1:]
-    return str(fine[-1]["sentence"])
+    return sentence
 
 
 def drift(sums: dict[tuple[str, str], dict[str, float]], windows: dict[str, float], recent_days: float,

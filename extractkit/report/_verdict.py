@@ -195,3 +195,12 @@ def marginal_verdict(
         break_even,
         reasons,
     )
+
+
+def headline_sentence(verdicts: list[dict[str, Any]], kinds: dict[str, str | None]) -> str | None:
+    """The sentence a reader came for: the verdict on the fine-tuned tier (the last one if there
+    are several), else on the last tier of the chain. Chosen by the tier's kind, not its name."""
+    if not verdicts:
+        return None
+    fine = [v for v in verdicts if kinds.get(v["tier"]) == "fine_tuned"] or verdicts[-1:]
+    return str(fine[-1]["sentence"])
