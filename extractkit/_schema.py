@@ -51,6 +51,15 @@ def check_schema(schema: Any) -> type[BaseModel]:
         schema.model_json_schema()
     except Exception as exc:  # pydantic raises several kinds here
         raise SchemaError(f"{schema.__name__} has no JSON Schema: {exc}") from exc
+    from instructor.v2.validation import model_declares_async_validators
+
+    if model_declares_async_validators(schema):
+        # validation runs synchronously on every answer (as in instructor's own runtime)
+        raise SchemaError(
+            f"{schema.__name__} (or a model inside it) declares instructor async validators, which "
+            "extractkit does not run: "
+            "use Pydantic validators (field_validator / model_validator) instead"
+        )
     return schema
 
 

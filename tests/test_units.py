@@ -245,3 +245,25 @@ def test_rate_limit_charge_is_characters_over_four_plus_max_tokens():
     assert rate_limit_tokens(kwargs, 200) == -(-chars // 4) + 200
     # the tier measures its tool definition once and passes its length: the same charge
     assert rate_limit_tokens(kwargs, 200, len('[{"type": "function"}]')) == -(-chars // 4) + 200
+
+
+def test_a_schema_with_instructor_async_validators_is_refused_when_the_extractor_is_built():
+    """extractkit validates every answer synchronously: a nested instructor async validator
+    would silently never run, so the schema is refused up front with a SchemaError."""
+    from instructor.v2.validation import async_field_validator
+    from pydantic import BaseModel
+
+    from extractkit import Extractor, SchemaError, ZeroShot
+
+    class Line(BaseModel):
+        sku: str
+
+        @async_field_validator("sku")
+        async def known(cls, v):  # noqa: N805
+            return v
+
+    class Order(BaseModel):
+        lines: list[Line]
+
+    with pytest.raises(SchemaError, match="Order .or a model inside it. declares instructor async validators"):
+        Extractor(Order, tiers=[ZeroShot(model="gpt-4o-mini", api_key="x")])
