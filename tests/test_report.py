@@ -346,15 +346,16 @@ def test_a_model_that_changes_under_the_same_name_is_flagged(ledger):
 
     ex = chain(("zero_shot",))
 
-    def answer(doc: str, served: str, fingerprint: str | None, at: float) -> None:
+    def answer(doc: str, served: str, fingerprint: str | None, at: float, run: str) -> None:
         a = Attempt(tier="zero_shot", model="gpt-4o-mini", number=1, outcome=Outcome.OK, usage=Usage(10, 5),
                     cost_usd=0.001, started_at=at, served_model=served, fingerprint=fingerprint)  # fmt: skip
         ledger.record(ex, Result(value=None, tier=None, attempts=[a], latency_s=1.0, schema_hash=ex.schema_hash,
-                                 document_sha256=f"{doc:0>64}"))  # fmt: skip
+                                 document_sha256=f"{doc:0>64}"), run_id=run)  # fmt: skip
 
+    old_run, new_run = (ledger.start_run("batch", ex.describe(), ex.config_hash, ex.schema_hash) for _ in "ab")
     for i in range(3):
-        answer(f"a{i}", "gpt-4o-mini-2024-07-18", "fp_1", NOW - 20 * DAY)
-    answer("b1", "gpt-4o-mini-2025-03-01", "fp_9", NOW - DAY)
+        answer(f"a{i}", "gpt-4o-mini-2024-07-18", "fp_1", NOW - 20 * DAY, old_run)
+    answer("b1", "gpt-4o-mini-2025-03-01", "fp_9", NOW - DAY, new_run)
     r = build_report(ledger, as_of=NOW)
     [change] = r["drift"]["model_changes"]
     assert change["before"] == ["gpt-4o-mini-2024-07-18 (fp_1)"] and change["new"] == ["gpt-4o-mini-2025-03-01 (fp_9)"]
@@ -363,6 +364,14 @@ def test_a_model_that_changes_under_the_same_name_is_flagged(ledger):
     assert rows == {("gpt-4o-mini-2024-07-18", NOW - 20 * DAY), ("gpt-4o-mini-2025-03-01", NOW - DAY)}
     # nothing new in the recent window: no flag
     assert build_report(ledger, as_of=NOW - 5 * DAY)["drift"]["model_changes"] == []
+    # a filtered report lists the models that answered its own attempts
+    early = build_report(ledger, Scope(run_id=old_run), as_of=NOW)
+    assert [m["served_model"] for m in early["served_models"]] == ["gpt-4o-mini-2024-07-18"]
+    assert early["drift"]["model_changes"] == []
+    late = build_report(ledger, Scope(run_id=new_run), as_of=NOW)
+    assert [m["served_model"] for m in late["served_models"]] == ["gpt-4o-mini-2025-03-01"]
+    [z] = late["tiers"]
+    assert (z["first_attempt_at"], z["last_attempt_at"]) == (NOW - DAY, NOW - DAY)
 
 
 def test_headline_is_the_fine_tuned_tiers_verdict_by_kind_not_by_name():

@@ -137,6 +137,7 @@ def attempts_sql(latest: str, attempts_driven: bool) -> str:
         "TOTAL(a.cost_usd) AS cost", "COUNT(a.cost_usd) AS priced", "TOTAL(a.prompt_tokens) AS prompt_tokens",
         "TOTAL(a.completion_tokens) AS completion_tokens", "GROUP_CONCAT(DISTINCT a.model) AS models",
         "TOTAL(CASE WHEN a.won = 1 THEN a.cost_usd END) AS own",
+        "MIN(a.started_at) AS first_started", "MAX(a.started_at) AS last_started",
     ]  # fmt: skip
     for w, cond in (("r", _RECENT), ("b", _BASELINE)):
         cols += [
@@ -267,8 +268,11 @@ def build_report(
         t = per.setdefault(name, {
             "tier": name, "reached": 0, "resolved": 0, "attempts": 0, "reasks": 0, "retries": 0,
             "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0, "unpriced_attempts": 0,
-            "models": set(), "failure_outcomes": {},
+            "models": set(), "failure_outcomes": {}, "first_started": math.inf, "last_started": -math.inf,
         })  # fmt: skip
+        if g["first_started"] is not None:
+            t["first_started"] = min(t["first_started"], g["first_started"])
+            t["last_started"] = max(t["last_started"], g["last_started"])
         t["reached"] += int(g["first"])
         t["resolved"] += n if g["outcome"] == "ok" else 0
         t["attempts"] += n
@@ -292,6 +296,8 @@ def build_report(
             d["priced"] += g[f"{w}_priced"]
             d["cost_usd"] += g[f"{w}_cost"]
             d["cost_sq"] += g[f"{w}_cost_sq"]
+    if scope != Scope():
+        served = scoped_served(served, per)
     latencies: dict[str, list[float]] = {}
     for r in attempt_latency:
         latencies.setdefault(r["tier"], []).append(r["latency_s"])
@@ -311,6 +317,8 @@ def build_report(
         # what the tier spent, failures included, per document it resolved
         t["cost_per_valid_usd"] = cost / t["resolved"] if cost is not None and t["resolved"] else None
         t["models"] = sorted(m for m in t["models"] if m)
+        first, last = t.pop("first_started"), t.pop("last_started")
+        t["first_attempt_at"], t["last_attempt_at"] = (first, last) if math.isfinite(first) else (None, None)
         t["latency_p50_s"] = percentile(latencies.get(name, []), 0.5)
         t["latency_p95_s"] = percentile(latencies.get(name, []), 0.95)
         t["failure_outcomes"] = dict(sorted(t["failure_outcomes"].items(), key=lambda kv: (-kv[1], kv[0])))
@@ -455,6 +463,20 @@ def drift(sums: dict[tuple[str, str], dict[str, float]], windows: dict[str, floa
         "flagged": [f"{i['tier']}: {', '.join(i['flags'])}" for i in out if i["flags"]]
         + [c["sentence"] for c in changes],
     }
+
+
+def scoped_served(served: list[dict[str, Any]], per: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The served models of a filtered report: those recorded for a (tier, model) the scope's
+    attempts used, seen while they ran. (The ledger keeps one row per served model and tier, with
+    first and last sightings, the last refreshed at most once a minute.)"""
+    out = []
+    for r in served:
+        t = per.get(r["tier"])
+        if t is None or r["model"] not in t["models"]:
+            continue
+        if r["first_seen"] <= t["last_started"] and r["last_seen"] + 60 >= t["first_started"]:
+            out.append(r)
+    return out
 
 
 def model_changes(served: list[dict[str, Any]], since: float, until: float) -> list[dict[str, Any]]:
