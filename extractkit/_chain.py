@@ -12,7 +12,7 @@ import hashlib
 import time
 import weakref
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Generic, TypeVar
 
 import openai
@@ -187,7 +187,8 @@ class Extractor(Generic[T]):
                 record.setdefault("forced_tier", only)
                 record.setdefault("config_hash", self.tier_hashes[only])
             record.setdefault("run_id", self._library_run_id())
-            await self.ledger.arecord(self, result, text=text, **record)
+            ext_id = await self.ledger.arecord(self, result, text=text, **record)
+            result = replace(result, extraction_id=ext_id)
         if self.raise_on_failure and not result.ok:
             raise ExtractionFailed(f"every tier failed: {result.error}", result=result)
         return result

@@ -92,6 +92,7 @@ class Result(Generic[T]):
     latency_s: float
     schema_hash: str = ""
     document_sha256: str = ""
+    extraction_id: str | None = None  # the ledger's row for this extraction, when one recorded it
 
     @property
     def ok(self) -> bool:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 
 import httpx
@@ -177,3 +178,15 @@ def test_a_failing_query_is_a_ledger_error_naming_the_ledger(tmp_path):
 
     with Ledger(tmp_path / "l.sqlite3") as ledger, pytest.raises(LedgerError, match=r"l\.sqlite3: no such column"):
         ledger.query("SELECT nope FROM runs")
+
+
+def test_result_carries_its_ledger_row(tmp_path, mock_api):
+    mock_api.post("/chat/completions").mock(
+        return_value=httpx.Response(200, json=completion({"issuer": "ACME Ltd", "total": 5.0}))
+    )
+    tier = ZeroShot(model="gpt-4o-mini", base_url=BASE_URL, api_key="sk-test")
+    assert Extractor(Invoice, tiers=[tier]).extract("ACME Ltd total 5.00").extraction_id is None  # no ledger
+    with Ledger(tmp_path / "l.sqlite3") as ledger:
+        result = Extractor(Invoice, tiers=[tier], ledger=ledger).extract("ACME Ltd total 5.00")
+        [row] = ledger.query("SELECT id, value_json FROM extractions")
+        assert result.extraction_id == row["id"] and json.loads(row["value_json"])["issuer"] == "ACME Ltd"

@@ -120,10 +120,9 @@ async def _extract(
     result = await extractor.aextract(
         doc.text, only=tier, run_id=run_id, path=doc.path, size=doc.size, doc_type=doc.type
     )
-    row = ledger.find_final(*key, forced_tier=tier)
-    assert row is not None, "the extraction was just recorded"
+    assert result.extraction_id is not None, "the extractor records into the eval's ledger"
     value = result.value.model_dump(mode="json") if result.value is not None else None
-    return row["id"], value, False
+    return result.extraction_id, value, False
 
 
 def evaluate(extractor: Any, gold: Sequence[GoldItem], ledger: Ledger, **kwargs: Any) -> EvalSummary:
