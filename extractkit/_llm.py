@@ -336,6 +336,9 @@ class TierCall:
             "served_model": getattr(response, "model", None) or None,
             "fingerprint": getattr(response, "system_fingerprint", None) or None,
         }
+        if choice is None:  # nothing to parse, and nothing a re-ask could quote back
+            self._record(Outcome.INVALID_JSON, started, t0, error="the response has no choices", **fields)
+            raise _TierStop("no choices")
         refusal = getattr(getattr(choice, "message", None), "refusal", None)
         if refusal:
             self._record(Outcome.REFUSAL, started, t0, error=str(refusal)[:500], **fields)
@@ -383,7 +386,12 @@ class TierCall:
                     self._on_parse_error(exc)
                     if reask == tier.max_reasks:
                         return None
-                    kwargs = handlers.reask_handler(kwargs=kwargs, response=response, exception=exc)
+                    try:
+                        kwargs = handlers.reask_handler(kwargs=kwargs, response=response, exception=exc)
+                    except Exception as reask_exc:  # an answer instructor cannot quote back
+                        error = f"{self.attempts[-1].error} (no re-ask: {_short(reask_exc)})"
+                        self._amend_last(error=error[:ERROR_KEEP_CHARS])
+                        return None
                     continue
                 except Exception as exc:  # an answer instructor could not read at all
                     self._amend_last(outcome=Outcome.INVALID_JSON, error=_short(exc))

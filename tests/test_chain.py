@@ -304,6 +304,35 @@ def test_requests_and_reasks_are_instructors_own(mock_api, mode):
     assert reask["messages"] == json.loads(json.dumps(want["messages"]))
 
 
+@pytest.mark.parametrize("mode", ["tools", "json"])
+def test_a_response_without_choices_ends_the_tier_and_escalates(mock_api, mode):
+    empty = httpx.Response(200, json={**completion(GOOD), "choices": []})
+    answer = ok() if mode == "tools" else ok(None, content=json.dumps(GOOD))
+    mock_api.post("/chat/completions").mock(side_effect=[empty, answer])
+    tiers = [zero(mode=mode, max_reasks=2), zero(mode=mode, name="second")]
+    result = Extractor(Invoice, tiers=tiers).extract(DOC)
+    assert result.ok and result.tier == "second"
+    first = result.attempts[0]
+    assert (first.outcome, first.error) == (Outcome.INVALID_JSON, "the response has no choices")
+    assert len(result.attempts) == 2  # no re-ask of an answer that is not there
+
+
+def test_a_reask_instructor_cannot_write_ends_the_tier_with_the_reason(mock_api):
+    import dataclasses
+
+    mock_api.post("/chat/completions").mock(return_value=ok({"issuer": "ACME Tools Ltd", "total": "n/a"}))
+    ex = Extractor(Invoice, tiers=[zero(max_reasks=2)])
+    bound = ex._bound["zero_shot"]
+
+    def broken(**_):
+        raise KeyError("messages")
+
+    bound.handlers = dataclasses.replace(bound.handlers, reask_handler=broken)
+    result = ex.extract(DOC)
+    [a] = result.attempts
+    assert a.outcome is Outcome.SCHEMA_INVALID and "(no re-ask: KeyError: 'messages')" in a.error
+
+
 # -- context budget ------------------------------------------------------------------------------
 
 
