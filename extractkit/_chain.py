@@ -1,14 +1,18 @@
 """The Extractor: runs the tiers in order and applies the escalation policy.
 
-The core is async (``aextract``); ``extract`` is a thin sync wrapper that runs it in its own event
-loop and closes its connections before returning. Async callers reuse connections per event loop
-and close them with ``await extractor.aclose()`` or ``async with extractor``.
+The core is async (``aextract``); ``extract`` is a thin sync wrapper that runs it on the
+extractor's own event loop in a background thread, kept between calls so that connections are
+reused (``close()`` or ``with extractor:`` ends it; so does garbage collection). Async callers
+reuse connections per event loop and close them with ``await extractor.aclose()`` or
+``async with extractor``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
+import threading
 import time
 import weakref
 from collections.abc import Mapping, Sequence
@@ -24,6 +28,7 @@ from ._llm import TierCall, make_client
 from ._pricing import Price
 from ._results import FAILURE_OUTCOMES, Attempt, Outcome, Result
 from ._schema import canonical_json, check_schema, schema_hash, short_hash
+from ._sync import LoopThread
 from ._tiers import BoundTier, Tier
 
 T = TypeVar("T", bound=BaseModel)
@@ -98,6 +103,9 @@ class Extractor(Generic[T]):
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, openai.AsyncOpenAI]] = (
             weakref.WeakKeyDictionary()
         )
+        self._sync_lock = threading.Lock()
+        self._loop_thread: LoopThread | None = None
+        self._finalizer: weakref.finalize[Any, Any] | None = None
 
     # -- identity -------------------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
@@ -141,6 +149,31 @@ class Extractor(Generic[T]):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+    def _sync(self) -> LoopThread:
+        """The event loop of the sync calls, started at the first one."""
+        with self._sync_lock:
+            lt = self._loop_thread
+            if lt is None or not lt.usable:
+                lt = self._loop_thread = LoopThread()
+                clients = self._clients.setdefault(lt.loop, {})
+                # closes the loop's connections when the extractor is collected or at exit
+                self._finalizer = weakref.finalize(self, lt.close, functools.partial(_close_clients, clients))
+            return lt
+
+    def close(self) -> None:
+        """End the sync calls' event loop and close its connections (async: ``await aclose()``).
+        A later ``extract`` starts a new one."""
+        with self._sync_lock:
+            finalizer, self._finalizer, self._loop_thread = self._finalizer, None, None
+        if finalizer is not None:
+            finalizer()
+
+    def __enter__(self) -> Extractor[T]:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # -- extraction -----------------------------------------------------------------------------
     async def aextract(self, text: str, *, only: str | None = None, **record: Any) -> Result[T]:
@@ -194,18 +227,13 @@ class Extractor(Generic[T]):
         return result
 
     def extract(self, text: str, *, only: str | None = None, **record: Any) -> Result[T]:
-        """Synchronous ``aextract``. Inside a running event loop, use ``await aextract``."""
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            pass
-        else:
-            raise RuntimeError("extract() called from a running event loop; use aextract()")
+        """Synchronous ``aextract``, run on the extractor's own event loop (kept between calls, so
+        connections are reused). Thread-safe; inside a running event loop (a notebook) it blocks
+        that loop until the answer: async code should ``await aextract`` instead."""
+        return self._sync().run(self.aextract(text, only=only, **record))
 
-        async def once() -> Result[T]:
-            try:
-                return await self.aextract(text, only=only, **record)
-            finally:
-                await self.aclose()
 
-        return asyncio.run(once())
+async def _close_clients(clients: dict[str, openai.AsyncOpenAI]) -> None:
+    for client in list(clients.values()):
+        await client.close()
+    clients.clear()

@@ -395,12 +395,57 @@ def test_sync_and_async_give_the_same_result(mock_api):
     assert strip(sync) == strip(asynced)
 
 
-def test_extract_inside_event_loop_says_use_aextract(mock_api):
-    async def run():
-        Extractor(Invoice, tiers=[zero()]).extract(DOC)
+def test_sync_calls_share_one_loop_and_client_until_closed(mock_api, monkeypatch):
+    """extract() keeps its event loop and HTTP client between calls (no new connection per
+    document), from any thread; close() ends them and a later call starts afresh."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
 
-    with pytest.raises(RuntimeError, match="aextract"):
-        asyncio.run(run())
+    import extractkit._chain as chain_mod
+
+    mock_api.post("/chat/completions").mock(return_value=ok())
+    made = []
+    real = chain_mod.make_client
+    monkeypatch.setattr(chain_mod, "make_client", lambda tier: made.append(real(tier)) or made[-1])
+    ex = Extractor(Invoice, tiers=[zero()])
+    assert all(ex.extract(DOC).ok for _ in range(3))
+    with ThreadPoolExecutor(4) as pool:
+        assert all(r.ok for r in pool.map(lambda _: ex.extract(DOC), range(8)))
+    assert len(made) == 1 and not made[0].is_closed()
+    thread = ex._loop_thread.thread
+    ex.close()
+    assert made[0].is_closed() and not thread.is_alive()
+    assert ex.extract(DOC).ok and len(made) == 2  # a new loop, a new client
+    with ex:
+        pass
+    assert made[1].is_closed()
+    assert not any(t.name == "extractkit-sync" for t in threading.enumerate())
+
+
+def test_a_collected_extractor_closes_its_sync_loop(mock_api):
+    import gc
+    import threading
+
+    mock_api.post("/chat/completions").mock(return_value=ok())
+    ex = Extractor(Invoice, tiers=[zero()])
+    assert ex.extract(DOC).ok
+    thread = ex._loop_thread.thread
+    [client] = ex._clients[ex._loop_thread.loop].values()
+    del ex
+    gc.collect()
+    assert not thread.is_alive() and client.is_closed()
+    assert not any(t.name == "extractkit-sync" for t in threading.enumerate())
+
+
+def test_extract_works_inside_a_running_event_loop_as_in_a_notebook(mock_api):
+    mock_api.post("/chat/completions").mock(return_value=ok())
+    ex = Extractor(Invoice, tiers=[zero()])
+
+    async def cell():
+        return ex.extract(DOC)
+
+    assert asyncio.run(cell()).value == Invoice(**GOOD)
+    ex.close()
 
 
 def test_api_key_never_in_attempts_or_describe(mock_api, monkeypatch):
