@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import os
 import re
@@ -10,6 +12,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -67,6 +70,7 @@ class Ledger:
         self.path = Path(path) if path is not None else default_path()
         self.store_text = store_text
         self._lock = threading.RLock()
+        self._writer: ThreadPoolExecutor | None = None  # arecord's thread, started at first use
         self._secrets: set[str] = set()
         self._versions_written: set[str] = set()  # schema and prompt hashes already stored
         self._served_written: dict[tuple[str, str, str, str], float] = {}  # served model -> written at
@@ -85,6 +89,9 @@ class Ledger:
             raise LedgerError(f"cannot open ledger {self.path}: {exc}") from exc
 
     def close(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.shutdown(wait=True)  # writes already handed over are committed first
         with self._lock:
             self.conn.close()
 
@@ -271,9 +278,16 @@ class Ledger:
         return ext_id
 
     async def arecord(self, extractor: Any, result: Result[Any], **kwargs: Any) -> str:
-        # one short local transaction: cheaper inline than a thread hop, and the lock keeps
-        # concurrent tasks (and threads) from interleaving
-        return self.record(extractor, result, **kwargs)
+        """``record`` on the ledger's writer thread: the event loop goes on with other documents
+        while SQLite commits (and, every few hundred commits, checkpoints its WAL, a few ms).
+        Writes stay one at a time and in order; one that has started is finished even if the
+        awaiting task is cancelled (a rerun then finds it, nothing is written twice)."""
+        if self._writer is None:
+            with self._lock:
+                if self._writer is None:
+                    self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="extractkit-ledger")
+        call = functools.partial(self.record, extractor, result, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(self._writer, call)
 
     def record_error(
         self, *, run_id: str | None, path: str, kind: str, message: str, schema_hash: str,
