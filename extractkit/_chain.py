@@ -103,6 +103,8 @@ class Extractor(Generic[T]):
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, openai.AsyncOpenAI]] = (
             weakref.WeakKeyDictionary()
         )
+        self._run_id: str | None = None  # the library run of calls without a run_id
+        self._run_counts: dict[str, int] = {}
         self._sync_lock = threading.Lock()
         self._loop_thread: LoopThread | None = None
         self._finalizer: weakref.finalize[Any, Any] | None = None
@@ -124,12 +126,18 @@ class Extractor(Generic[T]):
         raise ConfigError(f"no tier named {name!r}; tiers are {[t.name for t in self.tiers]}")
 
     def _library_run_id(self) -> str:
-        """Library calls are grouped in one run per extractor and ledger."""
-        if getattr(self, "_run_id", None) is None:
-            self._run_id: str | None = self.ledger.start_run(
-                "library", self.describe(), self.config_hash, self.schema_hash
-            )
-        return self._run_id  # type: ignore[return-value]
+        """Library calls are grouped in one run per extractor and ledger, from the first call to
+        ``close()`` / ``aclose()``, which mark it done with its counts."""
+        if self._run_id is None:
+            describe, ledger = self.describe(), self.ledger
+            self._run_id = ledger.start_run("library", describe, self.config_hash, self.schema_hash)
+            self._run_counts = {"n_documents": 0, "n_ok": 0, "n_failed": 0}
+        return self._run_id
+
+    def _finish_library_run(self) -> None:
+        run_id, self._run_id = self._run_id, None
+        if run_id is not None and self.ledger is not None:
+            self.ledger.finish_run(run_id, "done", **self._run_counts)
 
     # -- clients --------------------------------------------------------------------------------
     def _client(self, tier: Tier) -> openai.AsyncOpenAI:
@@ -140,9 +148,11 @@ class Extractor(Generic[T]):
         return per_loop[tier.name]
 
     async def aclose(self) -> None:
+        """Close this event loop's connections and mark the library run (if any) done."""
         loop = asyncio.get_running_loop()
         for client in self._clients.pop(loop, {}).values():
             await client.close()
+        self._finish_library_run()
 
     async def __aenter__(self) -> Extractor[T]:
         return self
@@ -168,6 +178,7 @@ class Extractor(Generic[T]):
             finalizer, self._finalizer, self._loop_thread = self._finalizer, None, None
         if finalizer is not None:
             finalizer()
+        self._finish_library_run()
 
     def __enter__(self) -> Extractor[T]:
         return self
@@ -219,7 +230,11 @@ class Extractor(Generic[T]):
             if only:
                 record.setdefault("forced_tier", only)
                 record.setdefault("config_hash", self.tier_hashes[only])
-            record.setdefault("run_id", self._library_run_id())
+            if record.get("run_id") is None:
+                record["run_id"] = self._library_run_id()
+                counts = self._run_counts
+                counts["n_documents"] += 1
+                counts["n_ok" if result.ok else "n_failed"] += 1
             ext_id = await self.ledger.arecord(self, result, text=text, **record)
             result = replace(result, extraction_id=ext_id)
         if self.raise_on_failure and not result.ok:

@@ -81,6 +81,14 @@ def test_library_extract_is_recorded(mock_api):
     assert tuple(schema_row) == (result.schema_hash, "Invoice")
     [prompt_row] = ledger.query("SELECT hash, source FROM prompts")
     assert prompt_row["hash"] == attempts[0]["prompt_hash"] and "{% block system" in prompt_row["source"]
+    # one library run from the first call to close(), which marks it done with its counts
+    [run] = ledger.query("SELECT status, n_documents, n_ok, n_failed, ended_at FROM runs")
+    assert run["status"] == "running" and run["ended_at"] is None
+    ex.close()
+    [run] = ledger.query("SELECT status, n_documents, n_ok, n_failed FROM runs")
+    assert tuple(run) == ("done", 2, 2, 0)
+    ex.extract(DOC + "later")  # a new run
+    assert [r["status"] for r in ledger.query("SELECT status FROM runs ORDER BY rowid")] == ["done", "running"]
 
 
 def test_store_text_off_keeps_no_text(mock_api):
