@@ -416,10 +416,11 @@ def test_sync_calls_share_one_loop_and_client_until_closed(mock_api, monkeypatch
     ex.close()
     assert made[0].is_closed() and not thread.is_alive()
     assert ex.extract(DOC).ok and len(made) == 2  # a new loop, a new client
+    second = ex._loop_thread.thread
+    assert second is not thread and second.name == "extractkit-sync"
     with ex:
         pass
-    assert made[1].is_closed()
-    assert not any(t.name == "extractkit-sync" for t in threading.enumerate())
+    assert made[1].is_closed() and not second.is_alive() and second not in threading.enumerate()
 
 
 def test_a_collected_extractor_closes_its_sync_loop(mock_api):
@@ -433,8 +434,7 @@ def test_a_collected_extractor_closes_its_sync_loop(mock_api):
     [client] = ex._clients[ex._loop_thread.loop].values()
     del ex
     gc.collect()
-    assert not thread.is_alive() and client.is_closed()
-    assert not any(t.name == "extractkit-sync" for t in threading.enumerate())
+    assert not thread.is_alive() and client.is_closed() and thread not in threading.enumerate()
 
 
 def test_extract_works_inside_a_running_event_loop_as_in_a_notebook(mock_api):
