@@ -324,7 +324,10 @@ def test_with_finetuned_model_replaces_or_appends_keeping_comments():
     no_ft = CONFIG.split("[[tiers]]\nkind = \"fine_tuned\"")[0] + "[batch]\nconcurrency = 4\n"
     added = with_finetuned_model(no_ft, FT_MODEL)
     assert added.endswith(f'[[tiers]]\nkind = "fine_tuned"\nmodel = "{FT_MODEL}"\n')
-    import tomllib
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
 
     parsed = tomllib.loads(added)
     assert parsed["tiers"][-1] == {"kind": "fine_tuned", "model": FT_MODEL} and parsed["batch"] == {"concurrency": 4}
