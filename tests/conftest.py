@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import sqlite3
 from pathlib import Path
 from typing import Annotated
 
@@ -52,3 +54,10 @@ def corpus() -> Path:
     if not CORPUS.is_dir():
         pytest.skip(f"shared corpus not found at {CORPUS}")
     return CORPUS
+
+
+def db_rows(path: str | Path, sql: str, params: tuple = ()) -> list[tuple]:
+    """Rows of one query over a plain SQLite connection, closed at once (Python 3.13 warns about
+    connections left to the garbage collector)."""
+    with contextlib.closing(sqlite3.connect(path, timeout=5)) as con:
+        return con.execute(sql, params).fetchall()

@@ -16,6 +16,7 @@ import pytest
 from extractkit import DocumentError
 from extractkit.batch import load
 
+from .conftest import db_rows
 from .fakes import FakeLLMServer, echo_invoice_responder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,9 +92,8 @@ def test_batch_with_bad_inputs_then_resume(tmp_path):
         assert requests_after_first == 4  # a, b, c, nothing: nothing else was sent
 
         # the ledger has every document, each error in plain words
-        db = sqlite3.connect(ledger)
-        assert db.execute("SELECT COUNT(*) FROM extractions").fetchone()[0] == 11
-        assert db.execute("SELECT status FROM runs").fetchone()[0] == "done"
+        assert db_rows(ledger, "SELECT COUNT(*) FROM extractions")[0][0] == 11
+        assert db_rows(ledger, "SELECT status FROM runs")[0][0] == "done"
 
         # a rerun of the finished batch makes no requests and writes the same documents once
         second = cli(*args, "--json")
@@ -180,9 +180,7 @@ def _wait_for_ok(ledger: Path, n: int, timeout: float = 60) -> None:
     while time.monotonic() < deadline:
         if ledger.exists():
             try:
-                db = sqlite3.connect(ledger, timeout=1)
-                done = db.execute("SELECT COUNT(*) FROM extractions WHERE status='ok'").fetchone()[0]
-                db.close()
+                done = db_rows(ledger, "SELECT COUNT(*) FROM extractions WHERE status='ok'")[0][0]
                 if done >= n:
                     return
             except sqlite3.OperationalError:
@@ -205,17 +203,14 @@ def test_kill_9_then_rerun_loses_and_duplicates_nothing(tmp_path):
         _wait_for_ok(ledger, 10)
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=30)
-        done_before = sqlite3.connect(ledger).execute(
-            "SELECT COUNT(*) FROM extractions WHERE status='ok'").fetchone()[0]  # fmt: skip
+        done_before = db_rows(ledger, "SELECT COUNT(*) FROM extractions WHERE status='ok'")[0][0]
         rerun = cli(*args)
         assert rerun.returncode == 0, rerun.stderr
     rows = lines(out)
     assert sorted(r["path"] for r in rows) == sorted(str(p) for p in docs.iterdir())
     assert sum(r["resumed"] for r in rows) == done_before
-    db = sqlite3.connect(ledger)
-    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    assert db.execute("SELECT COUNT(DISTINCT document_sha256) FROM extractions WHERE status='ok'"
-                      ).fetchone()[0] == 40  # fmt: skip
+    assert db_rows(ledger, "PRAGMA integrity_check")[0][0] == "ok"
+    assert db_rows(ledger, "SELECT COUNT(DISTINCT document_sha256) FROM extractions WHERE status='ok'")[0][0] == 40
     # nothing finished before the kill was sent again (at most the 4 in flight were)
     assert len(server.requests) <= 40 + 4
 
@@ -235,6 +230,5 @@ def test_ctrl_c_stops_cleanly_and_marks_the_run(tmp_path):
         _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 130, stderr
     assert "interrupted" in stderr
-    db = sqlite3.connect(ledger)
-    assert db.execute("SELECT status FROM runs").fetchone()[0] == "interrupted"
-    assert db.execute("SELECT COUNT(*) FROM extractions").fetchone()[0] >= 3
+    assert db_rows(ledger, "SELECT status FROM runs")[0][0] == "interrupted"
+    assert db_rows(ledger, "SELECT COUNT(*) FROM extractions")[0][0] >= 3

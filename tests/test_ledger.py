@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 
@@ -18,10 +19,10 @@ DOC = "From: ACME Tools Ltd\nTotal: 1,249.50\n"
 
 
 def test_migrations_on_an_empty_database():
-    conn = sqlite3.connect(":memory:")
-    assert migrate(conn) == [name for name, _ in MIGRATIONS]
-    assert migrate(conn) == []  # applied once
-    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    with contextlib.closing(sqlite3.connect(":memory:")) as conn:
+        assert migrate(conn) == [name for name, _ in MIGRATIONS]
+        assert migrate(conn) == []  # applied once
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert {"runs", "documents", "extractions", "attempts", "schemas", "prompts"} <= tables
 
 
@@ -89,15 +90,17 @@ def test_library_extract_is_recorded(mock_api):
     assert tuple(run) == ("done", 2, 2, 0)
     ex.extract(DOC + "later")  # a new run
     assert [r["status"] for r in ledger.query("SELECT status FROM runs ORDER BY rowid")] == ["done", "running"]
+    ex.close()
+    ledger.close()
 
 
 def test_store_text_off_keeps_no_text(mock_api):
     mock_api.post("/chat/completions").mock(
         return_value=httpx.Response(200, json=completion({"issuer": "ACME Tools Ltd", "total": 1249.5}))
     )
-    ledger = Ledger(":memory:", store_text=False)
-    Extractor(Invoice, tiers=[ZeroShot(model="gpt-4o-mini", base_url=BASE_URL)], ledger=ledger).extract(DOC)
-    assert ledger.query("SELECT text FROM documents")[0]["text"] is None
+    with Ledger(":memory:", store_text=False) as ledger:
+        Extractor(Invoice, tiers=[ZeroShot(model="gpt-4o-mini", base_url=BASE_URL)], ledger=ledger).extract(DOC)
+        assert ledger.query("SELECT text FROM documents")[0]["text"] is None
 
 
 def test_concurrent_writes_lose_nothing(mock_api, tmp_path):
@@ -117,6 +120,7 @@ def test_concurrent_writes_lose_nothing(mock_api, tmp_path):
     assert ledger.query("SELECT COUNT(*) FROM attempts")[0][0] == 200
     assert ledger.query("SELECT COUNT(DISTINCT document_sha256) FROM extractions")[0][0] == 200
     assert ledger.integrity_check() == "ok"
+    ledger.close()
 
 
 def test_api_keys_are_never_stored(mock_api, monkeypatch, tmp_path):
@@ -134,7 +138,8 @@ def test_api_keys_are_never_stored(mock_api, monkeypatch, tmp_path):
     ).extract(DOC)
     assert not result.ok
     ledger.close()
-    dump = "\n".join(sqlite3.connect(path).iterdump())
+    with contextlib.closing(sqlite3.connect(path)) as con:
+        dump = "\n".join(con.iterdump())
     assert "SECRETSECRET" not in dump and "[REDACTED]" in dump
 
 

@@ -255,10 +255,11 @@ def test_drift_flags_a_price_change_under_the_same_name(ledger):
 # -- reproducible with plain SQL, and the other formats ------------------------------------------
 
 
-def test_every_query_reruns_in_plain_sqlite(ledger):
+def test_every_query_reruns_in_plain_sqlite(ledger, request):
     populate(ledger, {"zero": 50, "few": 20, "ft": 30})
     r = build_report(ledger, as_of=NOW)
     con = sqlite3.connect(ledger.path)  # a plain connection: the queries, in order, as recorded
+    request.addfinalizer(con.close)
     names = []
     for q in r["queries"]:
         rows = con.execute(q["sql"], q["params"]).fetchall()
@@ -273,6 +274,7 @@ def test_every_query_reruns_in_plain_sqlite(ledger):
     r2 = build_report(ledger, Scope(schema="Invoice"), as_of=NOW)
     assert [q["name"] for q in r2["queries"]][:2] == ["latest_table", "latest"]
     con2 = sqlite3.connect(ledger.path)
+    request.addfinalizer(con2.close)
     for q in r2["queries"]:
         con2.execute(q["sql"], q["params"]).fetchall()
     assert strip_queries(r2) == strip_queries(r) | {"scope": r2["scope"]}
