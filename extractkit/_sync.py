@@ -43,7 +43,12 @@ class LoopThread:
         if not self.usable:
             coro.close()
             raise RuntimeError("this extractor's sync event loop is closed")
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return future.result()
+        except BaseException:  # Ctrl-C in the caller: do not leave the call running behind it
+            future.cancel()
+            raise
 
     def close(self, cleanup: Callable[[], Awaitable[Any]] | None = None) -> None:
         """Run ``cleanup`` (closing clients) on the loop, then stop the loop and its thread."""

@@ -267,3 +267,34 @@ def test_a_schema_with_instructor_async_validators_is_refused_when_the_extractor
 
     with pytest.raises(SchemaError, match="Order .or a model inside it. declares instructor async validators"):
         Extractor(Order, tiers=[ZeroShot(model="gpt-4o-mini", api_key="x")])
+
+
+def test_ctrl_c_during_a_sync_call_cancels_it_on_the_loop_thread():
+    import asyncio
+    import os
+    import signal
+    import threading
+
+    from extractkit._sync import LoopThread
+
+    lt = LoopThread()
+    started, cancelled = threading.Event(), threading.Event()
+
+    async def long_call():
+        started.set()
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    # a real SIGINT (interrupt_main would not wake the blocked wait)
+    threading.Thread(target=lambda: started.wait(5) and os.kill(os.getpid(), signal.SIGINT)).start()
+    with pytest.raises(KeyboardInterrupt):
+        lt.run(long_call())
+    assert cancelled.wait(5)
+    assert lt.run(asyncio.sleep(0, "still usable")) == "still usable"
+    lt.close()
+    assert not lt.thread.is_alive()
+    with pytest.raises(RuntimeError, match="closed"):
+        lt.run(asyncio.sleep(0))
