@@ -54,6 +54,13 @@ class Scope:
             params.append(self.config_hash + "%")
         return " AND ".join(clauses), params
 
+    def named(self, alias: str = "e") -> tuple[str, dict[str, Any]] | None:
+        """A run filter alone, with a named parameter, on extractions (``e``) or on attempts
+        (``a``: an attempt's run is its extraction's); None for any other scope."""
+        if not self.run_id or Scope(run_id=self.run_id) != self:
+            return None
+        return f"{alias}.run_id = :scope_run", {"scope_run": self.run_id}
+
 
 
 SAMPLE = 20_000  # latency percentiles read at most about this many values (every k-th row)
@@ -86,6 +93,14 @@ FROM extractions e
 WHERE e.status IN ('ok', 'failed') AND e.superseded_by IS NULL AND e.forced_tier IS NULL)"""
 USE_CURRENT = True  # tests switch it off to check both ways agree
 
+# A run filter over most of a big ledger: when none of the run's final extractions has been
+# superseded, its latest extractions are exactly its current ones, so the flags are read in place
+# as above, with the run filter on extractions and on attempts (an attempt's run is its extraction's).
+SCOPE_CHECK = """
+SELECT COUNT(*) AS n, TOTAL(e.superseded_by IS NOT NULL) AS superseded FROM extractions e
+WHERE e.status IN ('ok', 'failed') AND e.forced_tier IS NULL AND {where}"""
+CURRENT_IN_SCOPE = CURRENT[:-1] + " AND {where})"
+
 SQL = {
     # one pass over the documents for the totals, winners, unresolved, configs and the daily trend
     "documents": """
@@ -113,7 +128,7 @@ WHERE a.latency_s IS NOT NULL AND a.rowid % :k = 0""",
 WITH RECURSIVE r(x) AS (
     SELECT :k UNION ALL SELECT x + :k FROM r WHERE x + :k <= (SELECT MAX(rowid) FROM attempts))
 SELECT a.tier, a.latency_s FROM r CROSS JOIN attempts a ON a.rowid = r.x
-WHERE a.current = 1 AND a.latency_s IS NOT NULL""",
+WHERE a.current = 1 AND a.latency_s IS NOT NULL{attempts_where}""",
     "unresolved_examples": """
 SELECT path, document_sha256, outcome, error FROM {latest} WHERE status = 'failed'
 ORDER BY id DESC LIMIT 20""",
@@ -127,7 +142,7 @@ _RECENT = "a.started_at >= :recent_since AND a.started_at < :recent_until"
 _BASELINE = "a.started_at >= :baseline_since AND a.started_at < :baseline_until"
 
 
-def attempts_sql(latest: str, attempts_driven: bool) -> str:
+def attempts_sql(latest: str, attempts_driven: bool, attempts_where: str = "") -> str:
     """Every attempt of the latest extractions, grouped by tier and outcome, with the other
     distinctions as conditional sums (no sort: over a whole ledger the scan follows the
     (tier, outcome) index)."""
@@ -146,8 +161,8 @@ def attempts_sql(latest: str, attempts_driven: bool) -> str:
             f"TOTAL(CASE WHEN {cond} THEN a.cost_usd END) AS {w}_cost",
             f"TOTAL(CASE WHEN {cond} THEN a.cost_usd * a.cost_usd END) AS {w}_cost_sq",
         ]  # fmt: skip
-    if latest == CURRENT:  # the flags written with every extraction: no join at all
-        source = "attempts a INDEXED BY attempts_tier WHERE a.current = 1"
+    if latest == CURRENT or attempts_where:  # the flags written with every extraction: no join at all
+        source = f"attempts a INDEXED BY attempts_tier WHERE a.current = 1{attempts_where}"
     elif attempts_driven:
         source = f"attempts a INDEXED BY attempts_tier CROSS JOIN {latest} l ON l.id = a.extraction_id"
     else:
@@ -166,24 +181,39 @@ class _Runner:
     def __init__(self, ledger: Ledger, scope: Scope):
         self.ledger = ledger
         self.queries: list[dict[str, Any]] = []
+        self.scope_params: dict[str, Any] = {}
+        self.attempts_where = ""  # the scope's filter on attempts, when the flags are read in place
         self.current = USE_CURRENT and scope == Scope()
         if self.current:
             self.latest = CURRENT
             return
+        named = scope.named() if USE_CURRENT else None
+        if named is not None:
+            where, params = named
+            [check] = self.run("scope_check", SCOPE_CHECK.format(where=where), params)
+            total = self.run("ledger_extractions", SQL["ledger_extractions"], ())[0]["n"]
+            if not check["superseded"] and check["n"] >= DRIVEN_MIN and check["n"] > 0.2 * total:
+                self.current, self.scope_params = True, params
+                self.latest = CURRENT_IN_SCOPE.format(where=where)
+                self.attempts_where = " AND " + scope.named("a")[0]  # type: ignore[index]
+                return
         self.latest = f"temp.report_latest_{new_id()}"
-        where, params = scope.where()
+        where, params_ = scope.where()
         self.run("latest_table", LATEST[0].format(latest=self.latest), ())
-        self.run("latest", LATEST[1].format(latest=self.latest, where=where), params)
+        self.run("latest", LATEST[1].format(latest=self.latest, where=where), params_)
 
     def run(self, name: str, sql: str, params: Any) -> list[dict[str, Any]]:
+        if self.scope_params:  # the scope's filter is inside the query: its parameters go along
+            params = {**self.scope_params, **(params or {})}
         self.queries.append({"name": name, "sql": sql.strip(), "params": params})
         return [dict(r) for r in self.ledger.query(sql, params)]
 
     def __call__(self, name: str, params: Any = ()) -> list[dict[str, Any]]:
-        return self.run(name, SQL[name].format(latest=self.latest), params)
+        sql = SQL[name].format(latest=self.latest, attempts_where=self.attempts_where)
+        return self.run(name, sql, params)
 
     def close(self) -> None:
-        if not self.current:
+        if self.latest.startswith("temp."):
             self.ledger.query(f"DROP TABLE IF EXISTS {self.latest}")
 
 
@@ -244,7 +274,7 @@ def build_report(
         # start from its few extractions
         driven = (not q.current and documents >= DRIVEN_MIN
                   and documents > 0.2 * q("ledger_extractions")[0]["n"])  # fmt: skip
-        groups = q.run("attempts", attempts_sql(q.latest, driven), windows)
+        groups = q.run("attempts", attempts_sql(q.latest, driven, q.attempts_where), windows)
         n_attempts = sum(g["n"] for g in groups)
         k_att, k_doc = max(1, n_attempts // SAMPLE), max(1, documents // SAMPLE)
         latency_query = "attempt_latency_current" if q.current else (
