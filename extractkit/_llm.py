@@ -365,8 +365,10 @@ class TierCall:
         handlers = bound.handlers
         messages = bound.messages(self.document)
         self._n_original = len(messages)
-        request = {"messages": messages, "model": tier.model, "temperature": tier.temperature}
-        model, kwargs = bound.prepare_request({**request, "max_tokens": self.max_tokens})
+        model, kwargs = bound.prepare_request(
+            {"messages": messages, "model": tier.model, "temperature": tier.temperature,
+             "max_tokens": self.max_tokens}
+        )  # fmt: skip
         # the document reaches the Grounded validators through a context variable (instructor's
         # validation context is also a Jinja2 template context when its wrapper is used)
         with grounding_source(self.document):

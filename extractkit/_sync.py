@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -50,7 +50,7 @@ class LoopThread:
             future.cancel()
             raise
 
-    def close(self, cleanup: Callable[[], Awaitable[Any]] | None = None) -> None:
+    def close(self, cleanup: Callable[[], Coroutine[Any, Any, Any]] | None = None) -> None:
         """Run ``cleanup`` (closing clients) on the loop, then stop the loop and its thread."""
         with self._lock:
             if self._closed:
@@ -60,12 +60,9 @@ class LoopThread:
             return
         if cleanup is not None:
             with contextlib.suppress(Exception):  # closing must not raise from a finaliser
-                asyncio.run_coroutine_threadsafe(_call(cleanup), self.loop).result(timeout=10)
+                asyncio.run_coroutine_threadsafe(cleanup(), self.loop).result(timeout=10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=10)
         if not self.thread.is_alive():
             self.loop.close()
 
-
-async def _call(fn: Callable[[], Awaitable[Any]]) -> Any:
-    return await fn()

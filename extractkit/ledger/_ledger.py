@@ -27,6 +27,8 @@ ENV_VAR = "EXTRACTKIT_LEDGER"
 
 _SECRET = re.compile(r"\b(sk-[A-Za-z0-9_\-*]{6,}|Bearer\s+[A-Za-z0-9_\-.]{8,})")
 
+SERVED_REFRESH_S = 60  # a served model's last_seen is written at most this often per writer
+
 
 def default_path() -> Path:
     """``$EXTRACTKIT_LEDGER``, else ``.extractkit/ledger.sqlite3`` in the current directory."""
@@ -263,7 +265,7 @@ class Ledger:
             served = {}
             for a in result.attempts:
                 key = (a.tier, a.model, a.served_model or "", a.fingerprint or "")
-                if a.served_model and now - self._served_written.get(key, -1e9) >= 60:
+                if a.served_model and now - self._served_written.get(key, -1e9) >= SERVED_REFRESH_S:
                     served[key] = a.started_at or now
             if served:
                 c.executemany(

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..ledger import Ledger
-from ..ledger._ledger import new_id
+from ..ledger._ledger import SERVED_REFRESH_S, new_id
 from ._stats import Z99, percentile, two_proportion_z, wilson
 from ._verdict import Economics, headline_sentence, marginal_verdict
 
@@ -54,7 +54,7 @@ class Scope:
             params.append(self.config_hash + "%")
         return " AND ".join(clauses), params
 
-    def named(self, alias: str = "e") -> tuple[str, dict[str, Any]] | None:
+    def run_only(self, alias: str = "e") -> tuple[str, dict[str, Any]] | None:
         """A run filter alone, with a named parameter, on extractions (``e``) or on attempts
         (``a``: an attempt's run is its extraction's); None for any other scope."""
         if not self.run_id or Scope(run_id=self.run_id) != self:
@@ -187,15 +187,15 @@ class _Runner:
         if self.current:
             self.latest = CURRENT
             return
-        named = scope.named() if USE_CURRENT else None
-        if named is not None:
-            where, params = named
+        run_scope = scope.run_only() if USE_CURRENT else None
+        if run_scope is not None:
+            where, params = run_scope
             [check] = self.run("scope_check", SCOPE_CHECK.format(where=where), params)
             total = self.run("ledger_extractions", SQL["ledger_extractions"], ())[0]["n"]
             if not check["superseded"] and check["n"] >= DRIVEN_MIN and check["n"] > 0.2 * total:
                 self.current, self.scope_params = True, params
                 self.latest = CURRENT_IN_SCOPE.format(where=where)
-                self.attempts_where = " AND " + scope.named("a")[0]  # type: ignore[index]
+                self.attempts_where = " AND " + scope.run_only("a")[0]  # type: ignore[index]
                 return
         self.latest = f"temp.report_latest_{new_id()}"
         where, params_ = scope.where()
@@ -498,13 +498,13 @@ def drift(sums: dict[tuple[str, str], dict[str, float]], windows: dict[str, floa
 def scoped_served(served: list[dict[str, Any]], per: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """The served models of a filtered report: those recorded for a (tier, model) the scope's
     attempts used, seen while they ran. (The ledger keeps one row per served model and tier, with
-    first and last sightings, the last refreshed at most once a minute.)"""
+    first and last sightings, the last refreshed at most every SERVED_REFRESH_S.)"""
     out = []
     for r in served:
         t = per.get(r["tier"])
         if t is None or r["model"] not in t["models"]:
             continue
-        if r["first_seen"] <= t["last_started"] and r["last_seen"] + 60 >= t["first_started"]:
+        if r["first_seen"] <= t["last_started"] and r["last_seen"] + SERVED_REFRESH_S >= t["first_started"]:
             out.append(r)
     return out
 
