@@ -14,6 +14,7 @@
     ├── LedgerError                    the ledger database cannot be opened or migrated
     └── RunError                       a run failed although the configuration was valid
         ├── ExtractionFailed           every tier failed; carries the Result and every Attempt
+        ├── ProviderUnreachable        N consecutive connection failures: nothing more is sent
         ├── LocalModelError            the local model server did not start or died
         └── FinetuneJobError           the provider rejected or failed a fine-tuning job
 
@@ -86,6 +87,17 @@ class ExtractionFailed(RunError):
     @property
     def attempts(self) -> list[Attempt]:
         return list(self.result.attempts)
+
+
+class ProviderUnreachable(RunError):
+    """The provider did not answer ``failures`` consecutive requests (connection refused, reset,
+    DNS, TLS): the chain stops sending instead of burning every document's retries. ``.url`` is
+    the base URL that did not answer."""
+
+    def __init__(self, message: str, *, url: str, failures: int):
+        self.url = url
+        self.failures = failures
+        super().__init__(message)
 
 
 class LocalModelError(RunError):

@@ -21,11 +21,21 @@ class Outcome(str, enum.Enum):
     CONTENT_FILTER = "content_filter"  # finish_reason == "content_filter"
     CONTEXT_OVERFLOW = "context_overflow"  # prompt + output bound exceed the context window
     RATE_LIMITED = "rate_limited"  # HTTP 429 (retried; recorded when it happened)
-    API_ERROR = "api_error"  # any other HTTP / connection failure
+    API_ERROR = "api_error"  # any other HTTP failure (5xx, a non-JSON 200 body, ...)
     TIMEOUT = "timeout"  # the per-attempt timeout expired
+    CONNECTION_ERROR = "connection_error"  # nothing answered: refused, reset, DNS, TLS
+    RESPONSE_TOO_LARGE = "response_too_large"  # the response body exceeded the size cap
 
 
 FAILURE_OUTCOMES: frozenset[Outcome] = frozenset(o for o in Outcome if o is not Outcome.OK)
+# the categories, decided once: a re-ask may fix a validation failure; a transient failure may
+# pass if the same request is sent again later (a rerun retries documents that ended in one)
+VALIDATION_OUTCOMES: frozenset[Outcome] = frozenset(
+    {Outcome.INVALID_JSON, Outcome.SCHEMA_INVALID, Outcome.UNGROUNDED}
+)
+TRANSIENT_OUTCOMES: frozenset[Outcome] = frozenset(
+    {Outcome.RATE_LIMITED, Outcome.API_ERROR, Outcome.TIMEOUT, Outcome.CONNECTION_ERROR}
+)
 
 
 @dataclass(frozen=True)

@@ -15,12 +15,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._errors import ConfigError, DocumentError
+from .._results import TRANSIENT_OUTCOMES
 from ..batch._loaders import Document
 from ..ledger import Ledger
 from ._gold import GoldItem
 from ._score import score
 
-TRANSIENT = {"rate_limited", "api_error", "timeout"}
+TRANSIENT = {o.value for o in TRANSIENT_OUTCOMES}
 
 
 @dataclass

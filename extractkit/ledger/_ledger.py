@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .._errors import LedgerError
-from .._results import Attempt, Result
+from .._results import TRANSIENT_OUTCOMES, VALIDATION_OUTCOMES, Attempt, Result
 from .._schema import canonical_json, json_schema
 from ._migrations import migrate
 
@@ -355,8 +355,8 @@ def _tier_keys(extractor: Any) -> set[str]:
     return keys
 
 
-_VALIDATION = {"invalid_json", "schema_invalid", "ungrounded"}
-_TRANSIENT = {"rate_limited", "api_error", "timeout"}
+_VALIDATION = {o.value for o in VALIDATION_OUTCOMES}
+_TRANSIENT = {o.value for o in TRANSIENT_OUTCOMES}
 
 
 def _follows(attempts: list[Attempt]) -> list[str | None]:

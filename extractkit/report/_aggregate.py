@@ -14,14 +14,15 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from .._results import TRANSIENT_OUTCOMES, VALIDATION_OUTCOMES
 from ..ledger import Ledger
 from ..ledger._ledger import SERVED_REFRESH_S, new_id
 from ._stats import Z99, percentile, two_proportion_z, wilson
 from ._verdict import Economics, headline_sentence, marginal_verdict
 
 DAY = 86_400.0
-VALIDATION = "('invalid_json', 'schema_invalid', 'ungrounded')"
-TRANSIENT = "('rate_limited', 'api_error', 'timeout')"
+VALIDATION = "(" + ", ".join(sorted(f"'{o.value}'" for o in VALIDATION_OUTCOMES)) + ")"
+TRANSIENT = "(" + ", ".join(sorted(f"'{o.value}'" for o in TRANSIENT_OUTCOMES)) + ")"
 
 
 @dataclass(frozen=True)
