@@ -261,10 +261,11 @@ class BoundTier:
     """A tier joined to a schema: examples validated and indexed once, prompts rendered per doc."""
 
     def __init__(self, tier: Tier, schema: type[BaseModel]):
-        from ._schema import json_schema, output_token_budget, strict_schema
+        from ._schema import json_schema, output_token_budget, strict_schema, validation_hash
 
         self.tier = tier
         self.schema = schema
+        self.validation_hash = validation_hash(schema)
         self.extra_text: str | None = None  # the tool / schema definition as sent, once known
         self.extra_tokens: int | None = None  # ... and its tokens, once counted
         # instructor's part, decided once per tier: the schema wrapped as its response model (the
@@ -310,6 +311,7 @@ class BoundTier:
             **self.tier.describe(),
             "max_tokens": self.max_tokens,
             "context_window": self.context_window,  # decides which documents are refused unsent
+            "validation_hash": self.validation_hash,  # Grounded(), validators: what is re-asked
         }
         if self.examples_hash is not None:
             described["examples_hash"] = self.examples_hash

@@ -7,12 +7,12 @@ import datetime as dt
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, field_validator
 
-from extractkit import ConfigError, EscalationPolicy, Extractor, FewShot, ZeroShot
+from extractkit import ConfigError, EscalationPolicy, Extractor, FewShot, Grounded, ZeroShot
 from extractkit._config import build_tiers, load_config, parse_config
 from extractkit._pricing import Price
 from extractkit._prompts import default_template
@@ -116,6 +116,42 @@ class OtherInvoice(BaseModel):
     currency: str | None = None
 
 
+def _ungrounded() -> type[BaseModel]:
+    class Invoice(BaseModel):  # the same JSON Schema as conftest's Invoice, no grounding check
+        issuer: str
+        total: float
+        date: dt.date | None = None
+
+    return Invoice
+
+
+def _checked() -> type[BaseModel]:
+    class Invoice(BaseModel):  # the same JSON Schema, one more validator
+        issuer: Annotated[str, Grounded()]
+        total: Annotated[float, Grounded()]
+        date: dt.date | None = None
+
+        @field_validator("total")
+        @classmethod
+        def _positive(cls, v: float) -> float:
+            if v <= 0:
+                raise ValueError("a total is positive")
+            return v
+
+    return Invoice
+
+
+UngroundedInvoice, CheckedInvoice = _ungrounded(), _checked()
+
+
+def test_validation_is_part_of_the_identity_but_not_of_the_schema_hash():
+    """Grounded() and validators decide what is re-asked: not in the JSON Schema, in the identity."""
+    chains = [Extractor(s, [ZeroShot(model="m")]) for s in (Invoice, UngroundedInvoice, CheckedInvoice)]
+    assert len({c.schema_hash for c in chains}) == 1
+    assert len({c.config_hash for c in chains}) == 3
+    assert len({c.tier_hashes["zero_shot"] for c in chains}) == 3
+
+
 @pytest.fixture
 def base(tmp_path) -> dict[str, Any]:
     examples = tmp_path / "examples.jsonl"
@@ -151,6 +187,7 @@ ANSWER_CHANGING = [
     ("context window", lambda b: {"context_window": 2048}),
     ("examples", lambda b: {"examples": EXAMPLES[:2]}),
     ("schema", lambda b: {"schema": OtherInvoice}),
+    ("validation", lambda b: {"schema": CheckedInvoice}),
     ("escalation policy", lambda b: {"policy": EscalationPolicy(escalate_on=frozenset({"refusal"}))}),
     ("tier name (the label results carry)", lambda b: {"name": "few"}),
 ]

@@ -127,3 +127,28 @@ def test_a_reused_pid_is_not_mistaken_for_the_owner(tmp_path):
 def test_process_start_of_a_missing_process_is_unknown():
     assert process_start(_dead_pid()) is None
     assert process_start(os.getpid()) == this_process()[2]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")
+def test_a_batch_killed_mid_run_is_interrupted_when_the_ledger_is_next_opened(tmp_path):
+    from .fakes import FakeLLMServer
+    from .test_batch import _slow, _start, _wait_for_ok, cli, write_config
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i in range(20):
+        (docs / f"d{i:02}.txt").write_text(f"From: Company {i} Ltd\nTotal: {i + 1}.00\n")
+    ledger = tmp_path / "l.sqlite3"
+    with FakeLLMServer(_slow(0.2)) as server:
+        cfg = write_config(tmp_path, server.base_url)
+        args = ["extract", str(docs), "--config", str(cfg), "--ledger", str(ledger), "--concurrency", "2"]
+        proc = _start(args)
+        _wait_for_ok(ledger, 2)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=30)
+        rerun = cli(*args, "--json")  # opening the ledger marks the killed run
+        assert rerun.returncode == 0, rerun.stderr
+    with Ledger(ledger) as opened:
+        runs = [dict(r) for r in opened.query("SELECT status, ended_at, owner_pid FROM runs ORDER BY id")]
+    assert [r["status"] for r in runs] == ["interrupted", "done"]
+    assert runs[0]["owner_pid"] == proc.pid and runs[0]["ended_at"] is not None
