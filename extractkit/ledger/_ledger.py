@@ -109,7 +109,11 @@ class Ledger:
     """A SQLite ledger. ``Ledger(":memory:")`` for tests; ``store_text=False`` keeps no text.
 
     Safe to share between asyncio tasks and threads: writes are serialised and each extraction
-    is written with its attempts in one transaction, so a crash never leaves half of one.
+    is written with its attempts in one transaction, so a crash never leaves half of one. Any
+    number of processes and threads may open one file at once, a fresh one included.
+
+    Opening marks ``interrupted`` the runs still ``running`` whose process is gone on this host
+    (``interrupted`` lists their ids); runs started on another host are left as they are.
     """
 
     def __init__(self, path: str | Path | None = None, *, store_text: bool = True):
