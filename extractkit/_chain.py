@@ -97,8 +97,8 @@ class Extractor(Generic[T]):
         self.config_hash = short_hash(canonical_json(self.describe()))
         # a tier run alone (eval) is identified by itself, not by the chain around it
         self.tier_hashes = {
-            t.name: short_hash(canonical_json({"schema_hash": self.schema_hash, "tier": t.describe()}))
-            for t in self.tiers
+            name: short_hash(canonical_json({"schema_hash": self.schema_hash, "tier": bound.describe()}))
+            for name, bound in self._bound.items()
         }
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, openai.AsyncOpenAI]] = (
             weakref.WeakKeyDictionary()
@@ -115,7 +115,7 @@ class Extractor(Generic[T]):
         return {
             "schema": self.schema.__name__,
             "schema_hash": self.schema_hash,
-            "tiers": [t.describe() for t in self.tiers],
+            "tiers": [self._bound[t.name].describe() for t in self.tiers],  # examples by content
             "escalate_on": sorted(o.value for o in self.policy.escalate_on),
         }
 

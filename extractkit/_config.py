@@ -64,6 +64,16 @@ class TierConfig(BaseModel):
     select: Literal["similar", "first"] = "similar"
     transport: Literal["httpx", "aiohttp"] | None = None
 
+    @field_validator("base_url")
+    @classmethod
+    def _base_url_has_a_scheme(cls, v: str | None) -> str | None:
+        from ._tiers import base_url_problem
+
+        problem = base_url_problem(v) if v is not None else None
+        if problem:
+            raise ValueError(problem)
+        return v
+
     @field_validator("examples")
     @classmethod
     def _examples_only_for_few_shot(cls, v: str | None, info: Any) -> str | None:

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
+import inspect
 import json
+import re
+import typing
 from typing import Any
 
 from pydantic import BaseModel
@@ -70,6 +74,61 @@ def json_schema(schema: type[BaseModel]) -> dict[str, Any]:
 def schema_hash(schema: type[BaseModel]) -> str:
     """Id of a schema version: hash of its canonical JSON Schema."""
     return short_hash(canonical_json(json_schema(schema)))
+
+
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def _source(func: Any) -> str:
+    func = getattr(func, "__func__", func)  # bound / class methods
+    try:
+        return inspect.getsource(func)
+    except (OSError, TypeError):  # defined at a prompt, or built in
+        return f"{getattr(func, '__module__', '')}.{getattr(func, '__qualname__', repr(func))}"
+
+
+def validation_hash(schema: type[BaseModel]) -> str:
+    """Id of what checks an answer beyond its JSON Schema, over nested models: each field's
+    metadata (``Grounded()``, constraints, ``AfterValidator``) and the source of every validator.
+    Answers that fail them are re-asked with their errors, so they change what a chain returns;
+    the JSON Schema (``schema_hash``) does not see them."""
+    parts: list[Any] = []
+    seen: set[type[BaseModel]] = set()
+
+    def stable(obj: Any) -> str:
+        if dataclasses.is_dataclass(obj):  # AfterValidator(func=...) and the like
+            values = [getattr(obj, f.name, None) for f in dataclasses.fields(obj)]
+        else:
+            values = list(vars(obj).values()) if hasattr(obj, "__dict__") else []
+        funcs = [v for v in values if callable(v) and not isinstance(v, type)]
+        return _ADDRESS.sub("", repr(obj)) + "".join(_source(f) for f in funcs)
+
+    def annotation(tp: Any) -> None:
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            model(tp)
+            return
+        args = typing.get_args(tp)
+        if typing.get_origin(tp) is typing.Annotated:
+            annotation(args[0])
+            parts.extend(stable(m) for m in args[1:])
+            return
+        for arg in args:
+            annotation(arg)
+
+    def model(m: type[BaseModel]) -> None:
+        if m in seen:
+            return
+        seen.add(m)
+        for name, info in m.model_fields.items():
+            parts.append([m.__name__, name, [stable(x) for x in info.metadata]])
+            annotation(info.annotation)
+        decorators = m.__pydantic_decorators__
+        for kind in ("validators", "field_validators", "root_validators", "model_validators"):
+            for name, dec in sorted(getattr(decorators, kind).items()):
+                parts.append([m.__name__, kind, name, _source(dec.func)])
+
+    model(schema)
+    return short_hash(canonical_json(parts))
 
 
 def strict_schema(schema: type[BaseModel]) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel
 
@@ -15,6 +16,7 @@ from ._errors import ConfigError
 from ._examples import Example, ExampleSelector, coerce_examples
 from ._pricing import Price
 from ._prompts import PromptTemplate, load_template
+from ._schema import canonical_json, short_hash
 
 
 class Mode(str, enum.Enum):
@@ -80,6 +82,10 @@ class Tier:
             raise ConfigError(f"tier {self.name}: timeout_s must be > 0")
         if self.transport not in ("httpx", "aiohttp"):
             raise ConfigError(f"tier {self.name}: transport must be 'httpx' or 'aiohttp'")
+        if self.base_url is not None:
+            problem = base_url_problem(self.base_url)
+            if problem:
+                raise ConfigError(f"tier {self.name}: {problem}")
         object.__setattr__(self, "prompt", load_template(self.prompt, self.kind))
         if self.is_local:
             from ._pricing import Price
@@ -129,17 +135,24 @@ class Tier:
         return CONTEXT_WINDOWS.get(base_model(self.model))
 
     def describe(self) -> dict[str, Any]:
-        """The settings that change answers, for config hashes. Never includes the API key."""
+        """The tier's own settings that change answers; no paths, no secrets.
+
+        A tier bound to a schema adds what only the schema decides (the examples as validated,
+        the output bound): ``BoundTier.describe()`` is the tier's identity in ``config_hash``.
+        Left out, because they do not change an answer: the API key and ``api_key_env``,
+        ``timeout_s``, ``transport``, ``price`` and file paths (the prompt is identified by its
+        source, examples by their content). ``max_reasks`` is in: it changes the final result.
+        """
         return {
             "kind": self.kind,
-            "name": self.name,
+            "name": self.name,  # the label results and attempts carry (Result.tier)
             "model": self.model,
-            "base_url": self.base_url,
+            "endpoint": endpoint_identity(self.base_url),
             "mode": self.resolved_mode.value,
-            "temperature": self.temperature,
+            "temperature": float(self.temperature),  # 0 and 0.0 are one setting
             "max_reasks": self.max_reasks,
-            "max_output_tokens": self.max_output_tokens,
             "prompt_hash": self.template.hash,
+            "extra_body": dict(self.extra_body) if self.extra_body else None,
             **self._describe_extra(),
         }
 
@@ -180,8 +193,8 @@ class FewShot(Tier):
             raise ConfigError(f"tier {self.name}: FewShot needs examples (a file or a list)")
 
     def _describe_extra(self) -> dict[str, Any]:
-        src = str(self.examples) if isinstance(self.examples, (str, Path)) else "inline"
-        return {"examples": src, "k": self.k, "select": self.select}
+        # the examples themselves are identified by content once validated (BoundTier.describe)
+        return {"k": self.k, "select": self.select}
 
     def examples_for(self, bound: BoundTier, document: str) -> list[Example]:
         assert bound.selector is not None
@@ -198,15 +211,61 @@ class FineTuned(Tier):
 
 _MISSING = object()
 
+OPENAI_API = "https://api.openai.com/v1"  # the openai client's default base URL
+
+
+def base_url_problem(base_url: str) -> str | None:
+    """Why ``base_url`` cannot be used (a message naming the value and the fix), or None."""
+    if base_url == "local":
+        return None
+    parts = urlsplit(base_url)
+    if parts.scheme in ("http", "https") and parts.netloc:
+        return None
+    bare = base_url.split("://", 1)[-1].lstrip("/")
+    return (
+        f"base_url {base_url!r} is not an http(s) URL: write the scheme, e.g. "
+        f"'http://{bare}' for a server on your machine or network, 'https://{bare}' for a "
+        f"hosted API (or \"local\" for the bundled local model)"
+    )
+
+
+def endpoint_identity(base_url: str | None) -> str:
+    """The endpoint a tier sends to, for its identity: a different server may answer the same
+    model name differently (a proxy, a compatible server, another deployment), so it is part of
+    the chain's identity. ``None`` is resolved as the client resolves it (``OPENAI_BASE_URL``, else
+    the OpenAI API). Credentials, query and fragment are dropped (they can hold keys), scheme and
+    host are lower-cased, default ports and trailing slashes removed. ``"local"`` stays ``"local"``
+    (the bundled model on whatever free port it was given)."""
+    url = base_url if base_url is not None else (os.environ.get("OPENAI_BASE_URL") or OPENAI_API)
+    if url == "local":
+        return url
+    parts = urlsplit(url.strip())
+    host = (parts.hostname or "").lower()
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    default = {"http": 80, "https": 443}.get(parts.scheme.lower())
+    netloc = host if port is None or port == default else f"{host}:{port}"
+    if ":" in host:  # IPv6 literal
+        netloc = f"[{host}]" if port is None or port == default else f"[{host}]:{port}"
+    return urlunsplit((parts.scheme.lower(), netloc, parts.path.rstrip("/"), "", ""))
+
+
+def examples_hash(examples: Iterable[Example]) -> str:
+    """Hash of validated examples in order (the order decides "first" and breaks BM25 ties)."""
+    return short_hash(canonical_json([[e.input, e.output] for e in examples]))
+
 
 class BoundTier:
     """A tier joined to a schema: examples validated and indexed once, prompts rendered per doc."""
 
     def __init__(self, tier: Tier, schema: type[BaseModel]):
-        from ._schema import json_schema, output_token_budget, strict_schema
+        from ._schema import json_schema, output_token_budget, strict_schema, validation_hash
 
         self.tier = tier
         self.schema = schema
+        self.validation_hash = validation_hash(schema)
         self.extra_text: str | None = None  # the tool / schema definition as sent, once known
         self.extra_tokens: int | None = None  # ... and its tokens, once counted
         # instructor's part, decided once per tier: the schema wrapped as its response model (the
@@ -226,9 +285,11 @@ class BoundTier:
         self.handlers = mode_registry.get_handlers(Provider.OPENAI, instructor_mode)
         self._request_extra: tuple[type[BaseModel], dict[str, Any]] | None = None
         self.selector: ExampleSelector | None = None
+        self.examples_hash: str | None = None  # of the examples as validated, not of their file
         if isinstance(tier, FewShot):
             examples = coerce_examples(tier.examples, schema)
             self.selector = ExampleSelector(examples, tier.k, tier.select)
+            self.examples_hash = examples_hash(examples)
         # decided once per extractor, not per document or attempt
         self.max_tokens = tier.max_output_tokens or output_token_budget(schema)
         self.context_window = tier.resolved_context_window()
@@ -241,6 +302,20 @@ class BoundTier:
             }
         elif mode is Mode.JSON_OBJECT_SCHEMA:
             self.response_format = {"type": "json_object", "schema": json_schema(schema)}
+
+    def describe(self) -> dict[str, Any]:
+        """The tier's identity for this schema: its settings (``Tier.describe``) with the output
+        bound and context window actually used, and for few-shot the hash of the examples as
+        validated (so an edited example changes it, a moved or renamed file does not)."""
+        described = {
+            **self.tier.describe(),
+            "max_tokens": self.max_tokens,
+            "context_window": self.context_window,  # decides which documents are refused unsent
+            "validation_hash": self.validation_hash,  # Grounded(), validators: what is re-asked
+        }
+        if self.examples_hash is not None:
+            described["examples_hash"] = self.examples_hash
+        return described
 
     def prepare_request(self, kwargs: dict[str, Any]) -> tuple[type[BaseModel], dict[str, Any]]:
         """instructor's request handler for this mode (tools / response_format, schema in the

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import secrets
+import socket
 import sqlite3
 import threading
 import time
@@ -21,6 +22,7 @@ from .._errors import LedgerError
 from .._results import TRANSIENT_OUTCOMES, VALIDATION_OUTCOMES, Attempt, Result
 from .._schema import canonical_json, json_schema
 from ._migrations import migrate
+from ._owner import is_gone, this_process
 
 DEFAULT_PATH = Path(".extractkit") / "ledger.sqlite3"
 ENV_VAR = "EXTRACTKIT_LEDGER"
@@ -61,11 +63,57 @@ def scrub(text: str | None, secrets_: Iterable[str] = ()) -> str | None:
     return _SECRET.sub("[REDACTED]", text)
 
 
+OPEN_TIMEOUT_S = 60.0  # how long opening waits for other processes opening or writing the same file
+BUSY_TIMEOUT_S = 30.0  # each statement's wait for a lock held by another connection
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+
+    if code is not None:
+        return code & 0xFF in (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED (and their extended codes)
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
+def _connect(path: Path) -> tuple[sqlite3.Connection, list[str]]:
+    """Connect, switch to WAL and migrate; returns the connection and the migrations applied.
+
+    Many processes or threads may open one fresh file at once. Migrations take the write lock
+    before reading what is applied (``migrate``); switching a fresh file to WAL needs an exclusive
+    lock and can fail at once with "database is locked" instead of waiting, so a busy failure
+    anywhere here is retried with a growing pause until ``OPEN_TIMEOUT_S``. Every step is
+    idempotent or transactional, so a retry starts cleanly."""
+    deadline = time.monotonic() + OPEN_TIMEOUT_S
+    pause = 0.005
+    while True:
+        conn = sqlite3.connect(
+            str(path), check_same_thread=False, isolation_level=None, timeout=BUSY_TIMEOUT_S
+        )
+        try:
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            return conn, migrate(conn)
+        except sqlite3.OperationalError as exc:
+            conn.close()
+            if not _is_busy(exc) or time.monotonic() + pause > deadline:
+                raise
+        except BaseException:
+            conn.close()
+            raise
+        time.sleep(pause * (0.5 + secrets.randbelow(1000) / 1000))  # jitter: openers do not march in step
+        pause = min(pause * 2, 0.5)
+
+
 class Ledger:
     """A SQLite ledger. ``Ledger(":memory:")`` for tests; ``store_text=False`` keeps no text.
 
     Safe to share between asyncio tasks and threads: writes are serialised and each extraction
-    is written with its attempts in one transaction, so a crash never leaves half of one.
+    is written with its attempts in one transaction, so a crash never leaves half of one. Any
+    number of processes and threads may open one file at once, a fresh one included.
+
+    Opening marks ``interrupted`` the runs still ``running`` whose process is gone on this host
+    (``interrupted`` lists their ids); runs started on another host are left as they are.
     """
 
     def __init__(self, path: str | Path | None = None, *, store_text: bool = True):
@@ -79,14 +127,8 @@ class Ledger:
         try:
             if str(self.path) != ":memory:":
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.conn = sqlite3.connect(
-                str(self.path), check_same_thread=False, isolation_level=None, timeout=30
-            )
-            self.conn.row_factory = sqlite3.Row
-            self.conn.execute("PRAGMA journal_mode=WAL")
-            self.conn.execute("PRAGMA synchronous=NORMAL")
-            self.conn.execute("PRAGMA foreign_keys=ON")
-            self.applied = migrate(self.conn)
+            self.conn, self.applied = _connect(self.path)
+            self.interrupted = self._interrupt_orphaned_runs()
         except (sqlite3.Error, OSError) as exc:
             raise LedgerError(f"cannot open ledger {self.path}: {exc}") from exc
 
@@ -128,14 +170,38 @@ class Ledger:
         from .. import __version__
 
         run_id = new_id()
+        pid, host, start = this_process()  # marked interrupted on a later open if it dies unended
         with self.transaction():
             self.conn.execute(
                 "INSERT INTO runs (id, kind, config_hash, config_json, schema_hash,"
-                " extractkit_version, started_at, status) VALUES (?,?,?,?,?,?,?, 'running')",
+                " extractkit_version, started_at, status, owner_pid, owner_host, owner_start)"
+                " VALUES (?,?,?,?,?,?,?, 'running', ?,?,?)",
                 (run_id, kind, config_hash, canonical_json(config) if config else None,
-                 schema_hash, __version__, time.time()),
+                 schema_hash, __version__, time.time(), pid, host, start),
             )  # fmt: skip
         return run_id
+
+    def _interrupt_orphaned_runs(self) -> list[str]:
+        """Mark ``interrupted`` (with ``ended_at``) the runs still ``running`` whose process is gone
+        on this host; return their ids. Runs started on another host, and runs without a recorded
+        owner (written before the 0004_run_owner migration), are left as they are: their processes cannot be
+        seen from here. See ``_owner.py`` for how a reused process id is told apart."""
+        with self._lock:
+            rows = self.conn.execute(
+                "SELECT id, owner_pid, owner_start FROM runs"
+                " WHERE status = 'running' AND owner_host = ? AND owner_pid IS NOT NULL",
+                (socket.gethostname(),),
+            ).fetchall()
+        dead = [r["id"] for r in rows if is_gone(r["owner_pid"], r["owner_start"])]
+        if dead:
+            with self.transaction():
+                now = time.time()
+                self.conn.executemany(
+                    "UPDATE runs SET status = 'interrupted', ended_at = ?"
+                    " WHERE id = ? AND status = 'running'",
+                    [(now, run_id) for run_id in dead],
+                )
+        return dead
 
     def finish_run(self, run_id: str, status: str, **counts: int) -> None:
         allowed = {"n_documents", "n_ok", "n_failed", "n_errors", "n_skipped", "n_resumed"}

@@ -197,29 +197,58 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX finetune_events_job ON finetune_events(job_id, created_at);
         """,
     ),
+    (
+        "0004_run_owner",
+        """
+        -- the process that started a run, so that a run whose process died (kill -9, power loss)
+        -- is marked interrupted when the ledger is next opened on the same host
+        ALTER TABLE runs ADD COLUMN owner_pid INTEGER;
+        ALTER TABLE runs ADD COLUMN owner_host TEXT;   -- socket.gethostname()
+        ALTER TABLE runs ADD COLUMN owner_start TEXT;  -- when that process started (a reused pid differs)
+        CREATE INDEX runs_running ON runs(owner_host) WHERE status = 'running';
+        """,
+    ),
 ]
 
 
 def migrate(conn: sqlite3.Connection) -> list[str]:
-    """Apply the migrations this database lacks; return their names."""
-    conn.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)")
-    done = {row[0] for row in conn.execute("SELECT name FROM _migrations")}
-    applied = []
-    for name, sql in MIGRATIONS:
-        if name in done:
-            continue
-        # one transaction per migration (DDL included): a failure leaves the database as it was
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for statement in _statements(sql):
+    """Apply the migrations this database lacks; return their names.
+
+    Safe when several processes or threads open one fresh ledger at once: the applied migrations
+    are read again *inside* a write transaction (``BEGIN IMMEDIATE``), so exactly one connection
+    applies each migration and the others, waiting on the lock (the connection's busy timeout),
+    find it done. All pending migrations are applied in that one transaction, so a failure leaves
+    the database as it was. An up-to-date database costs one read and takes no write lock.
+    """
+    if not _pending(_applied(conn)):
+        return []
+    conn.execute("BEGIN IMMEDIATE")  # waits for any other writer (busy timeout)
+    try:
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)"
+        )
+        applied = _pending(_applied(conn))  # again, now that no one else can be applying them
+        for name in applied:
+            for statement in _statements(dict(MIGRATIONS)[name]):
                 conn.execute(statement)
             conn.execute("INSERT INTO _migrations (name, applied_at) VALUES (?, julianday('now'))", (name,))
-        except BaseException:
+    except BaseException:
+        if conn.in_transaction:
             conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-        applied.append(name)
+        raise
+    conn.execute("COMMIT")
     return applied
+
+
+def _applied(conn: sqlite3.Connection) -> set[str]:
+    exists = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_migrations'"
+    ).fetchone()
+    return {row[0] for row in conn.execute("SELECT name FROM _migrations")} if exists else set()
+
+
+def _pending(done: set[str]) -> list[str]:
+    return [name for name, _ in MIGRATIONS if name not in done]
 
 
 def _statements(sql: str) -> list[str]:
