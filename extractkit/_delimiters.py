@@ -38,7 +38,6 @@ from __future__ import annotations
 import functools
 import itertools
 import re
-import sys
 import unicodedata
 from collections.abc import Iterable
 
@@ -76,25 +75,32 @@ def fold(text: str) -> str:
     return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
 
 
+# the planes with assigned characters other than private use (planes 4-13 are unassigned and
+# 15-16 private use: NFKC leaves those alone and none is a format character)
+_PLANES = (range(0, 0x40000), range(0xE0000, 0xF0000))
+
+
 @functools.lru_cache(maxsize=1)
 def _unicode_tables() -> tuple[dict[str, str], str]:
     """(every character whose NFKC case fold is one other character -> that character, and the
-    invisible characters). Found once per process from unicodedata (a few tenths of a
-    second), skipping the blocks of 256 code points that NFKC case folding leaves unchanged."""
+    invisible characters). Found once per process from unicodedata (about 0.1 s), skipping the
+    blocks of 256 code points that NFKC case folding leaves unchanged."""
     variants: dict[str, str] = {}
-    for base in range(0, sys.maxunicode + 1, 256):
-        if 0xD800 <= base < 0xE000:  # surrogates
-            continue
-        block = "\n".join(map(chr, range(base, base + 256)))  # "\n": NFKC never joins across it
-        if fold(block) == block:
-            continue
-        for point in range(base, base + 256):
-            char = chr(point)
-            folded = fold(char)
-            if folded != char and len(folded) == 1:
-                variants[char] = folded
+    invisible: list[str] = []
     category = unicodedata.category
-    invisible = [chr(p) for p in range(sys.maxunicode + 1) if category(chr(p)) == "Cf"]
+    for plane in _PLANES:
+        invisible += [chr(p) for p in plane if category(chr(p)) == "Cf"]
+        for base in plane[::256]:
+            if 0xD800 <= base < 0xE000:  # surrogates
+                continue
+            block = "\n".join(map(chr, range(base, base + 256)))  # "\n": NFKC never joins across it
+            if fold(block) == block:
+                continue
+            for point in range(base, base + 256):
+                char = chr(point)
+                folded = fold(char)
+                if folded != char and len(folded) == 1:
+                    variants[char] = folded
     return variants, "".join(invisible) + _IGNORABLE_EXTRA
 
 

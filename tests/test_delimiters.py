@@ -286,3 +286,23 @@ def test_megabytes_of_near_tags_take_linear_time(document):
     user = bound.messages(document)[1]["content"]
     assert time.perf_counter() - started < 15
     assert real_tags(user[-200:]) == ["/document"]
+
+
+def test_the_unicode_tables_miss_no_character():
+    """The tables skip planes and blocks that cannot matter; a scan of every code point agrees."""
+    import sys
+
+    from extractkit._delimiters import _unicode_tables, fold
+
+    variants, invisible = _unicode_tables()
+    every = (chr(p) for p in range(sys.maxunicode + 1) if not 0xD800 <= p < 0xE000)
+    expected: dict[str, str] = {}
+    format_chars = set()
+    for char in every:
+        if unicodedata.category(char) == "Cf":
+            format_chars.add(char)
+        folded = fold(char)
+        if folded != char and len(folded) == 1:
+            expected[char] = folded
+    assert variants == expected
+    assert format_chars <= set(invisible)
