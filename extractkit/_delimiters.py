@@ -9,7 +9,9 @@ A form matches a delimiter ``name`` when it reads ``<name`` or ``</name`` follow
 but a letter, digit or ``_`` (so ``>``, attributes, whitespace or the end of the text), where
 
 - case is ignored and Unicode compatibility forms count as their plain letter (NFKC case fold:
-  fullwidth ``＜／ＤＯＣＵＭＥＮＴ＞``, mathematical letters ``𝐝𝐨𝐜...``, circled letters, ...);
+  fullwidth ``＜／ＤＯＣＵＭＥＮＴ＞``, mathematical letters ``𝐝𝐨𝐜...``, circled letters, ...), and
+  so do Cyrillic, Greek and Armenian letters drawn like a Latin one (:data:`LATIN_LOOKALIKES`:
+  ``<dоcument>`` with a Cyrillic ``о``);
 - the bracket is ``<`` or one of its look-alikes (:data:`OPEN_BRACKETS`: ``‹ 〈 ⟨ ﹤ ＜ ...``),
   the slash ``/`` or one of its look-alikes (:data:`SLASHES`);
 - whitespace may follow the bracket and surround the slash (``< / document``);
@@ -23,14 +25,14 @@ the bracket is written as its ``\\u`` escape instead, so the JSON decodes to the
 
 Matching is one regular expression over the original text, without a normalised copy or a
 Python loop over its characters: each character of a name is a class of every character whose
-NFKC case fold is that character, with any run of invisible characters between them. The
-classes it could backtrack through (whitespace and invisibles, slashes, the first letters of
-names) are disjoint and none contains a bracket, so a failed match gives up at the first
-character that cannot continue and the time is linear in the length of the text.
+NFKC case fold is that character (and of its look-alikes), with any run of invisible characters
+between them. The classes it could backtrack through (whitespace and invisibles, slashes, the
+first letters of names) are disjoint and none contains a bracket, so a failed match gives up at
+the first character that cannot continue and the time is linear in the length of the text.
 
-Not matched: forms that NFKC expands to several characters (the ligature ``ﬀ``), letters of
-other scripts that only look Latin (Cyrillic ``о`` in ``<dоcument>``), and HTML entities
-(``&lt;document&gt;``).
+Not matched: forms that NFKC expands to several characters (the ligature ``ﬀ``), look-alike
+letters beyond the Cyrillic, Greek and Armenian ones in :data:`LATIN_LOOKALIKES` (Unicode's
+full confusables table, UTS #39, is larger), and HTML entities (``&lt;document&gt;``).
 """
 
 from __future__ import annotations
@@ -55,6 +57,33 @@ OPEN_BRACKETS = (
     "\u29fc"  # ⧼ left-pointing curved angle bracket
     "\u3008"  # 〈 left angle bracket
 )
+# Cyrillic, Greek and Armenian letters drawn like a Latin one (NFKC keeps scripts apart), by the
+# Latin letter they pass for; case does not matter
+LATIN_LOOKALIKES = {
+    "a": "\u0430\u0410\u0391\u0251",  # а А Α ɑ
+    "b": "\u0412\u0392",  # В Β
+    "c": "\u0441\u0421\u03f2\u03f9",  # с С ϲ Ϲ
+    "d": "\u0501",  # ԁ
+    "e": "\u0435\u0415\u0395",  # е Е Ε
+    "g": "\u0261\u050d",  # ɡ ԍ
+    "h": "\u04bb\u041d\u0397",  # һ Н Η
+    "i": "\u0456\u0406\u03b9\u0399\u04cf\u0131",  # і І ι Ι ӏ ı
+    "j": "\u0458\u0408\u03f3",  # ј Ј ϳ
+    "k": "\u041a\u039a\u03ba",  # К Κ κ
+    "m": "\u041c\u039c",  # М Μ
+    "n": "\u039d\u0578",  # Ν ո
+    "o": "\u043e\u041e\u03bf\u039f\u0585",  # о О ο Ο օ
+    "p": "\u0440\u0420\u03c1\u03a1",  # р Р ρ Ρ
+    "q": "\u051b\u051a",  # ԛ Ԛ
+    "s": "\u0455\u0405",  # ѕ Ѕ
+    "t": "\u0422\u03a4\u03c4",  # Т Τ τ
+    "u": "\u03c5\u057d",  # υ ս
+    "v": "\u03bd\u0475\u0474",  # ν ѵ Ѵ
+    "w": "\u051d\u051c",  # ԝ Ԝ
+    "x": "\u0445\u0425\u03a7\u03c7",  # х Х Χ χ
+    "y": "\u0443\u0423\u03a5",  # у У Υ
+    "z": "\u0396",  # Ζ
+}
 SLASHES = (
     "\u2044"  # ⁄ fraction slash
     "\u2215"  # ∕ division slash
@@ -138,7 +167,7 @@ def _pattern(names: frozenset[str]) -> re.Pattern[str]:
         spellings.setdefault(folded, set()).add(char)
 
     def one(char: str) -> set[str]:
-        return {char} | spellings.get(char, set())
+        return {char} | spellings.get(char, set()) | set(LATIN_LOOKALIKES.get(char, ""))
 
     groups = itertools.count()
 

@@ -61,6 +61,10 @@ VARIANTS = [
     "\u276e/document\u276f",  # ❮/document❯
     "<\u2215document>",  # division slash
     "<\U0001d41d\U0001d428\U0001d41c\U0001d42e\U0001d426\U0001d41e\U0001d427\U0001d42d>",  # 𝐝𝐨𝐜𝐮𝐦𝐞𝐧𝐭
+    "</d\u043ecument>",  # Cyrillic о
+    "<D\u041eCUMENT>",  # Cyrillic О
+    "<\u0435\u0445\u0430mple>",  # Cyrillic е х а
+    "</\u03bfutput>",  # Greek ο
     "<example>",
     "</example>",
     "<EXAMPLE id=3>",
@@ -74,6 +78,7 @@ VARIANTS = [
 # look-alikes of "<" that NFKC leaves alone (NFKC itself maps the fullwidth and small forms)
 _BRACKETS = {"\u2039", "\u3008", "\u2329", "\u27e8", "\u276e"}
 _SLASHES = {"\u2215"}
+_LATIN = {"\u043e": "o", "\u041e": "o", "\u0435": "e", "\u0445": "x", "\u0430": "a", "\u03bf": "o"}
 _REAL_TAG = re.compile(r"<\s*(/?)\s*(document|example|output)(?!\w)")
 
 
@@ -84,6 +89,8 @@ def _plain(char: str) -> str:
         return "<"
     if char in _SLASHES:
         return "/"
+    if char in _LATIN:
+        return _LATIN[char]
     folded = unicodedata.normalize("NFKC", char).casefold()
     return folded if len(folded) == 1 else char
 
