@@ -2,20 +2,31 @@
 
 A template is a Jinja2 file with two blocks, ``system`` and ``user``. Variables: ``document``,
 ``schema_name``, ``schema_description``, ``examples`` (few-shot: items with ``input`` and
-``output_json``). The filter ``as_data`` neutralises a closing ``</document>`` tag inside the
-text so a document cannot end its own delimiter.
+``output_json``).
+
+Untrusted text goes through a filter: ``as_data`` for text (the document, an example's input),
+``as_json_data`` for JSON (an example's output). They neutralise every form of the template's
+delimiters inside the text (any case, spacing, attributes, Unicode look-alike or invisible
+character; see ``_delimiters``), so the text cannot close its own section or forge another one.
+A template's delimiters are the tags written in its own text (``<document>``, ``<example>``,
+``<output>`` in the shipped ones), read from the template itself, together with those of the
+shipped templates, so a user template is never protected less than the defaults.
 """
 
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import jinja2
+from jinja2 import nodes
+from jinja2.runtime import Context
 
+from ._delimiters import Neutraliser, fold
 from ._errors import TemplateError
 from ._schema import short_hash
 
@@ -23,12 +34,49 @@ DEFAULT_TEMPLATES = {"zero_shot": "zero_shot.jinja", "few_shot": "few_shot.jinja
                      "fine_tuned": "fine_tuned.jinja"}  # fmt: skip
 
 
-def as_data(text: Any) -> str:
-    return str(text).replace("</document>", "<\\/document>").replace("<document>", "<\\document>")
+# a tag written in a template's own text: <document>, </example>, <output lang="en">
+_TAG = re.compile(r"</?\s*([^\W\d][\w.:-]*)(?:\s[^<>]*)?>")
+_NEUTRALISER = "extractkit_neutraliser"  # the template global the filters read
+
+
+def template_tags(template: nodes.Template) -> frozenset[str]:
+    """The tags in a template's literal text (not in its expressions), case-folded."""
+    return frozenset(
+        fold(m[1]) for node in template.find_all(nodes.TemplateData) for m in _TAG.finditer(node.data)
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def shipped_delimiters() -> frozenset[str]:
+    """The tags the shipped templates use, read from them."""
+    tags: frozenset[str] = frozenset()
+    for name in DEFAULT_TEMPLATES.values():
+        tags |= template_tags(_ENV.parse(_shipped_source(name)))
+    return tags
+
+
+def _neutraliser(context: Context) -> Neutraliser:
+    found = context.resolve_or_missing(_NEUTRALISER)
+    if isinstance(found, Neutraliser):
+        return found
+    return Neutraliser(shipped_delimiters())  # a template compiled elsewhere: the shipped tags
+
+
+@jinja2.pass_context
+def as_data(context: Context, text: Any) -> str:
+    """Text with every form of the template's delimiters neutralised; otherwise unchanged."""
+    return _neutraliser(context).text(str(text))
+
+
+@jinja2.pass_context
+def as_json_data(context: Context, text: Any) -> str:
+    """JSON text with every form of the template's delimiters escaped: it decodes the same."""
+    return _neutraliser(context).json(str(text))
 
 
 _ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False)
 _ENV.filters["as_data"] = as_data
+_ENV.filters["as_json_data"] = as_json_data
 
 
 @dataclass(frozen=True)
@@ -43,7 +91,9 @@ class PromptTemplate:
     @functools.cached_property
     def _template(self) -> jinja2.Template:
         try:
-            template = _ENV.from_string(self.source)
+            parsed = _ENV.parse(self.source)
+            delimiters = shipped_delimiters() | template_tags(parsed)
+            template = _ENV.from_string(parsed, globals={_NEUTRALISER: Neutraliser(delimiters)})
         except jinja2.TemplateSyntaxError as exc:
             raise TemplateError(f"{self.origin}: line {exc.lineno}: {exc.message}") from exc
         missing = {"system", "user"} - set(template.blocks)
@@ -69,16 +119,22 @@ class PromptTemplate:
         return system, user
 
 
+def _shipped_source(name: str) -> str:
+    return resources.files("extractkit.prompts").joinpath(name).read_text(encoding="utf-8")
+
+
 def default_template(kind: str) -> PromptTemplate:
     name = DEFAULT_TEMPLATES[kind]
-    source = resources.files("extractkit.prompts").joinpath(name).read_text(encoding="utf-8")
-    return PromptTemplate(source=source, origin=f"default:{name}")
+    return PromptTemplate(source=_shipped_source(name), origin=f"default:{name}")
 
 
 def load_template(spec: str | Path | PromptTemplate | None, kind: str) -> PromptTemplate:
+    """The template, compiled (with its delimiters' tables) here rather than at the first render,
+    which may run on the event loop."""
     if spec is None:
-        return default_template(kind)
+        spec = default_template(kind)
     if isinstance(spec, PromptTemplate):
+        spec.validate()
         return spec
     path = Path(spec)
     try:
