@@ -91,9 +91,10 @@ _DMY = re.compile(  # 7. mai 2014, 29 maart 2014, 7th may 2014, 7 de mayo de 201
     rf"(?=(?<![\d.,])(\d{{1,2}}){_ORD}\.?[\s,/-]*(?:(?:de|del)\s+|d['’]\s?)?"
     r"([^\W\d_]{2,})\.?[\s,/-]*(?:(?:de|del)\s+)?(\d{4}|\d{2})(?!\d))"
 )
-_MDY = re.compile(  # may 7th, 2014; mai 7 2014
-    rf"(?=(?<![^\W\d_])([^\W\d_]{{2,}})\.?[\s,-]*(\d{{1,2}}){_ORD}(?!\d)[\s,.-]*(\d{{4}})(?!\d))"
+_DAY_YEAR = re.compile(  # the "7th, 2014" of "may 7th, 2014"; the month word is read just before it
+    rf"(?<![\d.,])(\d{{1,2}}){_ORD}(?!\d)[\s,.-]*(\d{{4}})(?!\d)"
 )
+_WORD_BEFORE = re.compile(r"([^\W\d_]{2,})\.?[\s,-]*\Z")
 _YMD = re.compile(  # 2014. május 7., 2014 m. gegužės 7 d.
     r"(?=(?<![\d.,])(\d{4})\.?\s*(?:m\.\s*)?([^\W\d_]{2,})\.?\s*(\d{1,2})(?!\d))"
 )
@@ -157,9 +158,12 @@ def dates_in(normalized: str) -> set[dt.date]:
     for day, word, year in _DMY.findall(normalized):
         for m in months.get(_month_key(word), ()):
             _add(out, _year(year), m, int(day))
-    for word, day, year in _MDY.findall(normalized):
-        for m in months.get(_month_key(word), ()):
-            _add(out, _year(year), m, int(day))
+    for match in _DAY_YEAR.finditer(normalized):
+        start = match.start()
+        before = _WORD_BEFORE.search(normalized, max(0, start - 40), start)
+        if before is not None:
+            for m in months.get(_month_key(before.group(1)), ()):
+                _add(out, int(match.group(2)), m, int(match.group(1)))
     for year, word, day in _YMD.findall(normalized):
         for m in months.get(_month_key(word), ()):
             _add(out, int(year), m, int(day))
@@ -220,8 +224,8 @@ class SourceIndex:
     @functools.cached_property
     def numbers(self) -> set[Decimal]:
         out: set[Decimal] = set()
-        for match in _NUMBER.finditer(self.source):
-            out |= number_readings(match.group(0))
+        for token in set(_NUMBER.findall(self.source)):
+            out |= number_readings(token)
         return out
 
     @functools.cached_property
