@@ -96,7 +96,7 @@ _DAY_YEAR = re.compile(  # the "7th, 2014" of "may 7th, 2014"; the month word is
 )
 _WORD_BEFORE = re.compile(r"([^\W\d_]{2,})\.?[\s,-]*\Z")
 _YMD = re.compile(  # 2014. május 7., 2014 m. gegužės 7 d.
-    r"(?=(?<![\d.,])(\d{4})\.?\s*(?:m\.\s*)?([^\W\d_]{2,})\.?\s*(\d{1,2})(?!\d))"
+    r"(?<![\d.,])(\d{4})\.?\s*(?:m\.\s*)?([^\W\d_]{2,})\.?\s*(\d{1,2})(?!\d)"
 )
 _NUMERIC = re.compile(  # 7.5.2014, 07/05/14, 2014-05-07, 2014/5/7, 7. 5. 2014
     r"(?<![\d.,])(\d{1,4})\s?([./-])\s?(\d{1,2})\s?\2\s?(\d{4}|\d{1,2})(?!\d)"
@@ -155,26 +155,28 @@ def dates_in(normalized: str) -> set[dt.date]:
     """Every date the (normalised) text can be read as writing; linear in the text."""
     months = month_names()
     out: set[dt.date] = set()
-    for day, word, year in _DMY.findall(normalized):
+    for day, word, year in set(_DMY.findall(normalized)):
         for m in months.get(_month_key(word), ()):
             _add(out, _year(year), m, int(day))
+    seen: set[tuple[str, str, str]] = set()
     for match in _DAY_YEAR.finditer(normalized):
         start = match.start()
         before = _WORD_BEFORE.search(normalized, max(0, start - 40), start)
-        if before is not None:
-            for m in months.get(_month_key(before.group(1)), ()):
-                _add(out, int(match.group(2)), m, int(match.group(1)))
-    for year, word, day in _YMD.findall(normalized):
+        if before is not None and (key := (before.group(1), match.group(1), match.group(2))) not in seen:
+            seen.add(key)
+            for m in months.get(_month_key(key[0]), ()):
+                _add(out, int(key[2]), m, int(key[1]))
+    for year, word, day in set(_YMD.findall(normalized)):
         for m in months.get(_month_key(word), ()):
             _add(out, int(year), m, int(day))
-    for a, _sep, b, c in _NUMERIC.findall(normalized):
+    for a, _sep, b, c in set(_NUMERIC.findall(normalized)):
         if len(a) == 4:
             _add(out, int(a), int(b), int(c))
         elif len(a) <= 2 and len(c) in (2, 4):
             _add(out, _year(c), int(b), int(a))  # day first
             _add(out, _year(c), int(a), int(b))  # month first
     for pattern in (_CJK, _COMPACT):
-        for y, m, d in pattern.findall(normalized):
+        for y, m, d in set(pattern.findall(normalized)):
             _add(out, int(y), int(m), int(d))
     return out
 
