@@ -136,7 +136,13 @@ class Result(Generic[T]):
         last = self.attempts[-1]
         head = f"{last.tier}: {last.outcome.value}"
         if last.errors:
-            fields = [f"{'.'.join(e['loc']) or '(root)'} {e['type']}" for e in last.errors[:6]]
+            # an ungrounded value is named by its message ("date 2014-05-08 not found in the document")
+            fields = [
+                e["msg"]
+                if e["type"] == "ungrounded" and e.get("msg")
+                else f"{'.'.join(e['loc']) or '(root)'} {e['type']}"
+                for e in last.errors[:6]
+            ]
             more = f" (+{len(last.errors) - 6} more)" if len(last.errors) > 6 else ""
             return f"{head}: " + ", ".join(fields) + more
         if last.error:

@@ -171,6 +171,38 @@ def attempts_sql(latest: str, attempts_driven: bool, attempts_where: str = "") -
     return f"SELECT {', '.join(cols)}\nFROM {source}\nGROUP BY a.tier, a.outcome"
 
 
+UNGROUNDED_SAMPLE = 5_000  # the most recent ungrounded attempts per tier whose rejected fields are counted
+
+
+def ungrounded_sql(latest: str, attempts_driven: bool, attempts_where: str = "") -> str:
+    """The fields one tier's answers most often put values in that the document does not hold:
+    each ungrounded error (its ``loc``) of the tier's most recent UNGROUNDED_SAMPLE ungrounded
+    attempts in scope, counted. Over a big scope the (tier, outcome) index bounds the read."""
+    where = "a.tier = :tier AND a.outcome = 'ungrounded'"
+    by_index = "SELECT a.errors_json FROM attempts a INDEXED BY attempts_tier WHERE " + where
+    recent = "ORDER BY a.rowid DESC LIMIT :limit"
+    if latest == CURRENT or attempts_where:
+        source = f"{by_index} AND a.current = 1{attempts_where} {recent}"
+    elif attempts_driven:
+        source = f"{by_index} AND a.extraction_id IN (SELECT id FROM {latest}) {recent}"
+    else:
+        source = (f"SELECT a.errors_json FROM {latest} l CROSS JOIN attempts a ON a.extraction_id = l.id "
+                  f"WHERE {where} LIMIT :limit")  # fmt: skip
+    return f"""
+SELECT json_extract(j.value, '$.loc') AS loc, COUNT(*) AS n
+FROM ({source}) s, json_each(CASE WHEN json_valid(s.errors_json) THEN s.errors_json ELSE '[]' END) j
+WHERE json_extract(j.value, '$.type') = 'ungrounded'
+GROUP BY 1 ORDER BY n DESC, loc LIMIT 5"""
+
+
+def _field(loc: Any) -> str:
+    try:
+        parts = json.loads(loc)
+    except (TypeError, ValueError):
+        return str(loc)
+    return ".".join(str(p) for p in parts) if isinstance(parts, list) else str(parts)
+
+
 DOCUMENT_ERRORS = """
 SELECT e.outcome, COUNT(*) AS n FROM extractions e WHERE e.status = 'error' AND {where}
 GROUP BY e.outcome ORDER BY n DESC"""
@@ -283,6 +315,11 @@ def build_report(
         attempt_latency = q(latency_query, {"k": k_att})
         doc_latency = [r["latency_s"] for r in q("document_latency", {"k": k_doc})]
         served = q("served_models")
+        ungrounded_fields: dict[str, list[dict[str, Any]]] = {}
+        for name in sorted({g["tier"] for g in groups if g["outcome"] == "ungrounded"}):
+            sql = ungrounded_sql(q.latest, driven, q.attempts_where)
+            rows = q.run("ungrounded_fields", sql, {"tier": name, "limit": UNGROUNDED_SAMPLE})
+            ungrounded_fields[name] = [{"field": _field(r["loc"]), "n": r["n"]} for r in rows]
         unresolved = {"by_outcome": dict(sorted(failed_by.items(), key=lambda kv: (-kv[1], kv[0]))),
                       "examples": q("unresolved_examples")}  # fmt: skip
     finally:
@@ -353,6 +390,7 @@ def build_report(
         t["latency_p50_s"] = percentile(latencies.get(name, []), 0.5)
         t["latency_p95_s"] = percentile(latencies.get(name, []), 0.95)
         t["failure_outcomes"] = dict(sorted(t["failure_outcomes"].items(), key=lambda kv: (-kv[1], kv[0])))
+        t["ungrounded_fields"] = ungrounded_fields.get(name, [])  # most often rejected first
 
     order = [t["tier"] for t in tiers]
     rescue, verdicts = [], []
@@ -429,6 +467,10 @@ def notes(tiers: list[dict[str, Any]]) -> list[str]:
             f"{', '.join(local)} ran on the bundled local model (SmolLM2-135M): these numbers prove the "
             "pipeline works end to end; they say nothing about the accuracy of a real model."
         )
+    rejected = [f"{t['tier']}: " + ", ".join(f"{f['field']} ({f['n']})" for f in t["ungrounded_fields"])
+                for t in tiers if t.get("ungrounded_fields")]  # fmt: skip
+    if rejected:
+        out.append("values not found in the document (ungrounded), most often in: " + "; ".join(rejected))
     if any(t["unpriced_attempts"] for t in tiers):
         out.append(
             "some attempts have no price (model not in the price table): costs that include them are "
