@@ -261,3 +261,15 @@ def test_cli_consoles_and_log_records_are_redacted(capsys: pytest.CaptureFixture
     assert "gw_test_printed_value_99" not in captured.out + captured.err
     assert "[REDACTED]" in captured.out and "[REDACTED]" in captured.err
     assert record.getMessage() == "retrying with [REDACTED]"
+
+
+def test_an_uncaught_exception_in_the_cli_prints_no_key() -> None:
+    code = (
+        "import extractkit.cli._app\n"
+        "raise RuntimeError('provider said: Incorrect API key provided: Bearer gw_live_crash_1234567')"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)), cwd=ROOT)  # fmt: skip
+    assert proc.returncode == 1
+    assert "RuntimeError: provider said: Incorrect API key provided: [REDACTED]" in proc.stderr
+    assert "gw_live_crash_1234567" not in proc.stderr

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import sys
+import traceback
 from collections.abc import Iterable
+from types import TracebackType
 from typing import Any
 
 from rich.console import Console
@@ -28,8 +31,14 @@ class RedactingConsole(Console):
 
 def install_log_redaction() -> None:
     """Log records the CLI's process prints (Python's last-resort handler and any handler on the
-    root logger) are redacted too."""
+    root logger) are redacted too, and so is the traceback of an exception nothing caught."""
     handlers = [logging.lastResort, *logging.getLogger().handlers]
     for h in handlers:
         if h is not None and not any(isinstance(f, RedactingFilter) for f in h.filters):
             h.addFilter(RedactingFilter())
+    if sys.excepthook is sys.__excepthook__:  # an application's own hook is left alone
+        sys.excepthook = _redacting_excepthook
+
+
+def _redacting_excepthook(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
+    sys.stderr.write(redact("".join(traceback.format_exception(kind, value, tb))))

@@ -96,7 +96,7 @@ class Ledger:
             self.conn = sqlite3.connect(
                 str(self.path), check_same_thread=False, isolation_level=None, timeout=30,
                 factory=RedactingConnection,
-            )
+            )  # fmt: skip
             self.conn.row_factory = sqlite3.Row
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA synchronous=NORMAL")
