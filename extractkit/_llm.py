@@ -33,7 +33,7 @@ from openai.types.chat import ChatCompletion
 from pydantic import BaseModel, ValidationError
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
-from . import _retry
+from . import _redact, _retry
 from ._grounding import grounding_source
 from ._pricing import Price, cost, lookup_price
 from ._results import Attempt, Outcome, Usage
@@ -160,6 +160,7 @@ class TierCall:
     # -- recording ----------------------------------------------------------------------------
     def _record(self, outcome: Outcome, started: float, t0: float, **fields: Any) -> None:
         usage = fields.pop("usage", Usage())
+        _redact.attempt_fields(fields)  # Result.error / .attempts reach the application clean
         self.attempts.append(
             Attempt(
                 tier=self.tier.name,
@@ -178,7 +179,7 @@ class TierCall:
 
     def _amend_last(self, **changes: Any) -> None:
         if self.attempts:
-            self.attempts[-1] = dataclasses.replace(self.attempts[-1], **changes)
+            self.attempts[-1] = dataclasses.replace(self.attempts[-1], **_redact.attempt_fields(changes))
 
     def _on_parse_error(self, error: Exception, **_: Any) -> None:
         outcome, errors = classify_parse_error(error)

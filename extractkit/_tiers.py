@@ -12,6 +12,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel
 
+from . import _redact
 from ._errors import ConfigError
 from ._examples import Example, ExampleSelector, coerce_examples
 from ._pricing import Price
@@ -70,6 +71,8 @@ class Tier:
             raise ConfigError(f"{type(self).__name__}: model is required")
         if not self.name:
             object.__setattr__(self, "name", self.kind)
+        _redact.register(self.api_key)  # never stored, printed or written from here on
+        _redact.register_env(self.api_key_env)
         mode = self.mode if self.mode is not None else self.default_mode
         try:
             object.__setattr__(self, "mode", Mode(mode))
@@ -117,6 +120,7 @@ class Tier:
             return "local"  # the local server accepts any key
         key = os.environ.get(self.api_key_env)
         if key:
+            _redact.register(key)  # the variable may have been set after the tier was made
             return key
         raise ConfigError(
             f"tier {self.name}: no API key. Set the environment variable {self.api_key_env}, "

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from .._errors import ConfigError, DocumentError
+from .._redact import redact_json
 from ..ledger import Ledger
 from ._loaders import Document, load, walk
 
@@ -38,7 +39,7 @@ class DocResult:
     resumed: bool = False
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), ensure_ascii=False)
+        return json.dumps(redact_json(asdict(self)), ensure_ascii=False)  # the --out line
 
 
 @dataclass

@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from .. import __version__
 from .._errors import ExtractkitError
+from ._console import RedactingConsole, install_log_redaction
 
 app = typer.Typer(
     name="extractkit",
@@ -20,8 +20,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-err = Console(stderr=True)
-out = Console()
+err = RedactingConsole(stderr=True)  # everything printed passes the redaction boundary
+out = RedactingConsole()
+install_log_redaction()
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 

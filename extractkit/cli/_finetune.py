@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from .._errors import ExtractkitError
+from .._redact import redact_json
 from ._app import EXIT_FAILED, app, err, fail_usage, out
 from ._report import parse_when
 
@@ -144,7 +145,7 @@ def export(
         except ExtractkitError as exc:
             raise fail_usage(str(exc)) from None
     if as_json:
-        print(json.dumps(rep.to_dict(), indent=2))
+        print(json.dumps(redact_json(rep.to_dict()), indent=2))
         return
     out.print(
         f"wrote {rep.train_examples} training and {rep.validation_examples} validation examples to "
@@ -206,7 +207,7 @@ def launch_(
         except ExtractkitError as exc:
             raise fail_usage(str(exc)) from None
     if as_json:
-        print(json.dumps(job.__dict__, indent=2))
+        print(json.dumps(redact_json(job.__dict__), indent=2))
         return
     out.print(
         f"job {job.id}: {job.status} (training file {job.training_file}"
@@ -255,7 +256,7 @@ def status_(
                 err.print(f"{job.id}: {job.status}", highlight=False)
             time.sleep(interval)
     if as_json:
-        print(json.dumps(job.__dict__, indent=2))
+        print(json.dumps(redact_json(job.__dict__), indent=2))
     else:
         out.print(f"job {job.id} ({job.base_model}): {job.status}", highlight=False)
         for e in job.events[-10:]:
@@ -332,7 +333,7 @@ def harvest(
         except ExtractkitError as exc:
             raise fail_usage(str(exc)) from None
     if as_json:
-        print(json.dumps(rep.to_dict(), indent=2))
+        print(json.dumps(redact_json(rep.to_dict()), indent=2))
         return
     out.print(
         f"wrote {rep.examples} examples to {out_path} ({rep.withheld} held out like the export's "

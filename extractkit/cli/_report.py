@@ -58,9 +58,12 @@ def economics_or_fail(failure_cost: float, training_cost: float | None, min_shar
 def emit(data: dict[str, Any], as_json: bool, csv_path: Path | None, html_path: Path | None, *,
          csv: Callable[[dict[str, Any]], str], html: Callable[[dict[str, Any]], str],
          show: Callable[[dict[str, Any], Any], None]) -> None:  # fmt: skip
-    """The four output formats of `report` and `eval`: files for --csv/--html, then JSON or the view."""
+    """The four output formats of `report` and `eval`: files for --csv/--html, then JSON or the view.
+    The data is redacted once here, before any format renders it."""
+    from .._redact import redact_json
     from ..report import write_text
 
+    data = redact_json(data)
     for path, render in ((csv_path, csv), (html_path, html)):
         if path:
             write_text(path, render(data))

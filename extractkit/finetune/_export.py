@@ -19,6 +19,7 @@ from pydantic import BaseModel
 
 from .._errors import TrainingDataError
 from .._pricing import PRICES, base_model
+from .._redact import redact_json
 from .._tiers import BoundTier, FineTuned, Tier
 from .._tokens import count_request_tokens
 from ..ledger import Ledger
@@ -77,8 +78,8 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with tmp.open("w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        for r in rows:  # a document re-read from disk (no stored text) may hold a key
+            f.write(json.dumps(redact_json(r), ensure_ascii=False) + "\n")
     tmp.replace(path)
 
 
@@ -166,7 +167,7 @@ def export_finetune(
         warnings=warnings,
         selection=_selection_dict(sel),
     )
-    (out / "manifest.json").write_text(json.dumps(report.to_dict(), indent=2), encoding="utf-8")
+    (out / "manifest.json").write_text(json.dumps(redact_json(report.to_dict()), indent=2), encoding="utf-8")
     return report
 
 

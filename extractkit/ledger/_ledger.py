@@ -6,7 +6,6 @@ import asyncio
 import functools
 import json
 import os
-import re
 import secrets
 import socket
 import sqlite3
@@ -18,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from .. import _redact
 from .._errors import LedgerError
 from .._results import TRANSIENT_OUTCOMES, VALIDATION_OUTCOMES, Attempt, Result
 from .._schema import canonical_json, json_schema
@@ -26,8 +26,6 @@ from ._owner import is_gone, this_process
 
 DEFAULT_PATH = Path(".extractkit") / "ledger.sqlite3"
 ENV_VAR = "EXTRACTKIT_LEDGER"
-
-_SECRET = re.compile(r"\b(sk-[A-Za-z0-9_\-*]{6,}|Bearer\s+[A-Za-z0-9_\-.]{8,})")
 
 SERVED_REFRESH_S = 60  # a served model's last_seen is written at most this often per writer
 
@@ -54,13 +52,30 @@ def new_id() -> str:
 
 
 def scrub(text: str | None, secrets_: Iterable[str] = ()) -> str | None:
-    """Remove API keys and bearer tokens from text before it is stored."""
-    if text is None:
-        return None
+    """Remove API keys and bearer tokens from text (``secrets_`` are registered first, so they are
+    redacted everywhere from now on). The ledger needs no call: see ``RedactingConnection``."""
     for s in secrets_:
-        if s and len(s) >= 6:
-            text = text.replace(s, "[REDACTED]")
-    return _SECRET.sub("[REDACTED]", text)
+        _redact.register(s)
+    return _redact.redact_opt(text)
+
+
+def _clean(params: Any) -> Any:
+    if isinstance(params, Mapping):
+        return {k: _redact.redact_param(v) for k, v in params.items()}
+    return tuple(map(_redact.redact_param, params))
+
+
+class RedactingConnection(sqlite3.Connection):
+    """The ledger's write boundary: every parameter of every statement passes ``redact``, so no
+    text column of any table (documents, extractions, attempts, served models, runs, eval and
+    fine-tune tables) can hold a registered secret or a key-like token, whoever writes it.
+    Lookups by value are redacted alike, so they still find what was stored."""
+
+    def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
+        return super().execute(sql, _clean(parameters) if parameters else parameters)
+
+    def executemany(self, sql: str, seq_of_parameters: Iterable[Any], /) -> sqlite3.Cursor:
+        return super().executemany(sql, map(_clean, seq_of_parameters))
 
 
 OPEN_TIMEOUT_S = 60.0  # how long opening waits for other processes opening or writing the same file
@@ -86,7 +101,8 @@ def _connect(path: Path) -> tuple[sqlite3.Connection, list[str]]:
     pause = 0.005
     while True:
         conn = sqlite3.connect(
-            str(path), check_same_thread=False, isolation_level=None, timeout=BUSY_TIMEOUT_S
+            str(path), check_same_thread=False, isolation_level=None, timeout=BUSY_TIMEOUT_S,
+            factory=RedactingConnection,
         )
         try:
             conn.row_factory = sqlite3.Row
@@ -121,7 +137,6 @@ class Ledger:
         self.store_text = store_text
         self._lock = threading.RLock()
         self._writer: ThreadPoolExecutor | None = None  # arecord's thread, started at first use
-        self._secrets: set[str] = set()
         self._versions_written: set[str] = set()  # schema and prompt hashes already stored
         self._served_written: dict[tuple[str, str, str, str], float] = {}  # served model -> written at
         try:
@@ -160,9 +175,9 @@ class Ledger:
             self.conn.execute("COMMIT")
 
     def add_secret(self, value: str | None) -> None:
-        """A value (an API key) that must never be written; it is redacted wherever it occurs."""
-        if value:
-            self._secrets.add(value)
+        """A value (an API key) that must never be written; it is redacted wherever it occurs
+        (registered process-wide: ``_redact.register``)."""
+        _redact.register(value)
 
     # -- runs -------------------------------------------------------------------------------
     def start_run(self, kind: str, config: dict[str, Any] | None = None,
@@ -270,7 +285,7 @@ class Ledger:
             else None
         )
         usage = result.usage
-        secrets_ = self._secrets | _tier_keys(extractor)
+        _register_tier_keys(extractor)
         written: list[str] = []
         with self.transaction() as c:
             if result.schema_hash not in self._versions_written:
@@ -301,7 +316,7 @@ class Ledger:
                 " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (ext_id, run_id, result.document_sha256, path, result.schema_hash,
                  config_hash or extractor.config_hash, "ok" if result.ok else "failed", result.tier,
-                 result.outcome.value, value_json, scrub(result.error, secrets_),
+                 result.outcome.value, value_json, result.error,
                  len(result.attempts), usage.prompt_tokens, usage.completion_tokens,
                  result.cost_usd, result.latency_s, now, forced_tier),
             )  # fmt: skip
@@ -322,7 +337,7 @@ class Ledger:
                 " latency_s, started_at, finish_reason, status_code, prompt_hash, schema_hash,"
                 " output, follows, won, current, served_model, fingerprint)"
                 " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                [(*_attempt_row(new_id(), ext_id, run_id, a, secrets_, follows),
+                [(*_attempt_row(new_id(), ext_id, run_id, a, follows),
                   int(result.ok and a.tier == result.tier), int(forced_tier is None), a.served_model,
                   a.fingerprint)
                  for a, follows in zip(result.attempts, _follows(result.attempts), strict=True)],
@@ -410,15 +425,10 @@ def _json_or_none(v: Any) -> str | None:
     return None if v is None else json.dumps(v, ensure_ascii=False, default=str)
 
 
-def _tier_keys(extractor: Any) -> set[str]:
-    keys = set()
+def _register_tier_keys(extractor: Any) -> None:
     for tier in getattr(extractor, "tiers", []):
-        if tier.api_key:
-            keys.add(tier.api_key)
-        env = os.environ.get(tier.api_key_env)
-        if env:
-            keys.add(env)
-    return keys
+        _redact.register(tier.api_key)
+        _redact.register_env(tier.api_key_env)
 
 
 _VALIDATION = {o.value for o in VALIDATION_OUTCOMES}
@@ -437,13 +447,13 @@ def _follows(attempts: list[Attempt]) -> list[str | None]:
 
 
 def _attempt_row(
-    aid: str, ext_id: str, run_id: str | None, a: Attempt, secrets_: set[str], follows: str | None
+    aid: str, ext_id: str, run_id: str | None, a: Attempt, follows: str | None
 ) -> tuple[Any, ...]:
     return (
         aid, ext_id, run_id, a.tier, a.model, a.number, a.outcome.value,
-        scrub(a.error, secrets_),
+        a.error,
         json.dumps(a.errors, ensure_ascii=False) if a.errors is not None else None,
         a.usage.prompt_tokens, a.usage.completion_tokens, a.usage.cached_tokens, a.cost_usd,
         a.latency_s, a.started_at, a.finish_reason, a.status_code, a.prompt_hash,
-        a.schema_hash, scrub(a.output, secrets_), follows,
+        a.schema_hash, a.output, follows,
     )  # fmt: skip
