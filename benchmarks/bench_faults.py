@@ -29,9 +29,9 @@ from benchmarks.stub_server import FAULT_KINDS
 
 SIZES = {
     "tiny": {"documents": 17, "timeout": 1.0, "concurrency": 16, "fault_rate": 0.0, "hang_s": 2.5, "drip_s": 2.5,
-             "huge_mb": 2.0},
+             "huge_mb": 1.0},
     "full": {"documents": 240, "timeout": 1.5, "concurrency": 16, "fault_rate": 0.05, "hang_s": 30.0,
-             "drip_s": 6.0, "huge_mb": 12.0},
+             "drip_s": 6.0, "huge_mb": 16.0},
 }  # fmt: skip
 # one model per tier: the stub tells the tiers apart by the request's model
 MODELS = {"zero_shot": "gpt-4o-mini", "few_shot": "gpt-4o", "fine_tuned": "ft:gpt-4o-mini-2024-07-18:acme:inv:f4u1t"}
@@ -71,6 +71,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=12)
     p.add_argument("--cli-timeout", type=float, default=600, help="kill the extract run after this many seconds")
     p.add_argument("--keep", type=Path, default=None, help="keep the work folder here (ledger, logs, reports)")
+    p.add_argument("--analyse", type=Path, default=None, help="check a folder kept by --keep again (runs nothing)")
     ns = p.parse_args(argv)
     for k, v in SIZES[ns.size].items():
         if getattr(ns, k) is None:
@@ -236,6 +237,11 @@ def grep_key(tmp: Path, ledger: Path, out: Path, extract: subprocess.CompletedPr
     """Occurrences of the key's secret part in every artifact a user can read."""
     db = sqlite3.connect(ledger)
     dump = "\n".join(db.iterdump())
+    tables = [t for (t,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    for t in tables:  # where, for the reader; the check counts the dump
+        n = sum(repr(tuple(r)).count(KEY_SECRET) for r in db.execute(f'SELECT * FROM "{t}"'))
+        if n:
+            print(f"key in ledger table {t}: {n}", file=sys.stderr)
     db.close()
     hits = {"ledger dump (every table)": dump.count(KEY_SECRET),
             "--out": out.read_text().count(KEY_SECRET) if out.exists() else 0,
@@ -257,11 +263,20 @@ def grep_key(tmp: Path, ledger: Path, out: Path, extract: subprocess.CompletedPr
 def main(argv: list[str] | None = None) -> int:
     ns = parse(argv)
     with tempfile.TemporaryDirectory() as tmp_name:
-        tmp = ns.keep or Path(tmp_name)
+        tmp = ns.analyse or ns.keep or Path(tmp_name)
         tmp.mkdir(parents=True, exist_ok=True)
         log, ledger, out = tmp / "stub.jsonl", tmp / "ledger.sqlite3", tmp / "out.jsonl"
-        for f in (log, ledger, out):
+        for f in () if ns.analyse else (log, ledger, out):
             f.unlink(missing_ok=True)
+        if ns.analyse:  # a kept work folder: check it again, without running anything
+            inputs = {p.stem: "" for p in (tmp / "docs").glob("DOC-*.txt")}
+            ns.documents = len(inputs)
+            extract = subprocess.CompletedProcess([], -1, (tmp / "extract.stdout").read_text(),
+                                                  (tmp / "extract.stderr").read_text())  # fmt: skip
+            attempts = check_attempts(log, ledger, ns.timeout)
+            docs = check_documents(set(inputs), out, ledger)
+            hits = grep_key(tmp, ledger, out, extract)
+            return summarise(ns, 0.0, extract.returncode, attempts, docs, hits)
         inputs = make_inputs(tmp / "docs", ns.documents)
         with stub(faults=1, log=log, echo_key=1, seed=ns.seed, fault_rate=ns.fault_rate, hang_s=ns.hang_s,
                   drip_s=ns.drip_s, huge_mb=ns.huge_mb) as s:  # fmt: skip

@@ -29,7 +29,7 @@ from benchmarks._common import RESULTS, ROOT, document, machine, stub
 from benchmarks.bench_faults import doc_of
 
 SIZES = {
-    "tiny": {"documents": 60, "kills": 2, "latency": 0.1, "concurrency": 8, "kill_min": 0.2, "kill_max": 0.4},
+    "tiny": {"documents": 40, "kills": 1, "latency": 0.1, "concurrency": 8, "kill_min": 0.2, "kill_max": 0.4},
     "full": {"documents": 1000, "kills": 10, "latency": 0.3, "concurrency": 16, "kill_min": 0.5, "kill_max": 3.0},
 }  # fmt: skip
 KEY = "sk-bench-kill"

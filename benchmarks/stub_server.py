@@ -16,7 +16,8 @@ model (the n-th request for a document and a tier is that tier's attempt n). A d
 ``Fault-plan: MODEL=KIND ...`` line decides the fault of the first request to each model it
 names; other requests draw one with ``--fault-rate`` from a ``random.Random`` seeded with
 (``--seed``, document, model, number), so a run is reproducible. Every request is written to
-``--log`` (JSON Lines) when it arrives and again when it is answered, with the fault injected.
+``--log`` (JSON Lines) when it arrives and again when it is answered (a hang: dropped), with the
+fault injected.
 ``--echo-key`` puts the request's ``Authorization`` header into every field a provider could echo
 it into: error bodies, refusal text, ``model``, ``system_fingerprint`` (and the tool arguments of
 the ``echo_args`` fault).
@@ -209,9 +210,12 @@ class Faults:
         auth = request.headers.get("Authorization", "") if self.args.echo_key else ""
         try:
             response = await self.respond(request, body, kind, text, auth)
+        except ConnectionError:  # the client gave up (a timeout) while a drip was still sending
+            response = web.Response(status=204)
         finally:
+            # "answered": the provider did the work (it bills it, whether the client is still there)
             self.stats["answered"] += 1
-            self.write(event="answered", t=time.time(), **entry)
+            self.write(event="dropped" if kind == "hang" else "answered", t=time.time(), **entry)
         return response
 
     # -- the answers ---------------------------------------------------------------------------
