@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -247,8 +248,10 @@ def grep_key(tmp: Path, ledger: Path, out: Path, extract: subprocess.CompletedPr
             "--out": out.read_text().count(KEY_SECRET) if out.exists() else 0,
             "extract stdout": extract.stdout.count(KEY_SECRET), "extract stderr": extract.stderr.count(KEY_SECRET)}  # fmt: skip
     html, csv = tmp / "report.html", tmp / "report.csv"
-    as_json = cli("report", "--ledger", str(ledger), "--json", "--html", str(html), "--csv", str(csv))
-    terminal = cli("report", "--ledger", str(ledger))
+    with ThreadPoolExecutor(2) as pool:  # two CLI start-ups at once
+        json_run = pool.submit(cli, "report", "--ledger", str(ledger), "--json", "--html", str(html), "--csv", str(csv))
+        terminal_run = pool.submit(cli, "report", "--ledger", str(ledger))
+        as_json, terminal = json_run.result(), terminal_run.result()
     for name, proc in (("report --json", as_json), ("report (terminal)", terminal)):
         hits[f"{name} stdout"] = proc.stdout.count(KEY_SECRET)
         hits[f"{name} stderr"] = proc.stderr.count(KEY_SECRET)
