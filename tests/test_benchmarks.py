@@ -11,12 +11,16 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.stub_server import FAULT_KINDS
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ["bench_overhead", "bench_throughput", "bench_ratelimit", "bench_resume", "bench_memory",
-           "bench_report", "bench_fewshot"]  # fmt: skip
+           "bench_report", "bench_fewshot", "bench_faults", "bench_kill"]  # fmt: skip
+# checks rather than timings: they exit 3 when a check fails (the figures are still written)
+CHECKS = ["bench_faults", "bench_kill"]
 
 
-@pytest.mark.parametrize("name", SCRIPTS)
+@pytest.mark.parametrize("name", [s for s in SCRIPTS if s not in CHECKS])
 def test_benchmark_runs_at_tiny_size(name, tmp_path):
     out = tmp_path / f"{name}.json"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
@@ -29,8 +33,39 @@ def test_benchmark_runs_at_tiny_size(name, tmp_path):
         assert isinstance(row["value"], (int, float)), row
 
 
+def test_fault_plan_puts_every_kind_on_every_tier():
+    from benchmarks.bench_faults import MODELS, plan
+
+    planned = {plan(i)[:2] for i in range(240)}
+    assert planned == {(k, t) for k in ("none", *FAULT_KINDS) for t in MODELS}
+    kind, tier, faults = plan(17 * 2 + 5)  # third tier: the two before refuse
+    assert tier == "fine_tuned" and list(faults.values()) == ["refusal", "refusal", kind]
+
+
 def test_run_all_lists_every_script():
     from benchmarks.run_all import SCRIPTS as listed
 
     assert listed == SCRIPTS
     assert sorted(p.stem for p in (ROOT / "benchmarks").glob("bench_*.py")) == sorted(SCRIPTS)
+
+
+@pytest.mark.parametrize("name", CHECKS)
+def test_check_benchmark_runs_at_tiny_size(name, tmp_path):
+    """The harness runs end to end and writes its figures. Whether the checks pass is the
+    benchmark's own verdict (exit 3, listed in "failed_checks"), asserted at full size by
+    `python -m benchmarks.run_all`, not here: this only keeps the harness from rotting."""
+    out = tmp_path / f"{name}.json"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-m", f"benchmarks.{name}", "--size", "tiny", "--out", str(out),
+                           "--keep", str(tmp_path / "work")],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode in (0, 3), proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert data["size"] == "tiny" and data["rows"]
+    assert (proc.returncode == 3) == bool(data["failed_checks"])
+    for row in data["rows"]:
+        assert isinstance(row["value"], (int, float)), row
+    if name == "bench_faults":  # one document per fault kind: each was injected and looked for
+        assert {k["fault"] for k in data["faults"] if k["injected"]} == {"none", *FAULT_KINDS}
+    else:
+        assert data["figures"]["requests_answered"] >= data["settings"]["documents"]
