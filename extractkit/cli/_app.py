@@ -23,7 +23,7 @@ app = typer.Typer(
 err = Console(stderr=True)
 out = Console()
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
 def fail_usage(message: str) -> typer.Exit:
@@ -52,6 +52,10 @@ def extract(
     rpm: Annotated[float | None, typer.Option(help="Requests/minute limit.")] = None,
     tpm: Annotated[float | None, typer.Option(help="Tokens/minute limit.")] = None,
     force: Annotated[bool, typer.Option(help="Extract again even if the ledger has it.")] = False,
+    retry_failed: Annotated[
+        bool, typer.Option(help="Also retry documents that failed validation (after a prompt or "
+                           "examples change). Transient failures are always retried; successes never.")
+    ] = False,
     ledger_path: Annotated[Path | None, typer.Option("--ledger", help="Ledger file.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
     include: Annotated[
@@ -62,7 +66,11 @@ def extract(
 
     Example: extractkit extract invoices/ --config extractkit.toml --out results.jsonl
 
-    Exit codes: 0 all documents extracted, 1 some failed (listed), 2 usage or config error.
+    A rerun resumes: successes are reused, transient failures (rate limit, API error, timeout,
+    connection error) are sent again, validation failures too with --retry-failed.
+
+    Exit codes: 0 all documents extracted, 1 some failed (listed), 2 usage or config error,
+    3 the provider stopped answering (the rest were left unattempted: run again to resume).
     """
     from ..batch import BatchRunner, RateLimiter
     from ..ledger import Ledger
@@ -80,7 +88,9 @@ def extract(
         path = ledger_path or cfg.resolve(cfg.ledger.path)
         with Ledger(path, store_text=cfg.ledger.store_text) as ledger:
             runner = BatchRunner(extractor, ledger, concurrency=concurrency or cfg.batch.concurrency,
-                                 force=force, out=out_path, include=include, freeze_gc=True)  # fmt: skip
+                                 force=force, retry_failed=retry_failed, out=out_path, include=include,
+                                 freeze_gc=True, max_bytes=cfg.batch.max_bytes,
+                                 max_chars=cfg.batch.max_chars)  # fmt: skip
             code = _run_batch(runner, ledger, paths, as_json)
     except ExtractkitError as exc:
         raise fail_usage(str(exc)) from None
@@ -150,6 +160,10 @@ def _run_batch(runner: Any, ledger: Any, paths: list[Path], as_json: bool) -> in
         print(json.dumps(summary.to_dict(), indent=2))
     else:
         _print_summary(summary, ledger)
+    if summary.error:  # the provider stopped answering: say where, once, without a traceback
+        err.print("[bold red]error:[/]", end=" ")
+        err.print(summary.error, highlight=False, markup=False, soft_wrap=True)
+        return EXIT_UNREACHABLE
     return EXIT_OK if not summary.failed_paths else EXIT_FAILED
 
 
@@ -158,9 +172,17 @@ def _print_summary(summary: Any, ledger: Any) -> None:
     for col in ("documents", "ok", "failed", "errors", "skipped", "resumed", "attempts", "cost"):
         table.add_column(col, justify="right")
     table.add_row(*(str(x) for x in (summary.documents, summary.ok, summary.failed,
-                  summary.errors, summary.skipped, summary.resumed, summary.attempts)),
-                  _money(summary.cost_usd))  # fmt: skip
+                  summary.errors, summary.skipped + summary.special, summary.resumed,
+                  summary.attempts)), _money(summary.cost_usd))  # fmt: skip
     out.print(table)
+    notes = [f"{n} {what}" for n, what in (
+        (summary.retried, "retried (last result transient or, with --retry-failed, invalid)"),
+        (summary.duplicates, "identical to another path (sent once)"),
+        (summary.special, "special files (FIFO, socket, device) skipped unopened"),
+        (summary.unattempted, "left unattempted"),
+    ) if n]  # fmt: skip
+    if notes:
+        out.print("; ".join(notes), highlight=False)
     if summary.wins:
         out.print("wins by tier: " + ", ".join(f"{k} {v}" for k, v in summary.wins.items()))
     if summary.failed_paths:
