@@ -262,12 +262,12 @@ def test_an_unreadable_folder_is_reported(tmp_path, mock_api, monkeypatch):
 
 
 def test_deeply_nested_html_is_parsed_in_linear_time(tmp_path):
-    n = 40_000  # the HTML parser takes ~10 s on this (quadratic in depth); 2.2 MB took 92 s
+    n = 100_000  # 1.2 MB: the HTML parser took ~30 s on this (quadratic in depth); 2.2 MB took 92 s
     path = tmp_path / "deep.html"
     path.write_text("<html><body><p>From: Deep Ltd</p>" + "<div>x" * n + "</div>" * n + "</body></html>")
     started = time.perf_counter()
     doc = load(path, "html")
-    assert time.perf_counter() - started < 4  # ~0.05 s here: a wide margin for a noisy machine
+    assert time.perf_counter() - started < 5  # ~0.1 s now: a wide margin for a noisy machine
     assert doc.text.startswith("From: Deep Ltd") and doc.text.count("x") == n
 
 
