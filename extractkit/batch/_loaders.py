@@ -107,14 +107,50 @@ def walk(
     for root in paths:
         root = Path(root)
         if root.is_dir():
-            for dirpath, dirnames, filenames in os.walk(root, onerror=report, followlinks=False):
-                dirnames.sort()
-                for name in sorted(filenames):
-                    p = Path(dirpath) / name
-                    if _included(p, include):
-                        yield p, _kind(p)
+            yield from _walk_dir(root, include, report)
         elif _included(root, include):
             yield root, _kind(root)
+
+
+def _walk_dir(
+    root: Path, include: list[str] | None, report: Callable[[OSError], None]
+) -> Iterator[tuple[Path, str | None]]:
+    """``os.walk``'s order (a folder's files sorted, then its subfolders, sorted, depth first),
+    typed from the directory entries: no extra ``stat`` per file except for symlinks."""
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            with os.scandir(folder) as it:
+                entries = list(it)
+        except OSError as exc:
+            report(exc)
+            continue
+        files, folders = [], []
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    folders.append(entry)
+                elif not (entry.is_symlink() and entry.is_dir()):  # linked folders are not followed
+                    files.append(entry)
+            except OSError:
+                files.append(entry)
+        for entry in sorted(files, key=lambda e: e.name):
+            p = Path(entry.path)
+            if _included(p, include):
+                yield p, _entry_kind(entry, p)
+        stack.extend(Path(e.path) for e in sorted(folders, key=lambda e: e.name, reverse=True))
+
+
+def _entry_kind(entry: os.DirEntry[str], path: Path) -> str | None:
+    try:
+        if entry.is_symlink():
+            return _kind(path)  # what it points to decides
+        if not entry.is_file(follow_symlinks=False):
+            return SPECIAL  # neither a file, a folder nor a link: a FIFO, socket or device
+    except OSError:
+        pass  # reading it will say what is wrong
+    return TEXT_TYPES.get(path.suffix.lower())
 
 
 def dir_error(exc: OSError) -> DocumentError:
