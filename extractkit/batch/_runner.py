@@ -234,14 +234,16 @@ class BatchRunner:
 
     async def _extract(self, doc: Document, run_id: str, summary: BatchSummary) -> DocResult | None:
         ex = self.extractor
+        retry = False
         if not self.force:
             row = self.ledger.find_final(doc.sha256, ex.schema_hash, ex.config_hash)
             if row is not None:
                 if retry_reason(row["status"], row["outcome"], retry_failed=self.retry_failed) is None:
                     return self._from_ledger(doc, row)
-                summary.retried += 1
+                retry = True
         if self._stop is not None:
             return None
+        summary.retried += retry
         try:
             result = await ex.aextract(
                 doc.text, run_id=run_id, path=doc.path, size=doc.size, doc_type=doc.type

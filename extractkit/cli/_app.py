@@ -134,8 +134,11 @@ def _run_batch(runner: Any, ledger: Any, paths: list[Path], as_json: bool) -> in
         console=err, transient=False, disable=as_json or not err.is_terminal,
     )  # fmt: skip
     task = progress.add_task("", total=None)
+    details: dict[str, str] = {}  # path -> why it was not extracted
 
     def on_result(r: Any, s: Any) -> None:
+        if r.status != "ok":
+            details[r.path] = r.error or r.outcome or r.status
         wins = " ".join(f"{k}:{v}" for k, v in s.wins.items())
         fails = " ".join(f"{k}:{v}" for k, v in s.tier_failures.items())
         progress.update(
@@ -159,7 +162,7 @@ def _run_batch(runner: Any, ledger: Any, paths: list[Path], as_json: bool) -> in
     if as_json:
         print(json.dumps(summary.to_dict(), indent=2))
     else:
-        _print_summary(summary, ledger)
+        _print_summary(summary, ledger, details)
     if summary.error:  # the provider stopped answering: say where, once, without a traceback
         err.print("[bold red]error:[/]", end=" ")
         err.print(summary.error, highlight=False, markup=False, soft_wrap=True)
@@ -167,7 +170,7 @@ def _run_batch(runner: Any, ledger: Any, paths: list[Path], as_json: bool) -> in
     return EXIT_OK if not summary.failed_paths else EXIT_FAILED
 
 
-def _print_summary(summary: Any, ledger: Any) -> None:
+def _print_summary(summary: Any, ledger: Any, details: dict[str, str] | None = None) -> None:
     table = Table(title=f"batch {summary.run_id} ({summary.status})")
     for col in ("documents", "ok", "failed", "errors", "skipped", "resumed", "attempts", "cost"):
         table.add_column(col, justify="right")
@@ -193,7 +196,7 @@ def _print_summary(summary: Any, ledger: Any) -> None:
         by_path = {r["path"]: r for r in rows}
         for p in summary.failed_paths:
             r = by_path.get(p)
-            detail = (r["error"] or r["outcome"]) if r else "see the ledger"
+            detail = (details or {}).get(p) or ((r["error"] or r["outcome"]) if r else "see the ledger")
             out.print(f"  {p}: {detail}", highlight=False, markup=False)
     out.print(f"ledger: {ledger.path}", highlight=False)
 
