@@ -200,10 +200,11 @@ class BatchRunner:
         )  # fmt: skip
         return DocResult(path=path, status="error", outcome=exc.kind, error=str(exc))
 
-    def _seen_at(self, doc: Document, path: Path, run_id: str) -> None:
+    async def _seen_at(self, doc: Document, path: Path, run_id: str) -> None:
         self._paths.append((doc.sha256, doc.path, os.fsencode(path), run_id))
-        if len(self._paths) >= PATHS_FLUSH:
-            self._flush_paths()
+        if len(self._paths) >= PATHS_FLUSH:  # written off the loop: it waits for the ledger's lock
+            rows, self._paths = self._paths, []
+            await asyncio.to_thread(self.ledger.add_document_paths, rows)
 
     def _flush_paths(self) -> None:
         rows, self._paths = self._paths, []
@@ -215,7 +216,7 @@ class BatchRunner:
             doc = await _load(path, doc_type, self.max_bytes, self.max_chars)
         except DocumentError as exc:
             return self._error(run_id, exc, display_path(path))
-        self._seen_at(doc, path, run_id)
+        await self._seen_at(doc, path, run_id)
         first = self._seen.get(doc.sha256)
         if first is not None:  # identical content: share the first path's extraction
             shared = await asyncio.shield(first)
