@@ -483,3 +483,35 @@ def test_a_folder_of_hostile_inputs_loses_nothing_good(tmp_path, mock_api, monke
     assert db_rows(db, "SELECT COUNT(*) FROM document_paths") == [(len(good_names),)]
     errors = db_rows(db, "SELECT path, outcome FROM extractions WHERE status = 'error'")
     assert sorted((p.removeprefix(str(docs) + "/"), k) for p, k in errors) == sorted(bad.items())
+
+
+def test_cli_rerun_after_an_outage_retries_what_failed_transiently(tmp_path):
+    """The issue's report: a down provider, then the same command once it is back, resumed every
+    document as final ("resumed": 2, "attempts": 0, exit 1)."""
+    from .fakes import FakeLLMServer, error_body
+    from .test_batch import cli, write_config
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i in range(2):
+        (docs / f"d{i}.txt").write_text(invoice(i))
+    state = {"down": True}
+
+    def responder(body):
+        if state["down"]:
+            return 503, error_body("upstream down", type_="server_error"), {}
+        return echo_invoice_responder(body)
+
+    with FakeLLMServer(responder) as server:
+        cfg = write_config(tmp_path, server.base_url)
+        args = ["extract", str(docs), "--config", str(cfg), "--ledger", str(tmp_path / "l.db"), "--json"]
+        first = cli(*args)
+        assert first.returncode == 1 and json.loads(first.stdout)["failed"] == 2, first.stderr
+        state["down"] = False
+        second = cli(*args)
+        summary = json.loads(second.stdout)
+        assert second.returncode == 0, second.stderr
+        assert (summary["ok"], summary["retried"], summary["resumed"], summary["attempts"]) == (2, 2, 0, 2)
+        sent = len(server.requests)
+        third = cli(*args)  # nothing left to do: no request
+        assert third.returncode == 0 and len(server.requests) == sent
