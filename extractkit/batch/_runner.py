@@ -338,8 +338,11 @@ class BatchRunner:
             if self._stop is not None:
                 status = STOPPED
                 summary.provider_url = self._stop.url
+                said = str(self._stop)
+                if self._stop.url not in said:  # the URL is named whatever the message says
+                    said = f"provider unreachable at {self._stop.url}: {said}"
                 summary.error = (
-                    f"{self._stop}; stopped sending: {summary.unattempted} document(s) left"
+                    f"{said}; stopped sending: {summary.unattempted} document(s) left"
                     " unattempted; run the same command again when the provider answers"
                 )
         except Exception:
