@@ -93,6 +93,9 @@ class BatchConfig(BaseModel):
     concurrency: int = Field(8, ge=1, le=1024)
     rpm: float | None = Field(None, gt=0)
     tpm: float | None = Field(None, gt=0)
+    # documents over these are refused before parsing (too_large / text_too_large); see batch._loaders
+    max_bytes: int = Field(32 * 1024 * 1024, ge=1)
+    max_chars: int = Field(2_000_000, ge=1)
 
 
 class Config(BaseModel):

@@ -1,14 +1,39 @@
-"""Walk folders and turn files into text, one at a time (nothing is read ahead of need)."""
+"""Walk folders and turn files into text, one at a time (nothing is read ahead of need).
+
+Every way a file can be unusable ends in a ``DocumentError`` with its own ``kind``, so one bad
+file never costs the others:
+
+- ``too_large``: over ``max_bytes`` on disk (checked with ``stat`` before anything is read);
+  ``text_too_large``: more than ``max_chars`` characters of extracted text (PDF extraction stops
+  at the limit, plain text is refused before it is hashed or stored).
+- ``special_file``: a FIFO, socket or device given directly. The walk skips these without opening
+  them; ``read_bytes`` refuses anything that ``stat`` does not call a regular file before opening.
+- ``binary``: a NUL character anywhere in the text (one rule for the whole file).
+- ``invalid_utf8`` / ``invalid_utf16`` / ``invalid_utf32``: undecodable text. UTF-16 and UTF-32
+  are decoded when a byte-order mark says so; anything else must be UTF-8.
+- ``corrupt_pdf``, ``encrypted_pdf`` (a PDF that an empty password does not open), ``no_text``,
+  ``empty``, ``unreadable``, ``symlink_loop``, ``missing``; ``unreadable_dir`` for a folder the
+  walk could not list.
+
+Paths: a file name is bytes on POSIX and need not be UTF-8. ``display_path`` is the readable,
+lossless text form used in messages, ``--out`` and the ledger's text columns: the name decoded as
+UTF-8 with each undecodable byte written ``\\xff``; the exact bytes are ``os.fsencode(path)``
+(stored beside it in the ledger's ``document_paths.path_bytes``).
+"""
 
 from __future__ import annotations
 
+import codecs
 import errno
 import fnmatch
 import hashlib
+import html as html_lib
 import io
 import logging
 import os
-from collections.abc import Iterator
+import re
+import stat
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,54 +41,210 @@ from .._errors import DocumentError
 
 TEXT_TYPES = {".txt": "txt", ".md": "md", ".json": "json", ".html": "html", ".htm": "html",
               ".pdf": "pdf"}  # fmt: skip
-MAX_BYTES = 50 * 1024 * 1024  # a document larger than this is refused, not read
+SPECIAL = "special"  # the type ``walk`` yields for a FIFO, socket or device: skipped, never opened
+DIR_ERROR = "unreadable_dir"  # the error kind of a folder that could not be listed
+
+MAX_BYTES = 32 * 1024 * 1024  # a file larger than this is refused before it is read
+MAX_CHARS = 2_000_000  # extracted text longer than this is refused (~500k tokens, past any context)
+MAX_HTML_DEPTH = 512  # deeper element nesting is flattened (Blink's HTML parser caps depth at 512 too)
 
 
 @dataclass(frozen=True)
 class Document:
-    path: str
+    path: str  # display_path() of the file
     text: str
     sha256: str  # of the text, UTF-8
     size: int
     type: str
 
 
+def display_path(path: str | os.PathLike[str]) -> str:
+    """The readable form of a path: valid UTF-8 as is, any other byte as ``\\xNN``.
+
+    Always encodable as UTF-8 (SQLite, JSON, the terminal); ``os.fsencode(path)`` keeps the
+    exact bytes.
+    """
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def _included(path: Path, include: list[str] | None) -> bool:
     return not include or any(fnmatch.fnmatch(path.name, pat) for pat in include)
 
 
-def walk(paths: list[str | Path], include: list[str] | None = None) -> Iterator[tuple[Path, str | None]]:
-    """Yield (file, type) for every file under ``paths``; type None for unsupported files.
+def _is_special(path: Path) -> bool:
+    """A FIFO, socket or device (following a symlink; a broken link is not special: reading it
+    reports it)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
 
+
+def _kind(path: Path) -> str | None:
+    return SPECIAL if _is_special(path) else TEXT_TYPES.get(path.suffix.lower())
+
+
+def walk(
+    paths: list[str | Path],
+    include: list[str] | None = None,
+    on_error: Callable[[OSError], None] | None = None,
+) -> Iterator[tuple[Path, str | None]]:
+    """Yield (path, type) for every file under ``paths``: a document type, None for unsupported
+    files, ``SPECIAL`` for FIFOs, sockets and devices (never opened).
+
+    A folder that cannot be listed is passed to ``on_error`` (``dir_error(exc)`` makes it a
+    ``DocumentError``) and the walk goes on; without ``on_error`` its ``DocumentError`` is raised.
     Directories are walked recursively without following directory symlinks (no loops);
     a symlinked *file* is yielded, and reading it reports a loop or a dangling link.
     """
+
+    def report(exc: OSError) -> None:
+        if on_error is None:
+            raise dir_error(exc) from exc
+        on_error(exc)
+
     for root in paths:
         root = Path(root)
         if root.is_dir():
-            for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-                dirnames.sort()
-                for name in sorted(filenames):
-                    p = Path(dirpath) / name
-                    if _included(p, include):
-                        yield p, TEXT_TYPES.get(p.suffix.lower())
+            yield from _walk_dir(root, include, report)
         elif _included(root, include):
-            yield root, TEXT_TYPES.get(root.suffix.lower())
+            yield root, _kind(root)
+
+
+def _walk_dir(
+    root: Path, include: list[str] | None, report: Callable[[OSError], None]
+) -> Iterator[tuple[Path, str | None]]:
+    """``os.walk``'s order (a folder's files sorted, then its subfolders, sorted, depth first),
+    typed from the directory entries: no extra ``stat`` per file except for symlinks."""
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            with os.scandir(folder) as it:
+                entries = list(it)
+        except OSError as exc:
+            report(exc)
+            continue
+        files, folders = [], []
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    folders.append(entry)
+                elif not (entry.is_symlink() and entry.is_dir()):  # linked folders are not followed
+                    files.append(entry)
+            except OSError:
+                files.append(entry)
+        for entry in sorted(files, key=lambda e: e.name):
+            p = Path(entry.path)
+            if _included(p, include):
+                yield p, _entry_kind(entry, p)
+        stack.extend(Path(e.path) for e in sorted(folders, key=lambda e: e.name, reverse=True))
+
+
+def _entry_kind(entry: os.DirEntry[str], path: Path) -> str | None:
+    try:
+        if entry.is_symlink():
+            return _kind(path)  # what it points to decides
+        if not entry.is_file(follow_symlinks=False):
+            return SPECIAL  # neither a file, a folder nor a link: a FIFO, socket or device
+    except OSError:
+        pass  # reading it will say what is wrong
+    return TEXT_TYPES.get(path.suffix.lower())
+
+
+def dir_error(exc: OSError) -> DocumentError:
+    """The error for a folder ``walk`` could not list."""
+    p = display_path(exc.filename) if exc.filename is not None else "?"
+    reason = exc.strerror or type(exc).__name__
+    return DocumentError(f"{p}: folder not read ({reason}); its files were not extracted",
+                         path=p, kind=DIR_ERROR)  # fmt: skip
+
+
+_BOMS = (  # UTF-32 first: its little-endian mark starts with UTF-16's
+    (codecs.BOM_UTF32_LE, "utf-32", "invalid_utf32"),
+    (codecs.BOM_UTF32_BE, "utf-32", "invalid_utf32"),
+    (codecs.BOM_UTF16_LE, "utf-16", "invalid_utf16"),
+    (codecs.BOM_UTF16_BE, "utf-16", "invalid_utf16"),
+)
 
 
 def _decode(data: bytes, path: str) -> str:
-    if b"\x00" in data[:8192]:
-        raise DocumentError(f"{path}: binary file (NUL bytes), not text", path=path, kind="binary")
+    """Text from bytes: UTF-16/32 when a byte-order mark says so, else UTF-8 (a UTF-8 mark is
+    dropped). One NUL rule for the whole text: any NUL character makes the file binary."""
+    encoding, kind = "utf-8-sig", "invalid_utf8"
+    for bom, enc, k in _BOMS:
+        if data.startswith(bom):
+            encoding, kind = enc, k
+            break
+    else:
+        at = data.find(b"\x00")  # before decoding: a binary file fails fast, whatever its size
+        if at >= 0:
+            raise DocumentError(f"{path}: binary file (NUL byte at offset {at}), not text",
+                                path=path, kind="binary")  # fmt: skip
     try:
-        return data.decode("utf-8-sig")
+        text = data.decode(encoding)
     except UnicodeDecodeError as exc:
+        name = encoding.removesuffix("-sig").upper()
         raise DocumentError(
-            f"{path}: not valid UTF-8 at byte {exc.start} ({exc.reason})",
-            path=path, kind="invalid_utf8",
-        ) from exc  # fmt: skip
+            f"{path}: not valid {name} at byte {exc.start} ({exc.reason})", path=path, kind=kind
+        ) from exc
+    at = text.find("\x00")
+    if at >= 0:
+        raise DocumentError(f"{path}: binary file (NUL character at position {at}), not text",
+                            path=path, kind="binary")  # fmt: skip
+    return text
+
+
+_TAG = re.compile(r"<(/?)([A-Za-z][A-Za-z0-9-]*)[^>]*?(/?)>")
+# elements that never nest or that HTML closes implicitly: they do not count toward depth
+_FLAT = frozenset({
+    "area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "param", "source",
+    "track", "wbr", "p", "li", "dt", "dd", "tr", "td", "th", "option", "optgroup", "thead", "tbody",
+    "tfoot", "colgroup", "rb", "rt", "rp",
+})  # fmt: skip
+_DROP_OPEN = re.compile(r"<(script|style|noscript|template)\b", re.IGNORECASE)
+_ANY_TAG = re.compile(r"<[^>]*>")
+
+
+def html_depth_over(html: str, limit: int = MAX_HTML_DEPTH) -> bool:
+    """Whether element nesting goes deeper than ``limit`` (a linear scan that stops there)."""
+    depth = 0
+    for m in _TAG.finditer(html):
+        if m.group(2).lower() in _FLAT or m.group(3):
+            continue
+        if m.group(1):
+            depth = max(depth - 1, 0)
+        else:
+            depth += 1
+            if depth > limit:
+                return True
+    return False
+
+
+def _drop_code(html: str) -> str:
+    """``html`` without script, style, noscript and template elements (linear: each search starts
+    where the last one ended; an unclosed one runs to the end)."""
+    lower = html.lower()
+    parts, pos = [], 0
+    while (m := _DROP_OPEN.search(html, pos)) is not None:
+        parts.append(html[pos : m.start()])
+        end = lower.find(f"</{m.group(1).lower()}", m.end())
+        if end < 0:
+            return "".join(parts)
+        close = lower.find(">", end)
+        pos = len(html) if close < 0 else close + 1
+    parts.append(html[pos:])
+    return "".join(parts)
 
 
 def _html_text(html: str) -> str:
+    if html_depth_over(html):
+        # the HTML parser is quadratic in nesting depth (2.2 MB of nested <div>: 92 s); past the
+        # depth no real page reaches, take the text between the tags instead (linear)
+        text = _ANY_TAG.sub("\n", _drop_code(html))
+        return "\n".join(line for line in html_lib.unescape(text).splitlines() if line.strip())
+
     from selectolax.lexbor import LexborHTMLParser as HTMLParser
 
     tree = HTMLParser(html)
@@ -73,13 +254,35 @@ def _html_text(html: str) -> str:
     return root.text(separator="\n") if root is not None else ""
 
 
-def _pdf_text(data: bytes, path: str) -> str:
+def _pdf_text(data: bytes, path: str, max_chars: int) -> str:
     import pypdf
+    from pypdf.errors import DependencyError, FileNotDecryptedError
 
     logging.getLogger("pypdf").setLevel(logging.ERROR)
     try:
         reader = pypdf.PdfReader(io.BytesIO(data))
-        pages = [page.extract_text() or "" for page in reader.pages]
+        if reader.is_encrypted:
+            try:
+                opened = reader.decrypt("")  # many PDFs are encrypted with an empty user password
+            except DependencyError as exc:
+                raise DocumentError(
+                    f"{path}: encrypted PDF; decrypting it needs the cryptography package ({exc})",
+                    path=path, kind="encrypted_pdf",
+                ) from exc  # fmt: skip
+            if not opened:
+                raise DocumentError(f"{path}: encrypted PDF (password protected); decrypt it first",
+                                    path=path, kind="encrypted_pdf")  # fmt: skip
+        pages: list[str] = []
+        n = 0
+        for page in reader.pages:
+            pages.append(page.extract_text() or "")
+            n += len(pages[-1]) + 1
+            if n > max_chars:  # stop extracting: the document is refused anyway
+                _too_many_chars(path, n, max_chars, at_least=True)
+    except DocumentError:
+        raise
+    except FileNotDecryptedError as exc:
+        raise DocumentError(f"{path}: encrypted PDF ({exc})", path=path, kind="encrypted_pdf") from exc
     except Exception as exc:  # pypdf raises many kinds on broken files
         raise DocumentError(
             f"{path}: corrupt or unreadable PDF ({type(exc).__name__}: {exc})",
@@ -88,14 +291,33 @@ def _pdf_text(data: bytes, path: str) -> str:
     return "\n".join(pages)
 
 
-def read_bytes(path: Path) -> bytes:
-    p = str(path)
+def _too_many_chars(path: str, n: int, max_chars: int, *, at_least: bool = False) -> None:
+    more = "at least " if at_least else ""
+    raise DocumentError(
+        f"{path}: {more}{n} characters of text, over the {max_chars}-character limit"
+        " ([batch] max_chars)", path=path, kind="text_too_large",
+    )  # fmt: skip
+
+
+def read_bytes(path: Path, max_bytes: int = MAX_BYTES) -> bytes:
+    """The file's bytes, refusing special files (never waiting on one) and files over
+    ``max_bytes`` (checked before reading)."""
+    p = display_path(path)
     try:
-        size = path.stat().st_size
-        if size > MAX_BYTES:
-            raise DocumentError(f"{p}: {size} bytes, over the {MAX_BYTES}-byte limit",
+        before = path.stat()
+        if not stat.S_ISREG(before.st_mode):
+            raise DocumentError(f"{p}: not a regular file (FIFO, socket or device)", path=p,
+                                kind="special_file")  # fmt: skip
+        if before.st_size > max_bytes:
+            raise DocumentError(
+                f"{p}: {before.st_size} bytes, over the {max_bytes}-byte limit ([batch] max_bytes)",
+                path=p, kind="too_large",
+            )  # fmt: skip
+        data = path.read_bytes()  # a regular file: reading it cannot wait on a writer
+        if len(data) > max_bytes:  # it grew since the stat
+            raise DocumentError(f"{p}: over the {max_bytes}-byte limit ([batch] max_bytes)",
                                 path=p, kind="too_large")  # fmt: skip
-        return path.read_bytes()
+        return data
     except PermissionError as exc:
         raise DocumentError(f"{p}: permission denied", path=p, kind="unreadable") from exc
     except OSError as exc:
@@ -107,14 +329,16 @@ def read_bytes(path: Path) -> bytes:
                             kind="unreadable") from exc  # fmt: skip
 
 
-def load(path: Path, doc_type: str) -> Document:
-    """Read one file into text, or raise DocumentError saying exactly what is wrong with it."""
-    p = str(path)
-    data = read_bytes(path)
+def load(path: Path, doc_type: str, *, max_bytes: int = MAX_BYTES, max_chars: int = MAX_CHARS) -> Document:
+    """Read one file into text, or raise DocumentError saying exactly what is wrong with it.
+
+    Bounded: nothing over ``max_bytes`` is read, no text over ``max_chars`` is kept."""
+    p = display_path(path)
+    data = read_bytes(path, max_bytes)
     if not data.strip():
         raise DocumentError(f"{p}: empty file", path=p, kind="empty")
     if doc_type == "pdf":
-        text = _pdf_text(data, p)
+        text = _pdf_text(data, p, max_chars)
         if not text.strip():
             raise DocumentError(
                 f"{p}: PDF has no text layer (scanned image?); OCR it first",
@@ -127,5 +351,7 @@ def load(path: Path, doc_type: str) -> Document:
     text = text.strip()
     if not text:
         raise DocumentError(f"{p}: no text", path=p, kind="no_text")
+    if len(text) > max_chars:
+        _too_many_chars(p, len(text), max_chars)
     sha = hashlib.sha256(text.encode("utf-8")).hexdigest()
     return Document(path=p, text=text, sha256=sha, size=len(data), type=doc_type)

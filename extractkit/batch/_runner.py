@@ -1,9 +1,21 @@
 """The batch runner: documents from folders through an Extractor, recorded in a Ledger.
 
-Resume: a document whose text, schema and chain config already have a final result (ok or
-failed) in the ledger is not sent again unless ``force``. The output file is rewritten by every
-run with one line per document, so a run killed half-way and run again leaves each document
-exactly once in it.
+Resume: a document whose text, schema and chain config already have a final result in the ledger
+is not sent again unless ``force``, with two exceptions decided in ``retry_reason``: a failure
+whose outcome was transient (``TRANSIENT_OUTCOMES``: rate limit, API error, timeout, connection
+error) is always sent again, and one that failed validation (``VALIDATION_OUTCOMES``) is sent
+again with ``retry_failed`` (after a prompt or examples change). A success is never paid twice.
+
+Identical content is sent once per run: the first path to reach a document's sha256 extracts it,
+every other path waits for that result (an asyncio future per sha256) and gets its own line in
+``--out``; the ledger's ``document_paths`` keeps every path the content was seen at.
+
+When the extractor raises ``ProviderUnreachable`` (N consecutive connection failures), no new
+document is started: the rest are left unattempted (not recorded), the run ends with status
+``provider_unreachable`` and the summary names the URL.
+
+The output file is rewritten by every run with one line per document, so a run killed half-way
+and run again leaves each document exactly once in it.
 """
 
 from __future__ import annotations
@@ -11,21 +23,38 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import os
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
-from .._errors import ConfigError, DocumentError
+from .._errors import ConfigError, DocumentError, ProviderUnreachable
 from .._redact import redact_json
+from .._results import TRANSIENT_OUTCOMES, VALIDATION_OUTCOMES
 from ..ledger import Ledger
-from ._loaders import Document, load, walk
+from ._loaders import MAX_BYTES, MAX_CHARS, SPECIAL, Document, dir_error, display_path, load, walk
+
+_TRANSIENT = frozenset(o.value for o in TRANSIENT_OUTCOMES)
+_VALIDATION = frozenset(o.value for o in VALIDATION_OUTCOMES)
+STOPPED = "provider_unreachable"  # the run status when the provider stopped answering
+
+
+def retry_reason(status: str, outcome: str | None, *, retry_failed: bool = False) -> str | None:
+    """Why a document with this final ledger result is sent again, or None to reuse it."""
+    if status != "failed":
+        return None
+    if outcome in _TRANSIENT:
+        return "transient"
+    if retry_failed and outcome in _VALIDATION:
+        return "retry_failed"
+    return None
 
 
 @dataclass
 class DocResult:
-    path: str
+    path: str  # readable: UTF-8, any other byte of the file name written \xNN
     status: str  # ok | failed | error
     sha256: str | None = None
     tier: str | None = None
@@ -37,6 +66,7 @@ class DocResult:
     completion_tokens: int = 0
     cost_usd: float | None = 0.0
     resumed: bool = False
+    duplicate_of: str | None = None  # the path whose extraction this identical content shares
 
     def to_json(self) -> str:
         return json.dumps(redact_json(asdict(self)), ensure_ascii=False)  # the --out line
@@ -45,18 +75,25 @@ class DocResult:
 @dataclass
 class BatchSummary:
     run_id: str
-    status: str = "running"
+    status: str = "running"  # done | failed | interrupted | provider_unreachable
     documents: int = 0
     ok: int = 0
     failed: int = 0
     errors: int = 0
     skipped: int = 0  # unsupported file types
+    special: int = 0  # FIFOs, sockets, devices: skipped without being opened
     resumed: int = 0
+    retried: int = 0  # sent again: the last result was transient (or failed, with retry_failed)
+    duplicates: int = 0  # paths whose content another path of this run already extracted
+    unattempted: int = 0  # documents not started because the provider stopped answering
     attempts: int = 0  # made by this run (resumed documents add none)
     cost_usd: float | None = 0.0
+    error: str | None = None  # why the run stopped early (provider unreachable)
+    provider_url: str | None = None
     wins: Counter[str] = field(default_factory=Counter)
     tier_failures: Counter[str] = field(default_factory=Counter)
     failed_paths: list[str] = field(default_factory=list)
+    special_paths: list[str] = field(default_factory=list)
 
     def add(self, r: DocResult) -> None:
         self.documents += 1
@@ -69,6 +106,8 @@ class BatchSummary:
             self.errors += 1
         if r.status != "ok":
             self.failed_paths.append(r.path)
+        if r.duplicate_of is not None:
+            self.duplicates += 1
         if r.resumed:
             self.resumed += 1
         else:
@@ -84,21 +123,32 @@ class BatchSummary:
 
 
 INLINE_BYTES = 64 * 1024  # plain-text files this small are read on the loop: a thread hop costs more
+PATHS_FLUSH = 256  # document paths are written to the ledger in batches of this many
 
 
-async def _load(path: Path, doc_type: str) -> Document:
-    """PDFs, HTML and large files are read in a worker thread; small text files inline."""
+async def _load(
+    path: Path, doc_type: str, max_bytes: int = MAX_BYTES, max_chars: int = MAX_CHARS
+) -> Document:
+    """PDFs, HTML and large files are read in a worker thread; small text files inline (reading
+    never blocks: special files are refused without waiting on them)."""
     if doc_type in ("txt", "md", "json"):
         try:
             small = path.stat().st_size <= INLINE_BYTES
         except OSError:
             small = False  # let load() report it
         if small:
-            return load(path, doc_type)
-    return await asyncio.to_thread(load, path, doc_type)
+            return load(path, doc_type, max_bytes=max_bytes, max_chars=max_chars)
+    return await asyncio.to_thread(load, path, doc_type, max_bytes=max_bytes, max_chars=max_chars)
 
 
 class BatchRunner:
+    """Runs every document under some paths through an extractor.
+
+    ``retry_failed``: also send again documents whose last result failed validation.
+    ``max_bytes`` / ``max_chars``: refuse files larger than this on disk (before reading) or
+    with more characters of text than this (``too_large`` / ``text_too_large`` errors).
+    """
+
     def __init__(
         self,
         extractor: Any,
@@ -106,11 +156,16 @@ class BatchRunner:
         *,
         concurrency: int = 8,
         force: bool = False,
+        retry_failed: bool = False,
         out: str | Path | None = None,
         on_result: Callable[[DocResult, BatchSummary], None] | None = None,
         include: list[str] | None = None,
         freeze_gc: bool = False,
+        max_bytes: int = MAX_BYTES,
+        max_chars: int = MAX_CHARS,
     ):
+        if max_bytes < 1 or max_chars < 1:
+            raise ConfigError("max_bytes and max_chars must be at least 1")
         self.include = include
         # the CLI owns its process: moving everything alive at the start (modules, schemas, the
         # SDK's types) out of the collector's reach makes every later collection cheaper
@@ -119,9 +174,15 @@ class BatchRunner:
         self.ledger = ledger
         self.concurrency = concurrency
         self.force = force
+        self.retry_failed = retry_failed
+        self.max_bytes = max_bytes
+        self.max_chars = max_chars
         self.out = Path(out) if out else None
         self.on_result = on_result
         extractor.ledger = ledger
+        self._stop: ProviderUnreachable | None = None
+        self._seen: dict[str, asyncio.Future[DocResult | None]] = {}
+        self._paths: list[tuple[str, str, bytes, str | None]] = []
 
     def _from_ledger(self, doc: Document, row: Any) -> DocResult:
         return DocResult(
@@ -132,24 +193,67 @@ class BatchRunner:
             cost_usd=row["cost_usd"], resumed=True,
         )  # fmt: skip
 
-    async def _one(self, path: Path, doc_type: str, run_id: str, summary: BatchSummary) -> DocResult:
+    def _error(self, run_id: str, exc: DocumentError, path: str) -> DocResult:
         ex = self.extractor
+        self.ledger.record_error(
+            run_id=run_id, path=path, kind=exc.kind, message=str(exc),
+            schema_hash=ex.schema_hash, config_hash=ex.config_hash,
+        )  # fmt: skip
+        return DocResult(path=path, status="error", outcome=exc.kind, error=str(exc))
+
+    async def _seen_at(self, doc: Document, path: Path, run_id: str) -> None:
+        self._paths.append((doc.sha256, doc.path, os.fsencode(path), run_id))
+        if len(self._paths) >= PATHS_FLUSH:  # written off the loop: it waits for the ledger's lock
+            rows, self._paths = self._paths, []
+            await asyncio.to_thread(self.ledger.add_document_paths, rows)
+
+    def _flush_paths(self) -> None:
+        rows, self._paths = self._paths, []
+        self.ledger.add_document_paths(rows)
+
+    async def _one(self, path: Path, doc_type: str, run_id: str, summary: BatchSummary) -> DocResult | None:
+        """One document's result; None when it was left unattempted (the provider is down)."""
         try:
-            doc = await _load(path, doc_type)
+            doc = await _load(path, doc_type, self.max_bytes, self.max_chars)
         except DocumentError as exc:
-            self.ledger.record_error(
-                run_id=run_id, path=str(path), kind=exc.kind, message=str(exc),
-                schema_hash=ex.schema_hash, config_hash=ex.config_hash,
-            )  # fmt: skip
-            return DocResult(path=str(path), status="error", outcome=exc.kind, error=str(exc))
+            return self._error(run_id, exc, display_path(path))
+        await self._seen_at(doc, path, run_id)
+        first = self._seen.get(doc.sha256)
+        if first is not None:  # identical content: share the first path's extraction
+            shared = await asyncio.shield(first)
+            if shared is None:
+                return None
+            return replace(shared, path=doc.path, duplicate_of=shared.path, attempts=0, prompt_tokens=0,
+                           completion_tokens=0, cost_usd=0.0)  # fmt: skip
+        fut: asyncio.Future[DocResult | None] = asyncio.get_running_loop().create_future()
+        self._seen[doc.sha256] = fut
+        r: DocResult | None = None
+        try:
+            r = await self._extract(doc, run_id, summary)
+        finally:
+            fut.set_result(r)  # None on any failure: the waiters are left unattempted too
+        return r
+
+    async def _extract(self, doc: Document, run_id: str, summary: BatchSummary) -> DocResult | None:
+        ex = self.extractor
+        retry = False
         if not self.force:
             row = self.ledger.find_final(doc.sha256, ex.schema_hash, ex.config_hash)
             if row is not None:
-                return self._from_ledger(doc, row)
+                if retry_reason(row["status"], row["outcome"], retry_failed=self.retry_failed) is None:
+                    return self._from_ledger(doc, row)
+                retry = True
+        if self._stop is not None:
+            return None
+        summary.retried += retry
         try:
             result = await ex.aextract(
                 doc.text, run_id=run_id, path=doc.path, size=doc.size, doc_type=doc.type
             )
+        except ProviderUnreachable as exc:  # nothing was sent for this one: leave it unattempted
+            if self._stop is None:
+                self._stop = exc
+            return None
         except ConfigError:
             raise
         except Exception as exc:  # a bug must not stop the batch: record it for this document
@@ -178,24 +282,45 @@ class BatchRunner:
         ex = self.extractor
         run_id = self.ledger.start_run("batch", ex.describe(), ex.config_hash, ex.schema_hash)
         summary = BatchSummary(run_id=run_id)
-        files: Iterator[tuple[Path, str | None]] = walk(paths, self.include)
+        self._stop, self._seen, self._paths = None, {}, []
+        unlisted: list[OSError] = []  # folders the walk could not list
+        files: Iterator[tuple[Path, str | None]] = walk(paths, self.include, on_error=unlisted.append)
         out: IO[str] | None = None
         if self.out:
             self.out.parent.mkdir(parents=True, exist_ok=True)
-            out = self.out.open("w", encoding="utf-8")
+            # backslashreplace: a lone surrogate in a value must not cost the rest of the file
+            out = self.out.open("w", encoding="utf-8", errors="backslashreplace")
+
+        def emit(r: DocResult) -> None:
+            summary.add(r)
+            if out is not None:
+                out.write(r.to_json() + "\n")
+                out.flush()
+            if self.on_result is not None:
+                self.on_result(r, summary)
+
+        def report_unlisted() -> None:
+            while unlisted:
+                exc = dir_error(unlisted.pop(0))
+                emit(self._error(run_id, exc, exc.path or "?"))
 
         async def worker() -> None:
             for path, doc_type in files:  # a shared iterator: files are read as needed
+                report_unlisted()
                 if doc_type is None:
                     summary.skipped += 1
-                    continue
-                r = await self._one(path, doc_type, run_id, summary)
-                summary.add(r)
-                if out is not None:
-                    out.write(r.to_json() + "\n")
-                    out.flush()
-                if self.on_result is not None:
-                    self.on_result(r, summary)
+                elif doc_type == SPECIAL:
+                    summary.special += 1
+                    summary.special_paths.append(display_path(path))
+                elif self._stop is not None:
+                    summary.unattempted += 1  # counted, never opened
+                else:
+                    r = await self._one(path, doc_type, run_id, summary)
+                    if r is None:
+                        summary.unattempted += 1
+                    else:
+                        emit(r)
+            report_unlisted()
 
         status = "interrupted"
         if self.freeze_gc:
@@ -211,6 +336,16 @@ class BatchRunner:
                 await asyncio.gather(*tasks, return_exceptions=True)
                 raise
             status = "done"
+            if self._stop is not None:
+                status = STOPPED
+                summary.provider_url = self._stop.url
+                said = str(self._stop)
+                if self._stop.url not in said:  # the URL is named whatever the message says
+                    said = f"provider unreachable at {self._stop.url}: {said}"
+                summary.error = (
+                    f"{said}; stopped sending: {summary.unattempted} document(s) left"
+                    " unattempted; run the same command again when the provider answers"
+                )
         except Exception:
             status = "failed"
             raise
@@ -220,10 +355,13 @@ class BatchRunner:
             summary.status = status
             if out is not None:
                 out.close()
-            self.ledger.finish_run(
-                run_id, status, n_documents=summary.documents, n_ok=summary.ok,
-                n_failed=summary.failed, n_errors=summary.errors, n_skipped=summary.skipped,
-                n_resumed=summary.resumed,
-            )  # fmt: skip
-            await ex.aclose()
+            try:
+                self._flush_paths()
+            finally:
+                self.ledger.finish_run(
+                    run_id, status, n_documents=summary.documents, n_ok=summary.ok,
+                    n_failed=summary.failed, n_errors=summary.errors,
+                    n_skipped=summary.skipped + summary.special, n_resumed=summary.resumed,
+                )  # fmt: skip
+                await ex.aclose()
         return summary

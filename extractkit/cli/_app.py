@@ -24,7 +24,7 @@ err = RedactingConsole(stderr=True)  # everything printed passes the redaction b
 out = RedactingConsole()
 install_log_redaction()
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
 def fail_usage(message: str) -> typer.Exit:
@@ -53,6 +53,10 @@ def extract(
     rpm: Annotated[float | None, typer.Option(help="Requests/minute limit.")] = None,
     tpm: Annotated[float | None, typer.Option(help="Tokens/minute limit.")] = None,
     force: Annotated[bool, typer.Option(help="Extract again even if the ledger has it.")] = False,
+    retry_failed: Annotated[
+        bool, typer.Option(help="Also retry documents that failed validation (after a prompt or "
+                           "examples change). Transient failures are always retried; successes never.")
+    ] = False,
     ledger_path: Annotated[Path | None, typer.Option("--ledger", help="Ledger file.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
     include: Annotated[
@@ -63,7 +67,11 @@ def extract(
 
     Example: extractkit extract invoices/ --config extractkit.toml --out results.jsonl
 
-    Exit codes: 0 all documents extracted, 1 some failed (listed), 2 usage or config error.
+    A rerun resumes: successes are reused, transient failures (rate limit, API error, timeout,
+    connection error) are sent again, validation failures too with --retry-failed.
+
+    Exit codes: 0 all documents extracted, 1 some failed (listed), 2 usage or config error,
+    3 the provider stopped answering (the rest were left unattempted: run again to resume).
     """
     from ..batch import BatchRunner, RateLimiter
     from ..ledger import Ledger
@@ -81,7 +89,9 @@ def extract(
         path = ledger_path or cfg.resolve(cfg.ledger.path)
         with Ledger(path, store_text=cfg.ledger.store_text) as ledger:
             runner = BatchRunner(extractor, ledger, concurrency=concurrency or cfg.batch.concurrency,
-                                 force=force, out=out_path, include=include, freeze_gc=True)  # fmt: skip
+                                 force=force, retry_failed=retry_failed, out=out_path, include=include,
+                                 freeze_gc=True, max_bytes=cfg.batch.max_bytes,
+                                 max_chars=cfg.batch.max_chars)  # fmt: skip
             code = _run_batch(runner, ledger, paths, as_json)
     except ExtractkitError as exc:
         raise fail_usage(str(exc)) from None
@@ -125,8 +135,11 @@ def _run_batch(runner: Any, ledger: Any, paths: list[Path], as_json: bool) -> in
         console=err, transient=False, disable=as_json or not err.is_terminal,
     )  # fmt: skip
     task = progress.add_task("", total=None)
+    details: dict[str, str] = {}  # path -> why it was not extracted
 
     def on_result(r: Any, s: Any) -> None:
+        if r.status != "ok":
+            details[r.path] = r.error or r.outcome or r.status
         wins = " ".join(f"{k}:{v}" for k, v in s.wins.items())
         fails = " ".join(f"{k}:{v}" for k, v in s.tier_failures.items())
         progress.update(
@@ -150,18 +163,30 @@ def _run_batch(runner: Any, ledger: Any, paths: list[Path], as_json: bool) -> in
     if as_json:
         print(json.dumps(summary.to_dict(), indent=2))
     else:
-        _print_summary(summary, ledger)
+        _print_summary(summary, ledger, details)
+    if summary.error:  # the provider stopped answering: say where, once, without a traceback
+        err.print("[bold red]error:[/]", end=" ")
+        err.print(summary.error, highlight=False, markup=False, soft_wrap=True)
+        return EXIT_UNREACHABLE
     return EXIT_OK if not summary.failed_paths else EXIT_FAILED
 
 
-def _print_summary(summary: Any, ledger: Any) -> None:
+def _print_summary(summary: Any, ledger: Any, details: dict[str, str] | None = None) -> None:
     table = Table(title=f"batch {summary.run_id} ({summary.status})")
     for col in ("documents", "ok", "failed", "errors", "skipped", "resumed", "attempts", "cost"):
         table.add_column(col, justify="right")
     table.add_row(*(str(x) for x in (summary.documents, summary.ok, summary.failed,
-                  summary.errors, summary.skipped, summary.resumed, summary.attempts)),
-                  _money(summary.cost_usd))  # fmt: skip
+                  summary.errors, summary.skipped + summary.special, summary.resumed,
+                  summary.attempts)), _money(summary.cost_usd))  # fmt: skip
     out.print(table)
+    notes = [f"{n} {what}" for n, what in (
+        (summary.retried, "retried (last result transient or, with --retry-failed, invalid)"),
+        (summary.duplicates, "identical to another path (sent once)"),
+        (summary.special, "special files (FIFO, socket, device) skipped unopened"),
+        (summary.unattempted, "left unattempted"),
+    ) if n]  # fmt: skip
+    if notes:
+        out.print("; ".join(notes), highlight=False)
     if summary.wins:
         out.print("wins by tier: " + ", ".join(f"{k} {v}" for k, v in summary.wins.items()))
     if summary.failed_paths:
@@ -172,7 +197,7 @@ def _print_summary(summary: Any, ledger: Any) -> None:
         by_path = {r["path"]: r for r in rows}
         for p in summary.failed_paths:
             r = by_path.get(p)
-            detail = (r["error"] or r["outcome"]) if r else "see the ledger"
+            detail = (details or {}).get(p) or ((r["error"] or r["outcome"]) if r else "see the ledger")
             out.print(f"  {p}: {detail}", highlight=False, markup=False)
     out.print(f"ledger: {ledger.path}", highlight=False)
 

@@ -242,6 +242,29 @@ class Ledger:
                 (document_sha256, schema_hash, config_hash, forced_tier),
             ).fetchone()
 
+    def paths_of(self, document_sha256: str) -> list[sqlite3.Row]:
+        """Every path where this document's content was seen (``path``, ``path_bytes``, ...)."""
+        with self._lock:
+            return self.conn.execute(
+                "SELECT * FROM document_paths WHERE document_sha256 = ? ORDER BY path_bytes",
+                (document_sha256,),
+            ).fetchall()
+
+    def add_document_paths(self, seen: Iterable[tuple[str, str, bytes, str | None]]) -> None:
+        """Record where documents were seen: (sha256, readable path, exact path bytes, run id)
+        rows, in one transaction; a path seen again only refreshes ``last_seen`` and ``run_id``."""
+        now = time.time()
+        rows = [(sha, path, path_bytes, now, now, run_id) for sha, path, path_bytes, run_id in seen]
+        if not rows:
+            return
+        with self.transaction() as c:
+            c.executemany(
+                "INSERT INTO document_paths (document_sha256, path, path_bytes, first_seen, last_seen,"
+                " run_id) VALUES (?,?,?,?,?,?) ON CONFLICT DO UPDATE SET"
+                " last_seen = excluded.last_seen, run_id = excluded.run_id, path = excluded.path",
+                rows,
+            )
+
     def attempts_of(self, extraction_id: str) -> list[sqlite3.Row]:
         with self._lock:
             return self.conn.execute(

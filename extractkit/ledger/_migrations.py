@@ -208,6 +208,21 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX runs_running ON runs(owner_host) WHERE status = 'running';
         """,
     ),
+    (
+        "0005_document_paths",
+        """
+        CREATE TABLE document_paths (           -- every path a document's content was seen at
+            document_sha256 TEXT NOT NULL,
+            path TEXT NOT NULL,                 -- readable: UTF-8, other bytes written \\xNN
+            path_bytes BLOB NOT NULL,           -- the exact bytes of the path (os.fsencode)
+            first_seen REAL NOT NULL,
+            last_seen REAL NOT NULL,
+            run_id TEXT,                        -- the last run that saw it there
+            PRIMARY KEY (document_sha256, path_bytes)
+        );
+        CREATE INDEX document_paths_path ON document_paths(path);
+        """,
+    ),
 ]
 
 
