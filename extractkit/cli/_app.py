@@ -54,8 +54,9 @@ def extract(
     tpm: Annotated[float | None, typer.Option(help="Tokens/minute limit.")] = None,
     force: Annotated[bool, typer.Option(help="Extract again even if the ledger has it.")] = False,
     retry_failed: Annotated[
-        bool, typer.Option(help="Also retry documents that failed validation (after a prompt or "
-                           "examples change). Transient failures are always retried; successes never.")
+        bool, typer.Option(help="Also retry documents that failed validation under this same chain "
+                           "(a changed prompt or examples is a new chain: its documents are sent anyway). "
+                           "Transient failures are always retried; successes never.")
     ] = False,
     ledger_path: Annotated[Path | None, typer.Option("--ledger", help="Ledger file.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
