@@ -275,17 +275,21 @@ class TierCall:
         assert self.context_window is not None
         return int(n * TOKEN_SAFETY) + self.max_tokens <= self.context_window
 
-    def _extra_chars(self, kwargs: dict[str, Any]) -> int:
-        """Characters of what a re-ask added (the failed answer quoted back, the errors)."""
-        return sum(len(message_text(m)) for m in kwargs["messages"][self._n_original :])
+    def _quotes_oversized(self, kwargs: dict[str, Any]) -> bool:
+        """Whether a re-ask quotes back an answer longer than any valid one (``max_tokens``
+        tokens, at ``QUOTE_CHARS_PER_TOKEN`` characters at most each)."""
+        limit = self.max_tokens * QUOTE_CHARS_PER_TOKEN
+        for m in kwargs["messages"][self._n_original :]:
+            role = m.get("role") if isinstance(m, dict) else getattr(m, "role", None)
+            if role == "assistant" and len(message_text(m)) > limit:
+                return True
+        return False
 
     def _needs_counting(self, kwargs: dict[str, Any]) -> bool:
         """False (the common case) when the request goes out as it is without a token counted:
         it fits the context by the byte bound, or the context is unknown, and it quotes back no
         oversized answer. True sends ``_fit`` to a worker thread."""
-        if len(kwargs["messages"]) > self._n_original and (
-            self._extra_chars(kwargs) > self.max_tokens * QUOTE_CHARS_PER_TOKEN
-        ):
+        if len(kwargs["messages"]) > self._n_original and self._quotes_oversized(kwargs):
             return True
         return self.context_window is not None and not self._surely_fits(kwargs)
 
@@ -296,8 +300,8 @@ class TierCall:
         window = self.context_window
         messages = kwargs["messages"]
         original, extra = messages[: self._n_original], messages[self._n_original :]
-        oversized = bool(extra) and self._extra_chars(kwargs) > self.max_tokens * QUOTE_CHARS_PER_TOKEN
-        if not oversized:  # the failed answer is never tokenised whole when it is oversized
+        # an oversized failed answer is never tokenised whole: it goes straight to _requote
+        if not (extra and self._quotes_oversized(kwargs)):
             if window is None or self._surely_fits(kwargs):
                 return kwargs, None
             estimate = self._estimate(kwargs)
