@@ -36,7 +36,8 @@ import logging
 import re
 import sys
 import time
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 import httpx
@@ -85,8 +86,42 @@ class _TierStop(Exception):
     """Raised inside the create function to end the tier (already recorded as an Attempt)."""
 
 
+# the body cap of the call in progress, read by the HTTP client's response hook (an error body is
+# read by the SDK itself before it raises: the hook caps that read too)
+_BODY_CAP: ContextVar[int | None] = ContextVar("extractkit_body_cap", default=None)
+
+
+class _CappedStream(httpx.AsyncByteStream):
+    """A response body that raises ``ResponseTooLarge`` once more than ``limit`` bytes came in."""
+
+    def __init__(self, inner: httpx.AsyncByteStream, limit: int, status_code: int):
+        self._inner, self._limit, self._status = inner, limit, status_code
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        seen = 0
+        async for chunk in self._inner:
+            seen += len(chunk)
+            if seen > self._limit:
+                raise _retry.ResponseTooLarge(self._limit, seen, self._status)
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+async def _cap_body(response: httpx.Response) -> None:
+    """httpx response hook (headers in, body not yet read): cap the body of every status."""
+    limit = _BODY_CAP.get()
+    if limit is not None and isinstance(response.stream, httpx.AsyncByteStream):
+        response.stream = _CappedStream(response.stream, limit, response.status_code)
+
+
 def make_client(tier: Any) -> openai.AsyncOpenAI:
-    http_client = openai.DefaultAioHttpClient() if tier.transport == "aiohttp" else None
+    hooks: dict[str, list[Any]] = {"response": [_cap_body]}
+    if tier.transport == "aiohttp":
+        http_client = openai.DefaultAioHttpClient(event_hooks=hooks)
+    else:
+        http_client = openai.DefaultAsyncHttpxClient(event_hooks=hooks)
     base_url = tier.base_url
     if tier.is_local:
         from .local import local_base_url
@@ -428,10 +463,14 @@ class TierCall:
         # create() walks every message through TypedDict introspection first, which costs more
         # than everything else extractkit does per attempt. stream=True: the body is read here,
         # incrementally, and abandoned at the cap
-        raw: httpx.Response = await self.client.post(
-            "/chat/completions", cast_to=httpx.Response, body=_body(kwargs),
-            options={"timeout": self.tier.timeout_s}, stream=True, stream_cls=None,
-        )  # type: ignore[call-overload]  # fmt: skip
+        cap = _BODY_CAP.set(self.max_response_bytes)
+        try:
+            raw: httpx.Response = await self.client.post(
+                "/chat/completions", cast_to=httpx.Response, body=_body(kwargs),
+                options={"timeout": self.tier.timeout_s}, stream=True, stream_cls=None,
+            )  # type: ignore[call-overload]  # fmt: skip
+        finally:
+            _BODY_CAP.reset(cap)
         try:
             body = await _read_capped(raw, self.max_response_bytes)
         finally:

@@ -117,6 +117,19 @@ async def test_reading_stops_at_the_cap(mock_api):
     assert "1048576-byte cap" in result.attempts[0].error
 
 
+@pytest.mark.parametrize("status", [500, 400])
+async def test_an_error_body_is_capped_too(mock_api, sleeps, status):
+    """The SDK reads an error response's body itself before raising: the cap applies there too."""
+    body = _CountingBody()
+    mock_api.post("/chat/completions").mock(return_value=httpx.Response(status, stream=body))
+    tier = ZeroShot(model="gpt-4o-mini", base_url=BASE_URL)
+    async with Extractor(Invoice, tiers=[tier], max_response_bytes=1024 * 1024) as ex:
+        result = await ex.aextract(DOC)
+    [a] = result.attempts  # not retried, whatever the status
+    assert (a.outcome, a.status_code) == (Outcome.RESPONSE_TOO_LARGE, status)
+    assert body.pulled <= 17 and sleeps == []
+
+
 def test_a_declared_content_length_over_the_cap_is_refused_before_reading(mock_api):
     mock_api.post("/chat/completions").mock(return_value=httpx.Response(200, content=b"x" * 5000))
     result = Extractor(Invoice, tiers=[ZeroShot(model="gpt-4o-mini", base_url=BASE_URL)],
