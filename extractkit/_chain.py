@@ -23,8 +23,8 @@ import openai
 from pydantic import BaseModel
 
 from . import _retry
-from ._errors import ConfigError, ExtractionFailed
-from ._llm import TierCall, make_client
+from ._errors import ConfigError, ExtractionFailed, ProviderUnreachable
+from ._llm import MAX_RESPONSE_BYTES, TierCall, make_client
 from ._pricing import Price
 from ._results import FAILURE_OUTCOMES, Attempt, Outcome, Result
 from ._schema import canonical_json, check_schema, schema_hash, short_hash
@@ -65,6 +65,10 @@ class Extractor(Generic[T]):
 
     >>> extractor = Extractor(Invoice, tiers=[ZeroShot(model="gpt-4o-mini")])  # doctest: +SKIP
     >>> result = extractor.extract(text)                                         # doctest: +SKIP
+
+    ``max_response_bytes`` caps a response body: reading stops there and the attempt is recorded
+    ``response_too_large`` (default 4 MiB; an answer bounded by the tier's output tokens is a few
+    kB). The extractor holds a circuit breaker per base URL (see ``aextract``).
     """
 
     def __init__(
@@ -77,8 +81,12 @@ class Extractor(Generic[T]):
         prices: Mapping[str, Price] | None = None,
         ledger: Any = None,
         limiter: Any = None,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
     ):
         self.schema: type[T] = check_schema(schema)  # type: ignore[assignment]
+        if max_response_bytes <= 0:
+            raise ConfigError(f"max_response_bytes must be > 0, got {max_response_bytes}")
+        self.max_response_bytes = max_response_bytes
         if not tiers:
             raise ConfigError("an Extractor needs at least one tier")
         names = [t.name for t in tiers]
@@ -90,6 +98,8 @@ class Extractor(Generic[T]):
         self.prices = dict(prices) if prices else None
         self.ledger = ledger
         self.limiter = limiter
+        # consecutive connection failures per base URL, across every concurrent call
+        self._breaker = _retry.CircuitBreaker(self.policy.retry.unreachable_after)
         self.schema_hash = schema_hash(self.schema)
         # examples are validated and indexed once, here, not per call
         self._bound = {t.name: BoundTier(t, self.schema) for t in self.tiers}
@@ -148,11 +158,13 @@ class Extractor(Generic[T]):
         return per_loop[tier.name]
 
     async def aclose(self) -> None:
-        """Close this event loop's connections and mark the library run (if any) done."""
+        """Close this event loop's connections, mark the library run (if any) done and reset the
+        circuit breaker (a provider found unreachable is tried again by the next call)."""
         loop = asyncio.get_running_loop()
         for client in self._clients.pop(loop, {}).values():
             await client.close()
         self._finish_library_run()
+        self._breaker.reset()
 
     async def __aenter__(self) -> Extractor[T]:
         return self
@@ -172,13 +184,14 @@ class Extractor(Generic[T]):
             return lt
 
     def close(self) -> None:
-        """End the sync calls' event loop and close its connections (async: ``await aclose()``).
-        A later ``extract`` starts a new one."""
+        """End the sync calls' event loop and close its connections (async: ``await aclose()``),
+        and reset the circuit breaker. A later ``extract`` starts a new loop."""
         with self._sync_lock:
             finalizer, self._finalizer, self._loop_thread = self._finalizer, None, None
         if finalizer is not None:
             finalizer()
         self._finish_library_run()
+        self._breaker.reset()
 
     def __enter__(self) -> Extractor[T]:
         return self
@@ -191,6 +204,19 @@ class Extractor(Generic[T]):
         """Extract from ``text``. ``only="few_shot"`` forces one tier (no escalation), for eval.
 
         Extra keyword arguments are passed to the ledger with the result (e.g. ``document_id``).
+
+        Provider unreachable: the extractor counts consecutive connection failures (refused,
+        reset, DNS, TLS) per base URL across all its concurrent calls; any answer from that URL
+        resets the count. At ``policy.retry.unreachable_after`` (``RetryPolicy``, default 6) it
+        stops sending there: this call and every later one raise ``ProviderUnreachable`` (``.url``,
+        ``.failures``; the message names the URL) before sending anything to it, until
+        ``close()`` / ``aclose()``. A call that made attempts before the breaker stopped it is
+        recorded in the ledger first, its final outcome ``connection_error`` (a transient failure:
+        a rerun retries the document), then raises; a call stopped before its first attempt
+        records nothing. (When the breaker stops a call between tiers, the tier it did not send
+        is recorded as a ``connection_error`` attempt marked "not sent", as ``context_overflow``
+        is, so the final outcome says why the call stopped.) A batch stops on it and leaves the
+        remaining documents unattempted.
         """
         if not isinstance(text, str):
             raise TypeError(f"text must be str, got {type(text).__name__}")
@@ -199,6 +225,7 @@ class Extractor(Generic[T]):
         attempts: list[Attempt] = []
         value: T | None = None
         winner: str | None = None
+        unreachable: ProviderUnreachable | None = None
         for tier in tiers:
             call = TierCall(
                 self._bound[tier.name],
@@ -208,9 +235,18 @@ class Extractor(Generic[T]):
                 schema_hash=self.schema_hash,
                 prices=self.prices,
                 limiter=self.limiter,
+                breaker=self._breaker,
+                max_response_bytes=self.max_response_bytes,
             )
             try:
                 got = await call.run()
+            except ProviderUnreachable as exc:
+                unreachable = exc
+                if (attempts or call.attempts) and not (
+                    call.attempts and call.attempts[-1].outcome is Outcome.CONNECTION_ERROR
+                ):
+                    call.record_unreachable(exc)  # so the final outcome says why it stopped
+                break
             finally:
                 attempts.extend(call.attempts)
             if got is not None:
@@ -218,6 +254,8 @@ class Extractor(Generic[T]):
                 break
             if not self.policy.should_escalate(call.attempts[-1] if call.attempts else None):
                 break
+        if unreachable is not None and not attempts:
+            raise unreachable  # stopped before its first request: nothing to record
         result: Result[T] = Result(
             value=value,
             tier=winner,
@@ -237,6 +275,8 @@ class Extractor(Generic[T]):
                 counts["n_ok" if result.ok else "n_failed"] += 1
             ext_id = await self.ledger.arecord(self, result, text=text, **record)
             result = replace(result, extraction_id=ext_id)
+        if unreachable is not None:
+            raise unreachable
         if self.raise_on_failure and not result.ok:
             raise ExtractionFailed(f"every tier failed: {result.error}", result=result)
         return result

@@ -5,11 +5,20 @@ schema-bound request, parse and validate each answer and write the re-ask messag
 loop is ``TierCall.run``, so each attempt is recorded as it happens. Around the HTTP call
 (``TierCall._create``) extractkit adds what instructor and the openai SDK do not do:
 
-- an output-token bound on every request, and a per-attempt timeout;
+- an output-token bound on every request, and a per-attempt timeout that is a *total* deadline
+  around sending, reading and parsing (the SDK's timeout is per socket read: a slow drip evades
+  it), so a recorded latency never exceeds ``timeout_s`` by more than scheduling slack;
+- a cap on the response body, read incrementally and abandoned at the cap
+  (``response_too_large``);
+- nothing CPU-heavy on the event loop: a large body is parsed and validated in a worker thread,
+  token counting of long text runs in one too, and a re-ask quotes at most ``max_tokens`` tokens
+  of the failed answer (cut by characters before it is tokenised);
+- JSON wrapped in a markdown code fence accepted in every mode (the fence is stripped);
 - the schema adapted per mode (strict json_schema, llama.cpp's json_object + schema);
 - re-asks kept inside the context window (the quoted failed answer is trimmed), and a context
   overflow recorded as its own outcome, never retried as if transient;
-- transient HTTP failures retried with backoff that honours Retry-After (``_retry``);
+- transient HTTP failures retried with backoff that honours Retry-After (``_retry``), and the
+  circuit breaker told about every connection failure and every answer;
 - an ``Attempt`` for every HTTP call, its outcome set from the parse.
 
 (instructor's patched ``create`` runs the same handlers, but per call it re-inspects the
@@ -19,11 +28,17 @@ batch concurrency, see BENCHMARKS.md.)
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import functools
 import json
 import logging
+import re
+import sys
 import time
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable
+from contextvars import ContextVar
+from typing import Any, TypeVar
 
 import httpx
 import openai
@@ -34,6 +49,7 @@ from pydantic import BaseModel, ValidationError
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
 from . import _redact, _retry
+from ._errors import ProviderUnreachable
 from ._grounding import grounding_source
 from ._pricing import Price, cost, lookup_price
 from ._results import Attempt, Outcome, Usage
@@ -49,6 +65,14 @@ from ._tokens import (
 OUTPUT_KEEP_CHARS = 4000  # how much of a model answer an Attempt keeps
 TOKEN_SAFETY = 1.15  # margin on offline token estimates (the server's tokenizer may differ)
 ERROR_KEEP_CHARS = 1500
+MAX_RESPONSE_BYTES = 4 * 1024 * 1024  # default cap on a response body (Extractor(max_response_bytes=))
+OFFLOAD_BYTES = 64 * 1024  # a body or answer larger than this is parsed in a worker thread
+# a re-ask quotes at most max_tokens tokens of the failed answer (a longer one was never a valid
+# answer: it would have ended in `truncated`); the answer is first cut to this many characters
+# per token, so tokenising it is bounded too (tiktoken is superlinear on long runs of one letter)
+QUOTE_CHARS_PER_TOKEN = 8
+
+T = TypeVar("T")
 
 # instructor logs every failed validation at ERROR; for extractkit those are recorded outcomes,
 # not errors. A NullHandler keeps them off stderr unless the application configures logging.
@@ -62,8 +86,42 @@ class _TierStop(Exception):
     """Raised inside the create function to end the tier (already recorded as an Attempt)."""
 
 
+# the body cap of the call in progress, read by the HTTP client's response hook (an error body is
+# read by the SDK itself before it raises: the hook caps that read too)
+_BODY_CAP: ContextVar[int | None] = ContextVar("extractkit_body_cap", default=None)
+
+
+class _CappedStream(httpx.AsyncByteStream):
+    """A response body that raises ``ResponseTooLarge`` once more than ``limit`` bytes came in."""
+
+    def __init__(self, inner: httpx.AsyncByteStream, limit: int, status_code: int):
+        self._inner, self._limit, self._status = inner, limit, status_code
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        seen = 0
+        async for chunk in self._inner:
+            seen += len(chunk)
+            if seen > self._limit:
+                raise _retry.ResponseTooLarge(self._limit, seen, self._status)
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+async def _cap_body(response: httpx.Response) -> None:
+    """httpx response hook (headers in, body not yet read): cap the body of every status."""
+    limit = _BODY_CAP.get()
+    if limit is not None and isinstance(response.stream, httpx.AsyncByteStream):
+        response.stream = _CappedStream(response.stream, limit, response.status_code)
+
+
 def make_client(tier: Any) -> openai.AsyncOpenAI:
-    http_client = openai.DefaultAioHttpClient() if tier.transport == "aiohttp" else None
+    hooks: dict[str, list[Any]] = {"response": [_cap_body]}
+    if tier.transport == "aiohttp":
+        http_client = openai.DefaultAioHttpClient(event_hooks=hooks)
+    else:
+        http_client = openai.DefaultAsyncHttpxClient(event_hooks=hooks)
     base_url = tier.base_url
     if tier.is_local:
         from .local import local_base_url
@@ -126,7 +184,32 @@ def _short(exc: BaseException) -> str:
         text = f"HTTP {exc.status_code}: {exc.message}"
     else:
         text = f"{type(exc).__name__}: {exc}"
+        if _retry.is_connection_failure(exc):  # what the socket said (the aiohttp transport
+            root = _retry.root_cause(exc)  # reports a refused connection as "Request timed out.")
+            text += f" ({type(root).__name__}: {root})"
     return text[:ERROR_KEEP_CHARS]
+
+
+if sys.version_info >= (3, 11):
+
+    async def _within(seconds: float, work: Awaitable[T]) -> T:
+        """``work`` under a total deadline: ``TimeoutError`` when it is not done in ``seconds``."""
+        deadline = asyncio.timeout(seconds)
+        try:
+            async with deadline:
+                return await work
+        except TimeoutError:
+            if deadline.expired():
+                raise TimeoutError(f"no complete response within the {seconds:g} s timeout") from None
+            raise
+
+else:  # pragma: no cover - Python 3.10
+
+    async def _within(seconds: float, work: Awaitable[T]) -> T:
+        try:
+            return await asyncio.wait_for(work, seconds)
+        except asyncio.TimeoutError:
+            raise TimeoutError(f"no complete response within the {seconds:g} s timeout") from None
 
 
 class TierCall:
@@ -142,6 +225,8 @@ class TierCall:
         schema_hash: str,
         prices: dict[str, Price] | None = None,
         limiter: Any = None,
+        breaker: _retry.CircuitBreaker | None = None,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
     ):
         self.bound = bound
         self.tier = bound.tier
@@ -151,7 +236,11 @@ class TierCall:
         self.schema_hash = schema_hash
         self.price = self.tier.price or lookup_price(self.tier.model, prices)
         self.limiter = limiter
+        self.breaker = breaker
+        self.url = str(client.base_url).rstrip("/")  # what the breaker counts failures against
+        self.max_response_bytes = max_response_bytes
         self.attempts: list[Attempt] = []
+        self._large = False  # the last answer was large: parse it off the event loop
         self.max_tokens = bound.max_tokens
         self.context_window = bound.context_window
         self._token_memo: dict[str, int] = {}  # this document's messages, counted once
@@ -180,6 +269,11 @@ class TierCall:
     def _amend_last(self, **changes: Any) -> None:
         if self.attempts:
             self.attempts[-1] = dataclasses.replace(self.attempts[-1], **_redact.attempt_fields(changes))
+
+    def record_unreachable(self, exc: ProviderUnreachable) -> None:
+        """The request the open circuit breaker kept from being sent, recorded as such."""
+        now = time.time(), time.perf_counter()
+        self._record(Outcome.CONNECTION_ERROR, *now, error=f"not sent: {exc}"[:ERROR_KEEP_CHARS])
 
     def _on_parse_error(self, error: Exception, **_: Any) -> None:
         outcome, errors = classify_parse_error(error)
@@ -217,19 +311,45 @@ class TierCall:
         assert self.context_window is not None
         return int(n * TOKEN_SAFETY) + self.max_tokens <= self.context_window
 
+    def _quotes_oversized(self, kwargs: dict[str, Any]) -> bool:
+        """Whether a re-ask quotes back an answer longer than any valid one (``max_tokens``
+        tokens, at ``QUOTE_CHARS_PER_TOKEN`` characters at most each)."""
+        limit = self.max_tokens * QUOTE_CHARS_PER_TOKEN
+        for m in kwargs["messages"][self._n_original :]:
+            role = m.get("role") if isinstance(m, dict) else getattr(m, "role", None)
+            if role == "assistant" and len(message_text(m)) > limit:
+                return True
+        return False
+
+    def _needs_counting(self, kwargs: dict[str, Any]) -> bool:
+        """False (the common case) when the request goes out as it is without a token counted:
+        it fits the context by the byte bound, or the context is unknown, and it quotes back no
+        oversized answer. True sends ``_fit`` to a worker thread."""
+        if len(kwargs["messages"]) > self._n_original and self._quotes_oversized(kwargs):
+            return True
+        return self.context_window is not None and not self._surely_fits(kwargs)
+
     def _fit(self, kwargs: dict[str, Any]) -> tuple[dict[str, Any], int | None]:
-        """Keep the request inside the context: trim what a re-ask quotes back. Returns the
-        request and its estimated prompt tokens (None: not counted, it fits by far)."""
+        """Keep the request inside the context and what a re-ask quotes bounded: trim the quoted
+        answer. Returns the request and its estimated prompt tokens (None: not counted, it fits
+        by far or the context is unknown). CPU-bound on long text: run in a worker thread."""
         window = self.context_window
-        if window is None or self._surely_fits(kwargs):
-            return kwargs, None
-        estimate = self._estimate(kwargs)
-        if estimate + self.max_tokens <= window:
-            return kwargs, estimate
         messages = kwargs["messages"]
         original, extra = messages[: self._n_original], messages[self._n_original :]
-        if not extra:
-            return kwargs, estimate
+        # an oversized failed answer is never tokenised whole: it goes straight to _requote
+        if not (extra and self._quotes_oversized(kwargs)):
+            if window is None or self._surely_fits(kwargs):
+                return kwargs, None
+            estimate = self._estimate(kwargs)
+            if estimate + self.max_tokens <= window or not extra:
+                return kwargs, estimate
+        return self._requote(kwargs, original, extra)
+
+    def _requote(
+        self, kwargs: dict[str, Any], original: list[Any], extra: list[Any]
+    ) -> tuple[dict[str, Any], int | None]:
+        """The re-ask as one message quoting the failed answer cut short: at most ``max_tokens``
+        tokens of it (a longer one was never a valid answer) and no more than the context holds."""
         last_answer = ""
         feedback: list[str] = []
         for m in extra:
@@ -238,22 +358,29 @@ class TierCall:
                 last_answer = _message_answer(m)
                 feedback = []
             elif m.get("content"):
-                feedback.append(str(m["content"]))
+                feedback.append(str(m["content"])[:ERROR_KEEP_CHARS])
         error_text = "\n".join(feedback)[:ERROR_KEEP_CHARS]
-        base = dict(kwargs, messages=original)
-        room = window - self.max_tokens - self._estimate(base) - count_tokens(error_text) - 120
-        quote = truncate_to_tokens(last_answer, int(room / TOKEN_SAFETY))
-        note = "" if len(quote) == len(last_answer) else " (cut short to fit the context)"
+        window = self.context_window
+        limit, why = self.max_tokens, "the output bound"
+        if window is not None:
+            base = dict(kwargs, messages=original)
+            room = window - self.max_tokens - self._estimate(base) - count_tokens(error_text) - 120
+            if int(room / TOKEN_SAFETY) < limit:
+                limit, why = int(room / TOKEN_SAFETY), "the context"
+        quote = truncate_to_tokens(last_answer[: max(0, limit) * QUOTE_CHARS_PER_TOKEN], limit)
+        note = "" if len(quote) == len(last_answer) else f" (cut short to fit {why})"
         parts = ["Your previous answer was rejected."]
         if quote:
             parts.append(f"Previous answer{note}:\n{quote}")
         parts.append(f"Errors:\n{error_text}\nAnswer again with corrected values.")
         fitted = dict(kwargs, messages=original + [{"role": "user", "content": "\n".join(parts)}])
-        return fitted, self._estimate(fitted)
+        return fitted, (None if window is None else self._estimate(fitted))
 
     async def _create(self, **kwargs: Any) -> Any:
         kwargs = self._adapt(kwargs)
-        kwargs, estimate = self._fit(kwargs)
+        estimate: int | None = None
+        if self._needs_counting(kwargs):  # token counts of long text: off the event loop
+            kwargs, estimate = await asyncio.to_thread(self._fit, kwargs)
         window = self.context_window
         if window is not None and estimate is not None and estimate + self.max_tokens > window:
             started, t0 = time.time(), time.perf_counter()
@@ -272,7 +399,7 @@ class TierCall:
         # failure (it costs more per call than the rest of the attempt's bookkeeping)
         try:
             return await self._send(kwargs)
-        except _TierStop:
+        except (_TierStop, ProviderUnreachable):
             raise
         except Exception as exc:
             if policy.max_attempts <= 1 or not _retry.is_transient(exc):
@@ -295,34 +422,72 @@ class TierCall:
                 with attempt:
                     response = await self._send(kwargs)
             return response
-        except _TierStop:
+        except (_TierStop, ProviderUnreachable):
             raise
         except Exception as exc:
             raise _TierStop(str(exc)) from exc
 
     async def _send(self, kwargs: dict[str, Any]) -> Any:
-        """One HTTP call, recorded as an Attempt whatever happens."""
+        """One HTTP call, recorded as an Attempt whatever happens. An open circuit breaker
+        raises ``ProviderUnreachable`` before anything is sent."""
+        breaker = self.breaker
+        if breaker is not None:
+            breaker.check(self.url)
         if self.limiter is not None:
             charge = rate_limit_tokens(kwargs, self.max_tokens, len(self._extra_text(kwargs)))
             await self.limiter.acquire(charge)
+            if breaker is not None:  # it may have opened while this call waited its turn
+                breaker.check(self.url)
         started, t0 = time.time(), time.perf_counter()
         try:
-            # the SDK's low-level post (its documented way to send a body as it is): the typed
-            # create() walks every message through TypedDict introspection first, which costs
-            # more than everything else extractkit does per attempt
-            raw = await self.client.post(
-                "/chat/completions", cast_to=httpx.Response, body=_body(kwargs),
-                options={"timeout": self.tier.timeout_s},
-            )  # fmt: skip
-            response = _parse_completion(raw)
+            # one deadline over send + read + parse: the SDK's timeout applies per socket read
+            response = await _within(self.tier.timeout_s, self._exchange(kwargs))
         except Exception as exc:
             outcome = _retry.classify(exc)
             self._record(outcome, started, t0, error=_short(exc), status_code=_retry.status_code(exc))
             penalize = getattr(self.limiter, "penalize", None)
             if penalize is not None and outcome is Outcome.RATE_LIMITED:
                 penalize(_retry.parse_retry_after(_retry.response_headers(exc)))
+            if breaker is not None:
+                if outcome is Outcome.CONNECTION_ERROR:
+                    breaker.failed(self.url, exc)  # raises ProviderUnreachable when that opens it
+                elif outcome is not Outcome.TIMEOUT:
+                    breaker.answered(self.url)
             raise
+        if breaker is not None:
+            breaker.answered(self.url)
         return self._accept(response, started, t0)
+
+    async def _exchange(self, kwargs: dict[str, Any]) -> ChatCompletion:
+        """Send, read the body up to the cap, parse it (in a worker thread when it is large)."""
+        # the SDK's low-level post (its documented way to send a body as it is): the typed
+        # create() walks every message through TypedDict introspection first, which costs more
+        # than everything else extractkit does per attempt. stream=True: the body is read here,
+        # incrementally, and abandoned at the cap
+        cap = _BODY_CAP.set(self.max_response_bytes)
+        try:
+            raw: httpx.Response = await self.client.post(
+                "/chat/completions", cast_to=httpx.Response, body=_body(kwargs),
+                options={"timeout": self.tier.timeout_s}, stream=True, stream_cls=None,
+            )  # type: ignore[call-overload]  # fmt: skip
+        finally:
+            _BODY_CAP.reset(cap)
+        try:
+            body = await _read_capped(raw, self.max_response_bytes)
+        finally:
+            await raw.aclose()
+        self._large = len(body) > OFFLOAD_BYTES
+        if self._large:
+            return await asyncio.to_thread(_parse_completion, body, raw)
+        return _parse_completion(body, raw)
+
+    async def _off_loop(self, fn: Any, **kwargs: Any) -> Any:
+        """``fn(**kwargs)`` in a worker thread when the last answer was large, else inline (a
+        thread hop costs more than parsing a small answer). The thread sees this task's context
+        variables (the grounding source)."""
+        if self._large:
+            return await asyncio.to_thread(functools.partial(fn, **kwargs))
+        return fn(**kwargs)
 
     def _accept(self, response: Any, started: float, t0: float) -> Any:
         choice = response.choices[0] if getattr(response, "choices", None) else None
@@ -378,10 +543,11 @@ class TierCall:
                     response = await self._create(**kwargs)
                 except _TierStop:
                     return None
+                strip_code_fences(response)
                 try:
-                    value = handlers.response_parser(
-                        response=response, response_model=model, validation_context=None,
-                        strict=False, stream=False, is_async=True,
+                    value = await self._off_loop(
+                        handlers.response_parser, response=response, response_model=model,
+                        validation_context=None, strict=False, stream=False, is_async=True,
                     )  # fmt: skip
                 except IncompleteOutputException:
                     return None  # recorded as truncated: a re-ask with the same bound would be too
@@ -390,7 +556,9 @@ class TierCall:
                     if reask == tier.max_reasks:
                         return None
                     try:
-                        kwargs = handlers.reask_handler(kwargs=kwargs, response=response, exception=exc)
+                        kwargs = await self._off_loop(
+                            handlers.reask_handler, kwargs=kwargs, response=response, exception=exc
+                        )
                     except Exception as reask_exc:  # an answer instructor cannot quote back
                         error = f"{self.attempts[-1].error} (no re-ask: {_short(reask_exc)})"
                         self._amend_last(error=error[:ERROR_KEEP_CHARS])
@@ -426,16 +594,77 @@ def _body(kwargs: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
-def _parse_completion(raw: httpx.Response) -> ChatCompletion:
+async def _read_capped(raw: httpx.Response, limit: int) -> bytes:
+    """The body, read chunk by chunk and abandoned as soon as it passes ``limit`` bytes (decoded;
+    a declared Content-Length over the limit is refused before reading)."""
+    declared = raw.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _retry.ResponseTooLarge(limit, 0, raw.status_code)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in raw.aiter_bytes():
+        size += len(chunk)
+        if size > limit:
+            raise _retry.ResponseTooLarge(limit, size, raw.status_code)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _parse_completion(body: bytes, raw: httpx.Response | None = None) -> ChatCompletion:
     """The SDK builds its response objects with Python-level type introspection; pydantic-core
     parses the same JSON into the same type far faster. A body it rejects (a provider that leaves
-    out a field) falls back to the SDK's lenient construction."""
+    out a field) falls back to the SDK's lenient construction; a body that is not a completion at
+    all (a proxy's HTML error page with status 200) is an upstream failure, retried."""
     try:
-        return ChatCompletion.model_validate_json(raw.content)
+        return ChatCompletion.model_validate_json(body)
     except ValidationError:
-        from openai._models import construct_type
+        pass
+    try:
+        data = json.loads(body)
+    except ValueError:  # not JSON (or not UTF-8)
+        data = None
+    if not isinstance(data, dict) or "choices" not in data:
+        kind = raw.headers.get("content-type", "no content-type") if raw is not None else "?"
+        head = body[:200].decode("utf-8", "replace")
+        raise _retry.NotACompletion(
+            f"HTTP 200 with a body that is not a chat completion ({kind}, {len(body)} bytes): {head!r}"
+        )
+    from openai._models import construct_type
 
-        return construct_type(type_=ChatCompletion, value=raw.json())  # type: ignore[return-value]
+    return construct_type(type_=ChatCompletion, value=data)  # type: ignore[return-value]
+
+
+# an answer that is one markdown code fence: ```json\n{...}\n``` (the language tag optional)
+_FENCE_OPEN = re.compile(r"\s*```[ \t]*(?:json)?[ \t]*(?:\r?\n|(?=[\[{]))", re.IGNORECASE)
+
+
+def strip_code_fence(text: str) -> str:
+    """JSON wrapped in one markdown code fence, unwrapped; any other text as it is. Only a fence
+    around the whole answer counts (no JSON fished out of prose, which a document could plant)."""
+    m = _FENCE_OPEN.match(text)
+    if m is None:
+        return text
+    inner = text[m.end() :].rstrip()
+    if not inner.endswith("```"):
+        return text
+    return inner[:-3].strip()
+
+
+def strip_code_fences(response: Any) -> None:
+    """Unwrap a fenced answer in place, in every mode: the message content (json, json_schema)
+    and each tool call's arguments (tools). instructor parses each as bare JSON."""
+    try:
+        message = response.choices[0].message
+    except (AttributeError, IndexError, TypeError):
+        return
+    content = getattr(message, "content", None)
+    if isinstance(content, str) and "```" in content:
+        message.content = strip_code_fence(content)
+    for call in getattr(message, "tool_calls", None) or ():
+        fn = getattr(call, "function", None)
+        args = getattr(fn, "arguments", None)
+        if isinstance(args, str) and "```" in args:
+            fn.arguments = strip_code_fence(args)  # type: ignore[union-attr]
 
 
 def _message_answer(m: dict[str, Any]) -> str:

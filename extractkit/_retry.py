@@ -1,6 +1,10 @@
 """Retry policy for transient API failures: small pure functions, constants in one place.
 
-tenacity drives the loop (``_llm.TierCall._create``); these functions decide what it does.
+tenacity drives the loop (``_llm.TierCall._create``); these functions decide what it does:
+what an exception from the HTTP call means (``classify``, by the exception types in its chain of
+causes, never by message text), whether the same request may pass if sent again
+(``is_transient``), how long to wait (``retry_delay``), and when the provider counts as down
+(``CircuitBreaker``).
 
 Validation failures are *not* handled here: those are re-asks, done by instructor inside a tier.
 This module decides what to do when the HTTP call itself fails.
@@ -11,12 +15,18 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import random
+import socket
+import ssl
+import sys
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
+import httpx
 import openai
 
+from ._errors import ConfigError, ProviderUnreachable
 from ._results import Outcome
 
 RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504, 520, 522, 524, 529})
@@ -29,6 +39,7 @@ CONTEXT_OVERFLOW_MARKERS = (
     "too many tokens",
 )
 MAX_RETRY_AFTER_S = 120.0  # a Retry-After longer than this is not waited out
+UNREACHABLE_AFTER = 6  # consecutive connection failures to one base URL before nothing more is sent
 
 
 @dataclass(frozen=True)
@@ -36,6 +47,9 @@ class RetryPolicy:
     """How transient failures (408/409/429/5xx, timeouts, connection errors) are retried.
 
     ``max_attempts`` counts the first call: 4 means one call and up to three retries.
+    ``unreachable_after``: after this many consecutive connection failures (refused, reset, DNS,
+    TLS) to one base URL, counted across every concurrent call of an Extractor, the extractor
+    stops sending to it and raises ``ProviderUnreachable`` (any answer from it resets the count).
     """
 
     max_attempts: int = 4
@@ -43,6 +57,31 @@ class RetryPolicy:
     max_delay_s: float = 20.0
     jitter: float = 0.25  # +/- fraction of the computed backoff
     max_retry_after_s: float = MAX_RETRY_AFTER_S
+    unreachable_after: int = UNREACHABLE_AFTER
+
+    def __post_init__(self) -> None:
+        if self.unreachable_after < 1:
+            raise ConfigError(f"RetryPolicy: unreachable_after must be >= 1, got {self.unreachable_after}")
+
+
+class ResponseTooLarge(Exception):
+    """The response body passed the size cap; reading stopped there."""
+
+    def __init__(self, limit: int, seen: int, status_code: int | None):
+        self.limit, self.seen, self.status_code = limit, seen, status_code
+        super().__init__(
+            f"the response body exceeds the {limit}-byte cap (read stopped at {seen} bytes;"
+            " Extractor(max_response_bytes=...) sets the cap)"
+        )
+
+
+class NotACompletion(Exception):
+    """HTTP 200 with a body that is not a chat completion (a proxy's HTML error page, an error
+    object): an upstream failure, retried like a 502."""
+
+    def __init__(self, message: str, status_code: int | None = 200):
+        self.status_code = status_code
+        super().__init__(message)
 
 
 async def sleep(seconds: float) -> None:
@@ -100,33 +139,139 @@ def is_context_overflow(exc: BaseException) -> bool:
     return any(marker in text for marker in CONTEXT_OVERFLOW_MARKERS)
 
 
+def causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and what it was explicitly raised from (``raise ... from``), outermost first: the
+    SDK and the transports wrap the socket's error that way (openai.APITimeoutError <-
+    httpx.ConnectTimeout <- aiohttp.ClientConnectorError <- ConnectionRefusedError)."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen and len(seen) < 16:
+        seen.add(id(e))
+        yield e
+        e = e.__cause__
+
+
+# nothing answered: the connection was refused, reset or dropped before a response, the name did
+# not resolve, or TLS failed. (Connect *timeouts* stay `timeout`.)
+_CONNECTION_FAILURES: tuple[type[BaseException], ...] = (
+    ConnectionError,  # refused, reset, aborted, broken pipe
+    socket.gaierror,  # DNS
+    ssl.SSLError,  # TLS (certificate verification included)
+    httpx.ConnectError,
+    httpx.RemoteProtocolError,  # "Server disconnected without sending a response"
+)
+
+
+_TIMEOUTS = (openai.APITimeoutError, httpx.TimeoutException, TimeoutError, asyncio.TimeoutError)
+
+
+def _connection_failures() -> tuple[type[BaseException], ...]:
+    # the aiohttp transport's own types, when it is in use (no import otherwise: none can occur).
+    # It maps a refused connection to httpx.ConnectTimeout, so its types are checked by name here.
+    aiohttp = sys.modules.get("aiohttp")
+    if aiohttp is None:
+        return _CONNECTION_FAILURES
+    return (*_CONNECTION_FAILURES, aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError)
+
+
+def is_connection_failure(exc: BaseException) -> bool:
+    kinds = _connection_failures()
+    return any(isinstance(e, kinds) for e in causes(exc))
+
+
 def classify(exc: BaseException) -> Outcome:
-    """The attempt outcome for an exception raised by the HTTP call."""
-    if isinstance(exc, (openai.APITimeoutError, asyncio.TimeoutError, TimeoutError)):
+    """The attempt outcome for an exception raised by the HTTP call (by type, along its causes)."""
+    if isinstance(exc, ResponseTooLarge):
+        return Outcome.RESPONSE_TOO_LARGE
+    if isinstance(exc, openai.APIStatusError):  # the server answered
+        if isinstance(exc, openai.RateLimitError):
+            return Outcome.RATE_LIMITED
+        return Outcome.CONTEXT_OVERFLOW if is_context_overflow(exc) else Outcome.API_ERROR
+    if is_connection_failure(exc):
+        return Outcome.CONNECTION_ERROR
+    if any(isinstance(e, _TIMEOUTS) for e in causes(exc)):
         return Outcome.TIMEOUT
-    if isinstance(exc, openai.RateLimitError):
-        return Outcome.RATE_LIMITED
-    if is_context_overflow(exc):
-        return Outcome.CONTEXT_OVERFLOW
     return Outcome.API_ERROR
 
 
 def is_transient(exc: BaseException) -> bool:
     """Whether retrying the same request may succeed."""
-    if isinstance(exc, (openai.APITimeoutError, openai.APIConnectionError)):
+    if isinstance(exc, openai.APIStatusError):
+        return exc.status_code in RETRYABLE_STATUSES
+    if isinstance(exc, (openai.APITimeoutError, openai.APIConnectionError, NotACompletion)):
         return True
     if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
         return True
-    if isinstance(exc, openai.APIStatusError):
-        return exc.status_code in RETRYABLE_STATUSES
-    return False
+    return classify(exc) in (Outcome.TIMEOUT, Outcome.CONNECTION_ERROR)
+
+
+def root_cause(exc: BaseException) -> BaseException:
+    """The innermost exception of the chain (what the socket said)."""
+    *_, last = causes(exc)
+    return last
 
 
 def status_code(exc: BaseException) -> int | None:
-    return exc.status_code if isinstance(exc, openai.APIStatusError) else None
+    if isinstance(exc, openai.APIStatusError):
+        return exc.status_code
+    code = getattr(exc, "status_code", None)
+    return code if isinstance(code, int) else None
 
 
 def response_headers(exc: BaseException | None) -> Mapping[str, str] | None:
     if isinstance(exc, openai.APIStatusError):
         return exc.response.headers
     return None
+
+
+class CircuitBreaker:
+    """Consecutive connection failures per base URL, shared by every call of one Extractor.
+
+    ``failed`` counts one; at ``threshold`` the URL is *open*: ``check`` raises
+    ``ProviderUnreachable`` before anything is sent to it, in this call and every later one,
+    until ``reset`` (the extractor's ``close`` / ``aclose``). ``answered`` (any HTTP response,
+    even an error status) sets the count back to zero. Timeouts count neither way.
+    """
+
+    def __init__(self, threshold: int):
+        self.threshold = threshold
+        self._failures: dict[str, int] = {}
+        self._last: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def check(self, url: str) -> None:
+        n = self._failures.get(url, 0)
+        if n >= self.threshold:
+            raise self._error(url, n)
+
+    def failed(self, url: str, exc: BaseException) -> None:
+        """One more connection failure; raises ``ProviderUnreachable`` when that opens the URL."""
+        root = root_cause(exc)
+        with self._lock:
+            n = self._failures[url] = self._failures.get(url, 0) + 1
+            self._last[url] = f"{type(root).__name__}: {root}"[:300]
+        if n >= self.threshold:
+            raise self._error(url, n) from exc
+
+    def answered(self, url: str) -> None:
+        if self._failures:  # the common case (nothing failed) costs one truth test
+            with self._lock:
+                self._failures.pop(url, None)
+
+    def is_open(self, url: str) -> bool:
+        return self._failures.get(url, 0) >= self.threshold
+
+    def reset(self) -> None:
+        with self._lock:
+            self._failures.clear()
+            self._last.clear()
+
+    def _error(self, url: str, n: int) -> ProviderUnreachable:
+        last = self._last.get(url)
+        return ProviderUnreachable(
+            f"provider unreachable: {url} did not answer {n} consecutive requests"
+            + (f" (last: {last})" if last else "")
+            + "; nothing more is sent to it until the extractor is closed",
+            url=url,
+            failures=n,
+        )
