@@ -275,8 +275,10 @@ class Extractor(Generic[T]):
                 counts["n_ok" if result.ok else "n_failed"] += 1
             ext_id = await self.ledger.arecord(self, result, text=text, **record)
             result = replace(result, extraction_id=ext_id)
-        if unreachable is not None:
-            raise unreachable
+        if unreachable is not None:  # this call's failed result travels with it (recorded above)
+            raise ProviderUnreachable(
+                str(unreachable), url=unreachable.url, failures=unreachable.failures, result=result
+            ) from unreachable
         if self.raise_on_failure and not result.ok:
             raise ExtractionFailed(f"every tier failed: {result.error}", result=result)
         return result

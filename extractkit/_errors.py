@@ -92,11 +92,13 @@ class ExtractionFailed(RunError):
 class ProviderUnreachable(RunError):
     """The provider did not answer ``failures`` consecutive requests (connection refused, reset,
     DNS, TLS): the chain stops sending instead of burning every document's retries. ``.url`` is
-    the base URL that did not answer."""
+    the base URL that did not answer. ``.result``: the failed ``Result`` of the call that was
+    stopped after it had made attempts (recorded in the ledger as such), else None."""
 
-    def __init__(self, message: str, *, url: str, failures: int):
+    def __init__(self, message: str, *, url: str, failures: int, result: Result[Any] | None = None):
         self.url = url
         self.failures = failures
+        self.result = result
         super().__init__(message)
 
 

@@ -515,3 +515,31 @@ def test_cli_rerun_after_an_outage_retries_what_failed_transiently(tmp_path):
         sent = len(server.requests)
         third = cli(*args)  # nothing left to do: no request
         assert third.returncode == 0 and len(server.requests) == sent
+
+
+def test_real_breaker_in_a_batch_every_recorded_document_has_its_out_line(tmp_path, sleeps):
+    """The chain's own breaker against a closed port on 127.0.0.1 (no fakes of aextract): the
+    document whose attempts tripped it is recorded (connection_error, retried by a rerun) and has
+    its --out line; the documents never sent have neither; the run says provider_unreachable."""
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/v1"
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i in range(8):
+        (docs / f"d{i}.txt").write_text(invoice(i))
+    policy = EscalationPolicy(retry=RetryPolicy(max_attempts=2, unreachable_after=3))
+    ex = Extractor(Invoice, tiers=[ZeroShot(model="gpt-4o-mini", base_url=url, max_reasks=0)], policy=policy)
+    out, db = tmp_path / "out.jsonl", tmp_path / "l.db"
+    s = run(db, [docs], out=out, ex=ex, concurrency=1)
+    assert s.status == "provider_unreachable" and s.provider_url == url
+    recorded = db_rows(db, "SELECT path, outcome FROM extractions")
+    got = lines(out)
+    assert recorded and sorted(p for p, _ in recorded) == sorted(r["path"] for r in got)
+    assert {o for _, o in recorded} == {"connection_error"}
+    assert s.unattempted == 8 - len(got) and s.unattempted > 0
+    attempts = db_rows(db, "SELECT COUNT(*) FROM attempts WHERE outcome = 'connection_error'")[0][0]
+    assert attempts <= 4  # stopped at the third consecutive failure (+ the not-sent record)

@@ -250,10 +250,12 @@ class BatchRunner:
             result = await ex.aextract(
                 doc.text, run_id=run_id, path=doc.path, size=doc.size, doc_type=doc.type
             )
-        except ProviderUnreachable as exc:  # nothing was sent for this one: leave it unattempted
+        except ProviderUnreachable as exc:
             if self._stop is None:
                 self._stop = exc
-            return None
+            if exc.result is None:  # nothing was sent for this one: leave it unattempted
+                return None
+            result = exc.result  # attempts were made and recorded: it has its line like any other
         except ConfigError:
             raise
         except Exception as exc:  # a bug must not stop the batch: record it for this document
