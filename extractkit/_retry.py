@@ -164,6 +164,17 @@ _CONNECTION_FAILURES: tuple[type[BaseException], ...] = (
 
 _TIMEOUTS = (openai.APITimeoutError, httpx.TimeoutException, TimeoutError, asyncio.TimeoutError)
 
+# the server answered, then the connection broke while the body was read (reset mid-body, a
+# Content-Length never met): the same request may well pass, but the provider is reachable, so
+# it is a transient api_error, not a connection failure for the circuit breaker
+_BROKEN_READS: tuple[type[BaseException], ...] = (httpx.ReadError, httpx.WriteError, httpx.CloseError,
+                                                  httpx.RemoteProtocolError)  # fmt: skip
+
+
+def _broken_reads() -> tuple[type[BaseException], ...]:
+    aiohttp = sys.modules.get("aiohttp")
+    return _BROKEN_READS if aiohttp is None else (*_BROKEN_READS, aiohttp.ClientPayloadError)
+
 
 def _connection_failures() -> tuple[type[BaseException], ...]:
     # the aiohttp transport's own types, when it is in use (no import otherwise: none can occur).
@@ -202,7 +213,10 @@ def is_transient(exc: BaseException) -> bool:
         return True
     if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
         return True
-    return classify(exc) in (Outcome.TIMEOUT, Outcome.CONNECTION_ERROR)
+    if classify(exc) in (Outcome.TIMEOUT, Outcome.CONNECTION_ERROR):
+        return True
+    kinds = _broken_reads()
+    return any(isinstance(e, kinds) for e in causes(exc))
 
 
 def root_cause(exc: BaseException) -> BaseException:

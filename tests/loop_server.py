@@ -23,6 +23,7 @@ class Reply:
     hang: bool = False  # read the request, never answer
     drip_s: float | None = None  # send the body one byte per drip_s seconds
     chunks: Callable[[], Iterator[bytes]] | None = None  # a chunked body, generated as it is sent
+    cut: bool = False  # announce the whole body, send half of it, then close (a reset mid-body)
 
 
 def json_reply(payload: dict[str, Any], status: int = 200) -> Reply:
@@ -123,6 +124,11 @@ class ScriptedServer:
                 writer.write(reply.body[i : i + 1])
                 await writer.drain()
                 await asyncio.sleep(reply.drip_s)
+        elif reply.cut:
+            writer.write(reply.body[: len(reply.body) // 2])
+            await writer.drain()
+            writer.transport.abort()  # RST, not a clean close: the rest never comes
+            return
         else:
             writer.write(reply.body)
         await writer.drain()

@@ -21,7 +21,7 @@ from extractkit import EscalationPolicy, Extractor, Outcome, RetryPolicy, ZeroSh
 
 from .conftest import Invoice
 from .fakes import BASE_URL, completion, error_body
-from .loop_server import closed_port
+from .loop_server import Reply, ScriptedServer, closed_port, json_reply
 
 DOC = "ACME Tools Ltd\nInvoice 7\nDate: 2024-03-15\nTotal due: 1,249.50 EUR\n"
 GOOD = {"issuer": "ACME Tools Ltd", "total": 1249.5, "date": "2024-03-15"}
@@ -130,6 +130,22 @@ def test_a_refused_connection_is_a_connection_error(sleeps, transport):
     # what the socket said is in the error, whatever the transport called it
     assert "ConnectionRefusedError" in result.attempts[0].error or "ConnectError" in result.attempts[0].error
     assert "connection_error" in result.error
+
+
+@pytest.mark.parametrize("transport", ["httpx", "aiohttp"])
+def test_a_connection_reset_mid_body_is_retried(sleeps, transport):
+    """The server answers 200 with a Content-Length, sends half the body and resets the
+    connection (the fault run's `reset`): a transient failure, sent again, not a final api_error."""
+    answers = [Reply(body=json.dumps(completion(GOOD)).encode(), cut=True), json_reply(completion(GOOD))]
+    with ScriptedServer(lambda body: answers.pop(0)) as server:
+        tier = ZeroShot(model="gpt-4o-mini", base_url=server.base_url, api_key="sk-test", transport=transport)
+        policy = EscalationPolicy(retry=RetryPolicy(max_attempts=2))
+        with Extractor(Invoice, tiers=[tier], policy=policy) as ex:
+            result = ex.extract(DOC)
+    assert result.ok, result.error
+    assert result.attempts[0].outcome in (Outcome.API_ERROR, Outcome.CONNECTION_ERROR)
+    assert [a.outcome for a in result.attempts][1:] == [Outcome.OK]
+    assert len(sleeps) == 1  # retried once
 
 
 def _chain(*excs: BaseException) -> BaseException:
