@@ -45,6 +45,10 @@ from collections.abc import Iterable
 
 # look-alikes of "<" and "/" that NFKC leaves alone (those it maps, such as the fullwidth and
 # small forms, are found from unicodedata)
+# what a document renders as depends on this module as much as on the template's source: bump it
+# whenever neutralising changes its output, so every tier's identity (config_hash) changes with it
+RENDER_VERSION = 1
+
 OPEN_BRACKETS = (
     "\u02c2"  # ˂ modifier letter left arrowhead
     "\u1438"  # ᐸ canadian syllabics pa

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import BaseModel
 
 from . import _redact
+from ._delimiters import RENDER_VERSION
 from ._errors import ConfigError
 from ._examples import Example, ExampleSelector, coerce_examples
 from ._pricing import Price
@@ -156,6 +157,7 @@ class Tier:
             "temperature": float(self.temperature),  # 0 and 0.0 are one setting
             "max_reasks": self.max_reasks,
             "prompt_hash": self.template.hash,
+            "render": RENDER_VERSION,  # how untrusted text is neutralised inside the template
             "extra_body": dict(self.extra_body) if self.extra_body else None,
             **self._describe_extra(),
         }

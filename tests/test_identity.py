@@ -276,3 +276,13 @@ def test_a_base_url_without_a_scheme_is_a_config_error(base_url, fix):
 @pytest.mark.parametrize("base_url", ["local", "http://localhost:8080/v1", "https://api.openai.com/v1"])
 def test_urls_with_a_scheme_and_local_are_accepted(base_url):
     assert ZeroShot(model="m", base_url=base_url).base_url == base_url
+
+
+def test_the_render_version_of_untrusted_text_is_part_of_the_identity(monkeypatch):
+    """Neutralising delimiters changes what a document renders as without touching the
+    template's source: its version is in every tier's identity."""
+    from extractkit import _tiers
+
+    before = Extractor(Invoice, tiers=[ZeroShot(model="gpt-4o-mini")]).config_hash
+    monkeypatch.setattr(_tiers, "RENDER_VERSION", _tiers.RENDER_VERSION + 1)
+    assert Extractor(Invoice, tiers=[ZeroShot(model="gpt-4o-mini")]).config_hash != before
