@@ -543,3 +543,25 @@ def test_real_breaker_in_a_batch_every_recorded_document_has_its_out_line(tmp_pa
     assert s.unattempted == 8 - len(got) and s.unattempted > 0
     attempts = db_rows(db, "SELECT COUNT(*) FROM attempts WHERE outcome = 'connection_error'")[0][0]
     assert attempts <= 4  # stopped at the third consecutive failure (+ the not-sent record)
+
+
+def test_identical_content_found_after_the_first_finished_is_shared_from_the_ledger(tmp_path, mock_api):
+    """One worker: the duplicate comes after its first path was recorded. It is sent once, its
+    line says duplicate_of, and the runner keeps nothing per finished document (memory)."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for name in ["a.txt", "b.txt", "c.txt"]:
+        (docs / name).write_text(invoice("same"))
+    route = mock_api.post("/chat/completions").mock(side_effect=echo)
+    out, db = tmp_path / "out.jsonl", tmp_path / "l.db"
+    ex = extractor()
+    with Ledger(db) as ledger:
+        runner = BatchRunner(ex, ledger, out=out, concurrency=1)
+        s = asyncio.run(runner.run([docs]))
+        kept = list(runner._seen.values())
+    assert route.call_count == 1 and (s.ok, s.duplicates, s.attempts) == (3, 2, 1)
+    rows = {Path(r["path"]).name: r for r in lines(out)}
+    assert rows["a.txt"]["duplicate_of"] is None
+    assert rows["b.txt"]["duplicate_of"] == rows["c.txt"]["duplicate_of"] == str(docs / "a.txt")
+    assert rows["b.txt"]["value"] == rows["a.txt"]["value"] and rows["b.txt"]["attempts"] == 0
+    assert kept == []  # nothing per finished document: a copy finds the first in the ledger
