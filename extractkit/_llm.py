@@ -184,9 +184,10 @@ def _short(exc: BaseException) -> str:
         text = f"HTTP {exc.status_code}: {exc.message}"
     else:
         text = f"{type(exc).__name__}: {exc}"
-        if _retry.is_connection_failure(exc):  # what the socket said (the aiohttp transport
-            root = _retry.root_cause(exc)  # reports a refused connection as "Request timed out.")
-            text += f" ({type(root).__name__}: {root})"
+        if _retry.is_connection_failure(exc):  # what the socket said: the aiohttp transport reports
+            root = _retry.root_cause(exc)  # a refused connection as "APITimeoutError: Request timed out."
+            if root is not exc:
+                text = f"{type(root).__name__}: {root} (via {type(exc).__name__})"
     return text[:ERROR_KEEP_CHARS]
 
 
