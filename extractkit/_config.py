@@ -96,6 +96,8 @@ class BatchConfig(BaseModel):
     # documents over these are refused before parsing (too_large / text_too_large); see batch._loaders
     max_bytes: int = Field(32 * 1024 * 1024, ge=1)
     max_chars: int = Field(2_000_000, ge=1)
+    # a response body over this is not read further (response_too_large); see Extractor
+    max_response_bytes: int = Field(4 * 1024 * 1024, ge=1)
 
 
 class Config(BaseModel):

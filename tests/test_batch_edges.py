@@ -565,3 +565,15 @@ def test_identical_content_found_after_the_first_finished_is_shared_from_the_led
     assert rows["b.txt"]["duplicate_of"] == rows["c.txt"]["duplicate_of"] == str(docs / "a.txt")
     assert rows["b.txt"]["value"] == rows["a.txt"]["value"] and rows["b.txt"]["attempts"] == 0
     assert kept == []  # nothing per finished document: a copy finds the first in the ledger
+
+
+def test_the_response_body_cap_is_a_config_setting(tmp_path):
+    from extractkit._llm import MAX_RESPONSE_BYTES
+    from extractkit.cli._build import build
+
+    cfg = _cli_config(tmp_path)
+    ex, config = build(cfg)
+    assert config.batch.max_response_bytes == MAX_RESPONSE_BYTES == ex.max_response_bytes
+    cfg.write_text(cfg.read_text() + "[batch]\nmax_response_bytes = 1000\n")
+    ex, _ = build(cfg)
+    assert ex.max_response_bytes == 1000

@@ -18,5 +18,5 @@ def build(
     tiers = build_tiers(cfg, transport="aiohttp")
     for tier in tiers if resolve_keys else []:
         tier.resolve_api_key()  # a missing key fails here, before any request
-    extractor: Extractor[Any] = Extractor(model, tiers)
+    extractor: Extractor[Any] = Extractor(model, tiers, max_response_bytes=cfg.batch.max_response_bytes)
     return extractor, cfg
