@@ -277,7 +277,7 @@ class BoundTier:
     """A tier joined to a schema: examples validated and indexed once, prompts rendered per doc."""
 
     def __init__(self, tier: Tier, schema: type[BaseModel]):
-        from ._schema import output_token_budget, strict_schema, validation_hash
+        from ._schema import GRAMMAR_KEYWORDS, output_token_budget, strict_schema, validation_hash
 
         self.tier = tier
         self.schema = schema
@@ -313,7 +313,12 @@ class BoundTier:
         if mode is Mode.JSON_SCHEMA:
             self.response_format = {
                 "type": "json_schema",
-                "json_schema": {"name": schema.__name__, "schema": strict_schema(schema), "strict": True},
+                "json_schema": {
+                    "name": schema.__name__,
+                    # the local server's grammar honours `format` (dates), which OpenAI rejects
+                    "schema": strict_schema(schema, keep=GRAMMAR_KEYWORDS if tier.is_local else frozenset()),
+                    "strict": True,
+                },
             }
 
     def describe(self) -> dict[str, Any]:

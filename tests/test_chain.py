@@ -262,6 +262,11 @@ def test_a_local_tier_asks_for_strict_json_schema(mock_api, monkeypatch):
     assert fmt["type"] == "json_schema" and fmt["json_schema"]["strict"] is True
     assert fmt["json_schema"]["schema"]["additionalProperties"] is False
     assert body["max_tokens"] > 0
+    # llama.cpp turns `format: date` into grammar (YYYY-MM-DD): kept for the local server, so the
+    # 135M model cannot answer "August 3, 2014" (re-asked); dropped for OpenAI, which rejects it
+    assert {"type": "string", "format": "date"} in fmt["json_schema"]["schema"]["properties"]["date"]["anyOf"]
+    hosted = zero(mode="json_schema").bind(Invoice).response_format
+    assert hosted is not None and {"type": "string"} in hosted["json_schema"]["schema"]["properties"]["date"]["anyOf"]
 
 
 def test_json_object_schema_mode_is_gone_and_says_what_to_use(tmp_path):
