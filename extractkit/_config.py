@@ -52,6 +52,7 @@ class TierConfig(BaseModel):
     name: str | None = None
     base_url: str | None = None  # "local": the bundled local model server
     api_key_env: str = "OPENAI_API_KEY"
+    # json_object_schema is gone: kept here so the tier can say what to use instead
     mode: Literal["tools", "json_schema", "json", "json_object_schema"] | None = None
     timeout_s: float = Field(60.0, gt=0)
     temperature: float = 0.0

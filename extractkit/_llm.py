@@ -14,7 +14,7 @@ loop is ``TierCall.run``, so each attempt is recorded as it happens. Around the 
   token counting of long text runs in one too, and a re-ask quotes at most ``max_tokens`` tokens
   of the failed answer (cut by characters before it is tokenised);
 - JSON wrapped in a markdown code fence accepted in every mode (the fence is stripped);
-- the schema adapted per mode (strict json_schema, llama.cpp's json_object + schema);
+- the schema adapted for strict json_schema (keywords strict mode rejects removed);
 - re-asks kept inside the context window (the quoted failed answer is trimmed), and a context
   overflow recorded as its own outcome, never retried as if transient;
 - transient HTTP failures retried with backoff that honours Retry-After (``_retry``), and the

@@ -37,6 +37,10 @@ CONTEXT_OVERFLOW_MARKERS = (
     "exceeds the context",
     "context window",
     "too many tokens",
+    # llama.cpp's server (the bundled local model): "request (N tokens) exceeds the available
+    # context size (M tokens), try increasing it", type exceed_context_size_error
+    "exceed_context_size",
+    "available context size",
 )
 MAX_RETRY_AFTER_S = 120.0  # a Retry-After longer than this is not waited out
 UNREACHABLE_AFTER = 6  # consecutive connection failures to one base URL before nothing more is sent

@@ -131,13 +131,21 @@ def validation_hash(schema: type[BaseModel]) -> str:
     return short_hash(canonical_json(parts))
 
 
-def strict_schema(schema: type[BaseModel]) -> dict[str, Any]:
+# Keywords llama.cpp's server turns into grammar (the bundled local model): kept in the schema
+# sent to it, so an answer has the shape validation wants (``format: date`` -> YYYY-MM-DD rather
+# than "August 3, 2014", which would be re-asked). An unknown format falls back to any string.
+GRAMMAR_KEYWORDS = frozenset({"format"})
+
+
+def strict_schema(schema: type[BaseModel], *, keep: frozenset[str] = frozenset()) -> dict[str, Any]:
     """The schema adapted for OpenAI strict mode (json_schema with ``strict: true``).
 
     Every object gets ``additionalProperties: false`` and lists all its properties as required
-    (optional fields already allow null); unsupported keywords are dropped.
+    (optional fields already allow null); unsupported keywords are dropped, but those in
+    ``keep`` (``GRAMMAR_KEYWORDS`` for a server that honours them).
     """
     raw = copy.deepcopy(json_schema(schema))
+    dropped = STRICT_UNSUPPORTED_KEYWORDS - keep
 
     def walk(node: Any) -> Any:
         if isinstance(node, dict):
@@ -146,7 +154,7 @@ def strict_schema(schema: type[BaseModel]) -> dict[str, Any]:
                 if key in ("properties", "$defs"):
                     # their keys are names chosen by the user, not JSON-Schema keywords
                     out[key] = {name: walk(sub) for name, sub in value.items()}
-                elif key not in STRICT_UNSUPPORTED_KEYWORDS:
+                elif key not in dropped:
                     out[key] = walk(value)
             if out.get("type") == "object" or "properties" in out:
                 out.setdefault("properties", {})

@@ -22,12 +22,23 @@ from ._schema import canonical_json, short_hash
 
 
 class Mode(str, enum.Enum):
-    """How the schema is imposed on the model. Servers differ in what they honour."""
+    """How the schema is imposed on the model. Servers differ in what they honour (README, "The
+    local model"): json_schema and tools on OpenAI, llama.cpp's llama-server, Ollama, vLLM and
+    LM Studio; json on all of them but LM Studio."""
 
-    TOOLS = "tools"  # a forced tool call (OpenAI, llama.cpp server, most compatibles)
-    JSON_SCHEMA = "json_schema"  # response_format json_schema, strict (OpenAI structured outputs)
+    TOOLS = "tools"  # a forced tool call
+    JSON_SCHEMA = "json_schema"  # response_format json_schema, strict (structured outputs)
     JSON = "json"  # response_format json_object, schema described in the prompt
-    JSON_OBJECT_SCHEMA = "json_object_schema"  # llama.cpp's {"type": "json_object", "schema": ...}
+
+
+# modes that are gone, and what to use instead
+REMOVED_MODES = {
+    "json_object_schema": (
+        "mode 'json_object_schema' (response_format json_object with a schema) was removed: only "
+        "llama-cpp-python's server needed it, and it honours 'tools'; llama.cpp's own server "
+        "(llama-server, the bundled local model), Ollama, vLLM and LM Studio honour 'json_schema'"
+    ),
+}
 
 
 # Context windows (tokens) of common models; None for unknown ones (no pre-flight check then).
@@ -74,7 +85,11 @@ class Tier:
             object.__setattr__(self, "name", self.kind)
         _redact.register(self.api_key)  # never stored, printed or written from here on
         _redact.register_env(self.api_key_env)
-        mode = self.mode if self.mode is not None else self.default_mode
+        mode = self.mode
+        if mode is None:  # the local server honours strict json_schema (grammar-constrained)
+            mode = Mode.JSON_SCHEMA if self.is_local else self.default_mode
+        if mode in REMOVED_MODES:
+            raise ConfigError(f"tier {self.name}: {REMOVED_MODES[str(mode)]}")
         try:
             object.__setattr__(self, "mode", Mode(mode))
         except ValueError:
@@ -96,9 +111,6 @@ class Tier:
 
             if self.price is None:  # no API bill; compute is not priced
                 object.__setattr__(self, "price", Price(0.0, 0.0))
-            if self.mode is None or self.mode == self.default_mode:
-                # the llama.cpp server rejects json_schema (HTTP 500) but honours tool calls
-                object.__setattr__(self, "mode", Mode.TOOLS)
 
     @property
     def is_local(self) -> bool:
@@ -267,7 +279,7 @@ class BoundTier:
     """A tier joined to a schema: examples validated and indexed once, prompts rendered per doc."""
 
     def __init__(self, tier: Tier, schema: type[BaseModel]):
-        from ._schema import json_schema, output_token_budget, strict_schema, validation_hash
+        from ._schema import GRAMMAR_KEYWORDS, output_token_budget, strict_schema, validation_hash
 
         self.tier = tier
         self.schema = schema
@@ -286,7 +298,6 @@ class BoundTier:
             Mode.TOOLS: instructor.Mode.TOOLS,
             Mode.JSON_SCHEMA: instructor.Mode.JSON_SCHEMA,
             Mode.JSON: instructor.Mode.JSON,
-            Mode.JSON_OBJECT_SCHEMA: instructor.Mode.JSON,  # + llama.cpp's schema, below
         }[tier.resolved_mode]
         self.handlers = mode_registry.get_handlers(Provider.OPENAI, instructor_mode)
         self._request_extra: tuple[type[BaseModel], dict[str, Any]] | None = None
@@ -304,10 +315,13 @@ class BoundTier:
         if mode is Mode.JSON_SCHEMA:
             self.response_format = {
                 "type": "json_schema",
-                "json_schema": {"name": schema.__name__, "schema": strict_schema(schema), "strict": True},
+                "json_schema": {
+                    "name": schema.__name__,
+                    # the local server's grammar honours `format` (dates), which OpenAI rejects
+                    "schema": strict_schema(schema, keep=GRAMMAR_KEYWORDS if tier.is_local else frozenset()),
+                    "strict": True,
+                },
             }
-        elif mode is Mode.JSON_OBJECT_SCHEMA:
-            self.response_format = {"type": "json_object", "schema": json_schema(schema)}
 
     def describe(self) -> dict[str, Any]:
         """The tier's identity for this schema: its settings (``Tier.describe``) with the output

@@ -249,15 +249,40 @@ def test_fine_tuned_sends_strict_adapted_schema(mock_api):
     assert result.attempts[0].outcome is Outcome.SCHEMA_INVALID
 
 
-def test_json_object_schema_mode_for_llama_cpp(mock_api):
+def test_a_local_tier_asks_for_strict_json_schema(mock_api, monkeypatch):
+    """The bundled server (llama.cpp's own) honours response_format json_schema, grammar-
+    constrained: local tiers take OpenAI's structured-outputs path, with no tool definition."""
+    monkeypatch.setenv("EXTRACTKIT_LOCAL_URL", BASE_URL)  # any running OpenAI-compatible server
     route = mock_api.post("/chat/completions").mock(return_value=ok(None, content=json.dumps(GOOD)))
-    result = Extractor(Invoice, tiers=[zero(mode="json_object_schema")]).extract(DOC)
+    result = Extractor(Invoice, tiers=[ZeroShot(model="local", base_url="local")]).extract(DOC)
     assert result.ok
-    fmt = bodies(route)[0]["response_format"]
-    assert fmt["type"] == "json_object" and fmt["schema"]["properties"]["issuer"]
+    [body] = bodies(route)
+    assert "tools" not in body and "tool_choice" not in body
+    fmt = body["response_format"]
+    assert fmt["type"] == "json_schema" and fmt["json_schema"]["strict"] is True
+    assert fmt["json_schema"]["schema"]["additionalProperties"] is False
+    assert body["max_tokens"] > 0
+    # llama.cpp turns `format: date` into grammar (YYYY-MM-DD): kept for the local server, so the
+    # 135M model cannot answer "August 3, 2014" (re-asked); dropped for OpenAI, which rejects it
+    assert {"type": "string", "format": "date"} in fmt["json_schema"]["schema"]["properties"]["date"]["anyOf"]
+    hosted = zero(mode="json_schema").bind(Invoice).response_format
+    assert hosted is not None and {"type": "string"} in hosted["json_schema"]["schema"]["properties"]["date"]["anyOf"]
 
 
-@pytest.mark.parametrize("mode", ["tools", "json", "json_schema", "json_object_schema"])
+def test_json_object_schema_mode_is_gone_and_says_what_to_use(tmp_path):
+    """Only llama-cpp-python's server needed json_object + schema (and it honours tools); every
+    server the README names honours json_schema."""
+    from extractkit import ConfigError
+    from extractkit._config import build_tiers, parse_config
+
+    with pytest.raises(ConfigError, match=r"json_object_schema.*removed.*'tools'.*'json_schema'"):
+        zero(mode="json_object_schema")
+    cfg = {"schema": "m:C", "tiers": [{"kind": "zero_shot", "model": "m", "mode": "json_object_schema"}]}
+    with pytest.raises(ConfigError, match=r"tiers\.0: .*json_object_schema.*removed"):
+        build_tiers(parse_config(cfg, root=tmp_path))
+
+
+@pytest.mark.parametrize("mode", ["tools", "json", "json_schema"])
 def test_requests_and_reasks_are_instructors_own(mock_api, mode):
     """extractkit runs the attempt loop itself on instructor's handlers for the mode: what it sends
     (each document's request, and the re-ask after a failed answer) is what those handlers build,

@@ -1,21 +1,27 @@
-"""Against a real server nobody here wrote: llama-cpp-python + SmolLM2-135M on 127.0.0.1.
+"""Against a real server nobody here wrote: llama.cpp's own server (xllamacpp) + SmolLM2-135M on
+127.0.0.1.
 
 These tests check the pipeline's behaviour on a real model (bounds, re-asks, overflow,
-timeouts, batch, report), never its accuracy: a 135M model gets most invoices wrong.
+timeouts, slots, the server's lifecycle, batch, report), never its accuracy: a 135M model gets
+most invoices wrong. With EXTRACTKIT_REQUIRE_LOCAL set (CI) a missing server is an error, never a
+skip.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 
-from extractkit import EscalationPolicy, Extractor, FewShot, Outcome, RetryPolicy, ZeroShot
-from extractkit.local import LocalServer, check_installed, shared_server
+from extractkit import EscalationPolicy, Extractor, FewShot, LocalModelError, Outcome, RetryPolicy, ZeroShot
+from extractkit.local import N_CTX, LocalServer, check_installed, shared_server
 
 pytestmark = pytest.mark.integration
 
@@ -34,6 +40,18 @@ if MISSING:
 
 sys.path.insert(0, str(EXAMPLES))
 from invoice_schema import Invoice  # noqa: E402
+
+from .conftest import CORPUS  # noqa: E402
+
+
+@pytest.fixture
+def corpus() -> Path:
+    # the shared corpus is as required as the server: in CI a missing one fails, never skips
+    if not CORPUS.is_dir():
+        if os.environ.get("EXTRACTKIT_REQUIRE_LOCAL"):
+            pytest.fail(f"EXTRACTKIT_REQUIRE_LOCAL is set but the shared corpus is not at {CORPUS}")
+        pytest.skip(f"shared corpus not found at {CORPUS}")
+    return CORPUS
 
 
 @pytest.fixture(scope="module")
@@ -55,11 +73,15 @@ def test_chain_on_a_real_invoice_is_bounded(server, corpus):
     from extractkit._schema import output_token_budget
 
     assert result.attempts, "nothing was recorded"
+    # strict json_schema, grammar-constrained by the server: no tool-call detour
+    assert bound.response_format is not None and bound.response_format["type"] == "json_schema"
     for a in result.attempts:
         # every request carried an output bound: no runaway to the 4,096-token context
         assert a.usage.completion_tokens <= output_token_budget(bound.schema)
         # re-asks stayed inside the context: the server never answered 400 for overflow
         assert a.status_code in (200, None)
+        if a.finish_reason == "stop":  # the grammar lets out JSON only
+            assert a.outcome is not Outcome.INVALID_JSON, a.output
     assert 1 <= len(result.attempts) <= 3
     if result.ok:  # the grounding guard only lets values through that occur in the document
         assert str(result.value.invoice_number) in text
@@ -129,3 +151,85 @@ def test_per_attempt_timeout_is_enforced(corpus):
         policy = EscalationPolicy(retry=RetryPolicy(max_attempts=2, initial_delay_s=0.01))
         result = Extractor(Invoice, tiers=[tier], policy=policy).extract((corpus / "Orlen.txt").read_text())
     assert [a.outcome for a in result.attempts] == [Outcome.TIMEOUT, Outcome.TIMEOUT]
+
+
+def _get(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def test_slots_share_the_context_and_each_keeps_the_tier_window():
+    # llama.cpp splits n_ctx across its slots: two slots get 2 x 4,096 tokens, 4,096 each
+    with LocalServer(n_parallel=2) as two:
+        props = _get(f"http://127.0.0.1:{two.port}/props")
+        assert props["total_slots"] == 2
+        assert props["default_generation_settings"]["n_ctx"] == N_CTX
+        assert _get(two.base_url + "/models")["data"][0]["id"] == "local"
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+    return "\nState:\tZ" in state  # a zombie waiting for init to reap it: the server is down
+
+
+def test_the_server_stops_when_its_parent_is_killed(tmp_path):
+    """A parent killed with SIGKILL runs no atexit handler: the server notices and exits."""
+    script = (
+        "import sys, time\n"
+        "from extractkit.local import LocalServer\n"
+        "s = LocalServer().start()\n"
+        "print(s.proc.pid, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        server_pid = int(parent.stdout.readline())
+        assert not _gone(server_pid)
+    finally:
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        assert parent.stdout is not None
+        parent.stdout.close()
+    deadline = time.monotonic() + 15
+    while not _gone(server_pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _gone(server_pid), "the server outlived its parent"
+
+
+def test_a_server_that_cannot_load_its_model_is_a_local_model_error(tmp_path, monkeypatch):
+    bad = tmp_path / "not-a-model.gguf"
+    bad.write_bytes(b"this is not a GGUF file")
+    monkeypatch.setenv("EXTRACTKIT_LOCAL_MODEL", str(bad))
+    with pytest.raises(LocalModelError, match="the local model server exited with code"):
+        LocalServer().start(timeout_s=60)
+
+
+def test_local_serve_runs_in_the_foreground_until_interrupted():
+    from extractkit.local import free_port
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "extractkit", "local", "serve", "--port", str(port),
+                             "--parallel", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if _get(f"http://127.0.0.1:{port}/health").get("status") == "ok":
+                    break
+            except OSError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, "local serve did not come up"
+            time.sleep(0.2)
+        assert _get(f"http://127.0.0.1:{port}/props")["total_slots"] == 2
+        proc.send_signal(signal.SIGINT)  # Ctrl-C
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        assert proc.stderr is not None
+        proc.stderr.close()

@@ -59,7 +59,7 @@ def test_strip_code_fence(text, expected):
 
 
 @pytest.mark.parametrize("fenced", FENCED)
-@pytest.mark.parametrize("mode", ["tools", "json", "json_schema", "json_object_schema"])
+@pytest.mark.parametrize("mode", ["tools", "json", "json_schema"])
 def test_a_fenced_answer_is_accepted_in_every_mode_without_a_reask(mock_api, mode, fenced):
     # tools: the fence inside the tool call's arguments; the others: in the message content
     answer = completion(fenced) if mode == "tools" else completion(None, content=fenced)
@@ -192,10 +192,16 @@ def _status(code: int, body: dict | None = None) -> openai.APIStatusError:
         (lambda: _status(401), Outcome.API_ERROR, False),
         (lambda: _status(400, error_body("maximum context length", "context_length_exceeded")),
          Outcome.CONTEXT_OVERFLOW, False),  # fmt: skip
+        # llama.cpp's server (the bundled local model, llama-server)
+        (lambda: _status(400, {"error": {"code": 400, "type": "exceed_context_size_error",
+                                         "message": "request (20314 tokens) exceeds the available context size "
+                                                    "(4096 tokens), try increasing it",
+                                         "n_prompt_tokens": 20314, "n_ctx": 4096}}),
+         Outcome.CONTEXT_OVERFLOW, False),  # fmt: skip
     ],
     ids=["aiohttp-refused", "httpx-refused", "dns", "reset", "tls", "disconnected", "aiohttp-disconnected",
          "read-timeout", "deadline", "bug", "too-large", "not-a-completion", "429", "502", "401",
-         "context"],  # fmt: skip
+         "context", "context-llama.cpp"],  # fmt: skip
 )
 def test_classify_by_type_along_the_causes(make, outcome, transient):
     exc = make()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import sys
 from decimal import Decimal
 from typing import Annotated
 
@@ -11,7 +12,7 @@ import pytest
 from pydantic import BaseModel, ValidationError
 
 import extractkit
-from extractkit import ExamplesError, Grounded, Price, TemplateError, ZeroShot, load_examples
+from extractkit import ExamplesError, FewShot, Grounded, Price, TemplateError, ZeroShot, load_examples
 from extractkit._examples import Example, ExampleSelector
 from extractkit._grounding import SourceIndex, number_readings
 from extractkit._pricing import base_model, cost, lookup_price
@@ -188,14 +189,66 @@ def test_missing_local_extra_says_what_to_install(monkeypatch):
 
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
     monkeypatch.delenv("EXTRACTKIT_LOCAL_MODEL", raising=False)
-    with pytest.raises(MissingDependencyError, match=r'pip install -e "\.\[local\]"'):
+    with pytest.raises(MissingDependencyError, match=r'xllamacpp.*pip install -e "\.\[local\]"'):
         check_installed()
 
 
 def test_local_tier_defaults():
+    # llama.cpp's own server honours strict json_schema (grammar-constrained): the same path as
+    # OpenAI's structured outputs, no tool-call detour
     tier = ZeroShot(model="local", base_url="local")
-    assert tier.resolved_mode.value == "tools" and tier.resolved_context_window() == 4096
+    assert tier.resolved_mode.value == "json_schema" and tier.resolved_context_window() == 4096
     assert tier.resolve_api_key() == "local" and tier.price == Price(0.0, 0.0)
+    # a mode chosen on purpose is kept, the default one included (another server may want tools)
+    assert ZeroShot(model="local", base_url="local", mode="tools").resolved_mode.value == "tools"
+    assert FewShot(model="local", base_url="local", examples=[{"input": "a", "output": {}}]).resolved_mode.value == "json_schema"
+    assert ZeroShot(model="gpt-4o-mini").resolved_mode.value == "tools"  # hosted: unchanged
+
+
+@pytest.mark.parametrize(
+    ("concurrency", "n_ctx", "budget", "slots"),
+    [(1, 4096, 16384, 1), (2, 4096, 16384, 2), (4, 4096, 16384, 4), (8, 4096, 16384, 4),
+     (8, 8192, 16384, 2), (3, 32768, 16384, 1), (0, 4096, 16384, 1)],
+)  # fmt: skip
+def test_local_slots_follow_concurrency_within_the_context_budget(concurrency, n_ctx, budget, slots):
+    from extractkit.local import server_settings, slots_for
+
+    assert slots_for(concurrency, n_ctx, budget) == slots
+    settings = server_settings(n_ctx=n_ctx, n_parallel=slots)
+    # llama.cpp splits n_ctx evenly across its slots: each slot keeps the tier's window
+    assert settings["n_ctx"] == n_ctx * slots and settings["n_parallel"] == slots
+    assert settings["kv_unified"] is False and settings["n_ctx"] // settings["n_parallel"] == n_ctx
+    assert settings["cache_prompt"] is True and settings["ctx_shift"] is False
+
+
+def test_local_server_command_runs_the_xllamacpp_server_in_its_own_process(tmp_path, monkeypatch):
+    from extractkit.local import server_command
+
+    model = tmp_path / "m.gguf"
+    monkeypatch.setenv("EXTRACTKIT_LOCAL_MODEL", str(model))
+    cmd = server_command(8012, 4096, 2, parent=1234)
+    assert cmd[:3] == [sys.executable, "-m", "extractkit.local._serve"]
+    args = dict(zip(cmd[3::2], cmd[4::2], strict=True))
+    assert args == {"--model": str(model), "--port": "8012", "--n-ctx": "4096", "--n-parallel": "2",
+                    "--alias": "local", "--parent": "1234"}  # fmt: skip
+    assert "--parent" not in server_command(8012)  # `extractkit local serve`: in the foreground
+
+
+def test_a_batch_reserves_one_local_slot_per_document_in_flight(tmp_path, monkeypatch):
+    import extractkit.local as local
+    from extractkit import Extractor
+    from extractkit.batch import BatchRunner
+    from extractkit.ledger import Ledger
+
+    monkeypatch.setattr(local, "_wanted_slots", 1)
+    with Ledger(tmp_path / "l.sqlite3") as ledger:
+        hosted = Extractor(Invoice, tiers=[ZeroShot(model="gpt-4o-mini", api_key="k")])
+        BatchRunner(hosted, ledger, concurrency=6)
+        assert local._wanted_slots == 1  # no local tier: nothing reserved
+        ex = Extractor(Invoice, tiers=[ZeroShot(model="local", base_url="local")])
+        BatchRunner(ex, ledger, concurrency=3)
+        BatchRunner(ex, ledger, concurrency=2)
+    assert local._wanted_slots == 3 and local.slots_for(local._wanted_slots) == 3
 
 
 def test_config_names_the_missing_key(tmp_path):

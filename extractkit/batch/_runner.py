@@ -179,6 +179,10 @@ class BatchRunner:
         self.extractor = extractor
         self.ledger = ledger
         self.concurrency = concurrency
+        if any(getattr(t, "is_local", False) for t in getattr(extractor, "tiers", ())):
+            from ..local import reserve_slots
+
+            reserve_slots(concurrency)  # one slot of the local server per document in flight
         self.force = force
         self.retry_failed = retry_failed
         self.max_bytes = max_bytes

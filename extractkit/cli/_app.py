@@ -99,7 +99,7 @@ def extract(
     raise typer.Exit(code)
 
 
-local_app = typer.Typer(help="The bundled local model (SmolLM2-135M via llama-cpp-python).",
+local_app = typer.Typer(help="The bundled local model (SmolLM2-135M on llama.cpp's server, via xllamacpp).",
                         no_args_is_help=True)  # fmt: skip
 app.add_typer(local_app, name="local")
 
@@ -107,11 +107,13 @@ app.add_typer(local_app, name="local")
 @local_app.command("serve")
 def local_serve(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8012,
-    n_ctx: Annotated[int, typer.Option(help="Context window.")] = 4096,
+    n_ctx: Annotated[int, typer.Option(help="Context window of each slot (tokens).")] = 4096,
+    parallel: Annotated[int, typer.Option(min=1, help="Slots: requests answered at once.")] = 1,
 ) -> None:
     """Run the local model server in the foreground (OpenAI-compatible, 127.0.0.1).
 
-    Example: extractkit local serve --port 8012, then OPENAI_BASE_URL=http://127.0.0.1:8012/v1
+    Example: extractkit local serve --port 8012 --parallel 2, then
+    EXTRACTKIT_LOCAL_URL=http://127.0.0.1:8012/v1 (or OPENAI_BASE_URL) points extractkit at it.
     """
     import os
 
@@ -119,11 +121,11 @@ def local_serve(
 
     try:
         check_installed()
-        cmd = server_command(port, n_ctx)
+        cmd = server_command(port, n_ctx, parallel)
     except ExtractkitError as exc:
         raise fail_usage(str(exc)) from None
-    err.print(f"serving SmolLM2-135M at http://127.0.0.1:{port}/v1 (Ctrl-C stops it). "
-              "It proves the pipeline, not accuracy.", highlight=False)  # fmt: skip
+    err.print(f"serving SmolLM2-135M at http://127.0.0.1:{port}/v1 with {parallel} slot(s) of {n_ctx} "
+              "tokens (Ctrl-C stops it). It proves the pipeline, not accuracy.", highlight=False)  # fmt: skip
     os.execv(cmd[0], cmd)
 
 

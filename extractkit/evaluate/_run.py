@@ -55,6 +55,10 @@ async def aevaluate(
     run_id = ledger.start_run("eval", extractor.describe(), extractor.config_hash, extractor.schema_hash)
     summary = EvalSummary(run_id=run_id, items=len(gold), tiers=names)
     sem = asyncio.Semaphore(max(1, concurrency))
+    if any(getattr(t, "is_local", False) for t in extractor.tiers):
+        from ..local import reserve_slots
+
+        reserve_slots(concurrency)  # one slot of the local server per extraction in flight
 
     async def load(item: GoldItem) -> Document | None:
         try:

