@@ -1,7 +1,8 @@
 """The TOML config file: the schema, the tiers, the ledger and batch settings.
 
 Everything a tier takes in the library can be set here, except secrets: a tier names the
-*environment variable* that holds its key (``api_key_env``), never the key itself.
+*environment variable* that holds its key (``api_key_env``), never the key itself, and a header
+that carries a secret is read from the environment too (``headers_env``).
 
 .. code-block:: toml
 
@@ -25,11 +26,21 @@ Everything a tier takes in the library can be set here, except secrets: a tier n
     model = "gpt-4o-mini"
     examples = "invoices.jsonl"              # relative to this file
     k = 3
+
+    [[tiers]]
+    kind = "zero_shot"
+    model = "my-gateway-model"               # not in the price table: give its price
+    base_url = "https://gateway.example/v1"
+    price = { input = 0.15, output = 0.6, cached_input = 0.075 }   # USD per 1M tokens
+    extra_body = { top_k = 20 }              # merged into every request body
+    headers = { "X-Team" = "billing" }       # extra HTTP headers (values never stored)
+    headers_env = { "X-Gateway-Key" = "GATEWAY_KEY" }   # header value read from $GATEWAY_KEY
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from pathlib import Path
 from typing import Any, Literal
@@ -42,6 +53,20 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
+
+
+PRICE_SHAPE = "{ input = 0.15, output = 0.6, cached_input = 0.075 }"
+PRICE_HELP = f"price is USD per 1M tokens, e.g. price = {PRICE_SHAPE} (cached_input, training optional)"
+
+
+class PriceConfig(BaseModel):
+    """``extractkit.Price`` in TOML: USD per 1M tokens."""
+
+    model_config = ConfigDict(extra="forbid")
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+    cached_input: float | None = Field(None, ge=0)
+    training: float | None = Field(None, ge=0)
 
 
 class TierConfig(BaseModel):
@@ -64,6 +89,22 @@ class TierConfig(BaseModel):
     k: int = Field(3, ge=1)
     select: Literal["similar", "first"] = "similar"
     transport: Literal["httpx", "aiohttp"] | None = None
+    price: PriceConfig | None = None  # USD per 1M tokens; overrides the price table
+    extra_body: dict[str, Any] | None = None  # merged into the request body (part of the identity)
+    headers: dict[str, str] | None = None  # extra HTTP headers; values never stored or printed
+    headers_env: dict[str, str] | None = None  # header name -> environment variable with its value
+
+    @field_validator("price", mode="wrap")
+    @classmethod
+    def _price_shape(cls, v: Any, handler: Any) -> PriceConfig | None:
+        try:
+            return handler(v)  # type: ignore[no-any-return]
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}"
+                for e in exc.errors(include_url=False)
+            )
+            raise ValueError(f"{problems}. {PRICE_HELP}") from None
 
     @field_validator("base_url")
     @classmethod
@@ -192,6 +233,22 @@ def build_tiers(config: Config, *, transport: str | None = None) -> list[Any]:
         }
         if t.name:
             kwargs["name"] = t.name
+        if t.price is not None:
+            from ._pricing import Price
+
+            kwargs["price"] = Price(**t.price.model_dump())
+        if t.extra_body:
+            kwargs["extra_body"] = dict(t.extra_body)
+        headers = dict(t.headers or {})
+        for header, var in (t.headers_env or {}).items():
+            value = os.environ.get(var)
+            if not value:
+                raise ConfigError(
+                    f"tiers.{i}.headers_env.{header}: environment variable {var} is not set"
+                )
+            headers[header] = value
+        if headers:
+            kwargs["headers"] = headers
         if t.kind == "few_shot":
             kwargs.update(examples=config.resolve(t.examples), k=t.k, select=t.select)
         try:

@@ -133,6 +133,7 @@ def make_client(tier: Any) -> openai.AsyncOpenAI:
         timeout=tier.timeout_s,
         max_retries=0,  # transient retries are ours (recorded, Retry-After honoured)
         http_client=http_client,
+        default_headers=dict(tier.headers) if getattr(tier, "headers", None) else None,
     )
 
 

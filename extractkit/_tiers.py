@@ -77,6 +77,9 @@ class Tier:
     price: Price | None = None  # overrides the price table for this tier
     transport: str = "httpx"  # or "aiohttp" (faster with many requests in flight)
     extra_body: Mapping[str, Any] | None = None  # passed through to the request
+    # extra HTTP headers on every request (a gateway's routing or auth header): not part of the
+    # tier's identity, and their values are registered as secrets (never stored or printed)
+    headers: Mapping[str, str] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -85,6 +88,10 @@ class Tier:
             object.__setattr__(self, "name", self.kind)
         _redact.register(self.api_key)  # never stored, printed or written from here on
         _redact.register_env(self.api_key_env)
+        for header, value in (self.headers or {}).items():
+            if not isinstance(header, str) or not isinstance(value, str):
+                raise ConfigError(f"tier {self.name}: headers must map names to string values")
+            _redact.register(value)
         mode = self.mode
         if mode is None:  # the local server honours strict json_schema (grammar-constrained)
             mode = Mode.JSON_SCHEMA if self.is_local else self.default_mode
@@ -157,8 +164,9 @@ class Tier:
         A tier bound to a schema adds what only the schema decides (the examples as validated,
         the output bound): ``BoundTier.describe()`` is the tier's identity in ``config_hash``.
         Left out, because they do not change an answer: the API key and ``api_key_env``,
-        ``timeout_s``, ``transport``, ``price`` and file paths (the prompt is identified by its
-        source, examples by their content). ``max_reasks`` is in: it changes the final result.
+        ``timeout_s``, ``transport``, ``price``, ``headers`` and file paths (the prompt is
+        identified by its source, examples by their content). ``max_reasks`` is in: it changes
+        the final result.
         """
         return {
             "kind": self.kind,
