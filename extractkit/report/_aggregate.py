@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from .._errors import ConfigError
 from .._results import TRANSIENT_OUTCOMES, VALIDATION_OUTCOMES
 from ..ledger import Ledger
 from ..ledger._ledger import SERVED_REFRESH_S, new_id
@@ -264,6 +265,16 @@ def _chains(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     return chains
 
 
+def _check_scope_exists(ledger: Ledger, scope: Scope) -> None:
+    """--run / --schema naming nothing in the ledger is a typo, not an empty report: say so."""
+    if scope.run_id and not ledger.query("SELECT 1 FROM runs WHERE id = ? LIMIT 1", [scope.run_id]):
+        raise ConfigError(f"no such run in {ledger.path}: {scope.run_id}")
+    if scope.schema and not ledger.query(
+        "SELECT 1 FROM schemas WHERE name = ? OR hash LIKE ? LIMIT 1", [scope.schema, scope.schema + "%"]
+    ):
+        raise ConfigError(f"no such schema in {ledger.path}: {scope.schema} (no schema name or hash prefix)")
+
+
 def build_report(
     ledger: Ledger,
     scope: Scope | None = None,
@@ -282,6 +293,7 @@ def build_report(
         "baseline_since": now - (recent_days + baseline_days) * DAY,
         "baseline_until": now - recent_days * DAY,
     }  # fmt: skip
+    _check_scope_exists(ledger, scope)
     q = _Runner(ledger, scope)
     try:
         docs = q("documents")
