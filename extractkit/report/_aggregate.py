@@ -265,8 +265,10 @@ def _chains(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     return chains
 
 
-def _check_scope_exists(ledger: Ledger, scope: Scope) -> None:
-    """--run / --schema naming nothing in the ledger is a typo, not an empty report: say so."""
+def check_scope_exists(ledger: Ledger, scope: Scope) -> None:
+    """ConfigError when ``scope`` names a run or schema the ledger has never seen: for the CLI, where
+    `--run` / `--schema` naming nothing is a typo, not an empty report (``build_report`` itself returns
+    an empty report for such a scope)."""
     if scope.run_id and not ledger.query("SELECT 1 FROM runs WHERE id = ? LIMIT 1", [scope.run_id]):
         raise ConfigError(f"no such run in {ledger.path}: {scope.run_id}")
     if scope.schema and not ledger.query(
@@ -293,7 +295,6 @@ def build_report(
         "baseline_since": now - (recent_days + baseline_days) * DAY,
         "baseline_until": now - recent_days * DAY,
     }  # fmt: skip
-    _check_scope_exists(ledger, scope)
     q = _Runner(ledger, scope)
     try:
         docs = q("documents")
