@@ -68,7 +68,9 @@ def display_path(path: str | os.PathLike[str]) -> str:
 
 
 def _included(path: Path, include: list[str] | None) -> bool:
-    return not include or any(fnmatch.fnmatch(path.name, pat) for pat in include)
+    """Glob on the file name, case-insensitively: ``*.pdf`` also matches ``SCAN.PDF``."""
+    name = path.name.casefold()
+    return not include or any(fnmatch.fnmatchcase(name, pat.casefold()) for pat in include)
 
 
 def _is_special(path: Path) -> bool:

@@ -8,12 +8,53 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from typer.core import TyperGroup
 
 from .. import __version__
-from .._errors import ExtractkitError
+from .._errors import ExtractkitError, RunError
 from ._console import RedactingConsole, install_log_redaction
 
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+def error_exit(exc: BaseException) -> int:
+    """The one place an error becomes `error: ...` on stderr (one line, no traceback) and an exit
+    code: 1 for a run that failed (RunError, e.g. a fine-tuning job the provider rejected), 2 for
+    usage, config, ledger-open and file errors (every other ExtractkitError, OSError, sqlite3)."""
+    import sqlite3
+
+    if isinstance(exc, OSError):
+        message = f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc)
+    elif isinstance(exc, sqlite3.Error):
+        message = f"ledger: {exc}"
+    else:
+        message = str(exc) or type(exc).__name__
+    err.print("[bold red]error:[/]", end=" ")
+    err.print(" ".join(message.split()), highlight=False, markup=False, soft_wrap=True)
+    return EXIT_FAILED if isinstance(exc, RunError) else EXIT_USAGE
+
+
+class _Group(TyperGroup):
+    """Every subcommand (and sub-app) runs inside this invoke, so every ExtractkitError and OSError
+    that escapes a command ends here instead of as a traceback."""
+
+    def invoke(self, ctx: Any) -> Any:
+        import sqlite3
+
+        try:
+            return super().invoke(ctx)
+        except (ExtractkitError, OSError, sqlite3.Error) as exc:
+            raise typer.Exit(error_exit(exc)) from None
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(__version__)
+        raise typer.Exit()
+
+
 app = typer.Typer(
+    cls=_Group,
     name="extractkit",
     help="Structured extraction with LLMs: zero-shot, then few-shot, then fine-tuned.",
     no_args_is_help=True,
@@ -24,7 +65,14 @@ err = RedactingConsole(stderr=True)  # everything printed passes the redaction b
 out = RedactingConsole()
 install_log_redaction()
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version_callback, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    """Structured extraction with LLMs: zero-shot, then few-shot, then fine-tuned."""
 
 
 def fail_usage(message: str) -> typer.Exit:
@@ -61,7 +109,8 @@ def extract(
     ledger_path: Annotated[Path | None, typer.Option("--ledger", help="Ledger file.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
     include: Annotated[
-        list[str] | None, typer.Option(help="Only file names matching this glob (repeatable).")
+        list[str] | None, typer.Option(help="Only file names matching this glob (repeatable; "
+                                       "case-insensitive: '*.pdf' also matches 'SCAN.PDF').")
     ] = None,
 ) -> None:
     """Extract from every document under PATHS; record every attempt in the ledger.
@@ -74,7 +123,7 @@ def extract(
     Exit codes: 0 all documents extracted, 1 some failed (listed), 2 usage or config error,
     3 the provider stopped answering (the rest were left unattempted: run again to resume).
     """
-    from ..batch import BatchRunner, RateLimiter
+    from ..batch import BatchRunner, RateLimiter, walk
     from ..ledger import Ledger
     from ._build import build
 
@@ -86,6 +135,11 @@ def extract(
         for p in paths:
             if not p.exists() and not p.is_symlink():
                 raise fail_usage(f"no such file or folder: {p}")
+        if next(iter(walk(list[str | Path](paths), include, on_error=lambda _exc: None)), None) is None:
+            what = f" --include {' '.join(include)}" if include else ""
+            raise fail_usage(f"no documents matched under {' '.join(map(str, paths))}{what}")
+        if out_path is not None:
+            _check_writable(out_path)  # before a run is started: never leave a run `running`
         extractor.limiter = RateLimiter(rpm or cfg.batch.rpm, tpm or cfg.batch.tpm)
         path = ledger_path or cfg.resolve(cfg.ledger.path)
         with Ledger(path, store_text=cfg.ledger.store_text) as ledger:
@@ -97,6 +151,20 @@ def extract(
     except ExtractkitError as exc:
         raise fail_usage(str(exc)) from None
     raise typer.Exit(code)
+
+
+def _check_writable(path: Path) -> None:
+    """Create its folder and open ``path`` for appending (removed again if it did not exist); exit 2
+    with `error: cannot write --out ...` if that fails."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)  # as the run would
+        existed = path.exists()
+        with open(path, "a", encoding="utf-8"):
+            pass
+        if not existed:
+            path.unlink(missing_ok=True)
+    except OSError as exc:
+        raise fail_usage(f"cannot write --out {path}: {exc.strerror or exc}") from None
 
 
 local_app = typer.Typer(help="The bundled local model (SmolLM2-135M on llama.cpp's server, via xllamacpp).",

@@ -90,7 +90,7 @@ def eval_(
         bar.update(task, completed=s.extracted + s.reused, description=f"{s.reused} reused")
 
     with Ledger(
-        ledger_path or Path(cfg.resolve(cfg.ledger.path) or ""), store_text=cfg.ledger.store_text
+        ledger_path or cfg.resolve(cfg.ledger.path), store_text=cfg.ledger.store_text
     ) as ledger:
         err.print(f"evaluating {len(items)} gold documents x {n_tiers} tiers (each tier alone); "
                   f"ledger {ledger.path}", highlight=False)  # fmt: skip

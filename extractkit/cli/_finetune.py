@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from .._errors import ExtractkitError
+from .._errors import ExtractkitError, RunError
 from .._redact import redact_json
 from ._app import EXIT_FAILED, app, err, fail_usage, out
 from ._report import parse_when
@@ -204,6 +204,8 @@ def launch_(
                 seed=seed,
                 n_epochs=epochs,
             )
+        except RunError:
+            raise  # a provider failure is a run failure: exit 1 (see _app.error_exit)
         except ExtractkitError as exc:
             raise fail_usage(str(exc)) from None
     if as_json:
@@ -248,6 +250,8 @@ def status_(
         while True:
             try:
                 job = status(ledger, job_id)
+            except RunError:
+                raise  # a provider failure is a run failure: exit 1 (see _app.error_exit)
             except ExtractkitError as exc:
                 raise fail_usage(str(exc)) from None
             if not watch or job.done:

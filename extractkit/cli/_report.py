@@ -117,6 +117,7 @@ def report(
     Every number is SQL over the ledger (see `--json`, key "queries").
     """
     from ..report import Scope, build_report, print_report, report_csv, report_html
+    from ..report._aggregate import check_scope_exists
 
     now = time.time()
     now = parse_when(as_of, now, "--as-of") or now
@@ -130,6 +131,7 @@ def report(
     economics = economics_or_fail(failure_cost, training_cost, min_share, min_documents)
     with ledger_or_fail(ledger_path) as ledger:
         try:
+            check_scope_exists(ledger, scope)
             data = build_report(ledger, scope, economics=economics, as_of=now, recent_days=recent_days,
                                 baseline_days=baseline_days)  # fmt: skip
         except ExtractkitError as exc:

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from .._errors import ConfigError
 from .._results import TRANSIENT_OUTCOMES, VALIDATION_OUTCOMES
 from ..ledger import Ledger
 from ..ledger._ledger import SERVED_REFRESH_S, new_id
@@ -262,6 +263,18 @@ def _chains(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
         except (TypeError, ValueError, AttributeError):
             continue
     return chains
+
+
+def check_scope_exists(ledger: Ledger, scope: Scope) -> None:
+    """ConfigError when ``scope`` names a run or schema the ledger has never seen: for the CLI, where
+    `--run` / `--schema` naming nothing is a typo, not an empty report (``build_report`` itself returns
+    an empty report for such a scope)."""
+    if scope.run_id and not ledger.query("SELECT 1 FROM runs WHERE id = ? LIMIT 1", [scope.run_id]):
+        raise ConfigError(f"no such run in {ledger.path}: {scope.run_id}")
+    if scope.schema and not ledger.query(
+        "SELECT 1 FROM schemas WHERE name = ? OR hash LIKE ? LIMIT 1", [scope.schema, scope.schema + "%"]
+    ):
+        raise ConfigError(f"no such schema in {ledger.path}: {scope.schema} (no schema name or hash prefix)")
 
 
 def build_report(
