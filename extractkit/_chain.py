@@ -72,6 +72,9 @@ class Extractor(Generic[T]):
     ``max_response_bytes`` caps a response body: reading stops there and the attempt is recorded
     ``response_too_large`` (default 4 MiB; an answer bounded by the tier's output tokens is a few
     kB). The extractor holds a circuit breaker per base URL (see ``aextract``).
+
+    ``ledger`` records every call: a ``Ledger``, or a path (str or ``os.PathLike``) that the
+    extractor opens as one and closes in ``close()`` / ``aclose()`` (the next call reopens it).
     """
 
     def __init__(
