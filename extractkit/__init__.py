@@ -27,6 +27,7 @@ from ._pricing import Price, lookup_price
 from ._results import Attempt, Outcome, Result, Usage
 from ._retry import RetryPolicy
 from ._tiers import FewShot, FineTuned, Mode, Tier, ZeroShot
+from .ledger import Ledger
 
 try:
     __version__ = _version("extractkit")
@@ -48,6 +49,7 @@ __all__ = [
     "FinetuneJobError",
     "GoldError",
     "Grounded",
+    "Ledger",
     "LedgerError",
     "LocalModelError",
     "MissingDependencyError",

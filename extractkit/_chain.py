@@ -12,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+import os
 import threading
 import time
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import openai
@@ -30,6 +32,7 @@ from ._results import FAILURE_OUTCOMES, Attempt, Outcome, Result
 from ._schema import canonical_json, check_schema, schema_hash, short_hash
 from ._sync import LoopThread
 from ._tiers import BoundTier, Tier
+from .ledger import Ledger
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -69,6 +72,9 @@ class Extractor(Generic[T]):
     ``max_response_bytes`` caps a response body: reading stops there and the attempt is recorded
     ``response_too_large`` (default 4 MiB; an answer bounded by the tier's output tokens is a few
     kB). The extractor holds a circuit breaker per base URL (see ``aextract``).
+
+    ``ledger`` records every call: a ``Ledger``, or a path (str or ``os.PathLike``) that the
+    extractor opens as one and closes in ``close()`` / ``aclose()`` (the next call reopens it).
     """
 
     def __init__(
@@ -79,7 +85,7 @@ class Extractor(Generic[T]):
         policy: EscalationPolicy | None = None,
         raise_on_failure: bool = False,
         prices: Mapping[str, Price] | None = None,
-        ledger: Any = None,
+        ledger: Ledger | str | os.PathLike[str] | None = None,
         limiter: Any = None,
         max_response_bytes: int = MAX_RESPONSE_BYTES,
     ):
@@ -96,7 +102,15 @@ class Extractor(Generic[T]):
         self.policy = policy or EscalationPolicy()
         self.raise_on_failure = raise_on_failure
         self.prices = dict(prices) if prices else None
-        self.ledger = ledger
+        # a path is opened here and closed by close() / aclose() (a later call reopens it)
+        self._ledger_path: Path | None = None
+        self._owned_ledger: Ledger | None = None
+        if isinstance(ledger, (str, os.PathLike)):
+            self._ledger_path = Path(ledger)
+            ledger = self._owned_ledger = Ledger(self._ledger_path)
+        elif ledger is not None and not isinstance(ledger, Ledger):
+            raise TypeError(f"ledger must be a Ledger, a path or None, got {type(ledger).__name__}")
+        self.ledger: Ledger | None = ledger
         self.limiter = limiter
         # consecutive connection failures per base URL, across every concurrent call
         self._breaker = _retry.CircuitBreaker(self.policy.retry.unreachable_after)
@@ -140,6 +154,7 @@ class Extractor(Generic[T]):
         ``close()`` / ``aclose()``, which mark it done with its counts."""
         if self._run_id is None:
             describe, ledger = self.describe(), self.ledger
+            assert ledger is not None, "a library run is started only to record into a ledger"
             self._run_id = ledger.start_run("library", describe, self.config_hash, self.schema_hash)
             self._run_counts = {"n_documents": 0, "n_ok": 0, "n_failed": 0}
         return self._run_id
@@ -148,6 +163,17 @@ class Extractor(Generic[T]):
         run_id, self._run_id = self._run_id, None
         if run_id is not None and self.ledger is not None:
             self.ledger.finish_run(run_id, "done", **self._run_counts)
+        owned, self._owned_ledger = self._owned_ledger, None
+        if owned is not None:  # opened from a path by this extractor: closed with it
+            owned.close()
+            if self.ledger is owned:
+                self.ledger = None  # reopened by the next call
+
+    def _reopen_ledger(self) -> None:
+        """A ledger given as a path and closed by ``close()`` / ``aclose()``: open it again."""
+        with self._sync_lock:
+            if self.ledger is None and self._ledger_path is not None and self._owned_ledger is None:
+                self.ledger = self._owned_ledger = Ledger(self._ledger_path)
 
     # -- clients --------------------------------------------------------------------------------
     def _client(self, tier: Tier) -> openai.AsyncOpenAI:
@@ -200,10 +226,24 @@ class Extractor(Generic[T]):
         self.close()
 
     # -- extraction -----------------------------------------------------------------------------
-    async def aextract(self, text: str, *, only: str | None = None, **record: Any) -> Result[T]:
+    async def aextract(
+        self,
+        text: str,
+        *,
+        only: str | None = None,
+        run_id: str | None = None,
+        path: str | None = None,
+        size: int | None = None,
+        doc_type: str | None = None,
+        config_hash: str | None = None,
+        forced_tier: str | None = None,
+    ) -> Result[T]:
         """Extract from ``text``. ``only="few_shot"`` forces one tier (no escalation), for eval.
 
-        Extra keyword arguments are passed to the ledger with the result (e.g. ``document_id``).
+        The other keywords are recorded in the ledger with the result (see ``Ledger.record``):
+        ``run_id`` (default: the extractor's library run), the document's ``path``, ``size`` and
+        ``doc_type``, and ``config_hash`` / ``forced_tier`` (set by ``only``). Any other keyword
+        is a ``TypeError``.
 
         Provider unreachable: the extractor counts consecutive connection failures (refused,
         reset, DNS, TLS) per base URL across all its concurrent calls; any answer from that URL
@@ -264,6 +304,10 @@ class Extractor(Generic[T]):
             schema_hash=self.schema_hash,
             document_sha256=document_sha256(text),
         )
+        record: dict[str, Any] = {"run_id": run_id, "path": path, "size": size, "doc_type": doc_type}
+        record.update({k: v for k, v in (("config_hash", config_hash), ("forced_tier", forced_tier)) if v})
+        if self.ledger is None:
+            self._reopen_ledger()
         if self.ledger is not None:
             if only:
                 record.setdefault("forced_tier", only)
@@ -283,11 +327,33 @@ class Extractor(Generic[T]):
             raise ExtractionFailed(f"every tier failed: {result.error}", result=result)
         return result
 
-    def extract(self, text: str, *, only: str | None = None, **record: Any) -> Result[T]:
+    def extract(
+        self,
+        text: str,
+        *,
+        only: str | None = None,
+        run_id: str | None = None,
+        path: str | None = None,
+        size: int | None = None,
+        doc_type: str | None = None,
+        config_hash: str | None = None,
+        forced_tier: str | None = None,
+    ) -> Result[T]:
         """Synchronous ``aextract``, run on the extractor's own event loop (kept between calls, so
         connections are reused). Thread-safe; inside a running event loop (a notebook) it blocks
         that loop until the answer: async code should ``await aextract`` instead."""
-        return self._sync().run(self.aextract(text, only=only, **record))
+        return self._sync().run(
+            self.aextract(
+                text,
+                only=only,
+                run_id=run_id,
+                path=path,
+                size=size,
+                doc_type=doc_type,
+                config_hash=config_hash,
+                forced_tier=forced_tier,
+            )  # fmt: skip
+        )
 
 
 async def _close_clients(clients: dict[str, openai.AsyncOpenAI]) -> None:

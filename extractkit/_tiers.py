@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import ipaddress
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -134,6 +135,10 @@ class Tier:
         return self.prompt
 
     def resolve_api_key(self) -> str:
+        """The key sent: ``api_key``, else the variable named by ``api_key_env``. A tier whose
+        endpoint is on this machine (``base_url`` ``"local"``, ``localhost``, ``127.0.0.1``,
+        ``[::1]``, or ``OPENAI_BASE_URL`` set to one of those) needs no key: without one it sends
+        a placeholder. Any other endpoint without a key raises ``ConfigError``."""
         if self.api_key:
             return self.api_key
         if self.is_local:
@@ -142,6 +147,11 @@ class Tier:
         if key:
             _redact.register(key)  # the variable may have been set after the tier was made
             return key
+        url = self.base_url if self.base_url is not None else os.environ.get("OPENAI_BASE_URL")
+        if url is not None and is_loopback(url):
+            # a server on this machine (llama.cpp, vLLM, Ollama, ...) usually wants no key, but
+            # the openai client refuses to start without one: send a placeholder
+            return LOOPBACK_PLACEHOLDER_KEY
         raise ConfigError(
             f"tier {self.name}: no API key. Set the environment variable {self.api_key_env}, "
             f'or pass api_key= to the tier (api_key_env = "..." in a config file).'
@@ -238,6 +248,26 @@ class FineTuned(Tier):
 _MISSING = object()
 
 OPENAI_API = "https://api.openai.com/v1"  # the openai client's default base URL
+
+
+LOOPBACK_PLACEHOLDER_KEY = "no-key"  # sent to a server on this machine when no key is set
+
+
+def is_loopback(base_url: str) -> bool:
+    """``base_url`` is ``"local"`` or an http(s) URL whose host is this machine (``localhost``,
+    ``127.0.0.0/8``, ``::1``)."""
+    if base_url == "local":
+        return True
+    try:
+        host = (urlsplit(base_url.strip()).hostname or "").lower()
+    except ValueError:
+        return False
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def base_url_problem(base_url: str) -> str | None:

@@ -136,8 +136,9 @@ def test_broken_config_fails_before_any_request(tmp_path, toml_extra, tier_extra
 
 
 def test_missing_api_key_names_both_ways(tmp_path):
-    cfg = write_config(tmp_path, "http://127.0.0.1:9/v1")
-    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    # not a loopback address: a server on this machine needs no key (issue 14)
+    cfg = write_config(tmp_path, "http://fake-llm.test/v1")
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")}
     proc = subprocess.run([sys.executable, "-m", "extractkit", "extract", str(tmp_path), "--config", str(cfg)],
                           cwd=ROOT, env=env, capture_output=True, text=True)  # fmt: skip
     assert proc.returncode == 2 and "OPENAI_API_KEY" in proc.stderr and "api_key" in proc.stderr
