@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-import time
 
 import httpx
 import pytest
@@ -54,26 +53,21 @@ async def test_a_down_provider_stops_a_concurrent_batch_fast_and_names_the_url(t
         async with gate:
             return await ex.aextract(DOC.format(i=i))
 
-    t0 = time.perf_counter()
     outcomes = await asyncio.gather(*(one(i) for i in range(documents)), return_exceptions=True)
-    elapsed = time.perf_counter() - t0
     errors = [o for o in outcomes if isinstance(o, ProviderUnreachable)]
     assert len(errors) == documents, outcomes  # every call, including those that never sent
     assert all(e.url == url and e.failures >= n and url in str(e) for e in errors)
     attempts = db_rows(ledger.path, "SELECT outcome FROM attempts")
     assert {o for (o,) in attempts} == {"connection_error"}
-    assert len(attempts) <= n + concurrency  # was: every document's retries (40 here)
-    assert elapsed < 5.0  # the first backoff is 0.5 s; the old code took 3.5 s per document
+    assert len(attempts) <= n + concurrency  # was: every document's retries (40 here); counted, not timed
     # the documents whose attempts tripped it are recorded, transient (a rerun retries them); the
     # ones stopped before their first request are not in the ledger at all
     rows = db_rows(ledger.path, "SELECT status, outcome, n_attempts FROM extractions")
     assert rows and all(r[:2] == ("failed", "connection_error") and r[2] >= 1 for r in rows)
     assert sum(r[2] for r in rows) == len(attempts) and len(rows) <= concurrency
-    # a later call raises at once, sending nothing
-    t0 = time.perf_counter()
+    # a later call raises at once, sending nothing (no new attempt)
     with pytest.raises(ProviderUnreachable, match=url):
         await ex.aextract(DOC.format(i=99))
-    assert time.perf_counter() - t0 < 0.5
     assert len(db_rows(ledger.path, "SELECT id FROM attempts")) == len(attempts)
     await ex.aclose()
     ledger.close()
