@@ -6,6 +6,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from ._redact import redact
+
 T = TypeVar("T")
 
 
@@ -92,6 +94,39 @@ def sum_costs(costs: list[float | None]) -> float | None:
     return round(sum(c for c in costs if c is not None), 10)
 
 
+ERROR_VALUE_CHARS = 60  # a rejected value, as Result.error shows it
+ERROR_MESSAGE_CHARS = 120  # Pydantic's message for one field
+_NOT_FOUND = " not found in the document"  # the end of the grounding guard's message
+
+
+def _cut(text: str, limit: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def describe_error(e: dict[str, Any]) -> str:
+    """One validation error as ``Result.error`` names it: the field's path, then what was wrong with
+    which value: ``issuer: 'ACME Corp' not found in the document``, ``total: Input should be a valid
+    number, unable to parse string as a number (got 'abc')``, ``issuer: missing``. Values are cut to
+    ``ERROR_VALUE_CHARS`` (the attempt's error list is redacted when it is recorded)."""
+    loc = [str(p) for p in e.get("loc") or ()]
+    where = ".".join(loc) or "(root)"
+    kind, msg, got = str(e.get("type") or "invalid"), e.get("msg"), e.get("input")
+    if kind == "missing":
+        return f"{where}: missing"
+    if kind == "ungrounded" and isinstance(msg, str) and msg:
+        # the message names the field and the value ("date 2014-05-08 not found in the document")
+        if loc and msg.startswith(loc[-1] + " "):
+            msg = msg[len(loc[-1]) + 1 :]
+        if msg.endswith(_NOT_FOUND):
+            return f"{where}: {_cut(msg[: -len(_NOT_FOUND)], ERROR_VALUE_CHARS)}{_NOT_FOUND}"
+        return f"{where}: {_cut(msg, ERROR_MESSAGE_CHARS)}"
+    text = _cut(msg, ERROR_MESSAGE_CHARS) if isinstance(msg, str) and msg else kind
+    if isinstance(got, str) and got:
+        text += f" (got {_cut(got, ERROR_VALUE_CHARS)})"
+    return f"{where}: {text}"
+
+
 @dataclass(frozen=True)
 class Result(Generic[T]):
     """What ``Extractor.extract`` returns for one document."""
@@ -136,17 +171,11 @@ class Result(Generic[T]):
         last = self.attempts[-1]
         head = f"{last.tier}: {last.outcome.value}"
         if last.errors:
-            # an ungrounded value is named by its message ("date 2014-05-08 not found in the document")
-            fields = [
-                e["msg"]
-                if e["type"] == "ungrounded" and e.get("msg")
-                else f"{'.'.join(e['loc']) or '(root)'} {e['type']}"
-                for e in last.errors[:6]
-            ]
+            fields = [describe_error(e) for e in last.errors[:6]]
             more = f" (+{len(last.errors) - 6} more)" if len(last.errors) > 6 else ""
-            return f"{head}: " + ", ".join(fields) + more
+            return redact(f"{head}: " + ", ".join(fields) + more)
         if last.error:
-            return f"{head}: {last.error.splitlines()[0][:300]}"
+            return redact(f"{head}: {last.error.splitlines()[0][:300]}")
         return head
 
     def tier_attempts(self, tier: str) -> list[Attempt]:

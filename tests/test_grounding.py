@@ -189,7 +189,7 @@ def test_result_error_and_the_ledger_carry_the_rejected_value(mock_api):
                    ledger=ledger, raise_on_failure=False)  # fmt: skip
     result = ex.extract(DOC)
     assert not result.ok and result.outcome.value == "ungrounded"
-    assert result.error == "zero_shot: ungrounded: date 2014-05-08 not found in the document"
+    assert result.error == "zero_shot: ungrounded: date: 2014-05-08 not found in the document"
     [row] = ledger.query("SELECT error FROM extractions")
     assert row["error"] == result.error
     attempts = ledger.query("SELECT outcome, error, errors_json FROM attempts ORDER BY id")

@@ -15,6 +15,7 @@ import itertools
 import json
 from typing import Any
 
+from .._redact import redact_json
 from ..ledger import Ledger
 from ..report import Economics, headline_sentence, marginal_verdict, mcnemar_exact, percentile, wilson
 from ._score import prf
@@ -33,7 +34,14 @@ WHERE r.run_id = ? GROUP BY r.gold_id, r.tier""",
 SELECT tier, field, TOTAL(result = 'tp') AS tp, TOTAL(result = 'tn') AS tn, TOTAL(result = 'fp') AS fp,
        TOTAL(result = 'fn') AS fn, TOTAL(result = 'wrong') AS wrong
 FROM eval_scores WHERE run_id = ? GROUP BY tier, field ORDER BY field, tier""",
+    "scores": """
+SELECT gold_id, tier, field, expected_json, got_json, result
+FROM eval_scores WHERE run_id = ? ORDER BY rowid""",
+    "text_stored": """
+SELECT COUNT(*) AS n, TOTAL(d.text IS NOT NULL) AS stored
+FROM eval_items i JOIN documents d ON d.sha256 = i.document_sha256 WHERE i.run_id = ?""",
 }
+WRONG = ("wrong", "fn", "fp")  # a field a tier did not get right (tn: both empty, is right)
 
 
 def latest_eval_run(ledger: Ledger) -> str | None:
@@ -153,6 +161,9 @@ def build_eval(ledger: Ledger, run_id: str, *, economics: Economics | None = Non
         for b in order
         if kinds.get(a) == "few_shot" and kinds.get(b) == "fine_tuned"
     ]
+    text_stored = q("text_stored")[0]
+    values_hidden = bool(text_stored["n"]) and not text_stored["stored"]
+    documents_view = per_document(items, q("scores"), by, order, hide_values=values_hidden)
     headline = _headline(verdicts, kinds, order, n)
     unreadable = [i for i in items if i["document_sha256"] is None]
     incomplete = [g for g in scored if g not in docs]
@@ -164,6 +175,11 @@ def build_eval(ledger: Ledger, run_id: str, *, economics: Economics | None = Non
         )
     if unreadable:
         notes.append(f"{len(unreadable)} gold document(s) could not be read and are not scored.")
+    if values_hidden:
+        notes.append(
+            "the per-document view shows which fields each tier got right, not the values: this "
+            "ledger keeps no document text (store_text = false)."
+        )
     if incomplete:
         notes.append(
             f"{len(incomplete)} gold document(s) lack a result for some tier (an error during the "
@@ -182,9 +198,67 @@ def build_eval(ledger: Ledger, run_id: str, *, economics: Economics | None = Non
         "comparisons": comparisons,
         "unreadable": unreadable,
         "incomplete": incomplete,
+        "documents_view": documents_view,
+        "values_hidden": values_hidden,
         "notes": notes,
         "queries": queries,
     }
+
+
+def per_document(
+    items: list[dict[str, Any]],
+    scores: list[dict[str, Any]],
+    by: dict[tuple[str, str], dict[str, Any]],
+    order: list[str],
+    *,
+    hide_values: bool = False,
+) -> list[dict[str, Any]]:
+    """Every scored gold document: each field's expected value and what each tier answered, with its
+    score (tp, tn, fp, fn, wrong), and how each tier's extraction ended. Worst first: the most
+    (field, tier) answers that were not right, then the most tiers without a valid answer, then the
+    gold file's order. With ``hide_values`` the values are None (the scores stay)."""
+    fields: dict[str, dict[str, dict[str, Any]]] = {}
+    for s in scores:
+        if s["tier"] not in order:
+            continue
+        expected = _value(s["expected_json"], hide_values)
+        cell = fields.setdefault(s["gold_id"], {}).setdefault(
+            s["field"], {"field": s["field"], "expected": expected, "answers": {}}
+        )
+        cell["answers"][s["tier"]] = {"value": _value(s["got_json"], hide_values), "result": s["result"]}
+    view = []
+    for position, item in enumerate(items):
+        g = item["gold_id"]
+        if item["document_sha256"] is None or not any((g, t) in by for t in order):
+            continue
+        rows = list(fields.get(g, {}).values())
+        tiers = {}
+        for t in order:
+            r = by.get((g, t))
+            if r is None:
+                continue
+            wrong = sum(row["answers"].get(t, {}).get("result") in WRONG for row in rows)
+            tiers[t] = {"status": r["status"], "outcome": r["outcome"], "error": r["error"],
+                        "correct": _correct(r), "wrong_fields": wrong}  # fmt: skip
+        view.append(
+            {
+                "gold_id": g,
+                "path": item["path"],
+                "wrong": sum(t["wrong_fields"] for t in tiers.values()),
+                "failed_tiers": sum(t["status"] != "ok" for t in tiers.values()),
+                "tiers": tiers,
+                "fields": rows,
+                "_position": position,
+            }
+        )
+    view.sort(key=lambda d: (-d["wrong"], -d["failed_tiers"], d["_position"]))
+    for d in view:
+        del d["_position"]
+    return view
+
+
+def _value(raw: str | None, hide: bool) -> Any:
+    return None if hide or raw is None else redact_json(json.loads(raw))
 
 
 def simulate(chain: list[str], docs: list[str], by: dict[tuple[str, str], dict[str, Any]]) -> dict[str, Any]:
