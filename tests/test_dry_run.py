@@ -16,7 +16,6 @@ from typer.testing import CliRunner
 
 from extractkit import Extractor, Price, ZeroShot
 from extractkit._tokens import count_request_tokens
-from extractkit.batch._estimate import REASK_TOKENS, estimate
 from extractkit.cli._app import app
 
 from .conftest import Invoice, db_rows
@@ -120,6 +119,8 @@ def test_tokens_are_those_of_the_request_the_run_sends(tmp_path, mock_api):
 
 
 def test_cost_first_attempt_and_worst_case(tmp_path, docs, mock_api):
+    from extractkit.batch._estimate import REASK_TOKENS
+
     route = _answer(mock_api)
     cfg = write_cfg(tmp_path)
     data = json.loads(run("extract", docs, "-c", cfg, "--ledger", tmp_path / "l.db", "--dry-run",
@@ -184,6 +185,7 @@ def test_a_document_over_a_context_window_is_not_billed_to_that_tier(tmp_path, m
 def test_a_thousand_documents_are_counted_off_the_event_loop(tmp_path, monkeypatch):
     """Tokenising is CPU work: it runs in worker threads; 1,000 documents, each counted once."""
     import extractkit.batch._estimate as est_mod
+    from extractkit.batch._estimate import estimate
 
     folder = tmp_path / "many"
     folder.mkdir()
