@@ -141,6 +141,13 @@ def test_cost_first_attempt_and_worst_case(tmp_path, docs, mock_api):
     assert big["worst_usd"] == pytest.approx((big["input_tokens"] * 2.5 + n * 300 * 10.0) / 1e6)
     assert data["worst_case_usd"] == pytest.approx(small["worst_usd"] + big["worst_usd"])
     assert data["price_unknown"] == []
+    # with a ceiling below the first attempt's estimate, the dry run says about where it would stop
+    per_doc = small["first_usd"] / n
+    text = run("extract", docs, "-c", cfg, "--ledger", tmp_path / "l.db", "--dry-run", "--max-cost",
+               f"{per_doc * 1.5:.8f}")  # fmt: skip
+    assert text.exit_code == 0, text.output
+    assert "after about 1 document(s)" in text.stdout
+    assert route.call_count == 0
 
 
 def test_an_unknown_price_is_said_not_zero(tmp_path, docs, mock_api):

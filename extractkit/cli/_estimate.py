@@ -107,8 +107,13 @@ def _print(est: Any, ledger_path: Path) -> None:
                   "on the tier, e.g. price = { input = 0.15, output = 0.6 } (USD per 1M tokens)",
                   highlight=False, markup=False)  # fmt: skip
     if est.max_cost is not None:
-        out.print(f"--max-cost ${est.max_cost:g}: the run stops starting documents once it has spent that",
-                  highlight=False, markup=False)  # fmt: skip
+        line = f"max cost ${est.max_cost:g}: the run stops starting documents once it has spent that"
+        if first is not None and first.first_usd and first.documents:
+            per_doc = first.first_usd / first.documents
+            if first.first_usd > est.max_cost:
+                n = int(est.max_cost // per_doc)
+                line += f"; at the first attempt's estimate, after about {n} document(s)"
+        out.print(line, highlight=False, markup=False)
     out.print("tokens: counted offline (cl100k: exact for OpenAI cl100k models, an estimate otherwise); "
               f"worst case: re-ask k quotes k answers at the cap plus {REASK_TOKENS} tokens of errors each; "
               "1st attempt: output at the cap (most answers are shorter)",
