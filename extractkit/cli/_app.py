@@ -119,10 +119,10 @@ def extract(
     ] = False,
     max_cost: Annotated[
         float | None, typer.Option("--max-cost", metavar="USD", help="Stop sending new documents once this "
-                                   "run has spent this much (default: [batch] max_cost); finished results "
-                                   "are kept, exit 1, rerun to continue. Checked before each document: "
-                                   "the documents already in flight (up to --concurrency) finish and may "
-                                   "pass it. Every tier needs a known price.")
+                                   "run has spent this much (default: max_cost in the config's batch "
+                                   "table); finished results are kept, exit 1, rerun to continue. Checked "
+                                   "before each document: the documents already in flight (up to "
+                                   "--concurrency) finish and may pass it. Every tier needs a known price.")
     ] = None,
 ) -> None:
     """Extract from every document under PATHS; record every attempt in the ledger.

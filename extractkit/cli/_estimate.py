@@ -15,7 +15,9 @@ SHOWN = 20  # documents listed in the terminal (--json lists every one)
 
 
 def _usd(v: float | None) -> str:
-    return "price unknown" if v is None else f"${v:,.4f}"
+    if v is None:
+        return "price unknown"
+    return f"${v:,.4f}" if v >= 0.01 or v == 0 else f"${v:.6f}"  # a small estimate is not shown as $0
 
 
 def dry_run(extractor: Any, cfg: Any, paths: list[Path], ledger_path: str | Path | None, *,
