@@ -394,7 +394,7 @@ class BatchRunner:
                 summary.error = (
                     f"max cost ${self.max_cost:g} reached: this run spent ${self._spent:.6f}; stopped"
                     f" sending: {summary.unattempted} document(s) left unattempted (finished results"
-                    " are kept); run again, with a higher max cost, to continue them"
+                    " are kept); run the same command again to continue them (each run has its own max cost)"
                 )
         except Exception:
             status = "failed"
