@@ -140,6 +140,8 @@ class BatchConfig(BaseModel):
     max_chars: int = Field(2_000_000, ge=1)
     # a response body over this is not read further (response_too_large); see Extractor
     max_response_bytes: int = Field(4 * 1024 * 1024, ge=1)
+    # USD: stop starting documents once the run has spent this much (BatchRunner max_cost, --max-cost)
+    max_cost: float | None = Field(None, gt=0)
 
 
 class Config(BaseModel):

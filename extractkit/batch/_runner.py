@@ -14,6 +14,12 @@ When the extractor raises ``ProviderUnreachable`` (N consecutive connection fail
 document is started: the rest are left unattempted (not recorded), the run ends with status
 ``provider_unreachable`` and the summary names the URL.
 
+Cost ceiling (``max_cost``, USD): before each document is sent, the spend of this run's attempts
+so far is compared with it; once reached, no new document is started (the rest are left
+unattempted, not recorded: a rerun continues them) and the run ends with status
+``stopped_max_cost``. The documents already in flight (up to ``concurrency``) finish, so the spend
+may pass the ceiling by what they cost (at most their worst case, see ``extract --dry-run``).
+
 The output file is rewritten by every run with one line per document, so a run killed half-way
 and run again leaves each document exactly once in it.
 """
@@ -34,11 +40,13 @@ from .._errors import ConfigError, DocumentError, ProviderUnreachable
 from .._redact import redact_json
 from .._results import TRANSIENT_OUTCOMES, VALIDATION_OUTCOMES
 from ..ledger import Ledger
+from ._estimate import check_max_cost
 from ._loaders import MAX_BYTES, MAX_CHARS, SPECIAL, Document, dir_error, display_path, load, walk
 
 _TRANSIENT = frozenset(o.value for o in TRANSIENT_OUTCOMES)
 _VALIDATION = frozenset(o.value for o in VALIDATION_OUTCOMES)
 STOPPED = "provider_unreachable"  # the run status when the provider stopped answering
+STOPPED_MAX_COST = "stopped_max_cost"  # the run status when its spend reached max_cost
 
 
 def retry_reason(status: str, outcome: str | None, *, retry_failed: bool = False) -> str | None:
@@ -81,7 +89,7 @@ def _duplicate(shared: DocResult, path: str, first: str) -> DocResult:
 @dataclass
 class BatchSummary:
     run_id: str
-    status: str = "running"  # done | failed | interrupted | provider_unreachable
+    status: str = "running"  # done | failed | interrupted | provider_unreachable | stopped_max_cost
     documents: int = 0
     ok: int = 0
     failed: int = 0
@@ -153,6 +161,8 @@ class BatchRunner:
     ``retry_failed``: also send again documents whose last result failed validation.
     ``max_bytes`` / ``max_chars``: refuse files larger than this on disk (before reading) or
     with more characters of text than this (``too_large`` / ``text_too_large`` errors).
+    ``max_cost``: USD; stop starting documents once this run's attempts cost that much (see the
+    module docstring). Every tier needs a known price: ``ConfigError`` otherwise.
     """
 
     def __init__(
@@ -169,9 +179,14 @@ class BatchRunner:
         freeze_gc: bool = False,
         max_bytes: int = MAX_BYTES,
         max_chars: int = MAX_CHARS,
+        max_cost: float | None = None,
     ):
         if max_bytes < 1 or max_chars < 1:
             raise ConfigError("max_bytes and max_chars must be at least 1")
+        check_max_cost(extractor, max_cost)  # before anything is sent: every tier priced
+        self.max_cost = max_cost
+        self._spent = 0.0  # USD of this run's attempts (resumed documents cost it nothing)
+        self._cost_stopped = False
         self.include = include
         # the CLI owns its process: moving everything alive at the start (modules, schemas, the
         # SDK's types) out of the collector's reach makes every later collection cheaper
@@ -197,6 +212,12 @@ class BatchRunner:
         # batch; nothing here grows with the number of documents
         self._seen: dict[str, asyncio.Future[DocResult | None]] = {}
         self._paths: list[tuple[str, str, bytes, str | None]] = []
+
+    def _over_budget(self) -> bool:
+        """Whether this run's spend has reached ``max_cost``: checked before each document."""
+        if self.max_cost is not None and self._spent >= self.max_cost:
+            self._cost_stopped = True
+        return self._cost_stopped
 
     def _from_ledger(self, doc: Document, row: Any) -> DocResult:
         return DocResult(
@@ -261,7 +282,7 @@ class BatchRunner:
                                           row["path"])  # fmt: skip
                     return self._from_ledger(doc, row)
                 retry = True
-        if self._stop is not None:
+        if self._stop is not None or self._over_budget():
             return None
         summary.retried += retry
         try:
@@ -285,6 +306,7 @@ class BatchRunner:
             )  # fmt: skip
             return DocResult(path=doc.path, status="error", sha256=doc.sha256,
                              outcome="internal_error", error=msg)  # fmt: skip
+        self._spent += result.cost_usd or 0.0
         for a in result.attempts:
             if not a.ok:
                 summary.tier_failures[a.tier] += 1
@@ -303,6 +325,7 @@ class BatchRunner:
         run_id = self.ledger.start_run("batch", ex.describe(), ex.config_hash, ex.schema_hash)
         summary = BatchSummary(run_id=run_id)
         self._stop, self._seen, self._paths = None, {}, []
+        self._spent, self._cost_stopped = 0.0, False
         unlisted: list[OSError] = []  # folders the walk could not list
         files: Iterator[tuple[Path, str | None]] = walk(paths, self.include, on_error=unlisted.append)
         out: IO[str] | None = None
@@ -332,7 +355,7 @@ class BatchRunner:
                 elif doc_type == SPECIAL:
                     summary.special += 1
                     summary.special_paths.append(display_path(path))
-                elif self._stop is not None:
+                elif self._stop is not None or self._over_budget():
                     summary.unattempted += 1  # counted, never opened
                 else:
                     r = await self._one(path, doc_type, run_id, summary)
@@ -365,6 +388,13 @@ class BatchRunner:
                 summary.error = (
                     f"{said}; stopped sending: {summary.unattempted} document(s) left"
                     " unattempted; run the same command again when the provider answers"
+                )
+            elif self._cost_stopped:
+                status = STOPPED_MAX_COST
+                summary.error = (
+                    f"max cost ${self.max_cost:g} reached: this run spent ${self._spent:.6f}; stopped"
+                    f" sending: {summary.unattempted} document(s) left unattempted (finished results"
+                    " are kept); run the same command again to continue them (each run has its own max cost)"
                 )
         except Exception:
             status = "failed"

@@ -112,6 +112,18 @@ def extract(
         list[str] | None, typer.Option(help="Only file names matching this glob (repeatable; "
                                        "case-insensitive: '*.pdf' also matches 'SCAN.PDF').")
     ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Send nothing, record nothing: list the documents (unreadable "
+                           "ones with the reason, resumed ones as skipped) and estimate the input tokens "
+                           "and the cost per tier, first attempt and worst case.")
+    ] = False,
+    max_cost: Annotated[
+        float | None, typer.Option("--max-cost", metavar="USD", help="Stop sending new documents once this "
+                                   "run has spent this much (default: max_cost in the config's batch "
+                                   "table); finished results are kept, exit 1, rerun to continue. Checked "
+                                   "before each document: the documents already in flight (up to "
+                                   "--concurrency) finish and may pass it. Every tier needs a known price.")
+    ] = None,
 ) -> None:
     """Extract from every document under PATHS; record every attempt in the ledger.
 
@@ -120,15 +132,18 @@ def extract(
     A rerun resumes: successes are reused, transient failures (rate limit, API error, timeout,
     connection error) are sent again, validation failures too with --retry-failed.
 
-    Exit codes: 0 all documents extracted, 1 some failed (listed), 2 usage or config error,
-    3 the provider stopped answering (the rest were left unattempted: run again to resume).
+    Know the bill first: extractkit extract invoices/ -c extractkit.toml --dry-run
+
+    Exit codes: 0 all documents extracted, 1 some failed (listed) or --max-cost was reached (the
+    rest were left unattempted: run again to resume), 2 usage or config error, 3 the provider
+    stopped answering (the rest were left unattempted: run again to resume).
     """
     from ..batch import BatchRunner, RateLimiter, walk
     from ..ledger import Ledger
     from ._build import build
 
     try:
-        extractor, cfg = build(config, schema)
+        extractor, cfg = build(config, schema, resolve_keys=not dry_run)  # a dry run needs no key
     except ExtractkitError as exc:
         raise fail_usage(str(exc)) from None
     try:
@@ -138,6 +153,13 @@ def extract(
         if next(iter(walk(list[str | Path](paths), include, on_error=lambda _exc: None)), None) is None:
             what = f" --include {' '.join(include)}" if include else ""
             raise fail_usage(f"no documents matched under {' '.join(map(str, paths))}{what}")
+        max_cost = max_cost if max_cost is not None else cfg.batch.max_cost
+        if dry_run:
+            from ._estimate import dry_run as run_dry
+
+            raise typer.Exit(run_dry(extractor, cfg, paths, ledger_path or cfg.resolve(cfg.ledger.path),
+                                     include=include, force=force, retry_failed=retry_failed,
+                                     max_cost=max_cost, as_json=as_json))  # fmt: skip
         if out_path is not None:
             _check_writable(out_path)  # before a run is started: never leave a run `running`
         extractor.limiter = RateLimiter(rpm or cfg.batch.rpm, tpm or cfg.batch.tpm)
@@ -146,7 +168,7 @@ def extract(
             runner = BatchRunner(extractor, ledger, concurrency=concurrency or cfg.batch.concurrency,
                                  force=force, retry_failed=retry_failed, out=out_path, include=include,
                                  freeze_gc=True, max_bytes=cfg.batch.max_bytes,
-                                 max_chars=cfg.batch.max_chars)  # fmt: skip
+                                 max_chars=cfg.batch.max_chars, max_cost=max_cost)  # fmt: skip
             code = _run_batch(runner, ledger, paths, as_json)
     except ExtractkitError as exc:
         raise fail_usage(str(exc)) from None
@@ -238,7 +260,7 @@ def _run_batch(runner: Any, ledger: Any, paths: list[Path], as_json: bool) -> in
     if summary.error:  # the provider stopped answering: say where, once, without a traceback
         err.print("[bold red]error:[/]", end=" ")
         err.print(summary.error, highlight=False, markup=False, soft_wrap=True)
-        return EXIT_UNREACHABLE
+        return EXIT_FAILED if summary.status == "stopped_max_cost" else EXIT_UNREACHABLE
     return EXIT_OK if not summary.failed_paths else EXIT_FAILED
 
 

@@ -1,0 +1,282 @@
+"""Know the bill before paying it: what ``extract`` would send, in tokens and dollars, without
+sending anything and without recording anything in the ledger (``extract --dry-run``).
+
+Documents are walked and read exactly as the batch reads them (same loaders, same limits), so an
+unreadable document is listed with the error kind and message the batch would record. A document
+whose identical content already has a final result in the ledger for this chain is shown as
+resumed (``retry_reason`` decides, as in the runner): it would not be sent. Identical content
+under two paths is sent once.
+
+Tokens: each tier's real first request is rendered (its prompt template, few-shot examples as
+selected for that document, and the tool / schema definition its mode adds) and counted with the
+offline tokenizer (``extractkit._tokens``: exact for cl100k models, an estimate for others), in
+worker threads, never on the event loop.
+
+Cost per tier, from the tier's ``price`` or the price table (``extractkit._pricing``):
+
+- *first attempt*: every document's first request at that tier, input tokens as counted, output
+  at most the tier's ``max_output_tokens`` (an upper bound: most answers are shorter);
+- *worst case*: every document through every tier with every re-ask. Re-ask ``k`` sends the
+  conversation so far again: the first request plus ``k`` quoted answers (each at most
+  ``max_output_tokens``) and ``k`` validation-error messages (``REASK_TOKENS`` each, an
+  estimate); every attempt's output at its cap.
+
+A tier with no known price has cost ``None`` ("price unknown"), never $0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .._errors import ConfigError, DocumentError
+from .._pricing import Price, lookup_price
+from .._tokens import count_request_tokens, count_tokens
+from ._loaders import MAX_BYTES, MAX_CHARS, SPECIAL, dir_error, display_path, walk
+
+REASK_TOKENS = 256  # a re-ask's validation-error message, estimated (the quoted answer is counted apart)
+WORKERS = 4  # documents read and counted at once (the counting runs in worker threads)
+
+
+def tier_price(extractor: Any, tier: Any) -> Price | None:
+    """The price a tier's attempts are charged at: its own ``price``, else the price table (with
+    the extractor's ``prices`` overrides); None when unknown. The same rule as ``TierCall``."""
+    return tier.price or lookup_price(tier.model, getattr(extractor, "prices", None))
+
+
+def check_max_cost(extractor: Any, max_cost: float | None) -> None:
+    """A cost ceiling needs a price for every tier and a positive amount: ``ConfigError`` (exit 2)
+    otherwise, naming the tier, before anything is sent."""
+    if max_cost is None:
+        return
+    if not max_cost > 0:
+        raise ConfigError(f"max_cost must be a positive number of USD, got {max_cost}")
+    for tier in extractor.tiers:
+        if tier_price(extractor, tier) is None:
+            raise ConfigError(
+                f"max_cost needs the price of every tier, and tier {tier.name!r} (model {tier.model}) is"
+                " not in the price table: set `price` on the tier (USD per 1M tokens, e.g. price ="
+                " { input = 0.15, output = 0.6 } in the TOML, or price=Price(0.15, 0.6) in Python)"
+            )
+
+
+def _usd(tokens_in: int, tokens_out: int, price: Price | None) -> float | None:
+    if price is None:
+        return None
+    return round((tokens_in * price.input + tokens_out * price.output) / 1_000_000, 10)
+
+
+@dataclass
+class TierEstimate:
+    name: str
+    model: str
+    price: Price | None
+    max_output_tokens: int  # the output bound of every attempt
+    max_reasks: int
+    context_window: int | None
+    documents: int = 0  # documents it would be sent (those that fit its context window)
+    too_long: int = 0  # documents over its context window: refused unsent, as the chain does
+    input_tokens: int = 0  # first attempt, all its documents
+
+    @property
+    def attempts(self) -> int:
+        """Attempts per document at most: the first and every re-ask."""
+        return self.max_reasks + 1
+
+    @property
+    def first_output_tokens(self) -> int:
+        return self.documents * self.max_output_tokens
+
+    @property
+    def worst_input_tokens(self) -> int:
+        n = self.attempts
+        growth = (self.max_output_tokens + REASK_TOKENS) * n * (n - 1) // 2  # re-ask k quotes k answers
+        return self.input_tokens * n + self.documents * growth
+
+    @property
+    def worst_output_tokens(self) -> int:
+        return self.documents * self.attempts * self.max_output_tokens
+
+    @property
+    def first_input_usd(self) -> float | None:
+        return _usd(self.input_tokens, 0, self.price)
+
+    @property
+    def first_usd(self) -> float | None:
+        """Every document's first attempt at this tier, output at its cap."""
+        return _usd(self.input_tokens, self.first_output_tokens, self.price)
+
+    @property
+    def worst_usd(self) -> float | None:
+        return _usd(self.worst_input_tokens, self.worst_output_tokens, self.price)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["price"] = asdict(self.price) if self.price is not None else None
+        for k in ("attempts", "first_output_tokens", "worst_input_tokens", "worst_output_tokens",
+                  "first_input_usd", "first_usd", "worst_usd"):  # fmt: skip
+            d[k] = getattr(self, k)
+        return d
+
+
+@dataclass
+class DocEstimate:
+    path: str
+    status: str  # send | resumed | duplicate | error
+    sha256: str | None = None
+    tokens: dict[str, int] = field(default_factory=dict)  # tier -> input tokens of its first request
+    too_long: list[str] = field(default_factory=list)  # tiers whose context window it exceeds
+    outcome: str | None = None  # error kind, or the status of the resumed result (ok / failed)
+    error: str | None = None
+    duplicate_of: str | None = None
+
+
+@dataclass
+class Estimate:
+    tiers: list[TierEstimate]
+    documents: list[DocEstimate] = field(default_factory=list)
+    skipped: int = 0  # unsupported file types
+    special: int = 0  # FIFOs, sockets, devices: never opened
+    ledger: str | None = None  # the ledger consulted for resume; None: it does not exist yet
+    max_cost: float | None = None
+
+    def count(self, status: str) -> int:
+        return sum(1 for d in self.documents if d.status == status)
+
+    @property
+    def unpriced(self) -> list[str]:
+        return [t.name for t in self.tiers if t.price is None]
+
+    @property
+    def first_usd(self) -> float | None:
+        """The first attempt at the first tier, for every document sent (output at its cap)."""
+        return self.tiers[0].first_usd if self.tiers else None
+
+    @property
+    def worst_usd(self) -> float | None:
+        costs = [t.worst_usd for t in self.tiers]
+        return None if any(c is None for c in costs) else round(sum(c or 0.0 for c in costs), 10)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "dry_run": True,
+            "documents": len(self.documents),
+            "to_send": self.count("send"),
+            "resumed": self.count("resumed"),
+            "duplicates": self.count("duplicate"),
+            "errors": self.count("error"),
+            "skipped": self.skipped,
+            "special": self.special,
+            "ledger": self.ledger,
+            "reask_tokens_estimate": REASK_TOKENS,
+            "tiers": [t.to_dict() for t in self.tiers],
+            "first_attempt_usd": self.first_usd,
+            "worst_case_usd": self.worst_usd,
+            "price_unknown": self.unpriced,
+            "max_cost": self.max_cost,
+            "document_list": [asdict(d) for d in self.documents],
+        }
+
+
+def request_tokens(bound: Any, text: str, extra_tokens: dict[str, int]) -> int:
+    """Input tokens of a tier's first request for ``text``, rendered as the chain renders it."""
+    tier = bound.tier
+    _, kwargs = bound.prepare_request(
+        {"messages": bound.messages(text), "model": tier.model, "temperature": tier.temperature,
+         "max_tokens": bound.max_tokens}
+    )  # fmt: skip
+    if bound.response_format is not None:
+        kwargs["response_format"] = bound.response_format
+    if tier.name not in extra_tokens:  # the tool / schema definition: the same for every document
+        extra = kwargs.get("tools") or kwargs.get("response_format")
+        extra_tokens[tier.name] = count_tokens(json.dumps(extra, ensure_ascii=False)) if extra else 0
+    return count_request_tokens(kwargs["messages"]) + extra_tokens[tier.name]
+
+
+def _count(extractor: Any, text: str, extra_tokens: dict[str, int]) -> dict[str, int]:
+    """Every tier's first-request tokens for one document (CPU work: called in a worker thread)."""
+    return {t.name: request_tokens(extractor._bound[t.name], text, extra_tokens) for t in extractor.tiers}
+
+
+async def estimate(
+    extractor: Any,
+    paths: list[str | Path],
+    *,
+    ledger: Any = None,
+    include: list[str] | None = None,
+    force: bool = False,
+    retry_failed: bool = False,
+    max_bytes: int = MAX_BYTES,
+    max_chars: int = MAX_CHARS,
+    max_cost: float | None = None,
+    workers: int = WORKERS,
+) -> Estimate:
+    """What ``BatchRunner(extractor, ledger, ...).run(paths)`` would send, estimated; nothing is
+    sent and nothing is written. ``ledger``: an open ``Ledger`` to find resumed documents in, or
+    None (every readable document would be sent)."""
+    from .._llm import TOKEN_SAFETY
+    from ._runner import _load, retry_reason
+
+    tiers = [
+        TierEstimate(
+            name=t.name, model=t.model, price=tier_price(extractor, t),
+            max_output_tokens=extractor._bound[t.name].max_tokens, max_reasks=t.max_reasks,
+            context_window=extractor._bound[t.name].context_window,
+        )
+        for t in extractor.tiers
+    ]  # fmt: skip
+    result = Estimate(tiers=tiers, ledger=str(ledger.path) if ledger is not None else None, max_cost=max_cost)
+    unlisted: list[OSError] = []
+    files = walk(list(paths), include, on_error=unlisted.append)
+    first_path: dict[str, str] = {}  # sha256 -> the path that would send it
+    extra_tokens: dict[str, int] = {}
+
+    def report_unlisted() -> None:
+        while unlisted:
+            exc = dir_error(unlisted.pop(0))
+            result.documents.append(DocEstimate(exc.path or "?", "error", outcome=exc.kind, error=str(exc)))
+
+    async def one(path: Path, doc_type: str) -> DocEstimate:
+        try:
+            doc = await _load(path, doc_type, max_bytes, max_chars)
+        except DocumentError as exc:
+            return DocEstimate(display_path(path), "error", outcome=exc.kind, error=str(exc))
+        if doc.sha256 in first_path:
+            return DocEstimate(doc.path, "duplicate", doc.sha256, duplicate_of=first_path[doc.sha256])
+        first_path[doc.sha256] = doc.path
+        if ledger is not None and not force:
+            row = ledger.find_final(doc.sha256, extractor.schema_hash, extractor.config_hash)
+            again = row is not None and retry_reason(row["status"], row["outcome"], retry_failed=retry_failed)
+            if row is not None and again is None:
+                return DocEstimate(doc.path, "resumed", doc.sha256, outcome=row["status"])
+        tokens = await asyncio.to_thread(_count, extractor, doc.text, extra_tokens)
+        d = DocEstimate(doc.path, "send", doc.sha256, tokens=tokens)
+        for t in tiers:
+            n = tokens[t.name]
+            window = t.context_window
+            if window is not None and int(n * TOKEN_SAFETY) + t.max_output_tokens > window:
+                d.too_long.append(t.name)  # the chain refuses it unsent (context_overflow)
+                t.too_long += 1
+            else:
+                t.documents += 1
+                t.input_tokens += n
+        return d
+
+    async def worker() -> None:
+        for path, doc_type in files:  # a shared iterator, as in the runner
+            report_unlisted()
+            if doc_type is None:
+                result.skipped += 1
+            elif doc_type == SPECIAL:
+                result.special += 1
+            else:
+                result.documents.append(await one(path, doc_type))
+        report_unlisted()
+
+    await asyncio.gather(*(worker() for _ in range(max(1, min(workers, os.cpu_count() or 1, 16)))))
+    result.documents.sort(key=lambda d: d.path)
+    return result

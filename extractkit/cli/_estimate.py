@@ -1,0 +1,122 @@
+"""``extract --dry-run``: the documents, tokens and cost a run would send, printed or as JSON."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from ..batch._estimate import REASK_TOKENS
+
+SHOWN = 20  # documents listed in the terminal (--json lists every one)
+
+
+def _usd(v: float | None) -> str:
+    if v is None:
+        return "price unknown"
+    return f"${v:,.4f}" if v >= 0.01 or v == 0 else f"${v:.6f}"  # a small estimate is not shown as $0
+
+
+def dry_run(extractor: Any, cfg: Any, paths: list[Path], ledger_path: str | Path | None, *,
+            include: list[str] | None, force: bool, retry_failed: bool, max_cost: float | None,
+            as_json: bool) -> int:  # fmt: skip
+    """Estimate and print; returns the exit code (0). Sends nothing; the ledger, when it exists, is
+    only read (to show resumed documents); a ledger that does not exist is not created."""
+    from ..batch._estimate import check_max_cost, estimate
+    from ..ledger import Ledger
+    from ..ledger._ledger import default_path
+
+    check_max_cost(extractor, max_cost)  # the run would refuse to start: say so now (exit 2)
+    path = Path(ledger_path) if ledger_path else default_path()
+    ledger = Ledger(path) if path.is_file() else None
+    try:
+        est = asyncio.run(estimate(
+            extractor, list[str | Path](paths), ledger=ledger, include=include, force=force,
+            retry_failed=retry_failed, max_bytes=cfg.batch.max_bytes, max_chars=cfg.batch.max_chars,
+            max_cost=max_cost,
+        ))  # fmt: skip
+    finally:
+        if ledger is not None:
+            ledger.close()
+    if as_json:
+        print(json.dumps(est.to_dict(), indent=2, ensure_ascii=False))
+    else:
+        _print(est, path)
+    return 0
+
+
+def _print(est: Any, ledger_path: Path) -> None:
+    from ._app import out
+
+    to_send = est.count("send")
+    head = (f"dry run: nothing sent, nothing recorded. {len(est.documents)} document(s): {to_send} to send, "
+            f"{est.count('resumed')} already in the ledger (skipped: resume), {est.count('duplicate')} "
+            f"identical to another path (sent once), {est.count('error')} unreadable")  # fmt: skip
+    if est.skipped or est.special:
+        head += f"; {est.skipped + est.special} file(s) of unsupported type skipped"
+    out.print(head, highlight=False, markup=False)
+    if est.ledger is None:
+        out.print(f"ledger {ledger_path} does not exist yet: no document is resumed", highlight=False,
+                  markup=False)  # fmt: skip
+
+    names = [t.name for t in est.tiers]
+    docs = Table(title="documents (input tokens of the first request, per tier)")
+    docs.add_column("document", overflow="fold")
+    docs.add_column("status")
+    for n in names:
+        docs.add_column(n, justify="right")
+    for d in est.documents[:SHOWN]:
+        if d.status == "send":
+            cells = [f"{d.tokens[n]:,}" + (" too long" if n in d.too_long else "") for n in names]
+            docs.add_row(d.path, "send", *cells)
+        else:
+            why = {"resumed": f"skipped: resumed ({d.outcome})", "error": f"unreadable: {d.outcome}",
+                   "duplicate": f"duplicate of {d.duplicate_of}"}[d.status]  # fmt: skip
+            docs.add_row(d.path, why, *("-" for _ in names))
+    out.print(docs)
+    if len(est.documents) > SHOWN:
+        out.print(f"... and {len(est.documents) - SHOWN} more (--json lists every document)", highlight=False)
+    unreadable = [d for d in est.documents if d.status == "error"]
+    if unreadable:
+        out.print(f"{len(unreadable)} document(s) cannot be read (the run records them as errors):")
+        for d in unreadable:
+            out.print(f"  {d.error}", highlight=False, markup=False)
+
+    tiers = Table(title="estimated cost per tier")
+    for col in ("tier", "model", "docs", "input tok", "max out", "1st attempt", "tries", "worst case"):
+        tiers.add_column(col, justify="left" if col in ("tier", "model") else "right",
+                         overflow="fold")  # fmt: skip
+    for t in est.tiers:
+        docs_cell = f"{t.documents:,}" + (f" ({t.too_long} too long)" if t.too_long else "")
+        tiers.add_row(t.name, t.model, docs_cell, f"{t.input_tokens:,}", f"{t.max_output_tokens:,}",
+                      _usd(t.first_usd), str(t.attempts), _usd(t.worst_usd))  # fmt: skip
+    out.print(tiers)
+    first = est.tiers[0] if est.tiers else None
+    if first is not None:
+        out.print(
+            f"first attempt at the first tier ({first.name}): {_usd(first.first_usd)}"
+            + ("" if first.price is None else f" (input {_usd(first.first_input_usd)}, output at its cap)"),
+            highlight=False, markup=False,
+        )  # fmt: skip
+    out.print(f"worst case, every re-ask on every tier, output at each tier's cap: {_usd(est.worst_usd)}",
+              highlight=False, markup=False)  # fmt: skip
+    for name in est.unpriced:
+        t = next(x for x in est.tiers if x.name == name)
+        out.print(f"tier {name}: price unknown (model {t.model} is not in the price table): set `price` "
+                  "on the tier, e.g. price = { input = 0.15, output = 0.6 } (USD per 1M tokens)",
+                  highlight=False, markup=False)  # fmt: skip
+    if est.max_cost is not None:
+        line = f"max cost ${est.max_cost:g}: the run stops starting documents once it has spent that"
+        if first is not None and first.first_usd and first.documents:
+            per_doc = first.first_usd / first.documents
+            if first.first_usd > est.max_cost:
+                n = int(est.max_cost // per_doc)
+                line += f"; at the first attempt's estimate, after about {n} document(s)"
+        out.print(line, highlight=False, markup=False)
+    out.print("tokens: counted offline (cl100k: exact for OpenAI cl100k models, an estimate otherwise); "
+              f"worst case: re-ask k quotes k answers at the cap plus {REASK_TOKENS} tokens of errors each; "
+              "1st attempt: output at the cap (most answers are shorter)",
+              highlight=False, markup=False)  # fmt: skip
