@@ -132,17 +132,22 @@ def gold_from_invoice2data(
     folder: Annotated[Path, typer.Argument(help="Folder of NAME.json + NAME.pdf (or NAME.txt).")],
     out_path: Annotated[Path, typer.Option("--out", "-o", help="Gold file to write.")] = Path("gold.jsonl"),
     schema: Annotated[str | None, typer.Option(help="module:Model: keep only its fields.")] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="TOML config: keep only its schema's fields.")
+    ] = None,
 ) -> None:
     """Convert invoice2data's layout (NAME.json beside NAME.pdf) into a gold file.
 
-    Example: extractkit gold from-invoice2data ../shared/corpora/invoice2data -o gold.jsonl \
-      --schema invoice_schema:Invoice
+    Example: extractkit gold from-invoice2data ../shared/corpora/invoice2data -o out/gold.jsonl \
+      --config examples/openai.toml
     """
-    from .._config import import_schema
+    from .._config import import_schema, load_config
     from ..evaluate import convert_invoice2data
 
     try:
-        model = import_schema(schema) if schema else None
+        cfg = load_config(config) if config is not None else None  # its folder is importable, as for eval
+        spec = schema or (cfg.schema_path if cfg is not None else None)
+        model = import_schema(spec, [cfg.root] if cfg is not None else None) if spec else None
         written, notes = convert_invoice2data(folder, out_path, schema=model)
     except ExtractkitError as exc:
         raise fail_usage(str(exc)) from None

@@ -110,7 +110,8 @@ def convert_invoice2data(
     gold file are relative to it. Returns (items written, problems skipped)."""
     folder, out = Path(folder), Path(out)
     if not folder.is_dir():
-        raise GoldError(f"not a folder: {folder}")
+        where = "" if folder.is_absolute() else f" (relative to {Path.cwd()}: {folder.resolve()})"
+        raise GoldError(f"not a folder: {folder}{where}")
     fields = set(schema.model_fields) if schema is not None else None
     rows, skipped = [], []
     for gold in sorted(folder.glob("*.json")):
