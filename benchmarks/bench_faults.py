@@ -110,7 +110,7 @@ def write_config(tmp: Path, base_url: str, timeout: float) -> Path:
     lines = ['schema = "benchmarks._common:Invoice"']
     for kind, model in MODELS.items():
         lines += ["[[tiers]]", f'kind = "{kind}"', f'model = "{model}"', f'base_url = "{base_url}"',
-                  f"timeout_s = {timeout}", f"retries = {REASKS}"]  # fmt: skip
+                  f"timeout_s = {timeout}", f"max_reasks = {REASKS}"]  # fmt: skip
         if kind == "few_shot":
             lines += ['examples = "examples.jsonl"', "k = 2"]
     config = tmp / "extractkit.toml"

@@ -51,7 +51,7 @@ def main() -> None:
         tmp = Path(tmp_)
         config = tmp / "extractkit.toml"
         config.write_text(f'schema = "benchmarks._common:Invoice"\n[[tiers]]\nkind = "zero_shot"\nmodel = "gpt-4o-mini"\n'
-                          f'base_url = "{s.base_url}"\nretries = 0\n')  # fmt: skip
+                          f'base_url = "{s.base_url}"\nmax_reasks = 0\n')  # fmt: skip
         small, big = tmp / "small", tmp / "big"
         make_docs(small, size["baseline"])
         make_docs(big, size["documents"])

@@ -41,7 +41,7 @@ def main() -> None:
         make_docs(folder, n)
         config = Path(tmp) / "extractkit.toml"
         config.write_text(f'schema = "benchmarks._common:Invoice"\n[[tiers]]\nkind = "zero_shot"\nmodel = "gpt-4o-mini"\n'
-                          f'base_url = "{s.base_url}"\nretries = 0\n')  # fmt: skip
+                          f'base_url = "{s.base_url}"\nmax_reasks = 0\n')  # fmt: skip
         ledger, out = Path(tmp) / "ledger.sqlite3", Path(tmp) / "out.jsonl"
         first = run_cli(folder, config, ledger, out)
         sent_first = s.stats()["requests"]

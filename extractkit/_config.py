@@ -9,7 +9,7 @@ that carries a secret is read from the environment too (``headers_env``).
     schema = "invoice_schema:Invoice"      # module:Class, importable from the config's folder
 
     [ledger]
-    path = ".extractkit/ledger.sqlite3"      # or $EXTRACTKIT_LEDGER, or --ledger
+    path = ".extractkit/ledger.sqlite3"      # relative to this file; --ledger, then $EXTRACTKIT_LEDGER win
     store_text = true
 
     [batch]
@@ -20,6 +20,7 @@ that carries a secret is read from the environment too (``headers_env``).
     [[tiers]]
     kind = "zero_shot"
     model = "gpt-4o-mini"
+    max_reasks = 2                           # re-asks after an invalid answer (was: retries)
 
     [[tiers]]
     kind = "few_shot"
@@ -42,6 +43,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -81,7 +83,10 @@ class TierConfig(BaseModel):
     mode: Literal["tools", "json_schema", "json", "json_object_schema"] | None = None
     timeout_s: float = Field(60.0, gt=0)
     temperature: float = 0.0
-    retries: int = Field(2, ge=0, le=10)  # re-asks after the first answer
+    # re-asks: the same tier asked again after an answer failed validation (the library's
+    # max_reasks). Transient failures (429, 5xx, timeouts) are *retried*: a separate policy.
+    # The old name `retries` is still read, with a warning (see parse_config).
+    max_reasks: int = Field(2, ge=0, le=10)
     max_output_tokens: int | None = Field(None, gt=0)
     context_window: int | None = Field(None, gt=0)
     prompt: str | None = None
@@ -152,6 +157,7 @@ class Config(BaseModel):
     ledger: LedgerConfig = Field(default_factory=lambda: LedgerConfig())
     batch: BatchConfig = Field(default_factory=lambda: BatchConfig())
     root: Path = Path(".")  # the config file's folder; relative paths resolve against it
+    origin: str = "config"  # the config file's path as given, for messages
 
     @field_validator("tiers")
     @classmethod
@@ -188,9 +194,40 @@ def load_config(path: str | Path) -> Config:
     return parse_config(raw, root=path.resolve().parent, origin=str(path))
 
 
+DEPRECATED_TIER_KEYS = {"retries": "max_reasks"}
+
+
+def _renamed_tier_keys(raw: dict[str, Any], origin: str) -> dict[str, Any]:
+    """Read a tier's old key names (``retries`` -> ``max_reasks``) with a FutureWarning (shown to
+    end users by default, unlike DeprecationWarning); both names in one tier is an error."""
+    tiers = raw.get("tiers")
+    if not isinstance(tiers, list):
+        return raw
+    renamed = []
+    for i, tier in enumerate(tiers):
+        if isinstance(tier, dict):
+            tier = dict(tier)
+            for old, new in DEPRECATED_TIER_KEYS.items():
+                if old not in tier:
+                    continue
+                if new in tier:
+                    raise ConfigError(f"{origin}: tiers.{i}: both {old} and {new} are set; {old} is the "
+                                      f"old name of {new}: keep only {new}")  # fmt: skip
+                warnings.warn(
+                    f"{origin}: tiers.{i}.{old} is deprecated, rename it to {new} (re-asks after an "
+                    "answer fails validation; transient failures are retried separately)",
+                    FutureWarning,
+                    stacklevel=4,
+                )
+                tier[new] = tier.pop(old)
+        renamed.append(tier)
+    return {**raw, "tiers": renamed}
+
+
 def parse_config(raw: dict[str, Any], *, root: Path, origin: str = "config") -> Config:
+    raw = _renamed_tier_keys(raw, origin)
     try:
-        config = Config.model_validate({**raw, "root": root})
+        config = Config.model_validate({**raw, "root": root, "origin": origin})
     except ValidationError as exc:
         raise ConfigError(f"{origin}: invalid config:\n{_format_errors(exc)}") from exc
     return config
@@ -227,7 +264,7 @@ def build_tiers(config: Config, *, transport: str | None = None) -> list[Any]:
             "mode": t.mode,
             "timeout_s": t.timeout_s,
             "temperature": t.temperature,
-            "max_reasks": t.retries,
+            "max_reasks": t.max_reasks,
             "max_output_tokens": t.max_output_tokens,
             "context_window": t.context_window,
             "prompt": config.resolve(t.prompt),

@@ -27,7 +27,7 @@ def write_config(tmp: Path, base_url: str, extra: str = "", tier_extra: str = ""
     cfg.write_text(
         f'schema = "tests.conftest:Invoice"\n{extra}\n'
         f'[[tiers]]\nkind = "zero_shot"\nmodel = "gpt-4o-mini"\nbase_url = "{base_url}"\n'
-        f"{'' if 'retries' in tier_extra else 'retries = 0'}\n{tier_extra}\n"
+        f"{'' if 'max_reasks' in tier_extra or 'retries' in tier_extra else 'max_reasks = 0'}\n{tier_extra}\n"
     )
     return cfg
 
@@ -122,7 +122,7 @@ def test_summary_table_and_exit_code_zero(tmp_path):
 
 
 @pytest.mark.parametrize(("toml_extra", "tier_extra", "message"), [
-    ("", "retries = -1", "tiers.0.retries"),
+    ("", "max_reasks = -1", "tiers.0.max_reasks"),
     ("", 'mode = "yaml"', "tiers.0.mode"),
     ("", "bogus = 1", "tiers.0.bogus"),
     ("[batch]\nconcurrency = 0", "", "batch.concurrency"),

@@ -146,7 +146,7 @@ def _cli_config(tmp_path: Path) -> Path:
     cfg = tmp_path / "extractkit.toml"
     cfg.write_text(
         'schema = "tests.conftest:Invoice"\n[[tiers]]\nkind = "zero_shot"\nmodel = "gpt-4o-mini"\n'
-        f'base_url = "{BASE_URL}"\nretries = 0\n'
+        f'base_url = "{BASE_URL}"\nmax_reasks = 0\n'
     )
     return cfg
 

@@ -76,7 +76,7 @@ COMMANDS: dict[str, dict[str, Cmd | None]] = {
     "report": {
         BAD_LEDGER: lambda led: ["report", "--ledger", led],
         BAD_OUT: lambda out: ["report", "--ledger", "good.sqlite3", "--html", out],
-        NO_CONFIG: None,  # report has no --config (issue 14, section 3)
+        NO_CONFIG: lambda cfg: ["report", "-c", cfg],
     },
     "eval": {
         BAD_LEDGER: lambda led: ["eval", "gold.jsonl", "-c", "cfg.toml", "--ledger", led],
@@ -96,11 +96,16 @@ COMMANDS: dict[str, dict[str, Cmd | None]] = {
     "finetune launch": {
         BAD_LEDGER: lambda led: ["finetune", "launch", "--dir", "ft", "--ledger", led],
         BAD_OUT: None,
-        NO_CONFIG: None,  # a missing config falls back to the default ledger (documented)
+        NO_CONFIG: lambda cfg: ["finetune", "launch", "--dir", "ft", "-c", cfg],
     },
     "finetune status": {
         BAD_LEDGER: lambda led: ["finetune", "status", "--ledger", led],
         BAD_OUT: None,
+        NO_CONFIG: lambda cfg: ["finetune", "status", "-c", cfg],
+    },
+    "init": {
+        BAD_LEDGER: None,
+        BAD_OUT: lambda out: ["init", out],
         NO_CONFIG: None,
     },
     "examples harvest": {

@@ -310,7 +310,7 @@ model = "gpt-4o-mini"
 [[tiers]]
 kind = "fine_tuned"
 model = "ft:gpt-4o-mini-2024-07-18:acme:old:zzz"  # last month's
-retries = 1
+max_reasks = 1
 
 [batch]
 concurrency = 4
@@ -402,7 +402,7 @@ def test_report_export_launch_status_eval(mock_api, tmp_path, monkeypatch):
     # few-shot with the harvested pool beside the model fine-tuned on the same data
     cfg.write_text(cfg.read_text().replace('model = "ft:', f'base_url = "{BASE_URL}"\nmodel = "ft:')
                    + f'\n[[tiers]]\nkind = "few_shot"\nname = "few_shot_harvested"\nmodel = "gpt-4o-mini"\n'
-                   f'base_url = "{BASE_URL}"\nexamples = "pool.jsonl"\nretries = 0\n')  # fmt: skip
+                   f'base_url = "{BASE_URL}"\nexamples = "pool.jsonl"\nmax_reasks = 0\n')  # fmt: skip
     gold = tmp_path / "gold.jsonl"
     gold.write_text("".join(json.dumps({"document": text(i), "expected": {"issuer": f"Firm {i} Ltd", "total": i + 0.5}})
                             + "\n" for i in range(10)))  # fmt: skip

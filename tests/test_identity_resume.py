@@ -23,7 +23,7 @@ def write_project(root: Path, base_url: str) -> Path:
     cfg.write_text(
         'schema = "tests.conftest:Invoice"\n'
         f'[[tiers]]\nkind = "few_shot"\nmodel = "gpt-4o-mini"\nbase_url = "{base_url}"\n'
-        'examples = "examples.jsonl"\nk = 1\nretries = 0\n'
+        'examples = "examples.jsonl"\nk = 1\nmax_reasks = 0\n'
     )
     return cfg
 

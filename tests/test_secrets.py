@@ -108,7 +108,7 @@ def test_an_echoing_provider_leaks_the_key_nowhere_through_the_cli(tmp_path: Pat
         cfg = tmp_path / "extractkit.toml"
         cfg.write_text(
             f'schema = "tests.conftest:Invoice"\n[ledger]\npath = "{led}"\n\n[[tiers]]\nkind = "zero_shot"\n'
-            f'model = "gpt-4o-mini"\nbase_url = "{server.base_url}"\napi_key_env = "GW_KEY"\nretries = 1\n'
+            f'model = "gpt-4o-mini"\nbase_url = "{server.base_url}"\napi_key_env = "GW_KEY"\nmax_reasks = 1\n'
         )
 
         def run(*args: str, ok: tuple[int, ...] = (0,)) -> subprocess.CompletedProcess[str]:

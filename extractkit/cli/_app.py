@@ -13,6 +13,7 @@ from typer.core import TyperGroup
 from .. import __version__
 from .._errors import ExtractkitError, RunError
 from ._console import RedactingConsole, install_log_redaction
+from ._ledger_opt import ConfigOpt, LedgerOpt
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -94,7 +95,7 @@ def version() -> None:
 @app.command()
 def extract(
     paths: Annotated[list[Path], typer.Argument(help="Files or folders (walked recursively).")],
-    config: Annotated[Path, typer.Option("--config", "-c", help="TOML config.")] = Path("extractkit.toml"),
+    config: ConfigOpt = None,
     schema: Annotated[str | None, typer.Option(help="module:Model, overrides the config.")] = None,
     out_path: Annotated[Path | None, typer.Option("--out", help="JSON Lines, one per doc.")] = None,
     concurrency: Annotated[int | None, typer.Option(min=1, help="Documents in flight.")] = None,
@@ -102,11 +103,12 @@ def extract(
     tpm: Annotated[float | None, typer.Option(help="Tokens/minute limit.")] = None,
     force: Annotated[bool, typer.Option(help="Extract again even if the ledger has it.")] = False,
     retry_failed: Annotated[
-        bool, typer.Option(help="Also retry documents that failed validation under this same chain "
-                           "(a changed prompt or examples is a new chain: its documents are sent anyway). "
-                           "Transient failures are always retried; successes never.")
+        bool, typer.Option(help="Also send again documents whose last result failed validation under "
+                           "this same chain (a changed prompt or examples is a new chain: its documents are "
+                           "sent anyway). Documents whose last result was transient are always sent again; "
+                           "successes never.")
     ] = False,
-    ledger_path: Annotated[Path | None, typer.Option("--ledger", help="Ledger file.")] = None,
+    ledger_path: LedgerOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
     include: Annotated[
         list[str] | None, typer.Option(help="Only file names matching this glob (repeatable; "
@@ -139,39 +141,33 @@ def extract(
     stopped answering (the rest were left unattempted: run again to resume).
     """
     from ..batch import BatchRunner, RateLimiter, walk
-    from ..ledger import Ledger
     from ._build import build
+    from ._ledger_opt import open_ledger
 
-    try:
-        extractor, cfg = build(config, schema, resolve_keys=not dry_run)  # a dry run needs no key
-    except ExtractkitError as exc:
-        raise fail_usage(str(exc)) from None
-    try:
-        for p in paths:
-            if not p.exists() and not p.is_symlink():
-                raise fail_usage(f"no such file or folder: {p}")
-        if next(iter(walk(list[str | Path](paths), include, on_error=lambda _exc: None)), None) is None:
-            what = f" --include {' '.join(include)}" if include else ""
-            raise fail_usage(f"no documents matched under {' '.join(map(str, paths))}{what}")
-        max_cost = max_cost if max_cost is not None else cfg.batch.max_cost
-        if dry_run:
-            from ._estimate import dry_run as run_dry
+    extractor, cfg = build(config, schema, resolve_keys=not dry_run)  # a dry run needs no key
+    for p in paths:
+        if not p.exists() and not p.is_symlink():
+            raise fail_usage(f"no such file or folder: {p}")
+    if next(iter(walk(list[str | Path](paths), include, on_error=lambda _exc: None)), None) is None:
+        what = f" --include {' '.join(include)}" if include else ""
+        raise fail_usage(f"no documents matched under {' '.join(map(str, paths))}{what}")
+    max_cost = max_cost if max_cost is not None else cfg.batch.max_cost
+    if dry_run:
+        from ._estimate import dry_run as run_dry
+        from ._ledger_opt import ledger_choice
 
-            raise typer.Exit(run_dry(extractor, cfg, paths, ledger_path or cfg.resolve(cfg.ledger.path),
-                                     include=include, force=force, retry_failed=retry_failed,
-                                     max_cost=max_cost, as_json=as_json))  # fmt: skip
-        if out_path is not None:
-            _check_writable(out_path)  # before a run is started: never leave a run `running`
-        extractor.limiter = RateLimiter(rpm or cfg.batch.rpm, tpm or cfg.batch.tpm)
-        path = ledger_path or cfg.resolve(cfg.ledger.path)
-        with Ledger(path, store_text=cfg.ledger.store_text) as ledger:
-            runner = BatchRunner(extractor, ledger, concurrency=concurrency or cfg.batch.concurrency,
-                                 force=force, retry_failed=retry_failed, out=out_path, include=include,
-                                 freeze_gc=True, max_bytes=cfg.batch.max_bytes,
-                                 max_chars=cfg.batch.max_chars, max_cost=max_cost)  # fmt: skip
-            code = _run_batch(runner, ledger, paths, as_json)
-    except ExtractkitError as exc:
-        raise fail_usage(str(exc)) from None
+        raise typer.Exit(run_dry(extractor, cfg, paths, ledger_choice(ledger_path, cfg).path,
+                                 include=include, force=force, retry_failed=retry_failed,
+                                 max_cost=max_cost, as_json=as_json))  # fmt: skip
+    if out_path is not None:
+        _check_writable(out_path)  # before a run is started: never leave a run `running`
+    extractor.limiter = RateLimiter(rpm or cfg.batch.rpm, tpm or cfg.batch.tpm)
+    with open_ledger(ledger_path, cfg) as ledger:
+        runner = BatchRunner(extractor, ledger, concurrency=concurrency or cfg.batch.concurrency,
+                             force=force, retry_failed=retry_failed, out=out_path, include=include,
+                             freeze_gc=True, max_bytes=cfg.batch.max_bytes,
+                             max_chars=cfg.batch.max_chars, max_cost=max_cost)  # fmt: skip
+        code = _run_batch(runner, ledger, paths, as_json)
     raise typer.Exit(code)
 
 
@@ -209,11 +205,8 @@ def local_serve(
 
     from ..local import check_installed, server_command
 
-    try:
-        check_installed()
-        cmd = server_command(port, n_ctx, parallel)
-    except ExtractkitError as exc:
-        raise fail_usage(str(exc)) from None
+    check_installed()
+    cmd = server_command(port, n_ctx, parallel)
     err.print(f"serving SmolLM2-135M at http://127.0.0.1:{port}/v1 with {parallel} slot(s) of {n_ctx} "
               "tokens (Ctrl-C stops it). It proves the pipeline, not accuracy.", highlight=False)  # fmt: skip
     os.execv(cmd[0], cmd)
@@ -273,7 +266,7 @@ def _print_summary(summary: Any, ledger: Any, details: dict[str, str] | None = N
                   summary.attempts)), _money(summary.cost_usd))  # fmt: skip
     out.print(table)
     notes = [f"{n} {what}" for n, what in (
-        (summary.retried, "retried (last result transient or, with --retry-failed, invalid)"),
+        (summary.retried, "sent again (last result transient or, with --retry-failed, invalid)"),
         (summary.duplicates, "identical to another path (sent once)"),
         (summary.special, "special files (FIFO, socket, device) skipped unopened"),
         (summary.unattempted, "left unattempted"),

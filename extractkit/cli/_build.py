@@ -6,14 +6,18 @@ from pathlib import Path
 from typing import Any
 
 from .._chain import Extractor
-from .._config import Config, build_tiers, import_schema, load_config
+from .._config import Config, build_tiers, import_schema
 
 
 def build(
-    config_path: Path, schema: str | None = None, *, resolve_keys: bool = True
+    config_path: Path | None, schema: str | None = None, *, resolve_keys: bool = True
 ) -> tuple[Extractor[Any], Config]:
-    """``resolve_keys=False`` for commands that send no extraction request (export, harvest)."""
-    cfg = load_config(config_path)
+    """``config_path`` None: ./extractkit.toml (see ``_ledger_opt.load_cli_config``).
+    ``resolve_keys=False`` for commands that send no extraction request (export, harvest)."""
+    from ._ledger_opt import load_cli_config
+
+    cfg = load_cli_config(config_path, required=True)
+    assert cfg is not None  # required=True
     model = import_schema(schema or cfg.schema_path, [cfg.root])
     tiers = build_tiers(cfg, transport="aiohttp")
     for tier in tiers if resolve_keys else []:

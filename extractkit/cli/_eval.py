@@ -8,8 +8,8 @@ from typing import Annotated, Any
 
 import typer
 
-from .._errors import ExtractkitError
 from ._app import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, app, err, fail_usage, out
+from ._ledger_opt import ConfigOpt, LedgerOpt
 from ._report import (
     AsJson,
     CsvOut,
@@ -28,10 +28,10 @@ def eval_(
     gold: Annotated[
         Path | None, typer.Argument(help='Gold file: JSON Lines of {"document": ..., "expected": {...}}.')
     ] = None,
-    config: Annotated[Path, typer.Option("--config", "-c", help="TOML config.")] = Path("extractkit.toml"),
+    config: ConfigOpt = None,
     schema: Annotated[str | None, typer.Option(help="module:Model, overrides the config.")] = None,
     tier: Annotated[list[str] | None, typer.Option(help="Only this tier (repeatable); default all.")] = None,
-    ledger_path: Annotated[Path | None, typer.Option("--ledger", help="Ledger file.")] = None,
+    ledger_path: LedgerOpt = None,
     concurrency: Annotated[int | None, typer.Option(min=1, help="Extractions in flight.")] = None,
     force: Annotated[
         bool, typer.Option(help="Extract again even if an earlier eval has the answer.")
@@ -57,28 +57,25 @@ def eval_(
 
     from ..batch import RateLimiter
     from ..evaluate import aevaluate, build_eval, load_gold
-    from ..ledger import Ledger
     from ._build import build
+    from ._ledger_opt import open_ledger
     from ._report import ledger_or_fail
 
     economics = economics_or_fail(failure_cost, training_cost, min_share, min_documents)
     if run is not None:  # show an earlier eval: no config, no key, no requests
-        with ledger_or_fail(ledger_path) as ledger:
+        with ledger_or_fail(ledger_path, config) as ledger:
             try:
                 ev = build_eval(ledger, run, economics=economics)
-            except (ValueError, ExtractkitError) as exc:
+            except ValueError as exc:
                 raise fail_usage(str(exc)) from None
         _emit(ev, as_json, csv_path, html_path)
         return
     if gold is None:
         raise fail_usage("give a gold file (or --run EVAL_RUN_ID to show an earlier eval)")
-    try:
-        extractor, cfg = build(config, schema)
-        items = load_gold(gold, extractor.schema)
-        for name in tier or []:
-            extractor.tier(name)
-    except ExtractkitError as exc:
-        raise fail_usage(str(exc)) from None
+    extractor, cfg = build(config, schema)
+    items = load_gold(gold, extractor.schema)
+    for name in tier or []:
+        extractor.tier(name)
     extractor.limiter = RateLimiter(cfg.batch.rpm, cfg.batch.tpm)
     n_tiers = len(tier or extractor.tiers)
     bar = Progress(TextColumn("[bold]evaluating"), BarColumn(), MofNCompleteColumn(),
@@ -89,9 +86,7 @@ def eval_(
     def progress(s: Any) -> None:
         bar.update(task, completed=s.extracted + s.reused, description=f"{s.reused} reused")
 
-    with Ledger(
-        ledger_path or cfg.resolve(cfg.ledger.path), store_text=cfg.ledger.store_text
-    ) as ledger:
+    with open_ledger(ledger_path, cfg) as ledger:
         err.print(f"evaluating {len(items)} gold documents x {n_tiers} tiers (each tier alone); "
                   f"ledger {ledger.path}", highlight=False)  # fmt: skip
         try:
@@ -103,8 +98,6 @@ def eval_(
         except KeyboardInterrupt:
             err.print("[yellow]interrupted[/]: finished extractions are kept; run again to resume.")
             raise typer.Exit(EXIT_INTERRUPTED) from None
-        except ExtractkitError as exc:
-            raise fail_usage(str(exc)) from None
         err.print(
             f"{summary.extracted} extracted, {summary.reused} reused from earlier evals", highlight=False
         )
@@ -144,13 +137,10 @@ def gold_from_invoice2data(
     from .._config import import_schema, load_config
     from ..evaluate import convert_invoice2data
 
-    try:
-        cfg = load_config(config) if config is not None else None  # its folder is importable, as for eval
-        spec = schema or (cfg.schema_path if cfg is not None else None)
-        model = import_schema(spec, [cfg.root] if cfg is not None else None) if spec else None
-        written, notes = convert_invoice2data(folder, out_path, schema=model)
-    except ExtractkitError as exc:
-        raise fail_usage(str(exc)) from None
+    cfg = load_config(config) if config is not None else None  # its folder is importable, as for eval
+    spec = schema or (cfg.schema_path if cfg is not None else None)
+    model = import_schema(spec, [cfg.root] if cfg is not None else None) if spec else None
+    written, notes = convert_invoice2data(folder, out_path, schema=model)
     for n in notes:
         err.print(f"note: {n}", markup=False, highlight=False)
     out.print(f"wrote {written} gold items to {out_path}", highlight=False)

@@ -9,9 +9,9 @@ from typing import Annotated, Any
 
 import typer
 
-from .._errors import ExtractkitError, RunError
 from .._redact import redact_json
 from ._app import EXIT_FAILED, app, err, fail_usage, out
+from ._ledger_opt import ConfigOpt, LedgerOpt
 from ._report import parse_when
 
 finetune_app = typer.Typer(
@@ -21,8 +21,6 @@ examples_app = typer.Typer(help="Few-shot example pools.", no_args_is_help=True)
 app.add_typer(finetune_app, name="finetune")
 app.add_typer(examples_app, name="examples")
 
-Config = Annotated[Path, typer.Option("--config", "-c", help="TOML config (schema, tiers, ledger).")]
-LedgerOpt = Annotated[Path | None, typer.Option("--ledger", help="Ledger file (default: the config's).")]
 FromTier = Annotated[
     list[str] | None, typer.Option("--from-tier", help="Only answers this tier won (repeatable).")
 ]
@@ -44,31 +42,13 @@ Seed = Annotated[int, typer.Option(help="Seed of the train/validation split.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
 
-def _setup(config: Path, ledger_path: Path | None) -> tuple[Any, Any, Any]:
-    from ..ledger import Ledger
+def _setup(config: Path | None, ledger_path: Path | None) -> tuple[Any, Any, Any]:
+    """The config (required: its schema and fine-tuned tier) and the ledger it reads (must exist)."""
     from ._build import build
+    from ._ledger_opt import open_ledger
 
-    try:
-        extractor, cfg = build(config, None, resolve_keys=False)
-    except ExtractkitError as exc:
-        raise fail_usage(str(exc)) from None
-    path = ledger_path or cfg.resolve(cfg.ledger.path)
-    ledger = Ledger(path)
-    return extractor, cfg, ledger
-
-
-def _ledger_for(ledger_path: Path | None, config: Path | None) -> Any:
-    """--ledger, else the config's ledger (if the config file exists), else the default ledger."""
-    from .._config import load_config
-    from ..ledger import Ledger
-
-    if ledger_path is None and config is not None and config.is_file():
-        try:
-            cfg = load_config(config)
-        except ExtractkitError as exc:
-            raise fail_usage(str(exc)) from None
-        return Ledger(cfg.resolve(cfg.ledger.path))
-    return Ledger(ledger_path)
+    extractor, cfg = build(config, None, resolve_keys=False)
+    return extractor, cfg, open_ledger(ledger_path, cfg, must_exist=True)
 
 
 def _selection(
@@ -86,26 +66,23 @@ def _selection(
     from ..finetune import Selection
 
     now = time.time()
-    try:
-        return Selection(
-            tiers=tuple(from_tier or ()),
-            run_id=run,
-            since=parse_when(since, now, "--since"),
-            until=parse_when(until, now, "--until"),
-            gold=tuple(gold or ()),
-            corrections=corrections,
-            exclude_gold=tuple(exclude_gold or ()),
-            include_eval_documents=include_eval_documents,
-            validation_fraction=validation,
-            seed=seed,
-        )
-    except ExtractkitError as exc:
-        raise fail_usage(str(exc)) from None
+    return Selection(
+        tiers=tuple(from_tier or ()),
+        run_id=run,
+        since=parse_when(since, now, "--since"),
+        until=parse_when(until, now, "--until"),
+        gold=tuple(gold or ()),
+        corrections=corrections,
+        exclude_gold=tuple(exclude_gold or ()),
+        include_eval_documents=include_eval_documents,
+        validation_fraction=validation,
+        seed=seed,
+    )
 
 
 @finetune_app.command("export")
 def export(
-    config: Config = Path("extractkit.toml"),
+    config: ConfigOpt = None,
     out_dir: Annotated[
         Path, typer.Option("--out", "-o", help="Folder for train/validation/manifest.")
     ] = Path("finetune"),
@@ -138,12 +115,9 @@ def export(
     extractor, _cfg, ledger = _setup(config, ledger_path)
     ft = next((t for t in extractor.tiers if t.kind == "fine_tuned"), None)
     with ledger:
-        try:
-            rep = export_finetune(
-                ledger, extractor.schema, out_dir, selection=sel, base=base, tier=ft, epochs=epochs
-            )
-        except ExtractkitError as exc:
-            raise fail_usage(str(exc)) from None
+        rep = export_finetune(
+            ledger, extractor.schema, out_dir, selection=sel, base=base, tier=ft, epochs=epochs
+        )
     if as_json:
         print(json.dumps(redact_json(rep.to_dict()), indent=2))
         return
@@ -177,10 +151,8 @@ def launch_(
     suffix: Annotated[str | None, typer.Option(help="Suffix of the new model's name.")] = None,
     seed: Annotated[int | None, typer.Option(help="Training seed.")] = None,
     epochs: Annotated[int | None, typer.Option(min=1, help="Epochs (default: the provider's).")] = None,
-    ledger_path: Annotated[Path | None, typer.Option("--ledger", help="Ledger to record the job in.")] = None,
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="Config whose ledger to use.")] = Path(
-        "extractkit.toml"
-    ),
+    ledger_path: LedgerOpt = None,
+    config: ConfigOpt = None,
     as_json: AsJson = False,
 ) -> None:
     """Upload the export and create the fine-tuning job; the job is recorded in the ledger.
@@ -188,26 +160,16 @@ def launch_(
     Example: extractkit finetune launch --dir finetune/ --suffix invoices --seed 7
     """
     from ..finetune import launch
+    from ._ledger_opt import load_cli_config, open_ledger
 
+    cfg = load_cli_config(config, required=False)
     train = directory / "train.jsonl"
     val = directory / "validation.jsonl"
     if not train.is_file():
         raise fail_usage(f"no {train}: run `extractkit finetune export -o {directory}` first")
-    with _ledger_for(ledger_path, config) as ledger:
-        try:
-            job = launch(
-                ledger,
-                train,
-                val if val.is_file() else None,
-                model=model,
-                suffix=suffix,
-                seed=seed,
-                n_epochs=epochs,
-            )
-        except RunError:
-            raise  # a provider failure is a run failure: exit 1 (see _app.error_exit)
-        except ExtractkitError as exc:
-            raise fail_usage(str(exc)) from None
+    with open_ledger(ledger_path, cfg) as ledger:  # the job is recorded in it
+        job = launch(ledger, train, val if val.is_file() else None, model=model, suffix=suffix, seed=seed,
+                     n_epochs=epochs)  # fmt: skip
     if as_json:
         print(json.dumps(redact_json(job.__dict__), indent=2))
         return
@@ -222,9 +184,7 @@ def launch_(
 @finetune_app.command("status")
 def status_(
     job_id: Annotated[str | None, typer.Argument(help="Job id (default: the latest launched).")] = None,
-    ledger_path: Annotated[
-        Path | None, typer.Option("--ledger", help="Ledger the job is recorded in.")
-    ] = None,
+    ledger_path: LedgerOpt = None,
     watch: Annotated[bool, typer.Option(help="Poll until the job ends.")] = False,
     interval: Annotated[float, typer.Option(help="Seconds between polls with --watch.")] = 30.0,
     write_config: Annotated[
@@ -233,9 +193,7 @@ def status_(
     tier: Annotated[
         str | None, typer.Option(help="Tier name to update (default: the fine_tuned one).")
     ] = None,
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="Config whose ledger to use.")] = Path(
-        "extractkit.toml"
-    ),
+    config: ConfigOpt = None,
     as_json: AsJson = False,
 ) -> None:
     """Poll a fine-tuning job; when it succeeded, optionally write the model into the config.
@@ -245,15 +203,12 @@ def status_(
     --write-config shows the diff, keeps the old file as .bak and writes the new one.
     """
     from ..finetune import config_diff, status, with_finetuned_model
+    from ._ledger_opt import load_cli_config, open_ledger
 
-    with _ledger_for(ledger_path, write_config or config) as ledger:
+    cfg = load_cli_config(config or write_config, required=False)
+    with open_ledger(ledger_path, cfg, must_exist=job_id is None) as ledger:  # a polled job is recorded
         while True:
-            try:
-                job = status(ledger, job_id)
-            except RunError:
-                raise  # a provider failure is a run failure: exit 1 (see _app.error_exit)
-            except ExtractkitError as exc:
-                raise fail_usage(str(exc)) from None
+            job = status(ledger, job_id)  # a provider failure is a RunError: exit 1 (see _app.error_exit)
             if not watch or job.done:
                 break
             if not as_json:
@@ -297,7 +252,7 @@ def status_(
 
 @examples_app.command("harvest")
 def harvest(
-    config: Config = Path("extractkit.toml"),
+    config: ConfigOpt = None,
     out_path: Annotated[Path, typer.Option("--out", "-o", help="Examples file to write.")] = Path(
         "harvested.jsonl"
     ),
@@ -330,12 +285,9 @@ def harvest(
                      validation, seed)  # fmt: skip
     extractor, _cfg, ledger = _setup(config, ledger_path)
     with ledger:
-        try:
-            rep = harvest_examples(
-                ledger, extractor.schema, out_path, selection=sel, include_validation=include_validation
-            )
-        except ExtractkitError as exc:
-            raise fail_usage(str(exc)) from None
+        rep = harvest_examples(
+            ledger, extractor.schema, out_path, selection=sel, include_validation=include_validation
+        )
     if as_json:
         print(json.dumps(redact_json(rep.to_dict()), indent=2))
         return

@@ -12,8 +12,8 @@ from typing import Annotated, Any
 
 import typer
 
-from .._errors import ExtractkitError
 from ._app import app, err, fail_usage, out
+from ._ledger_opt import ConfigOpt, LedgerOpt
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([dh])$")
 
@@ -37,13 +37,11 @@ def parse_when(value: str | None, now: float, option: str) -> float | None:
     return dt.timestamp()
 
 
-def ledger_or_fail(ledger_path: Path | None):  # type: ignore[no-untyped-def]
-    from ..ledger import Ledger, default_path
+def ledger_or_fail(ledger_path: Path | None, config: Path | None = None):  # type: ignore[no-untyped-def]
+    """The ledger a read-only command uses (see ``_ledger_opt``): it must exist."""
+    from ._ledger_opt import load_cli_config, open_ledger
 
-    path = ledger_path or default_path()
-    if not path.exists():
-        raise fail_usage(f"no ledger at {path}; run `extractkit extract` first or pass --ledger")
-    return Ledger(path)
+    return open_ledger(ledger_path, load_cli_config(config, required=False), must_exist=True)
 
 
 def economics_or_fail(failure_cost: float, training_cost: float | None, min_share: float, min_documents: int):  # type: ignore[no-untyped-def]
@@ -93,7 +91,8 @@ HtmlOut = Annotated[
 
 @app.command()
 def report(
-    ledger_path: Annotated[Path | None, typer.Option("--ledger", help="Ledger file.")] = None,
+    ledger_path: LedgerOpt = None,
+    config: ConfigOpt = None,
     schema: Annotated[str | None, typer.Option(help="Only this schema (name or hash prefix).")] = None,
     run: Annotated[str | None, typer.Option(help="Only this run id.")] = None,
     since: Annotated[str | None, typer.Option(help="From: 2026-11-01, 2026-11-01T12:00, or 7d ago.")] = None,
@@ -112,7 +111,10 @@ def report(
 ) -> None:
     """Which tier resolves what, at what cost; what the fine-tuned tier rescues; a verdict; drift.
 
-    Example: extractkit report --ledger out/ledger.sqlite3 --failure-cost 2.00 --html report.html
+    Example: extractkit report -c extractkit.toml --failure-cost 2.00 --html report.html
+
+    The ledger: --ledger, else $EXTRACTKIT_LEDGER, else the config's \\[ledger] path (the one
+    `extract -c` wrote), else .extractkit/ledger.sqlite3.
 
     Every number is SQL over the ledger (see `--json`, key "queries").
     """
@@ -129,11 +131,8 @@ def report(
         config_hash=config_hash,
     )
     economics = economics_or_fail(failure_cost, training_cost, min_share, min_documents)
-    with ledger_or_fail(ledger_path) as ledger:
-        try:
-            check_scope_exists(ledger, scope)
-            data = build_report(ledger, scope, economics=economics, as_of=now, recent_days=recent_days,
-                                baseline_days=baseline_days)  # fmt: skip
-        except ExtractkitError as exc:
-            raise fail_usage(str(exc)) from None
+    with ledger_or_fail(ledger_path, config) as ledger:
+        check_scope_exists(ledger, scope)
+        data = build_report(ledger, scope, economics=economics, as_of=now, recent_days=recent_days,
+                            baseline_days=baseline_days)  # fmt: skip
     emit(data, as_json, csv_path, html_path, csv=report_csv, html=report_html, show=print_report)
