@@ -123,7 +123,7 @@ def extract(
     Exit codes: 0 all documents extracted, 1 some failed (listed), 2 usage or config error,
     3 the provider stopped answering (the rest were left unattempted: run again to resume).
     """
-    from ..batch import BatchRunner, RateLimiter, walk
+    from ..batch import BatchRunner, RateLimiter, count_documents
     from ..ledger import Ledger
     from ._build import build
 
@@ -135,9 +135,8 @@ def extract(
         for p in paths:
             if not p.exists() and not p.is_symlink():
                 raise fail_usage(f"no such file or folder: {p}")
-        if next(iter(walk(list[str | Path](paths), include, on_error=lambda _exc: None)), None) is None:
-            what = f" --include {' '.join(include)}" if include else ""
-            raise fail_usage(f"no documents matched under {' '.join(map(str, paths))}{what}")
+        # counted without reading a file: the progress bar's total; NoDocuments (exit 2) if none
+        total = count_documents(list[str | Path](paths), include)
         if out_path is not None:
             _check_writable(out_path)  # before a run is started: never leave a run `running`
         extractor.limiter = RateLimiter(rpm or cfg.batch.rpm, tpm or cfg.batch.tpm)
@@ -147,7 +146,7 @@ def extract(
                                  force=force, retry_failed=retry_failed, out=out_path, include=include,
                                  freeze_gc=True, max_bytes=cfg.batch.max_bytes,
                                  max_chars=cfg.batch.max_chars)  # fmt: skip
-            code = _run_batch(runner, ledger, paths, as_json)
+            code = _run_batch(runner, ledger, paths, as_json, total)
     except ExtractkitError as exc:
         raise fail_usage(str(exc)) from None
     raise typer.Exit(code)
@@ -197,7 +196,7 @@ def local_serve(
     os.execv(cmd[0], cmd)
 
 
-def _run_batch(runner: Any, ledger: Any, paths: list[Path], as_json: bool) -> int:
+def _run_batch(runner: Any, ledger: Any, paths: list[Path], as_json: bool, total: int | None = None) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     progress = Progress(
@@ -205,7 +204,7 @@ def _run_batch(runner: Any, ledger: Any, paths: list[Path], as_json: bool) -> in
         TextColumn("{task.description}"), TimeElapsedColumn(),
         console=err, transient=False, disable=as_json or not err.is_terminal,
     )  # fmt: skip
-    task = progress.add_task("", total=None)
+    task = progress.add_task("", total=total)
     details: dict[str, str] = {}  # path -> why it was not extracted
 
     def on_result(r: Any, s: Any) -> None:
@@ -226,7 +225,7 @@ def _run_batch(runner: Any, ledger: Any, paths: list[Path], as_json: bool) -> in
     runner.on_result = on_result
     try:
         with progress:
-            summary = asyncio.run(runner.run(list(paths)))
+            summary = asyncio.run(runner.run(list(paths), total=total))
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]: finished documents are kept in the ledger; "
                   "run the same command again to resume.")  # fmt: skip
