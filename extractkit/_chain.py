@@ -439,7 +439,7 @@ class Extractor(Generic[T]):
             self.aextract_file(path, doc_type=doc_type, max_bytes=max_bytes, max_chars=max_chars)
         )
 
-    async def aextract_many(
+    def aextract_many(
         self,
         inputs: Iterable[str | os.PathLike[str]],
         *,
@@ -471,7 +471,9 @@ class Extractor(Generic[T]):
         provider stops answering (``ProviderUnreachable``, see ``aextract``), the results finished
         are yielded, then ``ProviderUnreachable`` is raised: the rest were not sent (run the same
         call again to resume). Leaving the loop early stops sending and marks the run
-        ``interrupted``. The inputs are read lazily: a generator of a million paths is fine.
+        ``interrupted`` once the iterator is closed (when it is collected, or at once inside
+        ``async with contextlib.aclosing(extractor.aextract_many(...)) as items``). The inputs are
+        read lazily: a generator of a million paths is fine.
 
         >>> async for item in extractor.aextract_many(
         ...     [Path("invoices/"), "ACME Ltd, total 12.50"], concurrency=16, rpm=500
@@ -480,9 +482,8 @@ class Extractor(Generic[T]):
         """
         from .batch._many import aextract_many
 
-        async for item in aextract_many(self, inputs, concurrency=concurrency, rpm=rpm, tpm=tpm,
-                                        force=force, retry_failed=retry_failed, include=include):  # fmt: skip
-            yield item
+        return aextract_many(self, inputs, concurrency=concurrency, rpm=rpm, tpm=tpm, force=force,
+                             retry_failed=retry_failed, include=include)  # fmt: skip
 
     def extract_many(
         self,
@@ -517,6 +518,11 @@ def _iterate_on(lt: LoopThread, agen: AsyncIterator[Any]) -> Iterator[Any]:
         except StopAsyncIteration:
             return False, None
 
+    async def close() -> None:
+        aclose = getattr(agen, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
     def gen() -> Iterator[Any]:
         finished = False
         try:
@@ -527,10 +533,8 @@ def _iterate_on(lt: LoopThread, agen: AsyncIterator[Any]) -> Iterator[Any]:
                     return
                 yield item
         finally:
-            if not finished and lt.usable:
-                aclose = getattr(agen, "aclose", None)
-                if aclose is not None:
-                    lt.run(aclose())
+            if not finished and lt.usable:  # left early: stop the work (see aextract_many)
+                lt.run(close())
 
     return gen()
 

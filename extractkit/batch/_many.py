@@ -128,7 +128,7 @@ def _item(extractor: Any, job: Job, r: DocResult) -> ItemResult[Any]:
         index=job.index, input=job.input, path=r.path or None, status=r.status, value=value,
         tier=r.tier, outcome=r.outcome, error=r.error, attempts=r.attempts, prompt_tokens=r.prompt_tokens,
         completion_tokens=r.completion_tokens, cost_usd=r.cost_usd, resumed=r.resumed,
-        duplicate_of=r.duplicate_of, sha256=r.sha256, result=r.result,
+        duplicate_of=r.duplicate_of or None, sha256=r.sha256, result=r.result,
     )  # fmt: skip
 
 

@@ -204,7 +204,7 @@ class BatchRunner:
     def __init__(
         self,
         extractor: Any,
-        ledger: Ledger,
+        ledger: Ledger | None,
         *,
         concurrency: int = 8,
         force: bool = False,
