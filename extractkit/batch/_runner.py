@@ -16,6 +16,12 @@ document is started: the rest are left unattempted (not recorded), the run ends 
 
 The output file is rewritten by every run with one line per document, so a run killed half-way
 and run again leaves each document exactly once in it.
+
+One engine for both drivers: ``BatchRunner.run`` (the CLI: paths walked, ``--out``, ``on_result``)
+and ``Extractor.extract_many`` (``_many.py``: texts and paths, results handed back as they finish)
+feed ``Job``s to ``BatchRunner._execute``, which owns the run record, the workers, resume,
+identical content and the stop when the provider is unreachable. Paths that hold no document raise
+``NoDocuments`` (``count_documents``) before a run is recorded.
 """
 
 from __future__ import annotations
