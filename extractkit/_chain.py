@@ -374,9 +374,11 @@ class Extractor(Generic[T]):
         max_chars: int | None = None,
     ) -> Result[T]:
         """Extract from a file, read as ``extractkit extract`` reads it (``.txt``, ``.md``,
-        ``.json``, ``.html`` / ``.htm``: text without markup, ``.pdf``: its text layer); the
-        reading is done off the event loop. ``doc_type`` (``"txt"``, ``"pdf"``, ``"html"``, ...)
-        reads a file whose name does not say its type.
+        ``.json``, ``.html`` / ``.htm``: text without markup, ``.pdf``: its text layer), by the
+        batch's loader: PDFs, HTML and any file over 64 KiB are read and parsed in a worker thread,
+        off the event loop (a small text file is read inline: the thread hop would cost more).
+        ``doc_type`` (``"txt"``, ``"pdf"``, ``"html"``, ...) reads a file whose name does not say
+        its type.
 
         The document's identity is its text (a copy under another name is the same document);
         the ledger records the extraction with the file's path, size and type, and the path in
