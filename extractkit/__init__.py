@@ -15,6 +15,7 @@ from ._errors import (
     LedgerError,
     LocalModelError,
     MissingDependencyError,
+    NoDocuments,
     ProviderUnreachable,
     RunError,
     SchemaError,
@@ -27,6 +28,7 @@ from ._pricing import Price, lookup_price
 from ._results import Attempt, Outcome, Result, Usage
 from ._retry import RetryPolicy
 from ._tiers import FewShot, FineTuned, Mode, Tier, ZeroShot
+from .batch import ItemResult
 from .ledger import Ledger
 
 try:
@@ -49,11 +51,13 @@ __all__ = [
     "FinetuneJobError",
     "GoldError",
     "Grounded",
+    "ItemResult",
     "Ledger",
     "LedgerError",
     "LocalModelError",
     "MissingDependencyError",
     "Mode",
+    "NoDocuments",
     "Outcome",
     "Price",
     "ProviderUnreachable",

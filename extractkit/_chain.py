@@ -16,16 +16,17 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import openai
 from pydantic import BaseModel
 
 from . import _retry
-from ._errors import ConfigError, ExtractionFailed, ProviderUnreachable
+from ._errors import ConfigError, DocumentError, ExtractionFailed, ProviderUnreachable
 from ._llm import MAX_RESPONSE_BYTES, TierCall, make_client
 from ._pricing import Price
 from ._results import FAILURE_OUTCOMES, Attempt, Outcome, Result
@@ -34,7 +35,14 @@ from ._sync import LoopThread
 from ._tiers import BoundTier, Tier
 from .ledger import Ledger
 
+if TYPE_CHECKING:
+    from .batch import ItemResult
+
 T = TypeVar("T", bound=BaseModel)
+
+# the rate limiter of the calls made inside one ``extract_many`` with its own rpm / tpm (set around
+# its tasks); unset, a call uses the extractor's ``limiter``
+CALL_LIMITER: ContextVar[Any] = ContextVar("extractkit_call_limiter")
 
 
 @dataclass(frozen=True)
@@ -261,6 +269,7 @@ class Extractor(Generic[T]):
         if not isinstance(text, str):
             raise TypeError(f"text must be str, got {type(text).__name__}")
         tiers = [self.tier(only)] if only else self.tiers
+        limiter = CALL_LIMITER.get(self.limiter)
         started = time.perf_counter()
         attempts: list[Attempt] = []
         value: T | None = None
@@ -274,7 +283,7 @@ class Extractor(Generic[T]):
                 retry_policy=self.policy.retry,
                 schema_hash=self.schema_hash,
                 prices=self.prices,
-                limiter=self.limiter,
+                limiter=limiter,
                 breaker=self._breaker,
                 max_response_bytes=self.max_response_bytes,
             )
@@ -354,6 +363,182 @@ class Extractor(Generic[T]):
                 forced_tier=forced_tier,
             )  # fmt: skip
         )
+
+    # -- files and many documents -----------------------------------------------------------------
+    async def aextract_file(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        doc_type: str | None = None,
+        max_bytes: int | None = None,
+        max_chars: int | None = None,
+    ) -> Result[T]:
+        """Extract from a file, read as ``extractkit extract`` reads it (``.txt``, ``.md``,
+        ``.json``, ``.html`` / ``.htm``: text without markup, ``.pdf``: its text layer), by the
+        batch's loader: PDFs, HTML and any file over 64 KiB are read and parsed in a worker thread,
+        off the event loop (a small text file is read inline: the thread hop would cost more).
+        ``doc_type`` (``"txt"``, ``"pdf"``, ``"html"``, ...) reads a file whose name does not say
+        its type.
+
+        The document's identity is its text (a copy under another name is the same document);
+        the ledger records the extraction with the file's path, size and type, and the path in
+        ``document_paths``. A file that cannot be read raises ``DocumentError`` (``.kind``:
+        ``empty``, ``encrypted_pdf``, ``no_text``, ``binary``, ``missing``, ``unreadable``, ...,
+        as the batch records them), recorded in the ledger as the batch records it; a folder or a
+        file of an unsupported type raises ``DocumentError`` (``unsupported``) before anything is
+        read or recorded. ``max_bytes`` / ``max_chars`` default to the batch's limits.
+
+        >>> result = extractor.extract_file("invoices/acme.pdf")  # doctest: +SKIP
+        """
+        from .batch._loaders import MAX_BYTES, MAX_CHARS, SPECIAL, TEXT_TYPES, _kind, display_path
+        from .batch._runner import _load
+
+        p = Path(path)
+        shown = display_path(p)
+        kind = doc_type if doc_type is not None else _kind(p)
+        if p.is_dir():
+            raise DocumentError(f"{shown}: a folder, not a file: extract_many([Path(...)]) walks folders",
+                                path=shown, kind="unsupported")  # fmt: skip
+        if kind == SPECIAL:
+            raise DocumentError(f"{shown}: not a regular file (FIFO, socket or device)", path=shown,
+                                kind="special_file")  # fmt: skip
+        types = sorted(set(TEXT_TYPES.values()))
+        if kind is None or kind not in types:
+            suffix = p.suffix or "(none)"
+            given = f"doc_type {doc_type!r}" if doc_type is not None else f"file type {suffix!r}"
+            raise DocumentError(f"{shown}: unsupported {given}; pass doc_type= one of {', '.join(types)}",
+                                path=shown, kind="unsupported")  # fmt: skip
+        try:
+            doc = await _load(p, kind, max_bytes or MAX_BYTES, max_chars or MAX_CHARS)
+        except DocumentError as exc:  # recorded as the batch records an unreadable document
+            if self.ledger is None:
+                self._reopen_ledger()
+            if self.ledger is not None:
+                ledger, run_id = self.ledger, self._library_run_id()
+                self._run_counts["n_documents"] += 1
+                self._run_counts["n_errors"] = self._run_counts.get("n_errors", 0) + 1
+                await asyncio.to_thread(
+                    ledger.record_error, run_id=run_id, path=shown, kind=exc.kind, message=str(exc),
+                    schema_hash=self.schema_hash, config_hash=self.config_hash,
+                )  # fmt: skip
+            raise
+        result = await self.aextract(doc.text, path=doc.path, size=doc.size, doc_type=doc.type)
+        if self.ledger is not None and self._run_id is not None:
+            row = [(doc.sha256, doc.path, os.fsencode(p), self._run_id)]
+            await asyncio.to_thread(self.ledger.add_document_paths, row)
+        return result
+
+    def extract_file(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        doc_type: str | None = None,
+        max_bytes: int | None = None,
+        max_chars: int | None = None,
+    ) -> Result[T]:
+        """Synchronous ``aextract_file`` (see there), on the extractor's own event loop."""
+        return self._sync().run(
+            self.aextract_file(path, doc_type=doc_type, max_bytes=max_bytes, max_chars=max_chars)
+        )
+
+    def aextract_many(
+        self,
+        inputs: Iterable[str | os.PathLike[str]],
+        *,
+        concurrency: int = 8,
+        rpm: float | None = None,
+        tpm: float | None = None,
+        force: bool = False,
+        retry_failed: bool = False,
+        include: list[str] | None = None,
+    ) -> AsyncIterator[ItemResult[T]]:
+        """Extract from many texts and files, ``concurrency`` at a time, yielding each result as
+        it is ready (not in input order): an ``ItemResult`` whose ``index`` is its input's position
+        (``input`` the input itself, ``path`` the file read).
+
+        An input is a text (``str``: always text, never a file name) or a path (``Path`` or any
+        ``os.PathLike``): a file is read as ``extract_file`` reads it, a folder is walked as
+        ``extractkit extract`` walks it (every document in it gets its own result with the folder's
+        ``index``; ``include`` globs filter file names, case-insensitively). It is the CLI's batch
+        runner: ``rpm`` / ``tpm`` pace this call's requests (default: the extractor's ``limiter``,
+        if any); with a ledger, a document whose final result this chain already recorded is not
+        sent again (``resumed=True``; transient failures are sent again, validation failures too
+        with ``retry_failed``, everything with ``force``), identical content is sent once, and the
+        call is recorded as one ``batch`` run with the paths of its files. Without a ledger,
+        nothing is recorded or resumed.
+
+        An input that cannot be read (an empty text or file, an encrypted PDF, a file of an
+        unsupported type, something that is neither a str nor a path) yields a result with
+        ``status="error"`` and the ``DocumentError`` kind as ``outcome``; the others go on. If the
+        provider stops answering (``ProviderUnreachable``, see ``aextract``), the results finished
+        are yielded, then ``ProviderUnreachable`` is raised: the rest were not sent (run the same
+        call again to resume). Leaving the loop early stops sending and marks the run
+        ``interrupted`` once the iterator is closed (when it is collected, or at once inside
+        ``async with contextlib.aclosing(extractor.aextract_many(...)) as items``). The inputs are
+        read lazily: a generator of a million paths is fine.
+
+        >>> async for item in extractor.aextract_many(
+        ...     [Path("invoices/"), "ACME Ltd, total 12.50"], concurrency=16, rpm=500
+        ... ):  # doctest: +SKIP
+        ...     print(item.index, item.path, item.status, item.value if item.ok else item.error)
+        """
+        from .batch._many import aextract_many
+
+        return aextract_many(self, inputs, concurrency=concurrency, rpm=rpm, tpm=tpm, force=force,
+                             retry_failed=retry_failed, include=include)  # fmt: skip
+
+    def extract_many(
+        self,
+        inputs: Iterable[str | os.PathLike[str]],
+        *,
+        concurrency: int = 8,
+        rpm: float | None = None,
+        tpm: float | None = None,
+        force: bool = False,
+        retry_failed: bool = False,
+        include: list[str] | None = None,
+    ) -> Iterator[ItemResult[T]]:
+        """Synchronous ``aextract_many`` (see there): an iterator of ``ItemResult`` in the order
+        they finish, the work running on the extractor's own event loop while you iterate
+        (``list(...)`` collects them all; sort by ``index`` for input order). Leaving the loop
+        early stops sending.
+
+        >>> for item in extractor.extract_many([Path("a.pdf"), Path("b.html")], rpm=500):  # doctest: +SKIP
+        ...     print(item.index, item.status, item.value)
+        """
+        agen = self.aextract_many(inputs, concurrency=concurrency, rpm=rpm, tpm=tpm, force=force,
+                                  retry_failed=retry_failed, include=include)  # fmt: skip
+        return _iterate_on(self._sync(), agen)
+
+
+def _iterate_on(lt: LoopThread, agen: AsyncIterator[Any]) -> Iterator[Any]:
+    """Iterate an async iterator from sync code, each step run on ``lt``'s event loop."""
+
+    async def step() -> tuple[bool, Any]:
+        try:
+            return True, await agen.__anext__()
+        except StopAsyncIteration:
+            return False, None
+
+    async def close() -> None:
+        aclose = getattr(agen, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+    def gen() -> Iterator[Any]:
+        finished = False
+        try:
+            while True:
+                more, item = lt.run(step())
+                if not more:
+                    finished = True
+                    return
+                yield item
+        finally:
+            if not finished and lt.usable:  # left early: stop the work (see aextract_many)
+                lt.run(close())
+
+    return gen()
 
 
 async def _close_clients(clients: dict[str, openai.AsyncOpenAI]) -> None:

@@ -90,6 +90,7 @@ class TierConfig(BaseModel):
     max_output_tokens: int | None = Field(None, gt=0)
     context_window: int | None = Field(None, gt=0)
     prompt: str | None = None
+    instructions: str | None = None  # inline task instructions (the template's, or appended to it)
     examples: str | None = None
     k: int = Field(3, ge=1)
     select: Literal["similar", "first"] = "similar"
@@ -272,6 +273,8 @@ def build_tiers(config: Config, *, transport: str | None = None) -> list[Any]:
         }
         if t.name:
             kwargs["name"] = t.name
+        if t.instructions is not None:
+            kwargs["instructions"] = t.instructions
         if t.price is not None:
             from ._pricing import Price
 

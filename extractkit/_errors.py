@@ -11,6 +11,7 @@
     │   ├── GoldError                  a gold file is malformed (names file and line)
     │   └── TrainingDataError          too few or unusable examples for a fine-tuning export
     ├── DocumentError                  one document cannot be read (empty, binary, no text, ...)
+    │   └── NoDocuments                paths that hold no document to extract (empty folder, ...)
     ├── LedgerError                    the ledger database cannot be opened or migrated
     └── RunError                       a run failed although the configuration was valid
         ├── ExtractionFailed           every tier failed; carries the Result and every Attempt
@@ -67,6 +68,16 @@ class DocumentError(ExtractkitError):
         self.path = path
         self.kind = kind
         super().__init__(message)
+
+
+class NoDocuments(DocumentError):
+    """The paths given hold no document to extract: nothing given, an empty folder, an
+    ``include`` glob that matches nothing, or only files of unsupported types. Raised before a run
+    is started (the CLI: "no documents matched", exit 2). ``.paths``: the paths as given."""
+
+    def __init__(self, message: str, *, paths: list[str] | None = None):
+        self.paths = list(paths or [])
+        super().__init__(message, path=self.paths[0] if len(self.paths) == 1 else None, kind="no_documents")
 
 
 class LedgerError(ExtractkitError):

@@ -2,7 +2,14 @@
 
 A template is a Jinja2 file with two blocks, ``system`` and ``user``. Variables: ``document``,
 ``schema_name``, ``schema_description``, ``examples`` (few-shot: items with ``input`` and
-``output_json``).
+``output_json``) and ``instructions`` (the tier's ``instructions=``, "" without).
+
+Instructions: a tier's ``instructions="..."`` is the inline alternative to writing a template.
+A template that uses the ``instructions`` variable places them itself; any other (the shipped
+ones included) gets them appended to its system message, after a blank line, under
+``INSTRUCTIONS_HEADING``. They are part of the template's identity (``PromptTemplate.hash``), so
+changing them is a new chain; without instructions a template's hash is the hash of its source,
+as before.
 
 Untrusted text goes through a filter: ``as_data`` for text (the document, an example's input),
 ``as_json_data`` for JSON (an example's output). They neutralise every form of the template's
@@ -17,19 +24,20 @@ from __future__ import annotations
 
 import functools
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import jinja2
-from jinja2 import nodes
+from jinja2 import meta, nodes
 from jinja2.runtime import Context
 
 from ._delimiters import Neutraliser, fold
 from ._errors import TemplateError
-from ._schema import short_hash
+from ._schema import canonical_json, short_hash
 
+INSTRUCTIONS_HEADING = "Instructions for this task:"
 DEFAULT_TEMPLATES = {"zero_shot": "zero_shot.jinja", "few_shot": "few_shot.jinja",
                      "fine_tuned": "fine_tuned.jinja"}  # fmt: skip
 
@@ -83,10 +91,26 @@ _ENV.filters["as_json_data"] = as_json_data
 class PromptTemplate:
     source: str
     origin: str  # "default:few_shot.jinja" or a file path
+    instructions: str | None = None  # a tier's inline instructions (see the module docstring)
 
     @functools.cached_property
     def hash(self) -> str:
-        return short_hash(self.source)
+        if self.instructions is None:
+            return short_hash(self.source)
+        return short_hash(canonical_json({"source": self.source, "instructions": self.instructions}))
+
+    def with_instructions(self, instructions: str | None) -> PromptTemplate:
+        """This template with a tier's instructions (None: as it is)."""
+        if instructions is None or instructions == self.instructions:
+            return self
+        if self.instructions is not None:
+            raise TemplateError(f"{self.origin}: this template already has other instructions")
+        return replace(self, instructions=instructions)
+
+    @functools.cached_property
+    def places_instructions(self) -> bool:
+        """Whether the template uses the ``instructions`` variable (else they are appended)."""
+        return "instructions" in meta.find_undeclared_variables(_ENV.parse(self.source))
 
     @functools.cached_property
     def _template(self) -> jinja2.Template:
@@ -111,11 +135,13 @@ class PromptTemplate:
         """(system message, user message)."""
         template = self._template
         try:
-            context = template.new_context(variables)
+            context = template.new_context({**variables, "instructions": self.instructions or ""})
             system = "".join(template.blocks["system"](context)).strip()
             user = "".join(template.blocks["user"](context)).strip()
         except jinja2.TemplateError as exc:
             raise TemplateError(f"{self.origin}: {exc}") from exc
+        if self.instructions and not self.places_instructions:
+            system = f"{system}\n\n{INSTRUCTIONS_HEADING}\n{self.instructions}"
         return system, user
 
 
@@ -144,3 +170,15 @@ def load_template(spec: str | Path | PromptTemplate | None, kind: str) -> Prompt
     template = PromptTemplate(source=source, origin=str(path))
     template.validate()
     return template
+
+
+def check_instructions(instructions: Any, where: str) -> str | None:
+    """A tier's ``instructions``: None, or a non-blank string (stripped)."""
+    if instructions is None:
+        return None
+    if not isinstance(instructions, str):
+        raise TemplateError(f"{where}: instructions must be a string, got {type(instructions).__name__}")
+    text = instructions.strip()
+    if not text:
+        raise TemplateError(f"{where}: instructions are empty; leave them out or write the task's")
+    return text

@@ -15,10 +15,10 @@ from pydantic import BaseModel
 
 from . import _redact
 from ._delimiters import RENDER_VERSION
-from ._errors import ConfigError
+from ._errors import ConfigError, TemplateError
 from ._examples import Example, ExampleSelector, coerce_examples
 from ._pricing import Price
-from ._prompts import PromptTemplate, load_template
+from ._prompts import PromptTemplate, check_instructions, load_template
 from ._schema import canonical_json, short_hash
 
 
@@ -75,6 +75,9 @@ class Tier:
     max_output_tokens: int | None = None  # None: derived from the schema
     context_window: int | None = None  # None: from CONTEXT_WINDOWS, else unknown
     prompt: str | Path | PromptTemplate | None = None  # a Jinja2 file; None: shipped default
+    # the task's instructions, inline: placed by the template's `instructions` variable, else
+    # appended to its system message (see _prompts); part of the prompt's identity
+    instructions: str | None = None
     price: Price | None = None  # overrides the price table for this tier
     transport: str = "httpx"  # or "aiohttp" (faster with many requests in flight)
     extra_body: Mapping[str, Any] | None = None  # passed through to the request
@@ -113,7 +116,13 @@ class Tier:
             problem = base_url_problem(self.base_url)
             if problem:
                 raise ConfigError(f"tier {self.name}: {problem}")
-        object.__setattr__(self, "prompt", load_template(self.prompt, self.kind))
+        instructions = check_instructions(self.instructions, f"tier {self.name}")
+        object.__setattr__(self, "instructions", instructions)
+        template = load_template(self.prompt, self.kind)
+        try:
+            object.__setattr__(self, "prompt", template.with_instructions(instructions))
+        except TemplateError as exc:
+            raise TemplateError(f"tier {self.name}: {exc}") from None
         if self.is_local:
             from ._pricing import Price
 
@@ -189,6 +198,8 @@ class Tier:
             "prompt_hash": self.template.hash,
             "render": RENDER_VERSION,  # how untrusted text is neutralised inside the template
             "extra_body": dict(self.extra_body) if self.extra_body else None,
+            # in prompt_hash already; the text itself is kept with the run's config
+            **({"instructions": self.instructions} if self.instructions else {}),
             **self._describe_extra(),
         }
 

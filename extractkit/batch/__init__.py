@@ -1,7 +1,8 @@
 """Batch extraction over document folders."""
 
 from ._limiter import RateLimiter
-from ._loaders import MAX_BYTES, MAX_CHARS, Document, display_path, load, walk
+from ._loaders import MAX_BYTES, MAX_CHARS, Document, count_documents, display_path, load, walk
+from ._many import ItemResult
 from ._runner import BatchRunner, BatchSummary, DocResult
 
 __all__ = [
@@ -11,7 +12,9 @@ __all__ = [
     "BatchSummary",
     "DocResult",
     "Document",
+    "ItemResult",
     "RateLimiter",
+    "count_documents",
     "display_path",
     "load",
     "walk",

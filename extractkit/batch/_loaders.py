@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .._errors import DocumentError
+from .._errors import DocumentError, NoDocuments
 
 TEXT_TYPES = {".txt": "txt", ".md": "md", ".json": "json", ".html": "html", ".htm": "html",
               ".pdf": "pdf"}  # fmt: skip
@@ -112,6 +112,41 @@ def walk(
             yield from _walk_dir(root, include, report)
         elif _included(root, include):
             yield root, _kind(root)
+
+
+def count_documents(paths: list[str | Path], include: list[str] | None = None) -> int:
+    """How many documents a batch over ``paths`` will extract: files of a supported type, plus
+    each folder that cannot be listed (it gets an error line). Cheap: the walk reads directory
+    entries only, never a file. Raises ``NoDocuments`` when there is none, with what was found
+    instead (files of other types, folders not read), so an empty folder or a glob that matches
+    nothing is an error rather than a run of zero documents."""
+    documents, unlisted = 0, 0
+    other: dict[str, int] = {}  # unsupported or special files, by suffix
+
+    def count_unlisted(_exc: OSError) -> None:
+        nonlocal unlisted
+        unlisted += 1
+
+    for path, doc_type in walk(paths, include, on_error=count_unlisted):
+        if doc_type is None or doc_type == SPECIAL:
+            suffix = "special file" if doc_type == SPECIAL else (path.suffix.lower() or "no suffix")
+            other[suffix] = other.get(suffix, 0) + 1
+        else:
+            documents += 1
+    if documents:
+        return documents + unlisted
+    where = " ".join(display_path(p) for p in paths) if paths else "(no paths given)"
+    what = f" --include {' '.join(include)}" if include else ""
+    found = []
+    if other:
+        kinds = ", ".join(f"{k} {n}" for k, n in sorted(other.items(), key=lambda kv: (-kv[1], kv[0]))[:5])
+        supported = " ".join(sorted(set(TEXT_TYPES)))
+        found.append(f"{sum(other.values())} file(s) of other types ({kinds}); supported: {supported}")
+    if unlisted:
+        found.append(f"{unlisted} folder(s) could not be read")
+    more = f" ({'; '.join(found)})" if found else ""
+    raise NoDocuments(f"no documents matched under {where}{what}{more}",
+                      paths=[display_path(p) for p in paths])  # fmt: skip
 
 
 def _walk_dir(

@@ -22,6 +22,12 @@ may pass the ceiling by what they cost (at most their worst case, see ``extract 
 
 The output file is rewritten by every run with one line per document, so a run killed half-way
 and run again leaves each document exactly once in it.
+
+One engine for both drivers: ``BatchRunner.run`` (the CLI: paths walked, ``--out``, ``on_result``)
+and ``Extractor.extract_many`` (``_many.py``: texts and paths, results handed back as they finish)
+feed ``Job``s to ``BatchRunner._execute``, which owns the run record, the workers, resume,
+identical content and the stop when the provider is unreachable. Paths that hold no document raise
+``NoDocuments`` (``count_documents``) before a run is recorded.
 """
 
 from __future__ import annotations
@@ -32,21 +38,33 @@ import json
 import os
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import IO, Any
 
+from .._chain import CALL_LIMITER, document_sha256
 from .._errors import ConfigError, DocumentError, ProviderUnreachable
 from .._redact import redact_json
 from .._results import TRANSIENT_OUTCOMES, VALIDATION_OUTCOMES
 from ..ledger import Ledger
 from ._estimate import check_max_cost
-from ._loaders import MAX_BYTES, MAX_CHARS, SPECIAL, Document, dir_error, display_path, load, walk
+from ._loaders import (
+    MAX_BYTES,
+    MAX_CHARS,
+    SPECIAL,
+    Document,
+    count_documents,
+    dir_error,
+    display_path,
+    load,
+    walk,
+)
 
 _TRANSIENT = frozenset(o.value for o in TRANSIENT_OUTCOMES)
 _VALIDATION = frozenset(o.value for o in VALIDATION_OUTCOMES)
 STOPPED = "provider_unreachable"  # the run status when the provider stopped answering
 STOPPED_MAX_COST = "stopped_max_cost"  # the run status when its spend reached max_cost
+_UNSET: Any = object()  # no limiter of its own: the extractor's
 
 
 def retry_reason(status: str, outcome: str | None, *, retry_failed: bool = False) -> str | None:
@@ -75,15 +93,18 @@ class DocResult:
     cost_usd: float | None = 0.0
     resumed: bool = False
     duplicate_of: str | None = None  # the path whose extraction this identical content shares
+    # the Result, when this run extracted it (not in the --out line): Extractor.extract_many's typed value
+    result: Any = field(default=None, repr=False, compare=False)
 
     def to_json(self) -> str:
-        return json.dumps(redact_json(asdict(self)), ensure_ascii=False)  # the --out line
+        line = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "result"}
+        return json.dumps(redact_json(line), ensure_ascii=False)  # the --out line
 
 
 def _duplicate(shared: DocResult, path: str, first: str) -> DocResult:
     """The line of a path whose content another path of this run extracted: same result, no cost."""
     return replace(shared, path=path, duplicate_of=first, attempts=0, prompt_tokens=0, completion_tokens=0,
-                   cost_usd=0.0)  # fmt: skip
+                   cost_usd=0.0, result=None)  # fmt: skip
 
 
 @dataclass
@@ -155,6 +176,32 @@ async def _load(
     return await asyncio.to_thread(load, path, doc_type, max_bytes=max_bytes, max_chars=max_chars)
 
 
+@dataclass(frozen=True)
+class Job:
+    """One thing to extract: a file (``path`` and its ``doc_type`` from the walk: None for an
+    unsupported type, ``SPECIAL`` for a FIFO, socket or device) or a text given as is (``text``).
+    ``index`` / ``input``: the position and the input it came from (``Extractor.extract_many``);
+    ``error``: refused before anything was read (not recorded, except a folder not listed)."""
+
+    path: Path | None = None
+    doc_type: str | None = None
+    text: str | None = None
+    index: int | None = None
+    input: Any = None
+    error: DocumentError | None = None
+
+
+def text_document(text: str, max_chars: int = MAX_CHARS) -> Document:
+    """An input text as a document (identity: the text's sha256, exactly as ``Extractor.extract``
+    computes it; the text is not stripped). Refused like a file's text: empty, or too long."""
+    if not text.strip():
+        raise DocumentError("empty text", kind="empty")
+    if len(text) > max_chars:
+        raise DocumentError(f"{len(text)} characters of text, over the {max_chars}-character limit",
+                            kind="text_too_large")  # fmt: skip
+    return Document(path="", text=text, sha256=document_sha256(text), size=len(text), type="text")
+
+
 class BatchRunner:
     """Runs every document under some paths through an extractor.
 
@@ -163,12 +210,17 @@ class BatchRunner:
     with more characters of text than this (``too_large`` / ``text_too_large`` errors).
     ``max_cost``: USD; stop starting documents once this run's attempts cost that much (see the
     module docstring). Every tier needs a known price: ``ConfigError`` otherwise.
+    ``on_total(n)``: called once before the first document with the number of documents the
+    paths hold (counted by walking them, nothing read), e.g. for a progress bar's total.
+
+    ``run`` raises ``NoDocuments`` (before a run is recorded) when the paths hold no document.
+    ``Extractor.extract_many`` drives the same runner over texts and paths (``_execute``).
     """
 
     def __init__(
         self,
         extractor: Any,
-        ledger: Ledger,
+        ledger: Ledger | None,
         *,
         concurrency: int = 8,
         force: bool = False,
@@ -180,9 +232,12 @@ class BatchRunner:
         max_bytes: int = MAX_BYTES,
         max_chars: int = MAX_CHARS,
         max_cost: float | None = None,
+        on_total: Callable[[int], None] | None = None,
     ):
         if max_bytes < 1 or max_chars < 1:
             raise ConfigError("max_bytes and max_chars must be at least 1")
+        if concurrency < 1:
+            raise ConfigError(f"concurrency must be at least 1, got {concurrency}")
         check_max_cost(extractor, max_cost)  # before anything is sent: every tier priced
         self.max_cost = max_cost
         self._spent = 0.0  # USD of this run's attempts (resumed documents cost it nothing)
@@ -192,7 +247,7 @@ class BatchRunner:
         # SDK's types) out of the collector's reach makes every later collection cheaper
         self.freeze_gc = freeze_gc
         self.extractor = extractor
-        self.ledger = ledger
+        self.ledger: Ledger | None = ledger
         self.concurrency = concurrency
         if any(getattr(t, "is_local", False) for t in getattr(extractor, "tiers", ())):
             from ..local import reserve_slots
@@ -204,7 +259,12 @@ class BatchRunner:
         self.max_chars = max_chars
         self.out = Path(out) if out else None
         self.on_result = on_result
+        self.on_total = on_total
         extractor.ledger = ledger
+        # a batch owns its extractor: its connections are closed at the end of the run; a library
+        # caller's (extract_many) are left open, and so is its ledger
+        self._owns_extractor = True
+        self._limiter: Any = _UNSET  # a limiter for this run's calls only (extract_many's rpm/tpm)
         self._stop: ProviderUnreachable | None = None
         # identical content in flight in this run: the first path's future, dropped once its final
         # result is in the ledger (a later copy finds it there, see _extract). Keeping every
@@ -219,6 +279,18 @@ class BatchRunner:
             self._cost_stopped = True
         return self._cost_stopped
 
+    @classmethod
+    def for_library(cls, extractor: Any, *, concurrency: int = 8, limiter: Any = _UNSET,
+                    force: bool = False, retry_failed: bool = False,
+                    include: list[str] | None = None) -> BatchRunner:  # fmt: skip
+        """A runner over the extractor's own ledger (None: nothing recorded, nothing resumed),
+        leaving the extractor open at the end (``Extractor.extract_many``)."""
+        runner = cls(extractor, extractor.ledger, concurrency=concurrency, force=force,
+                     retry_failed=retry_failed, include=include)  # fmt: skip
+        runner._owns_extractor = False
+        runner._limiter = limiter
+        return runner
+
     def _from_ledger(self, doc: Document, row: Any) -> DocResult:
         return DocResult(
             path=doc.path, status=row["status"], sha256=doc.sha256, tier=row["tier"],
@@ -230,13 +302,16 @@ class BatchRunner:
 
     def _error(self, run_id: str, exc: DocumentError, path: str) -> DocResult:
         ex = self.extractor
-        self.ledger.record_error(
-            run_id=run_id, path=path, kind=exc.kind, message=str(exc),
-            schema_hash=ex.schema_hash, config_hash=ex.config_hash,
-        )  # fmt: skip
+        if self.ledger is not None:
+            self.ledger.record_error(
+                run_id=run_id, path=path, kind=exc.kind, message=str(exc),
+                schema_hash=ex.schema_hash, config_hash=ex.config_hash,
+            )  # fmt: skip
         return DocResult(path=path, status="error", outcome=exc.kind, error=str(exc))
 
     async def _seen_at(self, doc: Document, path: Path, run_id: str) -> None:
+        if self.ledger is None:
+            return
         self._paths.append((doc.sha256, doc.path, os.fsencode(path), run_id))
         if len(self._paths) >= PATHS_FLUSH:  # written off the loop: it waits for the ledger's lock
             rows, self._paths = self._paths, []
@@ -244,15 +319,24 @@ class BatchRunner:
 
     def _flush_paths(self) -> None:
         rows, self._paths = self._paths, []
-        self.ledger.add_document_paths(rows)
+        if self.ledger is not None:
+            self.ledger.add_document_paths(rows)
 
-    async def _one(self, path: Path, doc_type: str, run_id: str, summary: BatchSummary) -> DocResult | None:
+    async def _one(self, job: Job, run_id: str, summary: BatchSummary) -> DocResult | None:
         """One document's result; None when it was left unattempted (the provider is down)."""
-        try:
-            doc = await _load(path, doc_type, self.max_bytes, self.max_chars)
-        except DocumentError as exc:
-            return self._error(run_id, exc, display_path(path))
-        await self._seen_at(doc, path, run_id)
+        if job.text is not None:
+            try:
+                doc = text_document(job.text, self.max_chars)
+            except DocumentError as exc:  # nothing to identify it by in the ledger: not recorded
+                return DocResult(path="", status="error", outcome=exc.kind, error=str(exc))
+        else:
+            assert job.path is not None and job.doc_type is not None
+            path = job.path
+            try:
+                doc = await _load(path, job.doc_type, self.max_bytes, self.max_chars)
+            except DocumentError as exc:
+                return self._error(run_id, exc, display_path(path))
+            await self._seen_at(doc, path, run_id)
         first = self._seen.get(doc.sha256)
         if first is not None:  # identical content in flight: share the first path's extraction
             shared = await asyncio.shield(first)
@@ -273,11 +357,12 @@ class BatchRunner:
     async def _extract(self, doc: Document, run_id: str, summary: BatchSummary) -> DocResult | None:
         ex = self.extractor
         retry = False
-        if not self.force:
+        if not self.force and self.ledger is not None:
             row = self.ledger.find_final(doc.sha256, ex.schema_hash, ex.config_hash)
             if row is not None:
                 if retry_reason(row["status"], row["outcome"], retry_failed=self.retry_failed) is None:
-                    if row["run_id"] == run_id and row["path"] != doc.path:  # a copy, sent by this run
+                    # a copy, sent by this run (a text has no path)
+                    if row["run_id"] == run_id and row["path"] != (doc.path or None):
                         return _duplicate(replace(self._from_ledger(doc, row), resumed=False), doc.path,
                                           row["path"])  # fmt: skip
                     return self._from_ledger(doc, row)
@@ -286,9 +371,12 @@ class BatchRunner:
             return None
         summary.retried += retry
         try:
-            result = await ex.aextract(
-                doc.text, run_id=run_id, path=doc.path, size=doc.size, doc_type=doc.type
-            )
+            if doc.path:
+                result = await ex.aextract(
+                    doc.text, run_id=run_id, path=doc.path, size=doc.size, doc_type=doc.type
+                )
+            else:  # a text given as is: recorded as ``Extractor.extract`` records it
+                result = await ex.aextract(doc.text, run_id=run_id)
         except ProviderUnreachable as exc:
             if self._stop is None:
                 self._stop = exc
@@ -298,12 +386,13 @@ class BatchRunner:
         except ConfigError:
             raise
         except Exception as exc:  # a bug must not stop the batch: record it for this document
-            msg = f"{doc.path}: internal error: {type(exc).__name__}: {exc}"
-            self.ledger.record_error(
-                run_id=run_id, path=doc.path, kind="internal_error", message=msg,
-                schema_hash=ex.schema_hash, config_hash=ex.config_hash,
-                document_sha256=doc.sha256,
-            )  # fmt: skip
+            msg = f"{doc.path or 'text'}: internal error: {type(exc).__name__}: {exc}"
+            if self.ledger is not None:
+                self.ledger.record_error(
+                    run_id=run_id, path=doc.path or None, kind="internal_error", message=msg,  # type: ignore[arg-type]
+                    schema_hash=ex.schema_hash, config_hash=ex.config_hash,
+                    document_sha256=doc.sha256,
+                )  # fmt: skip
             return DocResult(path=doc.path, status="error", sha256=doc.sha256,
                              outcome="internal_error", error=msg)  # fmt: skip
         self._spent += result.cost_usd or 0.0
@@ -317,58 +406,98 @@ class BatchRunner:
             value=result.value.model_dump(mode="json") if result.value is not None else None,
             outcome=result.outcome.value, error=result.error, attempts=len(result.attempts),
             prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
-            cost_usd=result.cost_usd,
+            cost_usd=result.cost_usd, result=result,
         )  # fmt: skip
 
-    async def run(self, paths: list[str | Path]) -> BatchSummary:
-        ex = self.extractor
-        run_id = self.ledger.start_run("batch", ex.describe(), ex.config_hash, ex.schema_hash)
-        summary = BatchSummary(run_id=run_id)
-        self._stop, self._seen, self._paths = None, {}, []
-        self._spent, self._cost_stopped = 0.0, False
-        unlisted: list[OSError] = []  # folders the walk could not list
-        files: Iterator[tuple[Path, str | None]] = walk(paths, self.include, on_error=unlisted.append)
+    async def run(self, paths: list[str | Path], *, total: int | None = None) -> BatchSummary:
+        """Extract every document under ``paths``. ``total``: the count of ``count_documents``
+        when the caller has it already (the CLI, which checks before opening anything); counted
+        here otherwise. Raises ``NoDocuments`` before a run is recorded when there is none."""
+        if total is None:  # a walk of the folders, off the event loop; no file is read
+            total = await asyncio.to_thread(count_documents, list(paths), self.include)
+        if self.on_total is not None:
+            self.on_total(total)
+        unlisted: list[Job] = []  # folders the walk could not list
+
+        def on_error(exc: OSError) -> None:
+            unlisted.append(Job(error=dir_error(exc)))
+
+        files: Iterator[tuple[Path, str | None]] = walk(paths, self.include, on_error=on_error)
         out: IO[str] | None = None
         if self.out:
             self.out.parent.mkdir(parents=True, exist_ok=True)
             # backslashreplace: a lone surrogate in a value must not cost the rest of the file
             out = self.out.open("w", encoding="utf-8", errors="backslashreplace")
 
-        def emit(r: DocResult) -> None:
-            summary.add(r)
+        def write(_job: Job, r: DocResult, summary: BatchSummary) -> None:
             if out is not None:
                 out.write(r.to_json() + "\n")
                 out.flush()
             if self.on_result is not None:
                 self.on_result(r, summary)
 
+        try:
+            return await self._execute((Job(path=p, doc_type=t) for p, t in files), unlisted, write)
+        finally:
+            if out is not None:
+                out.close()
+
+    async def _execute(
+        self,
+        jobs: Iterator[Job],
+        unlisted: list[Job],
+        sink: Callable[[Job, DocResult, BatchSummary], None],
+    ) -> BatchSummary:
+        """Run ``jobs`` in one recorded run, ``concurrency`` at a time: every result goes to
+        ``sink`` as it is ready (with its job). ``unlisted``: folders the walk could not list (a
+        job with its ``dir_error`` each, appended as the walk goes), recorded as errors. The run
+        is recorded as ``batch`` with its counts and final status (``done``,
+        ``provider_unreachable`` with ``summary.error``, ``failed`` on an exception,
+        ``interrupted`` on cancellation)."""
+        ex = self.extractor
+        run_id = ""  # without a ledger nothing is recorded
+        if self.ledger is not None:
+            run_id = self.ledger.start_run("batch", ex.describe(), ex.config_hash, ex.schema_hash)
+        summary = BatchSummary(run_id=run_id)
+        self._stop, self._seen, self._paths = None, {}, []
+        self._spent, self._cost_stopped = 0.0, False
+
+        def emit(job: Job, r: DocResult) -> None:
+            summary.add(r)
+            sink(job, r, summary)
+
         def report_unlisted() -> None:
             while unlisted:
-                exc = dir_error(unlisted.pop(0))
-                emit(self._error(run_id, exc, exc.path or "?"))
+                job = unlisted.pop(0)
+                assert job.error is not None
+                emit(job, self._error(run_id, job.error, job.error.path or "?"))
 
         async def worker() -> None:
-            for path, doc_type in files:  # a shared iterator: files are read as needed
+            for job in jobs:  # a shared iterator: files are read as needed
                 report_unlisted()
-                if doc_type is None:
+                if job.error is not None:  # refused before reading: not recorded
+                    emit(job, DocResult(path=display_path(job.path) if job.path else "", status="error",
+                                        outcome=job.error.kind, error=str(job.error)))  # fmt: skip
+                elif job.text is None and job.doc_type is None:
                     summary.skipped += 1
-                elif doc_type == SPECIAL:
+                elif job.doc_type == SPECIAL:
                     summary.special += 1
-                    summary.special_paths.append(display_path(path))
+                    summary.special_paths.append(display_path(job.path or ""))
                 elif self._stop is not None or self._over_budget():
                     summary.unattempted += 1  # counted, never opened
                 else:
-                    r = await self._one(path, doc_type, run_id, summary)
+                    r = await self._one(job, run_id, summary)
                     if r is None:
                         summary.unattempted += 1
                     else:
-                        emit(r)
+                        emit(job, r)
             report_unlisted()
 
         status = "interrupted"
         if self.freeze_gc:
             gc.collect()
             gc.freeze()
+        limited = CALL_LIMITER.set(self._limiter) if self._limiter is not _UNSET else None
         try:
             tasks = [asyncio.create_task(worker()) for _ in range(self.concurrency)]
             try:
@@ -400,18 +529,20 @@ class BatchRunner:
             status = "failed"
             raise
         finally:
+            if limited is not None:
+                CALL_LIMITER.reset(limited)
             if self.freeze_gc:
                 gc.unfreeze()
             summary.status = status
-            if out is not None:
-                out.close()
             try:
                 self._flush_paths()
             finally:
-                self.ledger.finish_run(
-                    run_id, status, n_documents=summary.documents, n_ok=summary.ok,
-                    n_failed=summary.failed, n_errors=summary.errors,
-                    n_skipped=summary.skipped + summary.special, n_resumed=summary.resumed,
-                )  # fmt: skip
-                await ex.aclose()
+                if self.ledger is not None:
+                    self.ledger.finish_run(
+                        run_id, status, n_documents=summary.documents, n_ok=summary.ok,
+                        n_failed=summary.failed, n_errors=summary.errors,
+                        n_skipped=summary.skipped + summary.special, n_resumed=summary.resumed,
+                    )  # fmt: skip
+                if self._owns_extractor:
+                    await ex.aclose()
         return summary

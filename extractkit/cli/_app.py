@@ -140,7 +140,7 @@ def extract(
     rest were left unattempted: run again to resume), 2 usage or config error, 3 the provider
     stopped answering (the rest were left unattempted: run again to resume).
     """
-    from ..batch import BatchRunner, RateLimiter, walk
+    from ..batch import BatchRunner, RateLimiter, count_documents
     from ._build import build
     from ._ledger_opt import open_ledger
 
@@ -148,9 +148,8 @@ def extract(
     for p in paths:
         if not p.exists() and not p.is_symlink():
             raise fail_usage(f"no such file or folder: {p}")
-    if next(iter(walk(list[str | Path](paths), include, on_error=lambda _exc: None)), None) is None:
-        what = f" --include {' '.join(include)}" if include else ""
-        raise fail_usage(f"no documents matched under {' '.join(map(str, paths))}{what}")
+    # counted without reading a file: the progress bar's total; NoDocuments (exit 2) if none
+    total = count_documents(list[str | Path](paths), include)
     max_cost = max_cost if max_cost is not None else cfg.batch.max_cost
     if dry_run:
         from ._estimate import dry_run as run_dry
@@ -167,7 +166,7 @@ def extract(
                              force=force, retry_failed=retry_failed, out=out_path, include=include,
                              freeze_gc=True, max_bytes=cfg.batch.max_bytes,
                              max_chars=cfg.batch.max_chars, max_cost=max_cost)  # fmt: skip
-        code = _run_batch(runner, ledger, paths, as_json)
+        code = _run_batch(runner, ledger, paths, as_json, total)
     raise typer.Exit(code)
 
 
@@ -212,7 +211,7 @@ def local_serve(
     os.execv(cmd[0], cmd)
 
 
-def _run_batch(runner: Any, ledger: Any, paths: list[Path], as_json: bool) -> int:
+def _run_batch(runner: Any, ledger: Any, paths: list[Path], as_json: bool, total: int | None = None) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     progress = Progress(
@@ -220,7 +219,7 @@ def _run_batch(runner: Any, ledger: Any, paths: list[Path], as_json: bool) -> in
         TextColumn("{task.description}"), TimeElapsedColumn(),
         console=err, transient=False, disable=as_json or not err.is_terminal,
     )  # fmt: skip
-    task = progress.add_task("", total=None)
+    task = progress.add_task("", total=total)
     details: dict[str, str] = {}  # path -> why it was not extracted
 
     def on_result(r: Any, s: Any) -> None:
@@ -241,7 +240,7 @@ def _run_batch(runner: Any, ledger: Any, paths: list[Path], as_json: bool) -> in
     runner.on_result = on_result
     try:
         with progress:
-            summary = asyncio.run(runner.run(list(paths)))
+            summary = asyncio.run(runner.run(list(paths), total=total))
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]: finished documents are kept in the ledger; "
                   "run the same command again to resume.")  # fmt: skip
