@@ -19,7 +19,15 @@ from rich.console import Console
 from extractkit import Extractor, FewShot, ZeroShot
 from extractkit.batch import BatchRunner
 from extractkit.ledger import Ledger
-from extractkit.report import Economics, build_report, marginal_verdict, print_report, report_csv, report_html
+from extractkit.report import (
+    Economics,
+    Scope,
+    build_report,
+    marginal_verdict,
+    print_report,
+    report_csv,
+    report_html,
+)
 
 from .conftest import Invoice
 from .fakes import BASE_URL, completion
@@ -83,11 +91,12 @@ EXPECTED = [
 # -- 1. the per-field failure table ----------------------------------------------------------------
 
 
-def test_field_failure_table_names_fields_outcomes_and_rejected_values(mock_api):
+@pytest.mark.parametrize("scope", [Scope(), Scope(schema="Invoice")], ids=["current", "filtered"])
+def test_field_failure_table_names_fields_outcomes_and_rejected_values(mock_api, scope):
     mock_api.post("/chat/completions").mock(side_effect=responder)
     ledger = Ledger(":memory:")
     extract_six(ledger)
-    report = build_report(ledger)
+    report = build_report(ledger, scope)
     ff = report["field_failures"]
     assert ff["rows"] == EXPECTED and ff["values_hidden"] is None
     assert any(q["name"] == "field_failures" for q in report["queries"])
@@ -218,6 +227,7 @@ def test_one_document_is_singular_everywhere():
 
     assert (plural(1, "document"), plural(2, "document"), plural(0, "document")) == (
         "1 document", "2 documents", "0 documents")  # fmt: skip
+    assert (plural(1.4, "document"), plural(12_345, "document")) == ("1 document", "12,345 documents")
 
 
 # -- 5. unreadable documents counted once each ------------------------------------------------------

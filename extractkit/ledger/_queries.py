@@ -11,25 +11,31 @@ _SHOW_VALUES = """CASE WHEN :with_values THEN (
     WHERE x.id = a.extraction_id) ELSE 0 END"""
 
 
-def field_failures_sql(scope_source: str) -> str:
-    """Per field of one tier (:tier), how often its value failed validation and how often it was
-    ungrounded, and with which rejected value (Pydantic's ``input``; NULL where values are not
-    shown), over the tier's most recent :limit attempts that ended in :outcome (schema_invalid or
-    ungrounded: the outcomes whose errors name fields). One outcome at a time, so the (tier,
-    outcome) index yields the attempts already in rowid order.
+def field_failures_sql(scope_source: str, *, per_tier: bool) -> str:
+    """Per tier and field, how often its value failed validation and how often it was ungrounded,
+    and with which rejected value (Pydantic's ``input``; NULL where values are not shown).
 
-    ``scope_source`` is the report's choice of how to reach the attempts in scope: a ``FROM ...
-    WHERE ...`` clause over ``attempts a`` (it may join the report's ``latest`` table as ``l``)
-    that this adds the tier and outcome conditions to with ``AND``."""
+    ``scope_source`` is the report's way to reach the attempts in scope: a ``FROM ... WHERE ...``
+    clause over ``attempts a`` (it may join the report's ``latest`` table as ``l``), extended here
+    with ``AND``. With ``per_tier`` it reads one tier (:tier) and one outcome (:outcome:
+    schema_invalid or ungrounded, the outcomes whose errors name fields), its most recent :limit
+    attempts: one outcome at a time, so the (tier, outcome) index yields them already in rowid
+    order. Without, one pass over the scope's attempts with either outcome, at most :limit of them
+    (for a scope the report reads by joining its few documents to their attempts)."""
+    if per_tier:
+        condition, sample = "a.tier = :tier AND a.outcome = :outcome", "ORDER BY a.rowid DESC LIMIT :limit"
+    else:
+        condition, sample = "a.outcome IN ('schema_invalid', 'ungrounded')", "LIMIT :limit"
     return f"""
-SELECT json_extract(j.value, '$.type') = 'ungrounded' AS ungrounded, json_extract(j.value, '$.loc') AS loc,
+SELECT s.tier, json_extract(j.value, '$.type') = 'ungrounded' AS ungrounded,
+       json_extract(j.value, '$.loc') AS loc,
        CASE WHEN s.show THEN json_extract(j.value, '$.input') END AS value, s.show AS shown, COUNT(*) AS n
-FROM (SELECT a.errors_json, {_SHOW_VALUES} AS show
-      {scope_source} AND a.tier = :tier AND a.outcome = :outcome
-      ORDER BY a.rowid DESC LIMIT :limit) s,
+FROM (SELECT a.tier, a.errors_json, {_SHOW_VALUES} AS show
+      {scope_source} AND {condition}
+      {sample}) s,
      json_each(CASE WHEN json_valid(s.errors_json) THEN s.errors_json ELSE '[]' END) j
 WHERE json_type(j.value) = 'object'
-GROUP BY 1, 2, 3, 4"""
+GROUP BY 1, 2, 3, 4, 5"""
 
 
 # Documents that could not be read, each counted once (the latest error of each document: by its

@@ -207,7 +207,8 @@ def _field(loc: Any) -> str:
     return ".".join(str(p) for p in parts) if isinstance(parts, list) else str(parts)
 
 
-FIELD_SAMPLE = 5_000  # the most recent attempts per tier and outcome whose rejected fields are counted
+FIELD_SAMPLE = 5_000  # attempts per tier and outcome whose rejected fields are counted (the most recent
+# ones when the report reads the whole ledger or most of it; in a smaller scope, any of its attempts)
 FIELD_OUTCOMES = ("schema_invalid", "ungrounded")  # the outcomes whose errors name fields
 FIELD_VALUES = 3  # the most frequent rejected values shown per field
 FIELD_VALUE_CHARS = 80
@@ -270,7 +271,8 @@ def field_failures(rows_by_tier: dict[str, list[dict[str, Any]]], order: list[st
         out.append(f)
     out.sort(key=lambda f: (rank.get(f["tier"], len(rank)), -f["failures"], f["field"]))
     hidden = VALUES_OFF if not values_allowed else VALUES_SOME_OFF if withheld else None
-    return {"rows": out, "values_hidden": hidden, "sample_per_tier_and_outcome": FIELD_SAMPLE}
+    return {"rows": out, "values_hidden": hidden, "sample_per_tier_and_outcome": FIELD_SAMPLE,
+            "outcomes": list(FIELD_OUTCOMES)}  # fmt: skip
 
 
 class _Runner:
@@ -398,12 +400,17 @@ def build_report(
             rows = q.run("ungrounded_fields", sql, {"tier": name, "limit": UNGROUNDED_SAMPLE})
             ungrounded_fields[name] = [{"field": _field(r["loc"]), "n": r["n"]} for r in rows]
         field_rows: dict[str, list[dict[str, Any]]] = {}
-        field_sql = field_failures_sql(field_source(q.latest, driven, q.attempts_where))
+        # over the whole ledger or most of it, the most recent attempts per tier and outcome by the
+        # index; over a scope of a few documents joined to their attempts, one pass
+        per_tier = q.current or driven
+        field_sql = field_failures_sql(field_source(q.latest, driven, q.attempts_where), per_tier=per_tier)
         failing = sorted({(g["tier"], g["outcome"]) for g in groups if g["outcome"] in FIELD_OUTCOMES})
         with_values = int(ledger.store_text)
-        for name, outcome in failing:
-            args = {"tier": name, "outcome": outcome, "limit": FIELD_SAMPLE, "with_values": with_values}
-            field_rows.setdefault(name, []).extend(q.run("field_failures", field_sql, args))
+        passes = [{"tier": t, "outcome": o} for t, o in failing] if per_tier else [{}] if failing else []
+        for p in passes:
+            limit = FIELD_SAMPLE if per_tier else FIELD_SAMPLE * max(1, len(failing))
+            for r in q.run("field_failures", field_sql, {**p, "limit": limit, "with_values": with_values}):
+                field_rows.setdefault(r["tier"], []).append(r)
         n_failed = _i(totals["failed"])
         examples = q("unresolved_examples")
         unresolved = {"by_outcome": dict(sorted(failed_by.items(), key=lambda kv: (-kv[1], kv[0]))),
