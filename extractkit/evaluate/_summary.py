@@ -148,7 +148,8 @@ def build_eval(ledger: Ledger, run_id: str, *, economics: Economics | None = Non
             rescued=rescued,
             spend=spend,
             economics=economics,
-            what="it answered {k} of {n} documents correctly where {before} gave no valid answer",
+            what="it answered {k} of {n_documents} correctly where {before} gave no valid answer",
+            kind=kinds.get(tier),
         )
         d = v.to_dict()
         d["wrong_answers_accepted"] = sum(

@@ -6,7 +6,7 @@ it can be reproduced with any SQLite client.
 
 from ._aggregate import SQL, Scope, build_report
 from ._html import report_html
-from ._render import print_report, print_verdicts, report_csv, write_text
+from ._render import field_failures_csv, plural, print_report, print_verdicts, report_csv, write_text
 from ._stats import documents_needed, mcnemar_exact, percentile, two_proportion_z, wilson
 from ._verdict import DROP, KEEP, NO_DATA, UNDECIDED, Economics, Verdict, headline_sentence, marginal_verdict
 
@@ -21,10 +21,12 @@ __all__ = [
     "Verdict",
     "build_report",
     "documents_needed",
+    "field_failures_csv",
     "headline_sentence",
     "marginal_verdict",
     "mcnemar_exact",
     "percentile",
+    "plural",
     "print_report",
     "print_verdicts",
     "report_csv",

@@ -15,11 +15,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._errors import ConfigError
+from .._redact import redact
 from .._results import TRANSIENT_OUTCOMES, VALIDATION_OUTCOMES
 from ..ledger import Ledger
 from ..ledger._ledger import SERVED_REFRESH_S, new_id
+from ..ledger._queries import DOCUMENT_ERRORS, field_failures_sql
+from ._render import first_line, money
 from ._stats import Z99, percentile, two_proportion_z, wilson
-from ._verdict import Economics, headline_sentence, marginal_verdict
+from ._verdict import FINE_TUNED, Economics, headline_sentence, marginal_verdict
 
 DAY = 86_400.0
 VALIDATION = "(" + ", ".join(sorted(f"'{o.value}'" for o in VALIDATION_OUTCOMES)) + ")"
@@ -204,9 +207,72 @@ def _field(loc: Any) -> str:
     return ".".join(str(p) for p in parts) if isinstance(parts, list) else str(parts)
 
 
-DOCUMENT_ERRORS = """
-SELECT e.outcome, COUNT(*) AS n FROM extractions e WHERE e.status = 'error' AND {where}
-GROUP BY e.outcome ORDER BY n DESC"""
+FIELD_SAMPLE = 5_000  # attempts per tier and outcome whose rejected fields are counted (the most recent
+# ones when the report reads the whole ledger or most of it; in a smaller scope, any of its attempts)
+FIELD_OUTCOMES = ("schema_invalid", "ungrounded")  # the outcomes whose errors name fields
+FIELD_VALUES = 3  # the most frequent rejected values shown per field
+FIELD_VALUE_CHARS = 80
+VALUES_OFF = "the ledger keeps no document text (store_text = false): counts only, no rejected values"
+VALUES_SOME_OFF = ("rejected values of documents recorded with store_text = false are left out "
+                   "(counted, not shown)")  # fmt: skip
+
+
+def field_source(latest: str, attempts_driven: bool, attempts_where: str = "") -> str:
+    """How the field-failure query reaches the attempts in scope (see ``ungrounded_sql``)."""
+    if latest == CURRENT or attempts_where:
+        return f"FROM attempts a INDEXED BY attempts_tier WHERE a.current = 1{attempts_where}"
+    if attempts_driven:
+        return f"FROM attempts a INDEXED BY attempts_tier WHERE a.extraction_id IN (SELECT id FROM {latest})"
+    return f"FROM {latest} l CROSS JOIN attempts a ON a.extraction_id = l.id WHERE 1"
+
+
+def field_path(loc: Any) -> str:
+    """A Pydantic ``loc`` as a field path, list items as ``[]`` (``lines[].total``), the whole
+    answer as ``(root)``."""
+    try:
+        parts = json.loads(loc)
+    except (TypeError, ValueError):
+        return str(loc)
+    if not isinstance(parts, list):
+        return str(parts)
+    out = ""
+    for p in parts:
+        p = str(p)
+        out += "[]" if p.isdigit() else ("." if out else "") + p
+    return out or "(root)"
+
+
+def field_failures(rows_by_tier: dict[str, list[dict[str, Any]]], order: list[str],
+                   values_allowed: bool) -> dict[str, Any]:  # fmt: skip
+    """The per-field failure table: per tier (chain order) and field, most failures first, how
+    many times its value failed validation and how many times it was ungrounded, and the values
+    rejected most often (each passed through ``redact``; None when values are not shown)."""
+    fields: dict[tuple[str, str], dict[str, Any]] = {}
+    withheld = False
+    for tier, rows in rows_by_tier.items():
+        for r in rows:
+            key = (tier, field_path(r["loc"]))
+            f = fields.setdefault(key, {"tier": tier, "field": key[1], "validation": 0, "ungrounded": 0,
+                                        "values": {}, "withheld": False})  # fmt: skip
+            f["ungrounded" if r["ungrounded"] else "validation"] += r["n"]
+            if r["shown"] and r["value"] is not None:
+                value = redact(first_line(str(r["value"]), FIELD_VALUE_CHARS))
+                f["values"][value] = f["values"].get(value, 0) + r["n"]
+            elif not r["shown"]:
+                f["withheld"] = withheld = True
+    rank = {t: i for i, t in enumerate(order)}
+    out = []
+    for f in fields.values():
+        f["failures"] = f["validation"] + f["ungrounded"]
+        top = sorted(f["values"].items(), key=lambda kv: (-kv[1], kv[0]))[:FIELD_VALUES]
+        field_withheld = f.pop("withheld")
+        shown = values_allowed and (bool(top) or not field_withheld)  # None: every value withheld
+        f["values"] = [{"value": v, "n": n} for v, n in top] if shown else None
+        out.append(f)
+    out.sort(key=lambda f: (rank.get(f["tier"], len(rank)), -f["failures"], f["field"]))
+    hidden = VALUES_OFF if not values_allowed else VALUES_SOME_OFF if withheld else None
+    return {"rows": out, "values_hidden": hidden, "sample_per_tier_and_outcome": FIELD_SAMPLE,
+            "outcomes": list(FIELD_OUTCOMES)}  # fmt: skip
 
 
 class _Runner:
@@ -333,8 +399,23 @@ def build_report(
             sql = ungrounded_sql(q.latest, driven, q.attempts_where)
             rows = q.run("ungrounded_fields", sql, {"tier": name, "limit": UNGROUNDED_SAMPLE})
             ungrounded_fields[name] = [{"field": _field(r["loc"]), "n": r["n"]} for r in rows]
+        field_rows: dict[str, list[dict[str, Any]]] = {}
+        # over the whole ledger or most of it, the most recent attempts per tier and outcome by the
+        # index; over a scope of a few documents joined to their attempts, one pass
+        per_tier = q.current or driven
+        field_sql = field_failures_sql(field_source(q.latest, driven, q.attempts_where), per_tier=per_tier)
+        failing = sorted({(g["tier"], g["outcome"]) for g in groups if g["outcome"] in FIELD_OUTCOMES})
+        with_values = int(ledger.store_text)
+        passes = [{"tier": t, "outcome": o} for t, o in failing] if per_tier else [{}] if failing else []
+        for p in passes:
+            limit = FIELD_SAMPLE if per_tier else FIELD_SAMPLE * max(1, len(failing))
+            for r in q.run("field_failures", field_sql, {**p, "limit": limit, "with_values": with_values}):
+                field_rows.setdefault(r["tier"], []).append(r)
+        n_failed = _i(totals["failed"])
+        examples = q("unresolved_examples")
         unresolved = {"by_outcome": dict(sorted(failed_by.items(), key=lambda kv: (-kv[1], kv[0]))),
-                      "examples": q("unresolved_examples")}  # fmt: skip
+                      "documents": n_failed, "examples": examples,
+                      "more": max(0, n_failed - len(examples))}  # fmt: skip
     finally:
         q.close()
     valid = _i(totals["ok"])
@@ -418,7 +499,8 @@ def build_report(
         rescued = winners.get(name, 0)
         known = not on_won["unpriced"] and t["cost_usd"] is not None
         rescue_cost = on_won["spent"] if known else None
-        v = marginal_verdict(name, before, n=n, rescued=rescued, spend=t["cost_usd"], economics=economics)
+        v = marginal_verdict(name, before, n=n, rescued=rescued, spend=t["cost_usd"], economics=economics,
+                             kind=t["kind"])  # fmt: skip
         rescue.append({
             "tier": name, "kind": t["kind"], "after": before, "documents": n, "rescued": rescued,
             "own_cost_usd": r["own"] if known else None, "lower_cost_usd": r["lower"] if known else None,
@@ -467,13 +549,20 @@ def build_report(
         "trend": trend(docs),
         "sampled": {"attempt_latency_every": k_att, "document_latency_every": k_doc},
     }
-    report["notes"] = notes(tiers)
+    report["field_failures"] = field_failures(field_rows, order, ledger.store_text)
+    report["notes"] = notes(tiers, economics)
     report["queries"] = q.queries
     return report
 
 
-def notes(tiers: list[dict[str, Any]]) -> list[str]:
+def notes(tiers: list[dict[str, Any]], economics: Economics | None = None) -> list[str]:
     out = []
+    trained = economics is not None and economics.training_cost is not None
+    if trained and tiers and not any(t.get("kind") == FINE_TUNED for t in tiers[1:]):
+        out.append(
+            f"the training cost ({money(economics.training_cost)}) applies to a fine-tuned tier only, "  # type: ignore[union-attr]
+            "and no fine-tuned tier ran after another tier in scope: it is left out."
+        )
     local = [t["tier"] for t in tiers if "local" in t["models"]]
     if local:
         out.append(

@@ -106,11 +106,14 @@ def report_html(report: dict[str, Any]) -> str:
         for x in report["tiers"]
     ]
     share.append(("unresolved", t["failed"], f"{t['failed']}"))
+    # no bar: "no valid extraction" when the tier resolved nothing, "price unknown" when it did
     cost = [
-        (x["tier"], x["cost_per_valid_usd"], fmt.money(x["cost_per_valid_usd"], "no valid extraction"))
+        (x["tier"], x["cost_per_valid_usd"],
+         fmt.per_valid(x["cost_per_valid_usd"], x["resolved"], "no valid extraction"))
         for x in report["tiers"]
-    ]
-    cost.append(("whole chain", t["cost_per_valid_usd"], fmt.money(t["cost_per_valid_usd"], "n/a")))
+    ]  # fmt: skip
+    whole = fmt.per_valid(t["cost_per_valid_usd"], t["ok"], "n/a")
+    cost.append(("whole chain", t["cost_per_valid_usd"], whole))
     days = [d["day"] for d in report["trend"]]
     charts: dict[str, Any] = {
         "share": stacked("documents resolved by tier", share),

@@ -29,6 +29,13 @@ def money(v: float | None, none: str = "unknown") -> str:
     return f"${whole}.{frac.rstrip('0'):0<2}"
 
 
+def plural(n: int | float, noun: str, nouns: str | None = None) -> str:
+    """``1 document``, ``2 documents``, ``1,234 documents``: a count with its noun in the right number
+    (``nouns`` for an irregular plural)."""
+    shown = f"{n:,.0f}" if isinstance(n, float) else f"{n:,}" if abs(n) >= 10_000 else str(n)
+    return f"{shown} {noun if shown == '1' else nouns or noun + 's'}"  # as shown: 1.4 reads "1 document"
+
+
 def count(n: int) -> str:
     return f"{n}" if n < 10_000 else f"{n / 1000:.0f}k" if n < 10_000_000 else f"{n / 1e6:.0f}M"
 
@@ -43,6 +50,64 @@ def secs(v: float | None) -> str:
 
 def when(ts: float | None) -> str:
     return "-" if ts is None else time.strftime("%Y-%m-%d %H:%M", time.gmtime(ts)) + " UTC"
+
+
+def per_valid(v: float | None, resolved: int, none: str) -> str:
+    """A cost per valid extraction: ``price unknown`` when there were valid extractions but a price
+    was missing, ``none`` when there were none to divide by."""
+    return money(v, "price unknown" if resolved else none)
+
+
+TERMINAL_UNRESOLVED = 5  # unresolved documents listed in the terminal (the JSON and HTML list more)
+TERMINAL_FIELDS = 5  # fields per tier in the terminal's failure table
+
+
+def unresolved_more(un: dict[str, Any], shown: int) -> str | None:
+    """``and N more ...`` under a list of ``shown`` unresolved documents, with where to see them."""
+    listed = len(un["examples"])
+    total = max(un.get("documents", listed), listed)
+    if total <= shown:
+        return None
+    if shown < listed:
+        where = f"--json and --html list the {listed} most recent"
+        if total > listed:
+            where += "; the query `unresolved_examples` in --json, without its LIMIT, lists them all"
+    else:
+        where = "the query `unresolved_examples` in --json, without its LIMIT, lists them all"
+    return f"... and {total - shown} more ({where})"
+
+
+def value_counts(values: list[dict[str, Any]] | None) -> str:
+    if values is None:
+        return "(not shown)"
+    return ", ".join(f"{v['value']} ({v['n']})" for v in values) or "-"
+
+
+def print_field_failures(report: dict[str, Any], console: Console) -> None:
+    ff = report.get("field_failures") or {}
+    rows = ff.get("rows") or []
+    if not rows:
+        return
+    table = Table(title="fields that failed most often, per tier (most recent failed attempts)",
+                  title_justify="left", box=box.SIMPLE_HEAD)  # fmt: skip
+    for c in ("tier", "field", "validation", "ungrounded", "rejected values (times)"):
+        table.add_column(c, justify="right" if c in ("validation", "ungrounded") else "left",
+                         no_wrap=c != "rejected values (times)")  # fmt: skip
+    left: dict[str, int] = {}
+    for r in rows:
+        n = left.get(r["tier"], 0)
+        left[r["tier"]] = n + 1
+        if n >= TERMINAL_FIELDS:
+            continue
+        table.add_row(Text(r["tier"]), Text(r["field"]), str(r["validation"]), str(r["ungrounded"]),
+                      Text(value_counts(r["values"])))  # fmt: skip
+    console.print(table)
+    more = {t: n - TERMINAL_FIELDS for t, n in left.items() if n > TERMINAL_FIELDS}
+    if more:
+        console.print("  and " + ", ".join(f"{plural(n, 'more field')} in {t}" for t, n in more.items())
+                      + " (--json, --html)", markup=False, highlight=False)  # fmt: skip
+    if ff.get("values_hidden"):
+        console.print(f"  {ff['values_hidden']}", markup=False, highlight=False)
 
 
 DECISION_STYLE = {"keep": "bold green", "drop": "bold red", "not_enough_evidence": "bold yellow"}
@@ -71,11 +136,13 @@ def print_report(report: dict[str, Any], console: Console) -> None:
     console.print(Text(f"extractkit report: {scope_line(report)}", style="bold"))
     if not t["documents"]:
         console.print(report["verdict"], markup=False, highlight=False)
+        print_document_errors(report, console)  # documents were met, none could be read
         return
     console.print(
-        f"{t['documents']} documents ({when(t['first_at'])} to {when(t['last_at'])}): "
+        f"{plural(t['documents'], 'document')} ({when(t['first_at'])} to {when(t['last_at'])}): "
         f"{t['ok']} valid ({pct(t['success_rate'])}), {t['failed']} unresolved; "
-        f"cost {money(t['cost_usd'])}, per valid extraction {money(t['cost_per_valid_usd'], 'n/a')}; "
+        f"cost {money(t['cost_usd'])}, "
+        f"per valid extraction {per_valid(t['cost_per_valid_usd'], t['ok'], 'n/a')}; "
         f"latency p50 {secs(t['latency_p50_s'])} p95 {secs(t['latency_p95_s'])}",
         markup=False,
         highlight=False,
@@ -104,7 +171,7 @@ def print_report(report: dict[str, Any], console: Console) -> None:
             str(r["reasks"]),
             f"{count(r['prompt_tokens'])}/{count(r['completion_tokens'])}",
             money(r["cost_usd"]),
-            money(r["cost_per_valid_usd"], "-"),
+            per_valid(r["cost_per_valid_usd"], r["resolved"], "-"),
             secs(r["latency_p50_s"]),
             secs(r["latency_p95_s"]),
         )
@@ -118,15 +185,17 @@ def print_report(report: dict[str, Any], console: Console) -> None:
     if un["by_outcome"]:
         why = ", ".join(f"{k} {v}" for k, v in un["by_outcome"].items())
         console.print(f"unresolved documents by last outcome: {why}", markup=False, highlight=False)
-        for e in un["examples"][:5]:
+        for e in un["examples"][:TERMINAL_UNRESOLVED]:
             console.print(
                 f"  {e['path'] or e['document_sha256'][:12]}: {first_line(e['error'] or e['outcome'])}",
                 markup=False,
                 highlight=False,
             )
-    if report["document_errors"]:
-        errs = ", ".join(f"{k} {v}" for k, v in report["document_errors"].items())
-        console.print(f"unreadable documents (never sent): {errs}", markup=False, highlight=False)
+        more = unresolved_more(un, TERMINAL_UNRESOLVED)
+        if more:
+            console.print(f"  {more}", markup=False, highlight=False)
+    print_field_failures(report, console)
+    print_document_errors(report, console)
     econ = report["economics"]
     served: dict[str, list[str]] = {}
     for r in report.get("served_models", []):
@@ -141,18 +210,18 @@ def print_report(report: dict[str, Any], console: Console) -> None:
     for r in report["rescue"]:
         line = (
             f"rescue by {r['tier']} (after {' -> '.join(r['after']) or 'nothing'}): {r['rescued']} of "
-            f"{r['documents']} documents; their cost {money(r['rescue_cost_usd'])} "
+            f"{plural(r['documents'], 'document')}; their cost {money(r['rescue_cost_usd'])} "
             f"({money(r['own_cost_usd'])} in {r['tier']}, {money(r['lower_cost_usd'])} in earlier tiers), "
             f"{money(r['cost_per_rescued_usd'], '-')} per rescued document; "
             f"{r['tier']} spent {money(r['tier_cost_usd'])} in all"
         )
         if r["break_even_documents"] is not None:
-            line += f"; break-even after {r['break_even_documents']:,.0f} documents"
+            line += f"; break-even after {plural(r['break_even_documents'], 'document')}"
         console.print(line, markup=False, highlight=False)
     training = f", training costs {money(econ['training_cost'])}" if econ["training_cost"] is not None else ""
     console.print(
         f"assumptions: a failure costs {money(econ['failure_cost'])}{training}; a tier must rescue at least "
-        f"{pct(econ['min_share'])} of documents; a verdict needs {econ['min_documents']} documents "
+        f"{pct(econ['min_share'])} of documents; a verdict needs {plural(econ['min_documents'], 'document')} "
         "(--failure-cost, --training-cost, --min-share, --min-documents)",
         markup=False,
         highlight=False,
@@ -175,6 +244,12 @@ def print_report(report: dict[str, Any], console: Console) -> None:
             highlight=False,
         )
     print_verdicts(report["verdicts"], report["verdict"], console)
+
+
+def print_document_errors(report: dict[str, Any], console: Console) -> None:
+    if report.get("document_errors"):
+        errs = ", ".join(f"{k} {v}" for k, v in report["document_errors"].items())
+        console.print(f"unreadable documents (never sent): {errs}", markup=False, highlight=False)
 
 
 def print_verdicts(verdicts: list[dict[str, Any]], headline: str, console: Console) -> None:
@@ -207,7 +282,9 @@ TIER_CSV = (
     "latency_p50_s",
     "latency_p95_s",
     "failure_outcomes",
+    "field_failures",
 )
+FIELD_CSV = ("tier", "field", "validation", "ungrounded", "failures", "rejected_values")
 
 
 def report_csv(report: dict[str, Any]) -> str:
@@ -215,6 +292,7 @@ def report_csv(report: dict[str, Any]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(TIER_CSV)
+    fields = (report.get("field_failures") or {}).get("rows", [])
     for r in report["tiers"]:
         ci = r["success_ci"] or [None, None]
         row = {
@@ -223,8 +301,23 @@ def report_csv(report: dict[str, Any]) -> str:
             "success_ci_low": ci[0],
             "success_ci_high": ci[1],
             "failure_outcomes": " ".join(f"{k}={v}" for k, v in r["failure_outcomes"].items()),
-        }
+            "field_failures": " ".join(
+                f"{f['field']}:{kind}={f[kind]}" for f in fields if f["tier"] == r["tier"]
+                for kind in ("validation", "ungrounded") if f[kind]),
+        }  # fmt: skip
         w.writerow(["" if row.get(c) is None else row[c] for c in TIER_CSV])
+    return buf.getvalue()
+
+
+def field_failures_csv(report: dict[str, Any]) -> str:
+    """The per-field failure table, one row per tier and field; ``rejected_values`` holds the most
+    frequent values as ``value (times)``, empty when values are not shown (store_text off)."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(FIELD_CSV)
+    for f in (report.get("field_failures") or {}).get("rows", []):
+        values = "" if f["values"] is None else value_counts(f["values"])
+        w.writerow([f["tier"], f["field"], f["validation"], f["ungrounded"], f["failures"], values])
     return buf.getvalue()
 
 

@@ -18,7 +18,8 @@ documents is not worth its complexity whatever it costs, so the bar is
   interval from a handful of documents is right about sampling noise and silent about everything
   else that changes between documents.
 
-With a one-off training cost ``T``, the break-even volume is ``T / (p*F - c)`` documents.
+With a one-off training cost ``T`` (a fine-tuned tier's alone: the other kinds train nothing), the
+break-even volume is ``T / (p*F - c)`` documents.
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ._render import money, pct
+from ._render import money, pct, plural
 from ._stats import documents_needed, wilson
 
 KEEP, DROP, UNDECIDED, NO_DATA = "keep", "drop", "not_enough_evidence", "no_data"
+FINE_TUNED = "fine_tuned"  # the one kind of tier a training cost applies to
 
 
 @dataclass(frozen=True)
@@ -83,13 +85,15 @@ def marginal_verdict(
     rescued: int,
     spend: float | None,
     economics: Economics,
-    what: str = "it resolved {k} of {n} documents that {before} did not",
+    what: str = "it resolved {k} of {n_documents} that {before} did not",
+    kind: str | None = None,
 ) -> Verdict:
     """Verdict on running ``tier`` after the tiers in ``after``.
 
     ``spend`` is what the tier cost over the ``n`` documents (None when a price was unknown; the
     verdict then judges the rescue rate alone and says so). ``what`` words the rescue, with
-    ``{k}``, ``{n}`` and ``{before}`` filled in.
+    ``{k}``, ``{n}``, ``{n_documents}`` ("1 document", "12 documents") and ``{before}`` filled in.
+    ``kind`` is the tier's kind: only a ``fine_tuned`` tier has the economics' training cost.
     """
     before = " -> ".join(after) if after else "nothing"
     if n <= 0:
@@ -123,7 +127,8 @@ def marginal_verdict(
         threshold = max(cost / F, economics.min_share)
     savings = rate * F
     net = savings - (cost or 0.0)
-    seen = what.format(k=rescued, n=n, before=before) + f" ({pct(rate)}, 95% CI {pct(lo)}-{pct(hi)})"
+    seen = what.format(k=rescued, n=n, n_documents=plural(n, "document"), before=before)
+    seen += f" ({pct(rate)}, 95% CI {pct(lo)}-{pct(hi)})"
     gain = (
         f"{money(savings)} saved per document at {money(F)} per failure, against "
         f"{money(cost)} it costs per document"
@@ -140,11 +145,13 @@ def marginal_verdict(
         decision = UNDECIDED
         total = documents_needed(rescued, n, threshold)
         needed = max(economics.min_documents, total or 0) - n
-        sentence = (
-            f"Not enough evidence yet on {tier}: {seen}; at least {economics.min_documents} "
-            f"documents are needed before deciding, so about {needed} more."
+        too_few = _too_few(n, total, economics.min_documents, bar)
+        sentence = f"Not enough evidence yet on {tier}: {seen}; {too_few}"
+        reasons.append(
+            f"only {plural(n, 'document')} so far, fewer than the {economics.min_documents} every verdict "
+            "requires (--min-documents): an interval from a handful of documents is right about sampling "
+            "noise and silent about everything else that changes between documents"
         )
-        reasons.append(f"only {n} documents, fewer than the {economics.min_documents} the verdict requires")
     elif lo > threshold:
         decision = KEEP
         sentence = f"Keep {tier}: {seen}" + (f"; {gain}." if gain else ".")
@@ -158,19 +165,19 @@ def marginal_verdict(
         total = documents_needed(rescued, n, threshold)
         needed = None if total is None else total - n
         more = (
-            f"about {needed} more documents at this rate would settle it"
+            f"about {plural(needed, 'more document', 'more documents')} at this rate would settle it"
             if needed is not None
             else "at this rate no realistic number of documents would settle it"
         )
         sentence = f"Not enough evidence yet on {tier}: {seen}, which straddles {bar}; {more}."
         reasons.append(f"the interval {pct(lo)}-{pct(hi)} contains {pct(threshold)}")
     break_even: float | None = None
-    if economics.training_cost is not None:
+    if economics.training_cost is not None and kind == FINE_TUNED:
         if net > 0:
             break_even = economics.training_cost / net
             reasons.append(
                 f"a one-off training cost of {money(economics.training_cost)} is recovered after "
-                f"about {break_even:,.0f} documents at the rate seen"
+                f"about {plural(break_even, 'document')} at the rate seen"
             )
         else:
             reasons.append(
@@ -195,6 +202,21 @@ def marginal_verdict(
         break_even,
         reasons,
     )
+
+
+def _too_few(n: int, total: int | None, minimum: int, bar: str) -> str:
+    """Why fewer than ``minimum`` documents decide nothing, and which of two numbers sets how many more:
+    the minimum every verdict needs, or the total the evidence at this rate needs."""
+    so_far = f"only {plural(n, 'document')} so far, below the minimum of {minimum} that any verdict needs"
+    if total is None:
+        return (f"{so_far} ({minimum - n} more); beyond it, at this rate no realistic number of documents "
+                f"would settle it against {bar}.")  # fmt: skip
+    if total <= minimum:
+        return (f"{so_far}, so {minimum - n} more; at this rate the 95% interval would settle it against "
+                f"{bar} within that minimum.")  # fmt: skip
+    return (f"{so_far}, which alone would mean {minimum - n} more; but at this rate the 95% interval "
+            f"would settle it against {bar} only after about {total} documents in all, so about "
+            f"{total - n} more.")  # fmt: skip
 
 
 def headline_sentence(verdicts: list[dict[str, Any]], kinds: dict[str, str | None]) -> str | None:

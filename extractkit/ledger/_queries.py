@@ -1,0 +1,47 @@
+"""Named read queries over the ledger's plain tables, for the reports (the report module fills in
+its scope and runs them, keeping each query with the report so it can be rerun by hand)."""
+
+from __future__ import annotations
+
+# Whether a failed attempt's rejected values may be shown: only when asked (:with_values) and the
+# attempt's document has its text in the ledger (recorded with store_text on). A document recorded
+# with store_text off keeps its values out of every report, whoever opens the ledger.
+_SHOW_VALUES = """CASE WHEN :with_values THEN (
+    SELECT d.text IS NOT NULL FROM extractions x JOIN documents d ON d.sha256 = x.document_sha256
+    WHERE x.id = a.extraction_id) ELSE 0 END"""
+
+
+def field_failures_sql(scope_source: str, *, per_tier: bool) -> str:
+    """Per tier and field, how often its value failed validation and how often it was ungrounded,
+    and with which rejected value (Pydantic's ``input``; NULL where values are not shown).
+
+    ``scope_source`` is the report's way to reach the attempts in scope: a ``FROM ... WHERE ...``
+    clause over ``attempts a`` (it may join the report's ``latest`` table as ``l``), extended here
+    with ``AND``. With ``per_tier`` it reads one tier (:tier) and one outcome (:outcome:
+    schema_invalid or ungrounded, the outcomes whose errors name fields), its most recent :limit
+    attempts: one outcome at a time, so the (tier, outcome) index yields them already in rowid
+    order. Without, one pass over the scope's attempts with either outcome, at most :limit of them
+    (for a scope the report reads by joining its few documents to their attempts)."""
+    if per_tier:
+        condition, sample = "a.tier = :tier AND a.outcome = :outcome", "ORDER BY a.rowid DESC LIMIT :limit"
+    else:
+        condition, sample = "a.outcome IN ('schema_invalid', 'ungrounded')", "LIMIT :limit"
+    return f"""
+SELECT s.tier, json_extract(j.value, '$.type') = 'ungrounded' AS ungrounded,
+       json_extract(j.value, '$.loc') AS loc,
+       CASE WHEN s.show THEN json_extract(j.value, '$.input') END AS value, s.show AS shown, COUNT(*) AS n
+FROM (SELECT a.tier, a.errors_json, {_SHOW_VALUES} AS show
+      {scope_source} AND {condition}
+      {sample}) s,
+     json_each(CASE WHEN json_valid(s.errors_json) THEN s.errors_json ELSE '[]' END) j
+WHERE json_type(j.value) = 'object'
+GROUP BY 1, 2, 3, 4, 5"""
+
+
+# Documents that could not be read, each counted once (the latest error of each document: by its
+# content hash, or by its path when it could not be read at all), however many runs met it.
+DOCUMENT_ERRORS = """
+SELECT e.outcome, COUNT(*) AS n FROM extractions e WHERE e.id IN (
+    SELECT MAX(e.id) FROM extractions e WHERE e.status = 'error' AND {where}
+    GROUP BY COALESCE('sha256:' || e.document_sha256, 'path:' || e.path))
+GROUP BY e.outcome ORDER BY n DESC, e.outcome"""
