@@ -52,7 +52,7 @@ MARKER = re.compile(r"^\s*<!--\s*(test|not-run):\s*(.+?)\s*-->\s*$")
 FENCE = re.compile(r"^(\s*)(`{3,}|~{3,})\s*([\w+-]*)\s*$")
 INSTALL = re.compile(r"^\s*(python3? -m venv\b|\S*python3?\S* -m pip install\b|\S*pip3? install\b)")
 #: the blocks the issue asks for; more may be marked
-REQUIRED = {"main-job", "quickstart", "batch-local", "report", "gold", "eval"}
+REQUIRED = {"main-job", "quickstart", "init", "batch-local", "dry-run", "report", "gold", "eval"}
 CORPUS_FROM_REPO = "../shared/corpora/invoice2data"
 
 
@@ -202,6 +202,12 @@ def _fallback(props: dict[str, Any], name: str, doc: str) -> Any:
     if types & {"number", "integer"}:
         numbers = re.findall(r"(?i)total[^\d]*([\d][\d,]*\.\d\d)", doc) or re.findall(r"\d+\.\d\d", doc)
         return float(numbers[0].replace(",", "")) if numbers else 0
+    if props[name].get("format") == "date" or "date" in {a.get("format") for a in props[name].get("anyOf", [])}:
+        dates = re.findall(r"\d{4}-\d\d-\d\d", doc)
+        return dates[0] if dates else None
+    if props[name].get("pattern") == "^[A-Z]{3}$":
+        codes = re.findall(r"\b(?:EUR|USD|GBP|CHF)\b", doc)
+        return codes[0] if codes else "EUR"
     first = next((ln.strip() for ln in doc.splitlines() if ln.strip()), "x")
     return re.sub(r"^(from|issuer)[:\s]+", "", first, flags=re.I)
 
@@ -290,6 +296,12 @@ def _check(name: str, repo: Path, proc: subprocess.CompletedProcess[str], server
         assert len(gold) == n_docs
         assert all((out / g["document"]).resolve().is_file() for g in gold)
         assert set(gold[0]["expected"]) <= {"issuer", "invoice_number", "date", "amount", "currency"}
+    elif name == "dry-run":
+        assert "price unknown" not in proc.stdout and "zero_shot" in proc.stdout, proc.stdout
+    elif name == "init":
+        project = out / "myproject"
+        assert {"invoice_model.py", "extractkit.toml", "examples.jsonl"} <= {p.name for p in project.iterdir()}
+        assert (project / ".extractkit" / "ledger.sqlite3").is_file()
     elif name == "eval":
         assert (out / "eval.html").is_file()
         assert "zero_shot" in proc.stdout and "few_shot" in proc.stdout, proc.stdout
@@ -315,8 +327,10 @@ def _run_blocks(
         where = f"README.md:{block.line} ({block.name}):\n{block.code}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
         assert proc.returncode == 0, where
         assert "Traceback" not in proc.stderr, where
-        if block.name in {"main-job", "quickstart", "batch-local", "eval"}:
+        if block.name in {"main-job", "quickstart", "batch-local", "eval", "init"}:
             assert len(server.requests) > before, where  # it asked the fake, nobody else
+        if block.name == "dry-run":
+            assert len(server.requests) == before, where  # a dry run sends nothing
         _check(block.name, repo, proc, server)
         models[block.name] = {r["model"] for r in server.requests[before:]}
     return models
