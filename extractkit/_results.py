@@ -177,6 +177,3 @@ class Result(Generic[T]):
         if last.error:
             return redact(f"{head}: {last.error.splitlines()[0][:300]}")
         return head
-
-    def tier_attempts(self, tier: str) -> list[Attempt]:
-        return [a for a in self.attempts if a.tier == tier]

@@ -207,9 +207,6 @@ class Tier:
         return {}
 
     # -- prompt -----------------------------------------------------------------------------
-    def bind(self, schema: type[BaseModel]) -> BoundTier:
-        return BoundTier(self, schema)
-
     def examples_for(self, bound: BoundTier, document: str) -> list[Example]:
         return []
 

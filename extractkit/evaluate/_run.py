@@ -16,7 +16,7 @@ from typing import Any
 
 from .._errors import ConfigError, DocumentError
 from .._results import TRANSIENT_OUTCOMES
-from ..batch._loaders import Document
+from ..batch import Document
 from ..ledger import Ledger
 from ._gold import GoldItem
 from ._score import score

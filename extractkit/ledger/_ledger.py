@@ -174,11 +174,6 @@ class Ledger:
                 raise
             self.conn.execute("COMMIT")
 
-    def add_secret(self, value: str | None) -> None:
-        """A value (an API key) that must never be written; it is redacted wherever it occurs
-        (registered process-wide: ``_redact.register``)."""
-        _redact.register(value)
-
     # -- runs -------------------------------------------------------------------------------
     def start_run(self, kind: str, config: dict[str, Any] | None = None,
                   config_hash: str | None = None, schema_hash: str | None = None) -> str:  # fmt: skip
@@ -264,12 +259,6 @@ class Ledger:
                 " last_seen = excluded.last_seen, run_id = excluded.run_id, path = excluded.path",
                 rows,
             )
-
-    def attempts_of(self, extraction_id: str) -> list[sqlite3.Row]:
-        with self._lock:
-            return self.conn.execute(
-                "SELECT * FROM attempts WHERE extraction_id = ? ORDER BY id", (extraction_id,)
-            ).fetchall()
 
     def query(self, sql: str, params: Iterable[Any] | Mapping[str, Any] = ()) -> list[sqlite3.Row]:
         """Rows of one statement; ``params`` positional (a sequence) or named (a mapping)."""
