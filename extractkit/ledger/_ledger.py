@@ -19,7 +19,7 @@ from typing import Any
 
 from .. import _redact
 from .._errors import LedgerError
-from .._results import TRANSIENT_OUTCOMES, VALIDATION_OUTCOMES, Attempt, Result
+from .._results import TRANSIENT_OUTCOMES, VALIDATION_OUTCOMES, Attempt, Outcome, Result
 from .._schema import canonical_json, json_schema
 from ._migrations import migrate
 from ._owner import is_gone, this_process
@@ -443,18 +443,16 @@ def _register_tier_keys(extractor: Any) -> None:
         _redact.register_env(tier.api_key_env)
 
 
-_VALIDATION = {o.value for o in VALIDATION_OUTCOMES}
-_TRANSIENT = {o.value for o in TRANSIENT_OUTCOMES}
-
-
 def _follows(attempts: list[Attempt]) -> list[str | None]:
-    """For each attempt, what it followed in its tier: None (the first), 'reask' or 'retry'."""
-    last: dict[str, str] = {}
+    """For each attempt, what it followed in its tier: None (the first), 'reask' (after a
+    validation failure) or 'retry' (after a transient one): the categories of ``_results``."""
+    last: dict[str, Outcome] = {}
     out: list[str | None] = []
     for a in attempts:
         prev = last.get(a.tier)
-        out.append("reask" if prev in _VALIDATION else "retry" if prev in _TRANSIENT else None)
-        last[a.tier] = a.outcome.value
+        follows = "reask" if prev in VALIDATION_OUTCOMES else "retry" if prev in TRANSIENT_OUTCOMES else None
+        out.append(follows)
+        last[a.tier] = a.outcome
     return out
 
 
