@@ -208,8 +208,8 @@ def local_base_url() -> str:
     return url.rstrip("/") if url else shared_server().base_url
 
 
-# -- What a local tier is: the one place. Tiers (_tiers.py), the client (_llm.py), eval and the
-# report ask here; none of them compares against "local" or names the model itself.
+# -- What a local tier is: the one place. The tiers (_tiers.py; the client in _llm.py asks the
+# tier) and eval's notes ask here instead of comparing against "local" or naming the model.
 MODEL_NAME = "SmolLM2-135M"
 # A local tier's mode when it names none: llama.cpp's server turns the schema into a grammar
 # (strict json_schema, as OpenAI's structured outputs). A mode set on the tier is honoured: the
