@@ -390,12 +390,11 @@ class Extractor(Generic[T]):
 
         >>> result = extractor.extract_file("invoices/acme.pdf")  # doctest: +SKIP
         """
-        from .batch._loaders import MAX_BYTES, MAX_CHARS, SPECIAL, TEXT_TYPES, _kind, display_path
-        from .batch._runner import _load
+        from .batch import MAX_BYTES, MAX_CHARS, SPECIAL, TEXT_TYPES, aload, display_path, doc_type_of
 
         p = Path(path)
         shown = display_path(p)
-        kind = doc_type if doc_type is not None else _kind(p)
+        kind = doc_type if doc_type is not None else doc_type_of(p)
         if p.is_dir():
             raise DocumentError(f"{shown}: a folder, not a file: extract_many([Path(...)]) walks folders",
                                 path=shown, kind="unsupported")  # fmt: skip
@@ -409,7 +408,7 @@ class Extractor(Generic[T]):
             raise DocumentError(f"{shown}: unsupported {given}; pass doc_type= one of {', '.join(types)}",
                                 path=shown, kind="unsupported")  # fmt: skip
         try:
-            doc = await _load(p, kind, max_bytes or MAX_BYTES, max_chars or MAX_CHARS)
+            doc = await aload(p, kind, max_bytes or MAX_BYTES, max_chars or MAX_CHARS)
         except DocumentError as exc:  # recorded as the batch records an unreadable document
             if self.ledger is None:
                 self._reopen_ledger()
@@ -482,7 +481,7 @@ class Extractor(Generic[T]):
         ... ):  # doctest: +SKIP
         ...     print(item.index, item.path, item.status, item.value if item.ok else item.error)
         """
-        from .batch._many import aextract_many
+        from .batch import aextract_many
 
         return aextract_many(self, inputs, concurrency=concurrency, rpm=rpm, tpm=tpm, force=force,
                              retry_failed=retry_failed, include=include)  # fmt: skip

@@ -38,6 +38,10 @@ VALIDATION_OUTCOMES: frozenset[Outcome] = frozenset(
 TRANSIENT_OUTCOMES: frozenset[Outcome] = frozenset(
     {Outcome.RATE_LIMITED, Outcome.API_ERROR, Outcome.TIMEOUT, Outcome.CONNECTION_ERROR}
 )
+# the validation failures whose errors name fields (a path and the value rejected): what the
+# report's per-field failure table counts
+FIELD_ERROR_OUTCOMES: frozenset[Outcome] = frozenset({Outcome.SCHEMA_INVALID, Outcome.UNGROUNDED})
+# Outcome is a str enum: a value read from the ledger ("timeout") is found in these sets as it is.
 
 
 @dataclass(frozen=True)
@@ -177,6 +181,3 @@ class Result(Generic[T]):
         if last.error:
             return redact(f"{head}: {last.error.splitlines()[0][:300]}")
         return head
-
-    def tier_attempts(self, tier: str) -> list[Attempt]:
-        return [a for a in self.attempts if a.tier == tier]

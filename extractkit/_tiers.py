@@ -13,7 +13,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel
 
-from . import _redact
+from . import _redact, local
 from ._delimiters import RENDER_VERSION
 from ._errors import ConfigError, TemplateError
 from ._examples import Example, ExampleSelector, coerce_examples
@@ -96,9 +96,9 @@ class Tier:
             if not isinstance(header, str) or not isinstance(value, str):
                 raise ConfigError(f"tier {self.name}: headers must map names to string values")
             _redact.register(value)
-        mode = self.mode
-        if mode is None:  # the local server honours strict json_schema (grammar-constrained)
-            mode = Mode.JSON_SCHEMA if self.is_local else self.default_mode
+        mode = self.mode  # set on the tier: honoured, local or not
+        if mode is None:
+            mode = local.DEFAULT_MODE if self.is_local else self.default_mode
         if mode in REMOVED_MODES:
             raise ConfigError(f"tier {self.name}: {REMOVED_MODES[str(mode)]}")
         try:
@@ -123,16 +123,13 @@ class Tier:
             object.__setattr__(self, "prompt", template.with_instructions(instructions))
         except TemplateError as exc:
             raise TemplateError(f"tier {self.name}: {exc}") from None
-        if self.is_local:
-            from ._pricing import Price
-
-            if self.price is None:  # no API bill; compute is not priced
-                object.__setattr__(self, "price", Price(0.0, 0.0))
+        if self.is_local and self.price is None:
+            object.__setattr__(self, "price", local.PRICE)
 
     @property
     def is_local(self) -> bool:
-        """``base_url="local"``: the bundled local model server (see ``extractkit.local``)."""
-        return self.base_url == "local"
+        """``base_url="local"``: the bundled local model server (``extractkit.local.is_local``)."""
+        return local.is_local(self.base_url)
 
     @property
     def resolved_mode(self) -> Mode:
@@ -151,7 +148,7 @@ class Tier:
         if self.api_key:
             return self.api_key
         if self.is_local:
-            return "local"  # the local server accepts any key
+            return local.API_KEY
         key = os.environ.get(self.api_key_env)
         if key:
             _redact.register(key)  # the variable may have been set after the tier was made
@@ -170,9 +167,7 @@ class Tier:
         if self.context_window is not None:
             return self.context_window
         if self.is_local:
-            from .local import N_CTX
-
-            return N_CTX
+            return local.N_CTX
         from ._pricing import base_model
 
         return CONTEXT_WINDOWS.get(base_model(self.model))
@@ -207,9 +202,6 @@ class Tier:
         return {}
 
     # -- prompt -----------------------------------------------------------------------------
-    def bind(self, schema: type[BaseModel]) -> BoundTier:
-        return BoundTier(self, schema)
-
     def examples_for(self, bound: BoundTier, document: str) -> list[Example]:
         return []
 
@@ -267,7 +259,7 @@ LOOPBACK_PLACEHOLDER_KEY = "no-key"  # sent to a server on this machine when no 
 def is_loopback(base_url: str) -> bool:
     """``base_url`` is ``"local"`` or an http(s) URL whose host is this machine (``localhost``,
     ``127.0.0.0/8``, ``::1``)."""
-    if base_url == "local":
+    if local.is_local(base_url):
         return True
     try:
         host = (urlsplit(base_url.strip()).hostname or "").lower()
@@ -283,7 +275,7 @@ def is_loopback(base_url: str) -> bool:
 
 def base_url_problem(base_url: str) -> str | None:
     """Why ``base_url`` cannot be used (a message naming the value and the fix), or None."""
-    if base_url == "local":
+    if local.is_local(base_url):
         return None
     parts = urlsplit(base_url)
     if parts.scheme in ("http", "https") and parts.netloc:
@@ -304,7 +296,7 @@ def endpoint_identity(base_url: str | None) -> str:
     host are lower-cased, default ports and trailing slashes removed. ``"local"`` stays ``"local"``
     (the bundled model on whatever free port it was given)."""
     url = base_url if base_url is not None else (os.environ.get("OPENAI_BASE_URL") or OPENAI_API)
-    if url == "local":
+    if local.is_local(url):
         return url
     parts = urlsplit(url.strip())
     host = (parts.hostname or "").lower()

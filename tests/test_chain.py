@@ -16,6 +16,7 @@ from extractkit import (
     RetryPolicy,
     ZeroShot,
 )
+from extractkit._tiers import BoundTier
 
 from .conftest import Invoice
 from .fakes import BASE_URL, completion, error_body
@@ -265,7 +266,7 @@ def test_a_local_tier_asks_for_strict_json_schema(mock_api, monkeypatch):
     # llama.cpp turns `format: date` into grammar (YYYY-MM-DD): kept for the local server, so the
     # 135M model cannot answer "August 3, 2014" (re-asked); dropped for OpenAI, which rejects it
     assert {"type": "string", "format": "date"} in fmt["json_schema"]["schema"]["properties"]["date"]["anyOf"]
-    hosted = zero(mode="json_schema").bind(Invoice).response_format
+    hosted = BoundTier(zero(mode="json_schema"), Invoice).response_format
     assert hosted is not None and {"type": "string"} in hosted["json_schema"]["schema"]["properties"]["date"]["anyOf"]
 
 

@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from extractkit import Extractor, FewShot, ZeroShot
+from extractkit._tiers import BoundTier
 
 from .conftest import Invoice
 from .fakes import BASE_URL, completion
@@ -287,7 +288,7 @@ def test_the_delimiters_are_read_from_the_templates(tmp_path):
 def test_megabytes_of_near_tags_take_linear_time(document):
     """Where messages are built, a 5 MB document of near-tags takes well under a second here
     (measured 0.1-0.6 s); backtracking would take hours. The bound is generous for slow CI."""
-    bound = few_shot().bind(Invoice)
+    bound = BoundTier(few_shot(), Invoice)
     bound.messages("warm up")
     started = time.perf_counter()
     user = bound.messages(document)[1]["content"]

@@ -9,7 +9,7 @@ from typing import Any
 
 from rich.table import Table
 
-from ..batch._estimate import REASK_TOKENS
+from ..batch import REASK_TOKENS
 
 SHOWN = 20  # documents listed in the terminal (--json lists every one)
 
@@ -25,9 +25,8 @@ def dry_run(extractor: Any, cfg: Any, paths: list[Path], ledger_path: str | Path
             as_json: bool) -> int:  # fmt: skip
     """Estimate and print; returns the exit code (0). Sends nothing; the ledger, when it exists, is
     only read (to show resumed documents); a ledger that does not exist is not created."""
-    from ..batch._estimate import check_max_cost, estimate
-    from ..ledger import Ledger
-    from ..ledger._ledger import default_path
+    from ..batch import check_max_cost, estimate
+    from ..ledger import Ledger, default_path
 
     check_max_cost(extractor, max_cost)  # the run would refuse to start: say so now (exit 2)
     path = Path(ledger_path) if ledger_path else default_path()

@@ -17,7 +17,7 @@ from pydantic import BaseModel
 
 from .._chain import document_sha256
 from .._errors import DocumentError, GoldError
-from ..batch._loaders import TEXT_TYPES, Document, load
+from ..batch import TEXT_TYPES, Document, load
 
 
 @dataclass(frozen=True)

@@ -16,12 +16,10 @@ from typing import Any
 
 from .._errors import ConfigError, DocumentError
 from .._results import TRANSIENT_OUTCOMES
-from ..batch._loaders import Document
+from ..batch import Document
 from ..ledger import Ledger
 from ._gold import GoldItem
 from ._score import score
-
-TRANSIENT = {o.value for o in TRANSIENT_OUTCOMES}
 
 
 @dataclass
@@ -120,7 +118,7 @@ async def _extract(
     key = (doc.sha256, extractor.schema_hash, extractor.tier_hashes[tier])
     if not force:
         row = ledger.find_final(*key, forced_tier=tier)
-        if row is not None and row["outcome"] not in TRANSIENT:
+        if row is not None and row["outcome"] not in TRANSIENT_OUTCOMES:  # a transient end: again
             return row["id"], json.loads(row["value_json"]) if row["value_json"] else None, True
     result = await extractor.aextract(
         doc.text, only=tier, run_id=run_id, path=doc.path, size=doc.size, doc_type=doc.type

@@ -17,6 +17,7 @@ from typing import Any
 
 from .._redact import redact_json
 from ..ledger import Ledger
+from ..local import accuracy_note, ran_locally
 from ..report import Economics, headline_sentence, marginal_verdict, mcnemar_exact, percentile, wilson
 from ._score import prf
 
@@ -169,11 +170,9 @@ def build_eval(ledger: Ledger, run_id: str, *, economics: Economics | None = Non
     unreadable = [i for i in items if i["document_sha256"] is None]
     incomplete = [g for g in scored if g not in docs]
     notes = []
-    if any(models.get(t) == "local" for t in order):
-        notes.append(
-            "tiers on the bundled local model (SmolLM2-135M) prove the pipeline, not accuracy: "
-            "do not read these scores as what a real model would do."
-        )
+    local_tiers = [t["name"] for t in config.get("tiers", []) if t["name"] in order and ran_locally(t)]
+    if local_tiers:
+        notes.append(accuracy_note(local_tiers, "these scores"))
     if unreadable:
         notes.append(f"{len(unreadable)} gold document(s) could not be read and are not scored.")
     if values_hidden:

@@ -31,7 +31,7 @@ from pydantic import BaseModel, ValidationError
 
 from .._errors import DocumentError, TrainingDataError
 from .._schema import schema_hash
-from ..batch._loaders import TEXT_TYPES, load
+from ..batch import TEXT_TYPES, load
 from ..evaluate import load_gold
 from ..ledger import Ledger
 

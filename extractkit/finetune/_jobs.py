@@ -17,8 +17,7 @@ from typing import Any
 import openai
 
 from .._errors import ConfigError, FinetuneJobError
-from ..ledger import Ledger
-from ..ledger._ledger import scrub
+from ..ledger import Ledger, scrub
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from .. import _redact
 from .._errors import LedgerError
-from .._results import TRANSIENT_OUTCOMES, VALIDATION_OUTCOMES, Attempt, Result
+from .._results import TRANSIENT_OUTCOMES, VALIDATION_OUTCOMES, Attempt, Outcome, Result
 from .._schema import canonical_json, json_schema
 from ._migrations import migrate
 from ._owner import is_gone, this_process
@@ -174,11 +174,6 @@ class Ledger:
                 raise
             self.conn.execute("COMMIT")
 
-    def add_secret(self, value: str | None) -> None:
-        """A value (an API key) that must never be written; it is redacted wherever it occurs
-        (registered process-wide: ``_redact.register``)."""
-        _redact.register(value)
-
     # -- runs -------------------------------------------------------------------------------
     def start_run(self, kind: str, config: dict[str, Any] | None = None,
                   config_hash: str | None = None, schema_hash: str | None = None) -> str:  # fmt: skip
@@ -264,12 +259,6 @@ class Ledger:
                 " last_seen = excluded.last_seen, run_id = excluded.run_id, path = excluded.path",
                 rows,
             )
-
-    def attempts_of(self, extraction_id: str) -> list[sqlite3.Row]:
-        with self._lock:
-            return self.conn.execute(
-                "SELECT * FROM attempts WHERE extraction_id = ? ORDER BY id", (extraction_id,)
-            ).fetchall()
 
     def query(self, sql: str, params: Iterable[Any] | Mapping[str, Any] = ()) -> list[sqlite3.Row]:
         """Rows of one statement; ``params`` positional (a sequence) or named (a mapping)."""
@@ -454,18 +443,16 @@ def _register_tier_keys(extractor: Any) -> None:
         _redact.register_env(tier.api_key_env)
 
 
-_VALIDATION = {o.value for o in VALIDATION_OUTCOMES}
-_TRANSIENT = {o.value for o in TRANSIENT_OUTCOMES}
-
-
 def _follows(attempts: list[Attempt]) -> list[str | None]:
-    """For each attempt, what it followed in its tier: None (the first), 'reask' or 'retry'."""
-    last: dict[str, str] = {}
+    """For each attempt, what it followed in its tier: None (the first), 'reask' (after a
+    validation failure) or 'retry' (after a transient one): the categories of ``_results``."""
+    last: dict[str, Outcome] = {}
     out: list[str | None] = []
     for a in attempts:
         prev = last.get(a.tier)
-        out.append("reask" if prev in _VALIDATION else "retry" if prev in _TRANSIENT else None)
-        last[a.tier] = a.outcome.value
+        follows = "reask" if prev in VALIDATION_OUTCOMES else "retry" if prev in TRANSIENT_OUTCOMES else None
+        out.append(follows)
+        last[a.tier] = a.outcome
     return out
 
 

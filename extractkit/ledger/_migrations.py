@@ -94,6 +94,12 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX attempts_tier ON attempts(tier, outcome);
         """,
     ),
+    # 0002's backfill of `follows` writes the outcome categories out as they were when it shipped
+    # (validation: invalid_json, schema_invalid, ungrounded; transient: rate_limited, api_error,
+    # timeout), on purpose: a migration is history, it classifies the rows that existed then and
+    # must not follow extractkit._results.VALIDATION_OUTCOMES / TRANSIENT_OUTCOMES when they change
+    # (connection_error came later: no ledger without 0002 holds one). Live code uses the
+    # categories (ledger._ledger._follows); tests/test_outcome_categories.py checks both.
     (
         "0002_eval",
         """

@@ -3,6 +3,18 @@ its scope and runs them, keeping each query with the report so it can be rerun b
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+from .._results import FIELD_ERROR_OUTCOMES, Outcome
+
+
+def outcomes_in(outcomes: Iterable[Outcome]) -> str:
+    """An SQL list of outcome values (``('a', 'b')``, sorted), written from a category of
+    ``extractkit._results`` (its values are fixed identifiers, never user input), so the SQL
+    follows the one definition."""
+    return "(" + ", ".join(sorted(f"'{Outcome(o).value}'" for o in outcomes)) + ")"
+
+
 # Whether a failed attempt's rejected values may be shown: only when asked (:with_values) and the
 # attempt's document has its text in the ledger (recorded with store_text on). A document recorded
 # with store_text off keeps its values out of every report, whoever opens the ledger.
@@ -17,15 +29,15 @@ def field_failures_sql(scope_source: str, *, per_tier: bool) -> str:
 
     ``scope_source`` is the report's way to reach the attempts in scope: a ``FROM ... WHERE ...``
     clause over ``attempts a`` (it may join the report's ``latest`` table as ``l``), extended here
-    with ``AND``. With ``per_tier`` it reads one tier (:tier) and one outcome (:outcome:
-    schema_invalid or ungrounded, the outcomes whose errors name fields), its most recent :limit
+    with ``AND``. With ``per_tier`` it reads one tier (:tier) and one outcome (:outcome: one of
+    ``FIELD_ERROR_OUTCOMES``, the outcomes whose errors name fields), its most recent :limit
     attempts: one outcome at a time, so the (tier, outcome) index yields them already in rowid
     order. Without, one pass over the scope's attempts with either outcome, at most :limit of them
     (for a scope the report reads by joining its few documents to their attempts)."""
     if per_tier:
         condition, sample = "a.tier = :tier AND a.outcome = :outcome", "ORDER BY a.rowid DESC LIMIT :limit"
     else:
-        condition, sample = "a.outcome IN ('schema_invalid', 'ungrounded')", "LIMIT :limit"
+        condition, sample = f"a.outcome IN {outcomes_in(FIELD_ERROR_OUTCOMES)}", "LIMIT :limit"
     return f"""
 SELECT s.tier, json_extract(j.value, '$.type') = 'ungrounded' AS ungrounded,
        json_extract(j.value, '$.loc') AS loc,

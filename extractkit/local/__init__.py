@@ -30,10 +30,12 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from .._errors import LocalModelError, MissingDependencyError
+from .._pricing import Price
 
 LOCAL = "local"
 N_CTX = 4096  # tokens of context per slot: the local tiers' context window
@@ -206,5 +208,41 @@ def local_base_url() -> str:
     return url.rstrip("/") if url else shared_server().base_url
 
 
-__all__ = ["CTX_BUDGET", "LOCAL", "N_CTX", "LocalServer", "check_installed", "local_base_url", "model_path",
-           "reserve_slots", "server_settings", "shared_server", "slots_for"]  # fmt: skip
+# -- What a local tier is: the one place. The tiers (_tiers.py; the client in _llm.py asks the
+# tier) and eval's notes ask here instead of comparing against "local" or naming the model.
+MODEL_NAME = "SmolLM2-135M"
+# A local tier's mode when it names none: llama.cpp's server turns the schema into a grammar
+# (strict json_schema, as OpenAI's structured outputs). A mode set on the tier is honoured: the
+# server handles tools (a forced tool call, with --jinja) and json too (README, "The local model").
+DEFAULT_MODE = "json_schema"
+API_KEY = "local"  # sent by a local tier without a key of its own: the server accepts any
+PRICE = Price(0.0, 0.0)  # no API bill; compute is not priced
+# its context window is N_CTX (above): one server slot
+
+
+def is_local(base_url: str | None) -> bool:
+    """A tier's ``base_url`` names the bundled model (``"local"``): its server is this module's."""
+    return base_url == LOCAL
+
+
+def ran_locally(described: Mapping[str, Any]) -> bool:
+    """A tier as a run recorded it (``BoundTier.describe()`` in the run's config) ran on the bundled
+    model: its endpoint is ``"local"``. Runs recorded before the endpoint was part of a tier's
+    identity have none: there, a model named ``"local"`` (as ``extractkit init`` and
+    examples/local.toml name it) is taken as the bundled one."""
+    endpoint = described.get("endpoint")
+    return is_local(endpoint) if endpoint is not None else described.get("model") == LOCAL
+
+
+def accuracy_note(tiers: Sequence[str], numbers: str = "these numbers") -> str:
+    """The warning every output carries when tiers ran on the bundled model: it proves the
+    pipeline, not accuracy."""
+    return (
+        f"{', '.join(tiers)} ran on the bundled local model ({MODEL_NAME}): {numbers} prove the "
+        "pipeline works end to end; they say nothing about the accuracy of a real model."
+    )
+
+
+__all__ = ["API_KEY", "CTX_BUDGET", "DEFAULT_MODE", "LOCAL", "MODEL_NAME", "N_CTX", "PRICE",
+           "LocalServer", "accuracy_note", "check_installed", "is_local", "local_base_url", "model_path",
+           "ran_locally", "reserve_slots", "server_settings", "shared_server", "slots_for"]  # fmt: skip
