@@ -291,9 +291,12 @@ class Extractor(Generic[T]):
                 got = await call.run()
             except ProviderUnreachable as exc:
                 unreachable = exc
-                if (attempts or call.attempts) and not (
-                    call.attempts and call.attempts[-1].outcome is Outcome.CONNECTION_ERROR
-                ):
+                last = call.attempts[-1] if call.attempts else None
+                # its last attempt already says why (a connection failure, a refused key)
+                said = last is not None and (
+                    last.outcome is Outcome.CONNECTION_ERROR or last.status_code == 401
+                )
+                if (attempts or call.attempts) and not said:
                     call.record_unreachable(exc)  # so the final outcome says why it stopped
                 break
             finally:
@@ -329,7 +332,7 @@ class Extractor(Generic[T]):
             ext_id = await self.ledger.arecord(self, result, text=text, **record)
             result = replace(result, extraction_id=ext_id)
         if unreachable is not None:  # this call's failed result travels with it (recorded above)
-            raise ProviderUnreachable(
+            raise type(unreachable)(  # ProviderRefused stays ProviderRefused
                 str(unreachable), url=unreachable.url, failures=unreachable.failures, result=result
             ) from unreachable
         if self.raise_on_failure and not result.ok:

@@ -113,6 +113,12 @@ class ProviderUnreachable(RunError):
         super().__init__(message)
 
 
+class ProviderRefused(ProviderUnreachable):
+    """The provider refused the credentials (HTTP 401) at ``url``: every later request there would
+    be refused too, so the chain stops sending to it at once, as for ``ProviderUnreachable``
+    (``.failures`` is 1). Check the API key (``OPENAI_API_KEY`` or the tier's ``api_key_env``)."""
+
+
 class LocalModelError(RunError):
     """The local model server could not be started or stopped answering."""
 

@@ -453,6 +453,8 @@ class TierCall:
             if breaker is not None:
                 if outcome is Outcome.CONNECTION_ERROR:
                     breaker.failed(self.url, exc)  # raises ProviderUnreachable when that opens it
+                elif _retry.status_code(exc) == 401:
+                    breaker.refused(self.url, exc)  # raises ProviderRefused: a wrong key fails them all
                 elif outcome is not Outcome.TIMEOUT:
                     breaker.answered(self.url)
             raise

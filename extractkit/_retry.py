@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import httpx
 import openai
 
-from ._errors import ConfigError, ProviderUnreachable
+from ._errors import ConfigError, ProviderRefused, ProviderUnreachable
 from ._results import Outcome
 
 RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504, 520, 522, 524, 529})
@@ -255,6 +255,7 @@ class CircuitBreaker:
         self.threshold = threshold
         self._failures: dict[str, int] = {}
         self._last: dict[str, str] = {}
+        self._refused: dict[str, str] = {}  # URLs that refused the credentials (401): why
         self._lock = threading.Lock()
 
     def check(self, url: str) -> None:
@@ -271,10 +272,21 @@ class CircuitBreaker:
         if n >= self.threshold:
             raise self._error(url, n) from exc
 
+    def refused(self, url: str, exc: BaseException) -> None:
+        """The provider refused the credentials (HTTP 401): open the URL at once and raise
+        ``ProviderRefused``; nothing more is sent there until ``reset``."""
+        detail = f"{type(exc).__name__}: {exc}"[:300]
+        with self._lock:
+            self._failures[url] = max(self.threshold, 1)
+            self._last[url] = detail
+            self._refused[url] = detail
+        raise self._error(url, 1) from exc
+
     def answered(self, url: str) -> None:
         if self._failures:  # the common case (nothing failed) costs one truth test
             with self._lock:
-                self._failures.pop(url, None)
+                if url not in self._refused:  # a refused key stays refused until reset
+                    self._failures.pop(url, None)
 
     def is_open(self, url: str) -> bool:
         return self._failures.get(url, 0) >= self.threshold
@@ -283,8 +295,18 @@ class CircuitBreaker:
         with self._lock:
             self._failures.clear()
             self._last.clear()
+            self._refused.clear()
 
     def _error(self, url: str, n: int) -> ProviderUnreachable:
+        refused = self._refused.get(url)
+        if refused is not None:
+            return ProviderRefused(
+                f"the provider refused the API key: {url} answered HTTP 401 ({refused}); check "
+                "OPENAI_API_KEY (or the variable the tier's api_key_env names). Nothing more is sent "
+                "to it until the extractor is closed; run the same command again once the key is right",
+                url=url,
+                failures=1,
+            )
         last = self._last.get(url)
         return ProviderUnreachable(
             f"provider unreachable: {url} did not answer {n} consecutive requests"

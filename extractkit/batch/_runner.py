@@ -46,6 +46,7 @@ from .._chain import CALL_LIMITER, document_sha256
 from .._errors import ConfigError, DocumentError, ProviderUnreachable
 from .._redact import redact_json
 from .._results import TRANSIENT_OUTCOMES, VALIDATION_OUTCOMES
+from .._words import plural
 from ..ledger import Ledger
 from ._estimate import check_max_cost
 from ._loaders import (
@@ -122,7 +123,8 @@ class BatchSummary:
     duplicates: int = 0  # paths whose content another path of this run already extracted
     unattempted: int = 0  # documents not started because the provider stopped answering
     attempts: int = 0  # made by this run (resumed documents add none)
-    cost_usd: float | None = 0.0
+    cost_usd: float | None = 0.0  # spent by this run (resumed documents add nothing)
+    resumed_failed: int = 0  # resumed documents whose last result failed (not sent again)
     error: str | None = None  # why the run stopped early (provider unreachable)
     provider_url: str | None = None
     wins: Counter[str] = field(default_factory=Counter)
@@ -145,8 +147,9 @@ class BatchSummary:
             self.duplicates += 1
         if r.resumed:
             self.resumed += 1
-        else:
-            self.attempts += r.attempts
+            self.resumed_failed += r.status == "failed"
+            return  # paid for by an earlier run: neither its attempts nor its cost are this run's
+        self.attempts += r.attempts
         if self.cost_usd is not None:
             self.cost_usd = None if r.cost_usd is None else round(self.cost_usd + r.cost_usd, 10)
 
@@ -515,14 +518,14 @@ class BatchRunner:
                 if self._stop.url not in said:  # the URL is named whatever the message says
                     said = f"provider unreachable at {self._stop.url}: {said}"
                 summary.error = (
-                    f"{said}; stopped sending: {summary.unattempted} document(s) left"
+                    f"{said}; stopped sending: {plural(summary.unattempted, 'document')} left"
                     " unattempted; run the same command again when the provider answers"
                 )
             elif self._cost_stopped:
                 status = STOPPED_MAX_COST
                 summary.error = (
                     f"max cost ${self.max_cost:g} reached: this run spent ${self._spent:.6f}; stopped"
-                    f" sending: {summary.unattempted} document(s) left unattempted (finished results"
+                    f" sending: {plural(summary.unattempted, 'document')} left unattempted (finished results"
                     " are kept); run the same command again to continue them (each run has its own max cost)"
                 )
         except Exception:

@@ -12,6 +12,7 @@ from typer.core import TyperGroup
 
 from .. import __version__
 from .._errors import ExtractkitError, RunError
+from .._words import plural
 from ._console import RedactingConsole, install_log_redaction
 from ._ledger_opt import ConfigOpt, LedgerOpt
 
@@ -44,6 +45,12 @@ class _Group(TyperGroup):
 
         try:
             return super().invoke(ctx)
+        except BrokenPipeError:  # the reader went away (`extractkit report --json | head`): stop quietly
+            import os
+            import sys
+
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+            raise typer.Exit(EXIT_FAILED) from None
         except (ExtractkitError, OSError, sqlite3.Error) as exc:
             raise typer.Exit(error_exit(exc)) from None
 
@@ -99,8 +106,8 @@ def extract(
     schema: Annotated[str | None, typer.Option(help="module:Model, overrides the config.")] = None,
     out_path: Annotated[Path | None, typer.Option("--out", help="JSON Lines, one per doc.")] = None,
     concurrency: Annotated[int | None, typer.Option(min=1, help="Documents in flight.")] = None,
-    rpm: Annotated[float | None, typer.Option(help="Requests/minute limit.")] = None,
-    tpm: Annotated[float | None, typer.Option(help="Tokens/minute limit.")] = None,
+    rpm: Annotated[float | None, typer.Option(min=1, help="Requests/minute limit.")] = None,
+    tpm: Annotated[float | None, typer.Option(min=1, help="Tokens/minute limit.")] = None,
     force: Annotated[bool, typer.Option(help="Extract again even if the ledger has it.")] = False,
     retry_failed: Annotated[
         bool, typer.Option(help="Also send again documents whose last result failed validation under "
@@ -159,7 +166,7 @@ def extract(
                                  include=include, force=force, retry_failed=retry_failed,
                                  max_cost=max_cost, as_json=as_json))  # fmt: skip
     if out_path is not None:
-        _check_writable(out_path)  # before a run is started: never leave a run `running`
+        check_writable(out_path)  # before a run is started: never leave a run `running`
     extractor.limiter = RateLimiter(rpm or cfg.batch.rpm, tpm or cfg.batch.tpm)
     with open_ledger(ledger_path, cfg) as ledger:
         runner = BatchRunner(extractor, ledger, concurrency=concurrency or cfg.batch.concurrency,
@@ -170,18 +177,17 @@ def extract(
     raise typer.Exit(code)
 
 
-def _check_writable(path: Path) -> None:
-    """Create its folder and open ``path`` for appending (removed again if it did not exist); exit 2
-    with `error: cannot write --out ...` if that fails."""
+def check_writable(path: Path | None, option: str = "--out") -> None:
+    """Before any work: exit 2 with `error: cannot write OPTION PATH: why` if ``path`` cannot be
+    written (its folder is created, as the write would; no file is left behind)."""
+    from .._files import check_writable as check
+
+    if path is None:
+        return
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)  # as the run would
-        existed = path.exists()
-        with open(path, "a", encoding="utf-8"):
-            pass
-        if not existed:
-            path.unlink(missing_ok=True)
+        check(path)
     except OSError as exc:
-        raise fail_usage(f"cannot write --out {path}: {exc.strerror or exc}") from None
+        raise fail_usage(f"cannot write {option} {path}: {exc.strerror or exc}") from None
 
 
 local_app = typer.Typer(help="The bundled local model (SmolLM2-135M on llama.cpp's server, via xllamacpp).",
@@ -275,7 +281,7 @@ def _print_summary(summary: Any, ledger: Any, details: dict[str, str] | None = N
     if summary.wins:
         out.print("wins by tier: " + ", ".join(f"{k} {v}" for k, v in summary.wins.items()))
     if summary.failed_paths:
-        out.print(f"[red]{len(summary.failed_paths)} document(s) not extracted:[/]")
+        out.print(f"[red]{plural(len(summary.failed_paths), 'document')} not extracted:[/]")
         rows = ledger.query(
             "SELECT path, status, outcome, error FROM extractions WHERE run_id = ?"
             " AND status != 'ok'", [summary.run_id])  # fmt: skip
@@ -284,6 +290,11 @@ def _print_summary(summary: Any, ledger: Any, details: dict[str, str] | None = N
             r = by_path.get(p)
             detail = (details or {}).get(p) or ((r["error"] or r["outcome"]) if r else "see the ledger")
             out.print(f"  {p}: {detail}", highlight=False, markup=False)
+    if summary.resumed_failed:
+        out.print(f"{plural(summary.resumed_failed, 'of them', 'of them')} failed in an earlier run with "
+                  "this chain and " + ("was" if summary.resumed_failed == 1 else "were") + " not sent again: "
+                  "add --retry-failed to send them again (a changed prompt, example or schema needs no flag)",
+                  highlight=False, markup=False)  # fmt: skip
     out.print(f"ledger: {ledger.path}", highlight=False)
 
 

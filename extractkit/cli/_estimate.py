@@ -9,6 +9,7 @@ from typing import Any
 
 from rich.table import Table
 
+from .._words import plural
 from ..batch import REASK_TOKENS
 
 SHOWN = 20  # documents listed in the terminal (--json lists every one)
@@ -51,7 +52,8 @@ def _print(est: Any, ledger_path: Path) -> None:
     from ._app import out
 
     to_send = est.count("send")
-    head = (f"dry run: nothing sent, nothing recorded. {len(est.documents)} document(s): {to_send} to send, "
+    n_docs = plural(len(est.documents), "document")
+    head = (f"dry run: nothing sent, nothing recorded. {n_docs}: {to_send} to send, "
             f"{est.count('resumed')} already in the ledger (skipped: resume), {est.count('duplicate')} "
             f"identical to another path (sent once), {est.count('error')} unreadable")  # fmt: skip
     if est.skipped or est.special:
@@ -80,7 +82,7 @@ def _print(est: Any, ledger_path: Path) -> None:
         out.print(f"... and {len(est.documents) - SHOWN} more (--json lists every document)", highlight=False)
     unreadable = [d for d in est.documents if d.status == "error"]
     if unreadable:
-        out.print(f"{len(unreadable)} document(s) cannot be read (the run records them as errors):")
+        out.print(f"{plural(len(unreadable), 'document')} cannot be read (the run records them as errors):")
         for d in unreadable:
             out.print(f"  {d.error}", highlight=False, markup=False)
 
@@ -113,7 +115,7 @@ def _print(est: Any, ledger_path: Path) -> None:
             per_doc = first.first_usd / first.documents
             if first.first_usd > est.max_cost:
                 n = int(est.max_cost // per_doc)
-                line += f"; at the first attempt's estimate, after about {n} document(s)"
+                line += f"; at the first attempt's estimate, after about {plural(n, 'document')}"
         out.print(line, highlight=False, markup=False)
     out.print("tokens: counted offline (cl100k: exact for OpenAI cl100k models, an estimate otherwise); "
               f"worst case: re-ask k quotes k answers at the cap plus {REASK_TOKENS} tokens of errors each; "

@@ -8,7 +8,18 @@ from typing import Annotated, Any
 
 import typer
 
-from ._app import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, app, err, fail_usage, out
+from .._words import plural
+from ._app import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_UNREACHABLE,
+    app,
+    check_writable,
+    err,
+    fail_usage,
+    out,
+)
 from ._ledger_opt import ConfigOpt, LedgerOpt
 from ._report import (
     AsJson,
@@ -62,6 +73,8 @@ def eval_(
     from ._report import ledger_or_fail
 
     economics = economics_or_fail(failure_cost, training_cost, min_share, min_documents)
+    check_writable(csv_path, "--csv")  # before anything is paid for
+    check_writable(html_path, "--html")
     if run is not None:  # show an earlier eval: no config, no key, no requests
         with ledger_or_fail(ledger_path, config) as ledger:
             try:
@@ -87,8 +100,8 @@ def eval_(
         bar.update(task, completed=s.extracted + s.reused, description=f"{s.reused} reused")
 
     with open_ledger(ledger_path, cfg) as ledger:
-        err.print(f"evaluating {len(items)} gold documents x {n_tiers} tiers (each tier alone); "
-                  f"ledger {ledger.path}", highlight=False)  # fmt: skip
+        what = f"{plural(len(items), 'gold document')} x {plural(n_tiers, 'tier')}"
+        err.print(f"evaluating {what} (each tier alone); ledger {ledger.path}", highlight=False)
         try:
             with bar:
                 summary = asyncio.run(aevaluate(
@@ -107,6 +120,10 @@ def eval_(
             err.print(f"error on {e['gold_id']} / {e['tier']}: {e['error']}", markup=False, highlight=False)
         ev = build_eval(ledger, summary.run_id, economics=economics)
     _emit(ev, as_json, csv_path, html_path)
+    if summary.error is not None:  # the provider stopped answering or refused the key
+        err.print("[bold red]error:[/]", end=" ")
+        err.print(summary.error, highlight=False, markup=False, soft_wrap=True)
+        raise typer.Exit(EXIT_UNREACHABLE)
     raise typer.Exit(EXIT_FAILED if summary.unreadable or summary.errors else EXIT_OK)
 
 

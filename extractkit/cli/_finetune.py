@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from .._redact import redact_json
-from ._app import EXIT_FAILED, app, err, fail_usage, out
+from ._app import EXIT_FAILED, app, check_writable, err, fail_usage, out
 from ._ledger_opt import ConfigOpt, LedgerOpt
 from ._report import parse_when
 
@@ -281,6 +281,7 @@ def harvest(
     """
     from ..finetune import harvest_examples
 
+    check_writable(out_path, "--out")
     sel = _selection(from_tier, run, since, until, gold, corrections, exclude_gold, include_eval_documents,
                      validation, seed)  # fmt: skip
     extractor, _cfg, ledger = _setup(config, ledger_path)

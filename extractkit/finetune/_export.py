@@ -18,10 +18,12 @@ from typing import Any
 from pydantic import BaseModel
 
 from .._errors import TrainingDataError
+from .._files import write_atomic
 from .._pricing import PRICES, base_model
 from .._redact import redact_json
 from .._tiers import BoundTier, FineTuned, Tier
 from .._tokens import count_request_tokens
+from .._words import plural
 from ..ledger import Ledger
 from ._data import Collected, Selection, TrainingExample, collect
 
@@ -75,12 +77,8 @@ def _tier_for(schema: type[BaseModel], tier: Tier | None, model: str) -> BoundTi
 
 
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for r in rows:  # a document re-read from disk (no stored text) may hold a key
-            f.write(json.dumps(redact_json(r), ensure_ascii=False) + "\n")
-    tmp.replace(path)
+    # a document re-read from disk (no stored text) may hold a key
+    write_atomic(path, "".join(json.dumps(redact_json(r), ensure_ascii=False) + "\n" for r in rows))
 
 
 def _selection_dict(sel: Selection) -> dict[str, Any]:
@@ -172,12 +170,12 @@ def export_finetune(
 
 
 def _too_few(n: int, got: Collected, skipped: dict[str, int], need: str = "") -> str:
-    why = "; ".join(f"{v} {k}" for k, v in skipped.items()) or "none skipped"
+    why = "; ".join(f"{v} {k}" for k, v in skipped.items()) or "none"
     if need:
         return (f"{n} examples; {need}. Selected {len(got.all)} validated documents; skipped: {why}. "
                 "Extract more documents, add a gold file or corrections, or widen the filters.")
     return (
-        f"{n} training examples; fine-tuning needs at least {MIN_EXAMPLES} (OpenAI's minimum). "
+        f"{plural(n, 'training example')}; fine-tuning needs at least {MIN_EXAMPLES} (OpenAI's minimum). "
         f"Selected {len(got.all)} validated documents ({len(got.validation)} went to validation); "
         f"skipped: {why}. Extract more documents, add a gold file or corrections, or widen the filters."
     )

@@ -323,9 +323,7 @@ def field_failures_csv(report: dict[str, Any]) -> str:
 
 def write_text(path: Path, text: str) -> None:
     """A report / eval file (CSV, HTML), redacted, replaced atomically."""
+    from .._files import write_atomic
     from .._redact import redact
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(redact(text), encoding="utf-8")
-    tmp.replace(path)
+    write_atomic(path, redact(text))

@@ -1,0 +1,113 @@
+"""Defects a new user's trial found after issue 14 (each test fails on the code before the fix):
+output paths checked before anything is paid for and errors naming the user's file, the summary's
+cost of a resumed rerun, a rerun of failed documents saying why nothing was sent, an empty gold
+conversion, a closed pipe."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from .fakes import FakeLLMServer, completion, echo_invoice_responder
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cli(*args: str | Path, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "EXTRACTKIT_"))}
+    env.update(OPENAI_API_KEY="sk-test", COLUMNS="200", PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", "extractkit", *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+
+
+def _project(tmp: Path, url: str, n: int = 3) -> tuple[Path, Path]:
+    docs = tmp / "docs"
+    docs.mkdir()
+    for i in range(n):
+        (docs / f"inv{i}.txt").write_text(f"From: ACME Tools Ltd\nInvoice {i}\nTotal due: 1,249.5{i} EUR\n")
+    cfg = tmp / "cfg.toml"
+    cfg.write_text(f'schema = "tests.conftest:Invoice"\n[ledger]\npath = "ledger.sqlite3"\n'
+                   f'[[tiers]]\nkind = "zero_shot"\nmodel = "gpt-4o-mini"\nbase_url = "{url}"\nmax_reasks = 0\n')  # fmt: skip
+    return docs, cfg
+
+
+def test_eval_checks_its_output_files_before_sending_anything(tmp_path):
+    docs, cfg = _project(tmp_path, "http://127.0.0.1:9/v1")
+    gold = tmp_path / "gold.jsonl"
+    gold.write_text(
+        json.dumps({"id": "a", "document": str(docs / "inv0.txt"), "expected": {"total": 1249.5}}) + "\n"
+    )
+    with FakeLLMServer(echo_invoice_responder) as server:
+        cfg.write_text(cfg.read_text().replace("http://127.0.0.1:9/v1", server.base_url))
+        for option, path in (("--html", "/proc/x.html"), ("--csv", tmp_path)):
+            proc = _cli("eval", gold, "-c", cfg, option, path)
+            assert proc.returncode == 2, proc.stderr
+            assert f"cannot write {option} {path}" in proc.stderr and "Traceback" not in proc.stderr
+        assert server.requests == []  # nothing paid for
+
+
+def test_report_to_a_folder_names_it_and_leaves_no_temporary_file(tmp_path):
+    docs, cfg = _project(tmp_path, "")
+    with FakeLLMServer(echo_invoice_responder) as server:
+        cfg.write_text(cfg.read_text().replace('base_url = ""', f'base_url = "{server.base_url}"'))
+        assert _cli("extract", docs, "-c", cfg).returncode == 0
+    target = tmp_path / "somedir"
+    target.mkdir()
+    proc = _cli("report", "-c", cfg, "--html", target)
+    assert proc.returncode == 2
+    assert f"cannot write --html {target}: is a folder" in proc.stderr, proc.stderr
+    assert not any(".tmp" in p.name for p in tmp_path.rglob("*"))
+
+
+def test_a_resumed_rerun_costs_nothing_and_says_why_failed_documents_were_not_sent(tmp_path):
+    def ungrounded(body):  # valid JSON, an issuer that is not in the document: `ungrounded`
+        name = body.get("tools", [{}])[0].get("function", {}).get("name", "Invoice")
+        return 200, completion({"issuer": "Invented Corp", "total": 1.0}, name=name), {}
+
+    docs, cfg = _project(tmp_path, "")
+    with FakeLLMServer(ungrounded) as server:
+        cfg.write_text(cfg.read_text().replace('base_url = ""', f'base_url = "{server.base_url}"'))
+        first = _cli("extract", docs, "-c", cfg, "--json")
+        again = _cli("extract", docs, "-c", cfg, "--json")
+        text = _cli("extract", docs, "-c", cfg)
+        sent = len(server.requests)
+    assert first.returncode == again.returncode == 1
+    assert json.loads(first.stdout)["cost_usd"] > 0
+    rerun = json.loads(again.stdout)
+    assert rerun["attempts"] == 0 and rerun["cost_usd"] == 0  # was the first run's spend
+    assert sent == 3  # only the first run sent anything
+    assert "3 of them failed in an earlier run with this chain and were not sent again" in text.stdout
+    assert "--retry-failed" in text.stdout
+
+
+def test_gold_conversion_of_a_folder_without_gold_says_why_and_writes_nothing(tmp_path):
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "a.txt").write_text("ACME")
+    out = tmp_path / "gold.jsonl"
+    proc = _cli("gold", "from-invoice2data", folder, "-o", out)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "no gold item" in proc.stderr and "NAME.json" in proc.stderr
+    assert not out.exists()
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path):
+    docs, cfg = _project(tmp_path, "")
+    with FakeLLMServer(echo_invoice_responder) as server:
+        cfg.write_text(cfg.read_text().replace('base_url = ""', f'base_url = "{server.base_url}"'))
+        assert _cli("extract", docs, "-c", cfg).returncode == 0
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "EXTRACTKIT_"))}
+    # the reader is gone before the command writes a byte: every write fails with EPIPE
+    proc = subprocess.Popen([sys.executable, "-m", "extractkit", "report", "-c", str(cfg), "--json"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    stderr = proc.stderr.read()
+    proc.stderr.close()
+    assert proc.wait(timeout=120) == 1
+    assert "Broken pipe" not in stderr and "Traceback" not in stderr and "Exception ignored" not in stderr, (
+        stderr
+    )
