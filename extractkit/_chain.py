@@ -275,6 +275,7 @@ class Extractor(Generic[T]):
         value: T | None = None
         winner: str | None = None
         unreachable: ProviderUnreachable | None = None
+        waited = 0.0  # in the client-side rate limiter's queue: the run's pacing, not this document's latency
         for tier in tiers:
             call = TierCall(
                 self._bound[tier.name],
@@ -301,6 +302,7 @@ class Extractor(Generic[T]):
                 break
             finally:
                 attempts.extend(call.attempts)
+                waited += call.waited_s
             if got is not None:
                 value, winner = got, tier.name  # type: ignore[assignment]
                 break
@@ -312,7 +314,7 @@ class Extractor(Generic[T]):
             value=value,
             tier=winner,
             attempts=attempts,
-            latency_s=round(time.perf_counter() - started, 6),
+            latency_s=round(max(0.0, time.perf_counter() - started - waited), 6),
             schema_hash=self.schema_hash,
             document_sha256=document_sha256(text),
         )

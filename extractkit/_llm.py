@@ -242,6 +242,7 @@ class TierCall:
         self.url = str(client.base_url).rstrip("/")  # what the breaker counts failures against
         self.max_response_bytes = max_response_bytes
         self.attempts: list[Attempt] = []
+        self.waited_s = 0.0  # time spent waiting for the client-side rate limiter (not latency)
         self._large = False  # the last answer was large: parse it off the event loop
         self.max_tokens = bound.max_tokens
         self.context_window = bound.context_window
@@ -437,7 +438,9 @@ class TierCall:
             breaker.check(self.url)
         if self.limiter is not None:
             charge = rate_limit_tokens(kwargs, self.max_tokens, len(self._extra_text(kwargs)))
+            waiting = time.perf_counter()
             await self.limiter.acquire(charge)
+            self.waited_s += time.perf_counter() - waiting
             if breaker is not None:  # it may have opened while this call waited its turn
                 breaker.check(self.url)
         started, t0 = time.time(), time.perf_counter()
