@@ -1,14 +1,18 @@
 """The ledger: SQLite tables of runs, documents, extractions and attempts."""
 
-from ._ledger import DEFAULT_PATH, ENV_VAR, Ledger, default_path, new_id, scrub
+from ._ledger import DEFAULT_PATH, ENV_VAR, SERVED_REFRESH_S, Ledger, default_path, new_id, scrub
 from ._migrations import MIGRATIONS, migrate
+from ._queries import DOCUMENT_ERRORS, field_failures_sql
 
 __all__ = [
     "DEFAULT_PATH",
+    "DOCUMENT_ERRORS",
     "ENV_VAR",
     "MIGRATIONS",
+    "SERVED_REFRESH_S",
     "Ledger",
     "default_path",
+    "field_failures_sql",
     "migrate",
     "new_id",
     "scrub",
