@@ -17,7 +17,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from .._errors import ConfigError
 from .._redact import redact
@@ -48,6 +48,9 @@ from ._model import (
 )
 from ._stats import Z99, percentile, two_proportion_z, wilson
 from ._verdict import FINE_TUNED, Economics, Verdict, headline_sentence, marginal_verdict
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack from Python 3.11
 
 DAY = 86_400.0
 
@@ -650,18 +653,20 @@ def read_report(
     )
 
 
+class ReportOptions(TypedDict, total=False):
+    """``read_report``'s keyword options, for ``build_report``."""
+
+    economics: Economics | None
+    as_of: float | None
+    recent_days: float
+    baseline_days: float
+
+
 def build_report(
-    ledger: Ledger,
-    scope: Scope | None = None,
-    *,
-    economics: Economics | None = None,
-    as_of: float | None = None,
-    recent_days: float = 7,
-    baseline_days: float = 28,
+    ledger: Ledger, scope: Scope | None = None, **options: Unpack[ReportOptions]
 ) -> dict[str, Any]:
     """``read_report`` as plain data: the ``--json`` output (``Report.to_dict()``)."""
-    return read_report(ledger, scope, economics=economics, as_of=as_of, recent_days=recent_days,
-                       baseline_days=baseline_days).to_dict()  # fmt: skip
+    return read_report(ledger, scope, **options).to_dict()
 
 
 def notes(tiers: Sequence[TierStats], economics: Economics | None = None) -> tuple[str, ...]:
