@@ -23,13 +23,7 @@ ROOT = Path(extractkit.__file__).parent
 # Imports that cross a wall today and are being fixed on another branch of issue 15 (helper B: the
 # report). (file relative to extractkit/, the private module it imports). The merger empties this
 # set once B's branch is in: an entry that no longer occurs fails the test, so it cannot linger.
-PENDING: set[tuple[str, str]] = {
-    ("evaluate/_render.py", "extractkit.report._html"),  # eval's renderer: report/__init__ to export
-    ("evaluate/_render.py", "extractkit.report._render"),  # money, pct, print_verdicts, secs
-    ("report/_aggregate.py", "extractkit.ledger._ledger"),  # SERVED_REFRESH_S, new_id: in extractkit.ledger
-    ("report/_aggregate.py", "extractkit.ledger._queries"),  # DOCUMENT_ERRORS, field_failures_sql: likewise
-    ("cli/_report.py", "extractkit.report._aggregate"),  # check_scope_exists
-}
+PENDING: set[tuple[str, str]] = set()
 
 
 def _private(part: str) -> bool:

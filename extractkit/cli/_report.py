@@ -45,12 +45,11 @@ def ledger_or_fail(ledger_path: Path | None, config: Path | None = None):  # typ
 
 
 def economics_or_fail(failure_cost: float, training_cost: float | None, min_share: float, min_documents: int):  # type: ignore[no-untyped-def]
+    """The report's assumptions; a bad value is a ConfigError (exit 2, through the one error handler)."""
     from ..report import Economics
 
-    try:
-        return Economics(failure_cost, training_cost, min_share, min_documents)
-    except ValueError as exc:
-        raise fail_usage(str(exc)) from None
+    return Economics(failure_cost=failure_cost, training_cost=training_cost, min_share=min_share,
+                     min_documents=min_documents)  # fmt: skip
 
 
 def emit(data: dict[str, Any], as_json: bool, csv_path: Path | None, html_path: Path | None, *,
@@ -118,8 +117,7 @@ def report(
 
     Every number is SQL over the ledger (see `--json`, key "queries").
     """
-    from ..report import Scope, build_report, print_report, report_csv, report_html
-    from ..report._aggregate import check_scope_exists
+    from ..report import Scope, check_scope_exists, print_report, read_report, report_csv, report_html
 
     now = time.time()
     now = parse_when(as_of, now, "--as-of") or now
@@ -135,6 +133,6 @@ def report(
     check_writable(html_path, "--html")
     with ledger_or_fail(ledger_path, config) as ledger:
         check_scope_exists(ledger, scope)
-        data = build_report(ledger, scope, economics=economics, as_of=now, recent_days=recent_days,
-                            baseline_days=baseline_days)  # fmt: skip
-    emit(data, as_json, csv_path, html_path, csv=report_csv, html=report_html, show=print_report)
+        data = read_report(ledger, scope, economics=economics, as_of=now, recent_days=recent_days,
+                           baseline_days=baseline_days)  # fmt: skip
+    emit(data.to_dict(), as_json, csv_path, html_path, csv=report_csv, html=report_html, show=print_report)

@@ -13,8 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .._words import plural
-from ..report import _html
-from ..report._render import money, pct, print_verdicts, secs
+from ..report import PALETTE, money, page_context, pct, print_verdicts, secs, template_env
 
 
 def _f(v: float | None) -> str:
@@ -257,7 +256,7 @@ def axis_bars(
     for i, (label, value, text) in enumerate(items):
         w = 0 if value is None else max(1, round(PLOT_W * value / top))
         y = plot_top + i * ROW
-        color = _html.PALETTE[i % len(_html.PALETTE)]
+        color = PALETTE[i % len(PALETTE)]
         bars.append({"label": label, "text": text, "y": y, "w": w, "color": color})
     axis_y = plot_top + max(1, len(items)) * ROW
     ticks = [{"x": round(left + PLOT_W * t, 1), "text": tick(top * t)} for t in TICKS] if known else []
@@ -299,7 +298,7 @@ def eval_html(ev: dict[str, Any]) -> str:
     view = ev.get("documents_view") or []
     wrong = [d for d in view if d["wrong"] or d["failed_tiers"]]
     right = [d for d in view if not (d["wrong"] or d["failed_tiers"])]
-    return _html._env().get_template("eval.html.j2").render(
+    return template_env().get_template("eval.html.j2").render(
         ev=ev, charts=charts, wrong_docs=wrong, right_docs=right, shown=shown_value, words=RESULT_WORD,
-        **_html._common(),
+        **page_context(),
     )  # fmt: skip

@@ -1,12 +1,38 @@
 """Reports over the ledger: tier usage, rescue analysis, verdicts, drift; terminal, JSON, CSV, HTML.
 
 Every number is SQL over the ledger's plain tables (the queries are returned with the report), so
-it can be reproduced with any SQLite client.
+it can be reproduced with any SQLite client. ``read_report`` returns the report as typed, frozen
+values (``Report``, see ``_model``); ``build_report`` returns their plain data, the ``--json``
+output. The renderers take either.
 """
 
-from ._aggregate import SQL, Scope, build_report
-from ._html import report_html
-from ._render import field_failures_csv, plural, print_report, print_verdicts, report_csv, write_text
+from .._words import plural
+from ._aggregate import SQL, Scope, build_report, check_scope_exists, read_report
+from ._format import money, pct, secs
+from ._html import PALETTE, page_context, report_html, template_env
+from ._model import (
+    Drift,
+    DriftTier,
+    FieldCount,
+    FieldFailure,
+    FieldFailures,
+    ModelChange,
+    Query,
+    Report,
+    ReportScope,
+    Rescue,
+    Sampled,
+    ServedModel,
+    Span,
+    TierStats,
+    Totals,
+    TrendDay,
+    Unresolved,
+    UnresolvedExample,
+    ValueCount,
+    Window,
+)
+from ._render import field_failures_csv, print_report, print_verdicts, report_csv, write_text
 from ._stats import documents_needed, mcnemar_exact, percentile, two_proportion_z, wilson
 from ._verdict import DROP, KEEP, NO_DATA, UNDECIDED, Economics, Verdict, headline_sentence, marginal_verdict
 
@@ -14,23 +40,51 @@ __all__ = [
     "DROP",
     "KEEP",
     "NO_DATA",
+    "PALETTE",
     "SQL",
     "UNDECIDED",
+    "Drift",
+    "DriftTier",
     "Economics",
+    "FieldCount",
+    "FieldFailure",
+    "FieldFailures",
+    "ModelChange",
+    "Query",
+    "Report",
+    "ReportScope",
+    "Rescue",
+    "Sampled",
     "Scope",
+    "ServedModel",
+    "Span",
+    "TierStats",
+    "Totals",
+    "TrendDay",
+    "Unresolved",
+    "UnresolvedExample",
+    "ValueCount",
     "Verdict",
+    "Window",
     "build_report",
+    "check_scope_exists",
     "documents_needed",
     "field_failures_csv",
     "headline_sentence",
     "marginal_verdict",
     "mcnemar_exact",
+    "money",
+    "page_context",
+    "pct",
     "percentile",
     "plural",
     "print_report",
     "print_verdicts",
+    "read_report",
     "report_csv",
     "report_html",
+    "secs",
+    "template_env",
     "two_proportion_z",
     "wilson",
     "write_text",

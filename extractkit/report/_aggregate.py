@@ -1,4 +1,8 @@
-"""The report's numbers: SQL over the ledger's plain tables, then a little arithmetic.
+"""The report's numbers: SQL over the ledger's plain tables, then a little arithmetic, in steps that
+each return typed values (``_model``): ``read_rows`` (every query of the scope), ``totals_of`` and
+``unresolved_of``, ``tier_sums`` then ``tier_stats``, ``rescue_and_verdicts``, ``drift``,
+``field_failures``, ``notes``; ``read_report`` puts them together. Nothing here formats for display
+beyond the sentences the report carries.
 
 Unit of account: a *document* is the latest final (ok or failed) extraction of one document text
 by one chain config, within the scope. Extractions where one tier was forced (eval) are left out:
@@ -11,22 +15,45 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from .._errors import ConfigError
 from .._redact import redact
-from .._results import TRANSIENT_OUTCOMES, VALIDATION_OUTCOMES
-from ..ledger import Ledger
-from ..ledger._ledger import SERVED_REFRESH_S, new_id
-from ..ledger._queries import DOCUMENT_ERRORS, field_failures_sql
-from ._render import first_line, money
+from .._results import FIELD_ERROR_OUTCOMES
+from ..ledger import DOCUMENT_ERRORS, SERVED_REFRESH_S, Ledger, field_failures_sql, new_id
+from ..local import accuracy_note, ran_locally
+from ._format import first_line, money
+from ._model import (
+    Drift,
+    DriftTier,
+    FieldCount,
+    FieldFailure,
+    FieldFailures,
+    ModelChange,
+    Query,
+    Report,
+    ReportScope,
+    Rescue,
+    Sampled,
+    ServedModel,
+    Span,
+    TierStats,
+    Totals,
+    TrendDay,
+    Unresolved,
+    UnresolvedExample,
+    ValueCount,
+    Window,
+)
 from ._stats import Z99, percentile, two_proportion_z, wilson
-from ._verdict import FINE_TUNED, Economics, headline_sentence, marginal_verdict
+from ._verdict import FINE_TUNED, Economics, Verdict, headline_sentence, marginal_verdict
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack from Python 3.11
 
 DAY = 86_400.0
-VALIDATION = "(" + ", ".join(sorted(f"'{o.value}'" for o in VALIDATION_OUTCOMES)) + ")"
-TRANSIENT = "(" + ", ".join(sorted(f"'{o.value}'" for o in TRANSIENT_OUTCOMES)) + ")"
 
 
 @dataclass(frozen=True)
@@ -209,7 +236,8 @@ def _field(loc: Any) -> str:
 
 FIELD_SAMPLE = 5_000  # attempts per tier and outcome whose rejected fields are counted (the most recent
 # ones when the report reads the whole ledger or most of it; in a smaller scope, any of its attempts)
-FIELD_OUTCOMES = ("schema_invalid", "ungrounded")  # the outcomes whose errors name fields
+# the outcomes whose errors name fields, in a fixed order (the SQL lists them)
+FIELD_OUTCOMES = tuple(sorted(o.value for o in FIELD_ERROR_OUTCOMES))
 FIELD_VALUES = 3  # the most frequent rejected values shown per field
 FIELD_VALUE_CHARS = 80
 VALUES_OFF = "the ledger keeps no document text (store_text = false): counts only, no rejected values"
@@ -243,8 +271,8 @@ def field_path(loc: Any) -> str:
 
 
 def field_failures(rows_by_tier: dict[str, list[dict[str, Any]]], order: list[str],
-                   values_allowed: bool) -> dict[str, Any]:  # fmt: skip
-    """The per-field failure table: per tier (chain order) and field, most failures first, how
+                   values_allowed: bool) -> FieldFailures:  # fmt: skip
+    """Step 5, the per-field failure table: per tier (chain order) and field, most failures first, how
     many times its value failed validation and how many times it was ungrounded, and the values
     rejected most often (each passed through ``redact``; None when values are not shown)."""
     fields: dict[tuple[str, str], dict[str, Any]] = {}
@@ -263,16 +291,17 @@ def field_failures(rows_by_tier: dict[str, list[dict[str, Any]]], order: list[st
     rank = {t: i for i, t in enumerate(order)}
     out = []
     for f in fields.values():
-        f["failures"] = f["validation"] + f["ungrounded"]
         top = sorted(f["values"].items(), key=lambda kv: (-kv[1], kv[0]))[:FIELD_VALUES]
-        field_withheld = f.pop("withheld")
-        shown = values_allowed and (bool(top) or not field_withheld)  # None: every value withheld
-        f["values"] = [{"value": v, "n": n} for v, n in top] if shown else None
-        out.append(f)
-    out.sort(key=lambda f: (rank.get(f["tier"], len(rank)), -f["failures"], f["field"]))
+        shown = values_allowed and (bool(top) or not f["withheld"])  # None: every value withheld
+        out.append(FieldFailure(
+            tier=f["tier"], field=f["field"], validation=f["validation"], ungrounded=f["ungrounded"],
+            values=tuple(ValueCount(value=v, n=n) for v, n in top) if shown else None,
+            failures=f["validation"] + f["ungrounded"],
+        ))  # fmt: skip
+    out.sort(key=lambda f: (rank.get(f.tier, len(rank)), -f.failures, f.field))
     hidden = VALUES_OFF if not values_allowed else VALUES_SOME_OFF if withheld else None
-    return {"rows": out, "values_hidden": hidden, "sample_per_tier_and_outcome": FIELD_SAMPLE,
-            "outcomes": list(FIELD_OUTCOMES)}  # fmt: skip
+    return FieldFailures(rows=tuple(out), values_hidden=hidden, sample_per_tier_and_outcome=FIELD_SAMPLE,
+                         outcomes=FIELD_OUTCOMES)  # fmt: skip
 
 
 class _Runner:
@@ -343,45 +372,32 @@ def check_scope_exists(ledger: Ledger, scope: Scope) -> None:
         raise ConfigError(f"no such schema in {ledger.path}: {scope.schema} (no schema name or hash prefix)")
 
 
-def build_report(
-    ledger: Ledger,
-    scope: Scope | None = None,
-    *,
-    economics: Economics | None = None,
-    as_of: float | None = None,
-    recent_days: float = 7,
-    baseline_days: float = 28,
-) -> dict[str, Any]:
-    """Everything ``extractkit report`` shows, as plain data (see the module docstring)."""
-    scope = scope or Scope()
-    economics = economics or Economics()
-    now = time.time() if as_of is None else as_of
-    windows = {
-        "recent_since": now - recent_days * DAY, "recent_until": now,
-        "baseline_since": now - (recent_days + baseline_days) * DAY,
-        "baseline_until": now - recent_days * DAY,
-    }  # fmt: skip
+@dataclass
+class _Rows:
+    """What the queries returned for one scope: step 1 of the report, nothing computed yet."""
+
+    docs: list[dict[str, Any]]
+    chains: dict[str, list[dict[str, Any]]]
+    groups: list[dict[str, Any]]
+    attempt_latency: list[dict[str, Any]]
+    doc_latency: list[float]
+    served: list[dict[str, Any]]
+    ungrounded_fields: dict[str, list[FieldCount]]
+    field_rows: dict[str, list[dict[str, Any]]]
+    examples: list[dict[str, Any]]
+    document_errors: dict[str, int]
+    sampled: Sampled
+    store_text: bool
+    queries: list[dict[str, Any]]
+
+
+def read_rows(ledger: Ledger, scope: Scope, windows: dict[str, float]) -> _Rows:
+    """Step 1, the scope: every query the report needs, run once, kept with its SQL."""
     q = _Runner(ledger, scope)
     try:
         docs = q("documents")
-        totals = _document_totals(docs)
-        documents = totals["documents"]
+        documents = sum(r["n"] for r in docs)
         chains = _chains(q("chains"))
-        docs_by_config: dict[str, int] = {}
-        # documents each tier resolved and everything spent on them (an extraction's cost is the sum
-        # of its attempts', unknown when any is): earlier tiers' rescue spend is this minus the own
-        won: dict[str, dict[str, Any]] = {}
-        failed_by: dict[str, int] = {}
-        for r in docs:
-            docs_by_config[r["config_hash"]] = docs_by_config.get(r["config_hash"], 0) + r["n"]
-            if r["status"] == "ok":
-                spent = won.setdefault(r["tier"], {"n": 0, "spent": 0.0, "unpriced": 0})
-                spent["n"] += r["n"]
-                spent["spent"] += r["cost_usd"]
-                spent["unpriced"] += int(r["unpriced"])
-            else:
-                failed_by[r["outcome"]] = failed_by.get(r["outcome"], 0) + r["n"]
-        winners = {name: r["n"] for name, r in won.items()}
         # over most of a big ledger, follow the attempts' (tier, outcome) index; for a small scope,
         # start from its few extractions
         driven = (not q.current and documents >= DRIVEN_MIN
@@ -394,11 +410,11 @@ def build_report(
         attempt_latency = q(latency_query, {"k": k_att})
         doc_latency = [r["latency_s"] for r in q("document_latency", {"k": k_doc})]
         served = q("served_models")
-        ungrounded_fields: dict[str, list[dict[str, Any]]] = {}
+        ungrounded_fields: dict[str, list[FieldCount]] = {}
         for name in sorted({g["tier"] for g in groups if g["outcome"] == "ungrounded"}):
             sql = ungrounded_sql(q.latest, driven, q.attempts_where)
             rows = q.run("ungrounded_fields", sql, {"tier": name, "limit": UNGROUNDED_SAMPLE})
-            ungrounded_fields[name] = [{"field": _field(r["loc"]), "n": r["n"]} for r in rows]
+            ungrounded_fields[name] = [FieldCount(field=_field(r["loc"]), n=r["n"]) for r in rows]
         field_rows: dict[str, list[dict[str, Any]]] = {}
         # over the whole ledger or most of it, the most recent attempts per tier and outcome by the
         # index; over a scope of a few documents joined to their attempts, one pass
@@ -411,43 +427,98 @@ def build_report(
             limit = FIELD_SAMPLE if per_tier else FIELD_SAMPLE * max(1, len(failing))
             for r in q.run("field_failures", field_sql, {**p, "limit": limit, "with_values": with_values}):
                 field_rows.setdefault(r["tier"], []).append(r)
-        n_failed = _i(totals["failed"])
         examples = q("unresolved_examples")
-        unresolved = {"by_outcome": dict(sorted(failed_by.items(), key=lambda kv: (-kv[1], kv[0]))),
-                      "documents": n_failed, "examples": examples,
-                      "more": max(0, n_failed - len(examples))}  # fmt: skip
     finally:
         q.close()
-    valid = _i(totals["ok"])
-    chain_cost = None if totals["unpriced"] else totals["cost_usd"]
-    kinds = {t["name"]: t.get("kind") for tiers in chains.values() for t in tiers}
+    where, params = scope.where()
+    errors_sql = DOCUMENT_ERRORS.format(where=where)
+    q.queries.append({"name": "document_errors", "sql": errors_sql.strip(), "params": params})
+    document_errors = {r["outcome"]: r["n"] for r in ledger.query(errors_sql, params)}
+    return _Rows(
+        docs=docs, chains=chains, groups=groups, attempt_latency=attempt_latency, doc_latency=doc_latency,
+        served=served, ungrounded_fields=ungrounded_fields, field_rows=field_rows, examples=examples,
+        document_errors=document_errors, store_text=ledger.store_text, queries=q.queries,
+        sampled=Sampled(attempt_latency_every=k_att, document_latency_every=k_doc),
+    )  # fmt: skip
 
-    per: dict[str, dict[str, Any]] = {}
-    own_spend: dict[str, float] = {}
-    drift_sums: dict[tuple[str, str], dict[str, float]] = {}
+
+def totals_of(rows: _Rows) -> Totals:
+    """The chain over the documents in scope."""
+    t = _document_totals(rows.docs)
+    documents, valid = t["documents"], _i(t["ok"])
+    chain_cost = None if t["unpriced"] else t["cost_usd"]
+    return Totals(
+        documents=documents, ok=valid, failed=_i(t["failed"]),
+        success_rate=valid / documents if documents else None,
+        prompt_tokens=_i(t["prompt_tokens"]), completion_tokens=_i(t["completion_tokens"]),
+        cost_usd=chain_cost,
+        cost_per_valid_usd=chain_cost / valid if chain_cost is not None and valid else None,
+        latency_p50_s=percentile(rows.doc_latency, 0.5),  # of a sample beyond SAMPLE documents
+        latency_p95_s=percentile(rows.doc_latency, 0.95),
+        first_at=t["first_at"], last_at=t["last_at"], configs=_i(t["configs"]), schemas=_i(t["schemas"]),
+    )  # fmt: skip
+
+
+def unresolved_of(rows: _Rows, totals: Totals) -> Unresolved:
+    """Documents no tier resolved: how many by last outcome, and the most recent few."""
+    failed_by: dict[str, int] = {}
+    for r in rows.docs:
+        if r["status"] != "ok":
+            failed_by[r["outcome"]] = failed_by.get(r["outcome"], 0) + r["n"]
+    return Unresolved(
+        by_outcome=dict(sorted(failed_by.items(), key=lambda kv: (-kv[1], kv[0]))), documents=totals.failed,
+        examples=tuple(UnresolvedExample(**e) for e in rows.examples),
+        more=max(0, totals.failed - len(rows.examples)),
+    )  # fmt: skip
+
+
+@dataclass
+class _TierSums:
+    """One tier's attempts summed over its (tier, outcome) groups."""
+
+    tier: str
+    reached: int = 0
+    resolved: int = 0
+    attempts: int = 0
+    reasks: int = 0
+    retries: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    unpriced_attempts: int = 0
+    own: float = 0.0  # spent on the documents it resolved, by the tier itself
+    models: set[str] = field(default_factory=set)
+    failure_outcomes: dict[str, int] = field(default_factory=dict)
+    first_started: float = math.inf
+    last_started: float = -math.inf
+
+
+DriftSums = dict[tuple[str, str], dict[str, float]]  # (window, tier) -> the sums drift compares
+
+
+def tier_sums(groups: list[dict[str, Any]]) -> tuple[dict[str, _TierSums], DriftSums]:
+    """Per tier, its attempts summed; per (window, tier), the sums drift compares."""
+    per: dict[str, _TierSums] = {}
+    drift_sums: DriftSums = {}
     for g in groups:
         name, n = g["tier"], g["n"]
-        t = per.setdefault(name, {
-            "tier": name, "reached": 0, "resolved": 0, "attempts": 0, "reasks": 0, "retries": 0,
-            "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0, "unpriced_attempts": 0,
-            "models": set(), "failure_outcomes": {}, "first_started": math.inf, "last_started": -math.inf,
-        })  # fmt: skip
+        t = per.setdefault(name, _TierSums(name))
         if g["first_started"] is not None:
-            t["first_started"] = min(t["first_started"], g["first_started"])
-            t["last_started"] = max(t["last_started"], g["last_started"])
-        t["reached"] += int(g["first"])
-        t["resolved"] += n if g["outcome"] == "ok" else 0
-        t["attempts"] += n
-        t["reasks"] += int(g["reasks"])
-        t["retries"] += int(g["retries"])
-        t["prompt_tokens"] += int(g["prompt_tokens"])
-        t["completion_tokens"] += int(g["completion_tokens"])
-        t["cost_usd"] += g["cost"]
-        t["unpriced_attempts"] += n - g["priced"]
-        t["models"].update((g["models"] or "").split(","))
+            t.first_started = min(t.first_started, g["first_started"])
+            t.last_started = max(t.last_started, g["last_started"])
+        t.reached += int(g["first"])
+        t.resolved += n if g["outcome"] == "ok" else 0
+        t.attempts += n
+        t.reasks += int(g["reasks"])
+        t.retries += int(g["retries"])
+        t.prompt_tokens += int(g["prompt_tokens"])
+        t.completion_tokens += int(g["completion_tokens"])
+        t.cost_usd += g["cost"]
+        t.unpriced_attempts += n - g["priced"]
+        t.models.update((g["models"] or "").split(","))
         if g["outcome"] != "ok":
-            t["failure_outcomes"][g["outcome"]] = t["failure_outcomes"].get(g["outcome"], 0) + n
-        own_spend[name] = own_spend.get(name, 0.0) + g["own"]
+            t.failure_outcomes[g["outcome"]] = t.failure_outcomes.get(g["outcome"], 0) + n
+        t.own += g["own"]
         for key, w in (("recent", "r"), ("baseline", "b")):
             if not g[f"{w}_n"]:
                 continue
@@ -458,127 +529,178 @@ def build_report(
             d["priced"] += g[f"{w}_priced"]
             d["cost_usd"] += g[f"{w}_cost"]
             d["cost_sq"] += g[f"{w}_cost_sq"]
-    if scope != Scope():
-        served = scoped_served(served, per)
-    latencies: dict[str, list[float]] = {}
-    for r in attempt_latency:
-        latencies.setdefault(r["tier"], []).append(r["latency_s"])
-    # chain order: as configured (a tier only some configs have goes after those it follows)
-    rank = {name: i for ts in chains.values() for i, name in enumerate(x["name"] for x in ts)}
-    tiers = sorted(per.values(), key=lambda t: (rank.get(t["tier"], len(rank)), -t["reached"], t["tier"]))
-    for t in tiers:
-        name = t["tier"]
-        t["kind"] = kinds.get(name)
-        t["success_rate"] = t["resolved"] / t["reached"] if t["reached"] else None
-        lo, hi = wilson(t["resolved"], t["reached"])
-        t["success_ci"] = [lo, hi] if t["reached"] else None
-        t["share_resolved"] = t["resolved"] / documents if documents else None
-        cost = None if t["unpriced_attempts"] else t["cost_usd"]
-        t["cost_usd"] = cost
-        t["cost_per_attempt_usd"] = cost / t["attempts"] if cost is not None and t["attempts"] else None
-        # what the tier spent, failures included, per document it resolved
-        t["cost_per_valid_usd"] = cost / t["resolved"] if cost is not None and t["resolved"] else None
-        t["models"] = sorted(m for m in t["models"] if m)
-        first, last = t.pop("first_started"), t.pop("last_started")
-        t["first_attempt_at"], t["last_attempt_at"] = (first, last) if math.isfinite(first) else (None, None)
-        t["latency_p50_s"] = percentile(latencies.get(name, []), 0.5)
-        t["latency_p95_s"] = percentile(latencies.get(name, []), 0.95)
-        t["failure_outcomes"] = dict(sorted(t["failure_outcomes"].items(), key=lambda kv: (-kv[1], kv[0])))
-        t["ungrounded_fields"] = ungrounded_fields.get(name, [])  # most often rejected first
+    return per, drift_sums
 
-    order = [t["tier"] for t in tiers]
+
+def tier_stats(per: dict[str, _TierSums], rows: _Rows, documents: int) -> tuple[TierStats, ...]:
+    """Step 2: per tier, in chain order (as configured; a tier only some configs have goes after those
+    it follows), what it reached, resolved, spent and took."""
+    latencies: dict[str, list[float]] = {}
+    for r in rows.attempt_latency:
+        latencies.setdefault(r["tier"], []).append(r["latency_s"])
+    kinds = {t["name"]: t.get("kind") for tiers in rows.chains.values() for t in tiers}
+    rank = {name: i for ts in rows.chains.values() for i, name in enumerate(x["name"] for x in ts)}
+    out = []
+    for t in sorted(per.values(), key=lambda t: (rank.get(t.tier, len(rank)), -t.reached, t.tier)):
+        lo, hi = wilson(t.resolved, t.reached)
+        cost = None if t.unpriced_attempts else t.cost_usd
+        seen = math.isfinite(t.first_started)
+        out.append(TierStats(
+            tier=t.tier, reached=t.reached, resolved=t.resolved, attempts=t.attempts, reasks=t.reasks,
+            retries=t.retries, prompt_tokens=t.prompt_tokens, completion_tokens=t.completion_tokens,
+            cost_usd=cost, unpriced_attempts=t.unpriced_attempts,
+            models=tuple(sorted(m for m in t.models if m)),
+            failure_outcomes=dict(sorted(t.failure_outcomes.items(), key=lambda kv: (-kv[1], kv[0]))),
+            kind=kinds.get(t.tier), success_rate=t.resolved / t.reached if t.reached else None,
+            success_ci=(lo, hi) if t.reached else None,
+            share_resolved=t.resolved / documents if documents else None,
+            cost_per_attempt_usd=cost / t.attempts if cost is not None and t.attempts else None,
+            # what the tier spent, failures included, per document it resolved
+            cost_per_valid_usd=cost / t.resolved if cost is not None and t.resolved else None,
+            first_attempt_at=t.first_started if seen else None,
+            last_attempt_at=t.last_started if seen else None,
+            latency_p50_s=percentile(latencies.get(t.tier, []), 0.5),
+            latency_p95_s=percentile(latencies.get(t.tier, []), 0.95),
+            ungrounded_fields=tuple(rows.ungrounded_fields.get(t.tier, [])),  # most often rejected first
+        ))  # fmt: skip
+    return tuple(out)
+
+
+def rescue_and_verdicts(tiers: tuple[TierStats, ...], per: dict[str, _TierSums], rows: _Rows, documents: int,
+                        economics: Economics) -> tuple[tuple[Rescue, ...], tuple[Verdict, ...]]:  # fmt: skip
+    """Step 3: what each tier after the first rescued (documents it resolved that the tiers before it
+    did not), what that cost, and the verdict on running it."""
+    docs_by_config: dict[str, int] = {}
+    # documents each tier resolved and everything spent on them (an extraction's cost is the sum
+    # of its attempts', unknown when any is): earlier tiers' rescue spend is this minus the own
+    won: dict[str, dict[str, Any]] = {}
+    for r in rows.docs:
+        docs_by_config[r["config_hash"]] = docs_by_config.get(r["config_hash"], 0) + r["n"]
+        if r["status"] == "ok":
+            spent = won.setdefault(r["tier"], {"n": 0, "spent": 0.0, "unpriced": 0})
+            spent["n"] += r["n"]
+            spent["spent"] += r["cost_usd"]
+            spent["unpriced"] += int(r["unpriced"])
+    chains, order = rows.chains, [t.tier for t in tiers]
     rescue, verdicts = [], []
     for t in tiers[1:]:
-        name = t["tier"]
+        name = t.tier
         configs = [h for h, ts in chains.items() if any(x["name"] == name for x in ts)]
         n = sum(docs_by_config.get(h, 0) for h in configs) if configs else documents
         before = _before(name, chains, order)
-        on_won = won.get(name, {"spent": 0.0, "unpriced": 0})
-        r = {"own": own_spend.get(name, 0.0)}
-        r["lower"] = max(0.0, on_won["spent"] - r["own"])
-        rescued = winners.get(name, 0)
-        known = not on_won["unpriced"] and t["cost_usd"] is not None
+        on_won = won.get(name, {"n": 0, "spent": 0.0, "unpriced": 0})
+        own = per[name].own
+        lower = max(0.0, on_won["spent"] - own)
+        rescued = on_won["n"]
+        known = not on_won["unpriced"] and t.cost_usd is not None
         rescue_cost = on_won["spent"] if known else None
-        v = marginal_verdict(name, before, n=n, rescued=rescued, spend=t["cost_usd"], economics=economics,
-                             kind=t["kind"])  # fmt: skip
-        rescue.append({
-            "tier": name, "kind": t["kind"], "after": before, "documents": n, "rescued": rescued,
-            "own_cost_usd": r["own"] if known else None, "lower_cost_usd": r["lower"] if known else None,
-            "rescue_cost_usd": rescue_cost,
-            "cost_per_rescued_usd": rescue_cost / rescued if rescue_cost is not None and rescued else None,
-            "tier_cost_usd": t["cost_usd"],
-            "marginal_cost_per_rescue_usd": (
-                t["cost_usd"] / rescued if t["cost_usd"] is not None and rescued else None),
-            "failures_avoided_usd": rescued * economics.failure_cost,
-            "break_even_documents": v.break_even_documents,
-        })  # fmt: skip
-        verdicts.append(v.to_dict())
-
-    where, params = scope.where()
-    errors_sql = DOCUMENT_ERRORS.format(where=where)
-    q.queries.append({"name": "document_errors", "sql": errors_sql.strip(), "params": params})
-    document_errors = {r["outcome"]: r["n"] for r in ledger.query(errors_sql, params)}
-
-    report = {
-        "scope": {**scope.__dict__, "as_of": now},
-        "economics": economics.__dict__,
-        "totals": {
-            "documents": documents,
-            "ok": valid,
-            "failed": _i(totals["failed"]),
-            "success_rate": valid / documents if documents else None,
-            "prompt_tokens": _i(totals["prompt_tokens"]),
-            "completion_tokens": _i(totals["completion_tokens"]),
-            "cost_usd": chain_cost,
-            "cost_per_valid_usd": chain_cost / valid if chain_cost is not None and valid else None,
-            "latency_p50_s": percentile(doc_latency, 0.5),  # of a sample beyond SAMPLE documents
-            "latency_p95_s": percentile(doc_latency, 0.95),
-            "first_at": totals["first_at"],
-            "last_at": totals["last_at"],
-            "configs": _i(totals["configs"]),
-            "schemas": _i(totals["schemas"]),
-        },
-        "tiers": tiers,
-        "unresolved": unresolved,
-        "document_errors": document_errors,
-        "rescue": rescue,
-        "verdicts": verdicts,
-        "verdict": _headline(verdicts, tiers),
-        "drift": drift(drift_sums, windows, recent_days, baseline_days, served),
-        "served_models": served,
-        "trend": trend(docs),
-        "sampled": {"attempt_latency_every": k_att, "document_latency_every": k_doc},
-    }
-    report["field_failures"] = field_failures(field_rows, order, ledger.store_text)
-    report["notes"] = notes(tiers, economics)
-    report["queries"] = q.queries
-    return report
+        v = marginal_verdict(name, before, n=n, rescued=rescued, spend=t.cost_usd, economics=economics,
+                             kind=t.kind)  # fmt: skip
+        rescue.append(Rescue(
+            tier=name, kind=t.kind, after=tuple(before), documents=n, rescued=rescued,
+            own_cost_usd=own if known else None, lower_cost_usd=lower if known else None,
+            rescue_cost_usd=rescue_cost,
+            cost_per_rescued_usd=rescue_cost / rescued if rescue_cost is not None and rescued else None,
+            tier_cost_usd=t.cost_usd,
+            marginal_cost_per_rescue_usd=t.cost_usd / rescued if t.cost_usd is not None and rescued else None,
+            failures_avoided_usd=rescued * economics.failure_cost,
+            break_even_documents=v.break_even_documents,
+        ))  # fmt: skip
+        verdicts.append(v)
+    return tuple(rescue), tuple(verdicts)
 
 
-def notes(tiers: list[dict[str, Any]], economics: Economics | None = None) -> list[str]:
+def read_report(
+    ledger: Ledger,
+    scope: Scope | None = None,
+    *,
+    economics: Economics | None = None,
+    as_of: float | None = None,
+    recent_days: float = 7,
+    baseline_days: float = 28,
+) -> Report:
+    """Everything ``extractkit report`` shows, as typed values (see the module docstring), in steps:
+    the scope's rows, per-tier stats, rescue and verdicts, drift, failures, notes."""
+    scope = scope or Scope()
+    economics = economics or Economics()
+    now = time.time() if as_of is None else as_of
+    windows = {
+        "recent_since": now - recent_days * DAY, "recent_until": now,
+        "baseline_since": now - (recent_days + baseline_days) * DAY,
+        "baseline_until": now - recent_days * DAY,
+    }  # fmt: skip
+    rows = read_rows(ledger, scope, windows)
+    totals = totals_of(rows)
+    per, drift_sums = tier_sums(rows.groups)
+    served = rows.served if scope == Scope() else scoped_served(rows.served, per)
+    tiers = tier_stats(per, rows, totals.documents)
+    rescue, verdicts = rescue_and_verdicts(tiers, per, rows, totals.documents, economics)
+    return Report(
+        scope=ReportScope(**scope.__dict__, as_of=now),
+        economics=economics,
+        totals=totals,
+        tiers=tiers,
+        unresolved=unresolved_of(rows, totals),
+        document_errors=rows.document_errors,
+        rescue=rescue,
+        verdicts=verdicts,
+        verdict=_headline(verdicts, tiers),
+        drift=drift(drift_sums, windows, recent_days, baseline_days, served),
+        served_models=tuple(ServedModel(**r) for r in served),
+        trend=trend(rows.docs),
+        sampled=rows.sampled,
+        field_failures=field_failures(rows.field_rows, [t.tier for t in tiers], rows.store_text),
+        notes=notes(tiers, economics, local=local_tiers(rows)),
+        queries=tuple(Query(**x) for x in rows.queries),
+    )
+
+
+class ReportOptions(TypedDict, total=False):
+    """``read_report``'s keyword options, for ``build_report``."""
+
+    economics: Economics | None
+    as_of: float | None
+    recent_days: float
+    baseline_days: float
+
+
+def build_report(
+    ledger: Ledger, scope: Scope | None = None, **options: Unpack[ReportOptions]
+) -> dict[str, Any]:
+    """``read_report`` as plain data: the ``--json`` output (``Report.to_dict()``)."""
+    return read_report(ledger, scope, **options).to_dict()
+
+
+def local_tiers(rows: _Rows) -> set[str]:
+    """The tiers in scope that ran on the bundled local model, as ``extractkit.local`` decides."""
+    return {t["name"] for ts in rows.chains.values() for t in ts if ran_locally(t)}
+
+
+def notes(
+    tiers: Sequence[TierStats], economics: Economics | None = None, local: set[str] | None = None
+) -> tuple[str, ...]:
+    """The report's notes. ``local``: the tiers that ran on the bundled local model (``extractkit.local``
+    decides, from the run configs)."""
     out = []
     trained = economics is not None and economics.training_cost is not None
-    if trained and tiers and not any(t.get("kind") == FINE_TUNED for t in tiers[1:]):
+    if trained and tiers and not any(t.kind == FINE_TUNED for t in tiers[1:]):
         out.append(
             f"the training cost ({money(economics.training_cost)}) applies to a fine-tuned tier only, "  # type: ignore[union-attr]
             "and no fine-tuned tier ran after another tier in scope: it is left out."
         )
-    local = [t["tier"] for t in tiers if "local" in t["models"]]
-    if local:
-        out.append(
-            f"{', '.join(local)} ran on the bundled local model (SmolLM2-135M): these numbers prove the "
-            "pipeline works end to end; they say nothing about the accuracy of a real model."
-        )
-    rejected = [f"{t['tier']}: " + ", ".join(f"{f['field']} ({f['n']})" for f in t["ungrounded_fields"])
-                for t in tiers if t.get("ungrounded_fields")]  # fmt: skip
+    on_local = [t.tier for t in tiers if t.tier in (local or set())]
+    if on_local:
+        out.append(accuracy_note(on_local))
+    rejected = [f"{t.tier}: " + ", ".join(f"{f.field} ({f.n})" for f in t.ungrounded_fields)
+                for t in tiers if t.ungrounded_fields]  # fmt: skip
     if rejected:
         out.append("values not found in the document (ungrounded), most often in: " + "; ".join(rejected))
-    if any(t["unpriced_attempts"] for t in tiers):
+    if any(t.unpriced_attempts for t in tiers):
         out.append(
             "some attempts have no price (model not in the price table): costs that include them are "
             "shown as unknown; set `price` on the tier."
         )
-    return out
+    return tuple(out)
 
 
 def _before(name: str, chains: dict[str, list[dict[str, Any]]], order: list[str]) -> list[str]:
@@ -589,21 +711,21 @@ def _before(name: str, chains: dict[str, list[dict[str, Any]]], order: list[str]
     return order[: order.index(name)]
 
 
-def _headline(verdicts: list[dict[str, Any]], tiers: list[dict[str, Any]]) -> str:
+def _headline(verdicts: Sequence[Verdict], tiers: Sequence[TierStats]) -> str:
     if not tiers:
         return "No extractions in scope yet: run `extractkit extract` first."
-    sentence = headline_sentence(verdicts, {t["tier"]: t["kind"] for t in tiers})
+    sentence = headline_sentence(verdicts, {t.tier: t.kind for t in tiers})
     if sentence is None:
         return (
-            f"Only one tier ({tiers[0]['tier']}) ran: there is nothing to compare it with; "
+            f"Only one tier ({tiers[0].tier}) ran: there is nothing to compare it with; "
             "add a tier or run `extractkit eval`."
         )
     return sentence
 
 
-def drift(sums: dict[tuple[str, str], dict[str, float]], windows: dict[str, float], recent_days: float,
-          baseline_days: float, served: list[dict[str, Any]] | None = None) -> dict[str, Any]:  # fmt: skip
-    """Per tier, the recent window against the one before it: success rate (two-proportion z)
+def drift(sums: DriftSums, windows: dict[str, float], recent_days: float,
+          baseline_days: float, served: list[dict[str, Any]] | None = None) -> Drift:  # fmt: skip
+    """Step 4: per tier, the recent window against the one before it: success rate (two-proportion z)
     and cost per attempt (Welch), flagged at p < 0.01; cost per valid extraction is flagged when
     it moved by 20 % or more and either test is significant. A document belongs to the window of
     its latest extraction."""
@@ -611,50 +733,49 @@ def drift(sums: dict[tuple[str, str], dict[str, float]], windows: dict[str, floa
     names = list(dict.fromkeys(name for (_, name) in sums))
     for name in names:
         r, b = sums.get(("recent", name)), sums.get(("baseline", name))
-        item: dict[str, Any] = {"tier": name, "recent": _window(r), "baseline": _window(b), "flags": []}
+        recent, baseline = _window(r), _window(b)
         if not r or not b or min(r["reached"], b["reached"]) < 20:
-            item["note"] = "too few documents in one of the windows to compare (need 20 each)"
-            out.append(item)
+            note = "too few documents in one of the windows to compare (need 20 each)"
+            out.append(DriftTier(tier=name, recent=recent, baseline=baseline, flags=(), note=note))
             continue
+        flags = []
         z = two_proportion_z(int(r["resolved"]), int(r["reached"]), int(b["resolved"]), int(b["reached"]))
-        item["success_z"] = z
         if z is not None and abs(z) >= Z99:
-            item["flags"].append("success_rate")
+            flags.append("success_rate")
         cz = _welch_from_sums(r, b)
-        item["cost_per_attempt_z"] = cz
         if cz is not None and abs(cz) >= Z99:
-            item["flags"].append("cost_per_attempt")
-        cr, cb = item["recent"]["cost_per_valid_usd"], item["baseline"]["cost_per_valid_usd"]
-        if cr is not None and cb and abs(cr - cb) / cb >= 0.2 and item["flags"]:
-            item["flags"].append("cost_per_valid")
-        out.append(item)
+            flags.append("cost_per_attempt")
+        cr, cb = recent.cost_per_valid_usd, baseline.cost_per_valid_usd
+        if cr is not None and cb and abs(cr - cb) / cb >= 0.2 and flags:
+            flags.append("cost_per_valid")
+        out.append(DriftTier(tier=name, recent=recent, baseline=baseline, flags=tuple(flags), success_z=z,
+                             cost_per_attempt_z=cz))  # fmt: skip
     changes = model_changes(served or [], windows["recent_since"], windows["recent_until"])
-    return {
-        "model_changes": changes,
-        "recent": {"since": windows["recent_since"], "until": windows["recent_until"], "days": recent_days},
-        "baseline": {
-            "since": windows["baseline_since"], "until": windows["baseline_until"], "days": baseline_days},
-        "tiers": out,
-        "flagged": [f"{i['tier']}: {', '.join(i['flags'])}" for i in out if i["flags"]]
-        + [c["sentence"] for c in changes],
-    }
+    return Drift(
+        model_changes=changes,
+        recent=Span(since=windows["recent_since"], until=windows["recent_until"], days=recent_days),
+        baseline=Span(since=windows["baseline_since"], until=windows["baseline_until"], days=baseline_days),
+        tiers=tuple(out),
+        flagged=tuple([f"{i.tier}: {', '.join(i.flags)}" for i in out if i.flags]
+                      + [c.sentence for c in changes]),  # fmt: skip
+    )
 
 
-def scoped_served(served: list[dict[str, Any]], per: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+def scoped_served(served: list[dict[str, Any]], per: dict[str, _TierSums]) -> list[dict[str, Any]]:
     """The served models of a filtered report: those recorded for a (tier, model) the scope's
     attempts used, seen while they ran. (The ledger keeps one row per served model and tier, with
     first and last sightings, the last refreshed at most every SERVED_REFRESH_S.)"""
     out = []
     for r in served:
         t = per.get(r["tier"])
-        if t is None or r["model"] not in t["models"]:
+        if t is None or r["model"] not in t.models:
             continue
-        if r["first_seen"] <= t["last_started"] and r["last_seen"] + SERVED_REFRESH_S >= t["first_started"]:
+        if r["first_seen"] <= t.last_started and r["last_seen"] + SERVED_REFRESH_S >= t.first_started:
             out.append(r)
     return out
 
 
-def model_changes(served: list[dict[str, Any]], since: float, until: float) -> list[dict[str, Any]]:
+def model_changes(served: list[dict[str, Any]], since: float, until: float) -> tuple[ModelChange, ...]:
     """A tier whose provider answered with a model (or system fingerprint) first seen in the recent
     window, after answering with another before it: the name stayed, the model moved."""
     out = []
@@ -672,25 +793,25 @@ def model_changes(served: list[dict[str, Any]], since: float, until: float) -> l
 
         old_labels = sorted({label(r) for r in before})
         new_labels = sorted({label(r) for r in new})
-        out.append({
-            "tier": tier, "model": rows[0]["model"], "before": old_labels, "new": new_labels,
-            "sentence": f"{tier}: {rows[0]['model']} is now answered by {', '.join(new_labels)} "
-                        f"(before: {', '.join(old_labels)})",
-        })  # fmt: skip
-    return out
+        out.append(ModelChange(
+            tier=tier, model=rows[0]["model"], before=tuple(old_labels), new=tuple(new_labels),
+            sentence=f"{tier}: {rows[0]['model']} is now answered by {', '.join(new_labels)} "
+                     f"(before: {', '.join(old_labels)})",
+        ))  # fmt: skip
+    return tuple(out)
 
 
-def _window(r: dict[str, Any] | None) -> dict[str, Any]:
+def _window(r: dict[str, Any] | None) -> Window:
     if not r:
-        return {"reached": 0, "resolved": 0, "success_rate": None, "cost_per_valid_usd": None}
+        return Window(reached=0, resolved=0, success_rate=None, cost_per_valid_usd=None)
     priced = r["priced"] > 0
-    return {
-        "reached": r["reached"],
-        "resolved": r["resolved"],
-        "success_rate": r["resolved"] / r["reached"] if r["reached"] else None,
-        "cost_usd": r["cost_usd"] if priced else None,
-        "cost_per_valid_usd": r["cost_usd"] / r["resolved"] if priced and r["resolved"] else None,
-    }
+    return Window(
+        reached=r["reached"],
+        resolved=r["resolved"],
+        success_rate=r["resolved"] / r["reached"] if r["reached"] else None,
+        cost_usd=r["cost_usd"] if priced else None,
+        cost_per_valid_usd=r["cost_usd"] / r["resolved"] if priced and r["resolved"] else None,
+    )
 
 
 def _welch_from_sums(r: dict[str, Any], b: dict[str, Any]) -> float | None:
@@ -734,19 +855,17 @@ def _document_totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def trend(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def trend(rows: list[dict[str, Any]]) -> tuple[TrendDay, ...]:
     """Per day: documents, valid, cost per valid extraction, and documents resolved per tier."""
     days: dict[str, dict[str, Any]] = {}
     for r in rows:
         day = time.strftime("%Y-%m-%d", time.gmtime(r["day"] * 86_400))  # days since 1970 (UTC)
-        d = days.setdefault(day, {"day": day, "documents": 0, "ok": 0, "cost_usd": 0.0})
-        d.setdefault("resolved_by_tier", {})
+        d = days.setdefault(day, {"day": day, "documents": 0, "ok": 0, "cost_usd": 0.0,
+                                  "resolved_by_tier": {}})  # fmt: skip
         d["documents"] += r["n"]
         d["cost_usd"] += r["cost_usd"]
         if r["status"] == "ok":
             d["ok"] += r["n"]
             d["resolved_by_tier"][r["tier"]] = d["resolved_by_tier"].get(r["tier"], 0) + r["n"]
-    out = list(days.values())
-    for d in out:
-        d["cost_per_valid_usd"] = d["cost_usd"] / d["ok"] if d["ok"] else None
-    return out
+    return tuple(TrendDay(**d, cost_per_valid_usd=d["cost_usd"] / d["ok"] if d["ok"] else None)
+                 for d in days.values())  # fmt: skip

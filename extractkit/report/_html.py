@@ -12,12 +12,14 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from . import _render as fmt
+from ._model import Report
 
 PALETTE = ["#3b7dd8", "#2e8540", "#8e44ad", "#d35400", "#16a085", "#7f8c8d", "#c0392b"]
 UNRESOLVED = "#c8ced6"
 
 
-def _env() -> Environment:
+def template_env() -> Environment:
+    """The Jinja2 environment of the report's and eval's pages (autoescape on)."""
     env = Environment(
         loader=PackageLoader("extractkit.report", "templates"),
         autoescape=select_autoescape(default=True, default_for_string=True),
@@ -93,28 +95,27 @@ def line(
     }
 
 
-def _common() -> dict[str, Any]:
+def page_context() -> dict[str, Any]:
+    """What every page's template gets: the formatting helpers as ``f``, the version, the time."""
     from .. import __version__
 
     return {"f": fmt, "version": __version__, "generated": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
 
-def report_html(report: dict[str, Any]) -> str:
-    t = report["totals"]
-    share = [
-        (x["tier"], x["resolved"], f"{x['resolved']} ({fmt.pct(x['share_resolved'])})")
-        for x in report["tiers"]
-    ]
-    share.append(("unresolved", t["failed"], f"{t['failed']}"))
+def report_html(data: Report | dict[str, Any]) -> str:
+    """The report as one self-contained HTML page (a Report, or its plain data as ``--json`` prints it)."""
+    report = Report.from_dict(data)
+    t = report.totals
+    share = [(x.tier, x.resolved, f"{x.resolved} ({fmt.pct(x.share_resolved)})") for x in report.tiers]
+    share.append(("unresolved", t.failed, f"{t.failed}"))
     # no bar: "no valid extraction" when the tier resolved nothing, "price unknown" when it did
-    cost = [
-        (x["tier"], x["cost_per_valid_usd"],
-         fmt.per_valid(x["cost_per_valid_usd"], x["resolved"], "no valid extraction"))
-        for x in report["tiers"]
-    ]  # fmt: skip
-    whole = fmt.per_valid(t["cost_per_valid_usd"], t["ok"], "n/a")
-    cost.append(("whole chain", t["cost_per_valid_usd"], whole))
-    days = [d["day"] for d in report["trend"]]
+    cost: list[tuple[str, float | None, str]] = [
+        (x.tier, x.cost_per_valid_usd, fmt.per_valid(x.cost_per_valid_usd, x.resolved, "no valid extraction"))
+        for x in report.tiers
+    ]
+    whole = fmt.per_valid(t.cost_per_valid_usd, t.ok, "n/a")
+    cost.append(("whole chain", t.cost_per_valid_usd, whole))
+    days = [d.day for d in report.trend]
     charts: dict[str, Any] = {
         "share": stacked("documents resolved by tier", share),
         "cost": hbars("cost per valid extraction (USD)", cost),
@@ -128,7 +129,7 @@ def report_html(report: dict[str, Any]) -> str:
             [
                 (
                     "valid share",
-                    [d["ok"] / d["documents"] if d["documents"] else None for d in report["trend"]],
+                    [d.ok / d.documents if d.documents else None for d in report.trend],
                 )
             ],
             fmt_y=fmt.pct,
@@ -136,11 +137,11 @@ def report_html(report: dict[str, Any]) -> str:
         charts["trend_cost"] = line(
             "cost per valid extraction, per day",
             days,
-            [("cost per valid (USD)", [d["cost_per_valid_usd"] for d in report["trend"]])],
+            [("cost per valid (USD)", [d.cost_per_valid_usd for d in report.trend])],
             fmt_y=lambda v: fmt.money(v, "-"),
         )
     return (
-        _env()
+        template_env()
         .get_template("report.html.j2")
-        .render(r=report, charts=charts, scope=fmt.scope_line(report), **_common())
+        .render(r=report, charts=charts, scope=fmt.scope_line(report), **page_context())
     )

@@ -1,4 +1,4 @@
-"""Rendering the report: terminal (rich), CSV, and the formatting both share.
+"""Rendering the report: terminal (rich) and CSV, from its typed values (``_model``).
 
 Model output and paths are printed with markup off, so a value like ``[red]`` or ``<script>``
 is shown as text.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
-import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,55 +17,19 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-
-def money(v: float | None, none: str = "unknown") -> str:
-    if v is None:
-        return none
-    if v == 0:
-        return "$0"
-    if abs(v) >= 1:
-        return f"${v:,.2f}"
-    whole, _, frac = f"{v:.6f}".partition(".")
-    return f"${whole}.{frac.rstrip('0'):0<2}"
-
-
-def plural(n: int | float, noun: str, nouns: str | None = None) -> str:
-    """``1 document``, ``2 documents``, ``1,234 documents``: a count with its noun in the right number
-    (``nouns`` for an irregular plural)."""
-    shown = f"{n:,.0f}" if isinstance(n, float) else f"{n:,}" if abs(n) >= 10_000 else str(n)
-    return f"{shown} {noun if shown == '1' else nouns or noun + 's'}"  # as shown: 1.4 reads "1 document"
-
-
-def count(n: int) -> str:
-    return f"{n}" if n < 10_000 else f"{n / 1000:.0f}k" if n < 10_000_000 else f"{n / 1e6:.0f}M"
-
-
-def pct(v: float | None) -> str:
-    return "-" if v is None else f"{v:.0%}" if v in (0, 1) or 0.1 <= v <= 0.9 else f"{v:.1%}"
-
-
-def secs(v: float | None) -> str:
-    return "-" if v is None else f"{v:.2f}s" if v < 10 else f"{v:.0f}s"
-
-
-def when(ts: float | None) -> str:
-    return "-" if ts is None else time.strftime("%Y-%m-%d %H:%M", time.gmtime(ts)) + " UTC"
-
-
-def per_valid(v: float | None, resolved: int, none: str) -> str:
-    """A cost per valid extraction: ``price unknown`` when there were valid extractions but a price
-    was missing, ``none`` when there were none to divide by."""
-    return money(v, "price unknown" if resolved else none)
-
+from .._words import plural
+from ._format import count, first_line, money, pct, per_valid, secs, when
+from ._model import Report, Unresolved, ValueCount
+from ._verdict import Verdict
 
 TERMINAL_UNRESOLVED = 5  # unresolved documents listed in the terminal (the JSON and HTML list more)
 TERMINAL_FIELDS = 5  # fields per tier in the terminal's failure table
 
 
-def unresolved_more(un: dict[str, Any], shown: int) -> str | None:
+def unresolved_more(un: Unresolved, shown: int) -> str | None:
     """``and N more ...`` under a list of ``shown`` unresolved documents, with where to see them."""
-    listed = len(un["examples"])
-    total = max(un.get("documents", listed), listed)
+    listed = len(un.examples)
+    total = max(un.documents, listed)
     if total <= shown:
         return None
     if shown < listed:
@@ -77,16 +41,15 @@ def unresolved_more(un: dict[str, Any], shown: int) -> str | None:
     return f"... and {total - shown} more ({where})"
 
 
-def value_counts(values: list[dict[str, Any]] | None) -> str:
+def value_counts(values: Sequence[ValueCount] | None) -> str:
     if values is None:
         return "(not shown)"
-    return ", ".join(f"{v['value']} ({v['n']})" for v in values) or "-"
+    return ", ".join(f"{v.value} ({v.n})" for v in values) or "-"
 
 
-def print_field_failures(report: dict[str, Any], console: Console) -> None:
-    ff = report.get("field_failures") or {}
-    rows = ff.get("rows") or []
-    if not rows:
+def print_field_failures(report: Report, console: Console) -> None:
+    ff = report.field_failures
+    if not ff.rows:
         return
     table = Table(title="fields that failed most often, per tier (most recent failed attempts)",
                   title_justify="left", box=box.SIMPLE_HEAD)  # fmt: skip
@@ -94,56 +57,53 @@ def print_field_failures(report: dict[str, Any], console: Console) -> None:
         table.add_column(c, justify="right" if c in ("validation", "ungrounded") else "left",
                          no_wrap=c != "rejected values (times)")  # fmt: skip
     left: dict[str, int] = {}
-    for r in rows:
-        n = left.get(r["tier"], 0)
-        left[r["tier"]] = n + 1
+    for r in ff.rows:
+        n = left.get(r.tier, 0)
+        left[r.tier] = n + 1
         if n >= TERMINAL_FIELDS:
             continue
-        table.add_row(Text(r["tier"]), Text(r["field"]), str(r["validation"]), str(r["ungrounded"]),
-                      Text(value_counts(r["values"])))  # fmt: skip
+        table.add_row(Text(r.tier), Text(r.field), str(r.validation), str(r.ungrounded),
+                      Text(value_counts(r.values)))  # fmt: skip
     console.print(table)
     more = {t: n - TERMINAL_FIELDS for t, n in left.items() if n > TERMINAL_FIELDS}
     if more:
         console.print("  and " + ", ".join(f"{plural(n, 'more field')} in {t}" for t, n in more.items())
                       + " (--json, --html)", markup=False, highlight=False)  # fmt: skip
-    if ff.get("values_hidden"):
-        console.print(f"  {ff['values_hidden']}", markup=False, highlight=False)
+    if ff.values_hidden:
+        console.print(f"  {ff.values_hidden}", markup=False, highlight=False)
 
 
 DECISION_STYLE = {"keep": "bold green", "drop": "bold red", "not_enough_evidence": "bold yellow"}
 
 
-def first_line(text: str, limit: int = 160) -> str:
-    line = text.strip().splitlines()[0] if text.strip() else ""
-    return line if len(line) <= limit else line[: limit - 3] + "..."
-
-
-def scope_line(report: dict[str, Any]) -> str:
-    s = report["scope"]
+def scope_line(report: Report) -> str:
+    s = report.scope
     parts = [
-        f"schema {s['schema']}" if s.get("schema") else "all schemas",
-        f"run {s['run_id']}" if s.get("run_id") else "all runs",
+        f"schema {s.schema_name}" if s.schema_name else "all schemas",
+        f"run {s.run_id}" if s.run_id else "all runs",
     ]
-    if s.get("config_hash"):
-        parts.append(f"config {s['config_hash']}")
-    if s.get("since") is not None or s.get("until") is not None:
-        parts.append(f"{when(s.get('since'))} to {when(s.get('until'))}")
+    if s.config_hash:
+        parts.append(f"config {s.config_hash}")
+    if s.since is not None or s.until is not None:
+        parts.append(f"{when(s.since)} to {when(s.until)}")
     return ", ".join(parts)
 
 
-def print_report(report: dict[str, Any], console: Console) -> None:
-    t = report["totals"]
+def print_report(data: Report | dict[str, Any], console: Console) -> None:
+    """The report in the terminal (a Report, or its plain data as ``--json`` prints it)."""
+    report = Report.from_dict(data)
+    t = report.totals
     console.print(Text(f"extractkit report: {scope_line(report)}", style="bold"))
-    if not t["documents"]:
-        console.print(report["verdict"], markup=False, highlight=False)
+    if not t.documents:
+        console.print(report.verdict, markup=False, highlight=False)
         print_document_errors(report, console)  # documents were met, none could be read
         return
     console.print(
-        f"{plural(t['documents'], 'document')} ({when(t['first_at'])} to {when(t['last_at'])}): "
-        f"{t['ok']} valid ({pct(t['success_rate'])}), {t['failed']} unresolved; "
-        f"cost {money(t['cost_usd'])}, "
-        f"per valid extraction {per_valid(t['cost_per_valid_usd'], t['ok'], 'n/a')}; "
-        f"latency p50 {secs(t['latency_p50_s'])} p95 {secs(t['latency_p95_s'])}",
+        f"{plural(t.documents, 'document')} ({when(t.first_at)} to {when(t.last_at)}): "
+        f"{t.ok} valid ({pct(t.success_rate)}), {t.failed} unresolved; "
+        f"cost {money(t.cost_usd)}, "
+        f"per valid extraction {per_valid(t.cost_per_valid_usd, t.ok, 'n/a')}; "
+        f"latency p50 {secs(t.latency_p50_s)} p95 {secs(t.latency_p95_s)}",
         markup=False,
         highlight=False,
     )
@@ -155,39 +115,39 @@ def print_report(report: dict[str, Any], console: Console) -> None:
         results.add_column(c, justify="left" if c == "tier" else "right", no_wrap=True)
     for c in ("tier", "attempts", "re-asks", "tokens", "cost", "per valid", "p50", "p95"):
         effort.add_column(c, justify="left" if c == "tier" else "right", no_wrap=True)
-    for r in report["tiers"]:
-        ci = r["success_ci"]
+    for r in report.tiers:
+        ci = r.success_ci
         results.add_row(
-            Text(r["tier"]),
-            str(r["reached"]),
-            str(r["resolved"]),
-            pct(r["success_rate"]),
+            Text(r.tier),
+            str(r.reached),
+            str(r.resolved),
+            pct(r.success_rate),
             f"{pct(ci[0])}-{pct(ci[1])}" if ci else "-",
-            pct(r["share_resolved"]),
+            pct(r.share_resolved),
         )
         effort.add_row(
-            Text(r["tier"]),
-            str(r["attempts"]),
-            str(r["reasks"]),
-            f"{count(r['prompt_tokens'])}/{count(r['completion_tokens'])}",
-            money(r["cost_usd"]),
-            per_valid(r["cost_per_valid_usd"], r["resolved"], "-"),
-            secs(r["latency_p50_s"]),
-            secs(r["latency_p95_s"]),
+            Text(r.tier),
+            str(r.attempts),
+            str(r.reasks),
+            f"{count(r.prompt_tokens)}/{count(r.completion_tokens)}",
+            money(r.cost_usd),
+            per_valid(r.cost_per_valid_usd, r.resolved, "-"),
+            secs(r.latency_p50_s),
+            secs(r.latency_p95_s),
         )
     console.print(results)
     console.print(effort)
-    for r in report["tiers"]:
-        if r["failure_outcomes"]:
-            outcomes = ", ".join(f"{k} {v}" for k, v in r["failure_outcomes"].items())
-            console.print(f"  {r['tier']} failed attempts: {outcomes}", markup=False, highlight=False)
-    un = report["unresolved"]
-    if un["by_outcome"]:
-        why = ", ".join(f"{k} {v}" for k, v in un["by_outcome"].items())
+    for r in report.tiers:
+        if r.failure_outcomes:
+            outcomes = ", ".join(f"{k} {v}" for k, v in r.failure_outcomes.items())
+            console.print(f"  {r.tier} failed attempts: {outcomes}", markup=False, highlight=False)
+    un = report.unresolved
+    if un.by_outcome:
+        why = ", ".join(f"{k} {v}" for k, v in un.by_outcome.items())
         console.print(f"unresolved documents by last outcome: {why}", markup=False, highlight=False)
-        for e in un["examples"][:TERMINAL_UNRESOLVED]:
+        for e in un.examples[:TERMINAL_UNRESOLVED]:
             console.print(
-                f"  {e['path'] or e['document_sha256'][:12]}: {first_line(e['error'] or e['outcome'])}",
+                f"  {e.path or (e.document_sha256 or '')[:12]}: {first_line(e.error or e.outcome or '')}",
                 markup=False,
                 highlight=False,
             )
@@ -196,66 +156,69 @@ def print_report(report: dict[str, Any], console: Console) -> None:
             console.print(f"  {more}", markup=False, highlight=False)
     print_field_failures(report, console)
     print_document_errors(report, console)
-    econ = report["economics"]
+    econ = report.economics
     served: dict[str, list[str]] = {}
-    for r in report.get("served_models", []):
-        fp = f" ({r['fingerprint']})" if r["fingerprint"] else ""
-        key = f"{r['tier']} ({r['model']})"
-        served.setdefault(key, []).append(f"{r['served_model']}{fp} since {when(r['first_seen'])}")
+    for m in report.served_models:
+        fp = f" ({m.fingerprint})" if m.fingerprint else ""
+        seen = f"{m.served_model}{fp} since {when(m.first_seen)}"
+        served.setdefault(f"{m.tier} ({m.model})", []).append(seen)
     if served:
         console.print("models that answered: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in served.items()),
                       markup=False, highlight=False)  # fmt: skip
-    for note in report.get("notes", []):
+    for note in report.notes:
         console.print(Text("note: " + note, style="yellow"))
-    for r in report["rescue"]:
+    for x in report.rescue:
         line = (
-            f"rescue by {r['tier']} (after {' -> '.join(r['after']) or 'nothing'}): {r['rescued']} of "
-            f"{plural(r['documents'], 'document')}; their cost {money(r['rescue_cost_usd'])} "
-            f"({money(r['own_cost_usd'])} in {r['tier']}, {money(r['lower_cost_usd'])} in earlier tiers), "
-            f"{money(r['cost_per_rescued_usd'], '-')} per rescued document; "
-            f"{r['tier']} spent {money(r['tier_cost_usd'])} in all"
+            f"rescue by {x.tier} (after {' -> '.join(x.after) or 'nothing'}): {x.rescued} of "
+            f"{plural(x.documents, 'document')}; their cost {money(x.rescue_cost_usd)} "
+            f"({money(x.own_cost_usd)} in {x.tier}, {money(x.lower_cost_usd)} in earlier tiers), "
+            f"{money(x.cost_per_rescued_usd, '-')} per rescued document; "
+            f"{x.tier} spent {money(x.tier_cost_usd)} in all"
         )
-        if r["break_even_documents"] is not None:
-            line += f"; break-even after {plural(r['break_even_documents'], 'document')}"
+        if x.break_even_documents is not None:
+            line += f"; break-even after {plural(x.break_even_documents, 'document')}"
         console.print(line, markup=False, highlight=False)
-    training = f", training costs {money(econ['training_cost'])}" if econ["training_cost"] is not None else ""
+    training = f", training costs {money(econ.training_cost)}" if econ.training_cost is not None else ""
     console.print(
-        f"assumptions: a failure costs {money(econ['failure_cost'])}{training}; a tier must rescue at least "
-        f"{pct(econ['min_share'])} of documents; a verdict needs {plural(econ['min_documents'], 'document')} "
+        f"assumptions: a failure costs {money(econ.failure_cost)}{training}; a tier must rescue at least "
+        f"{pct(econ.min_share)} of documents; a verdict needs {plural(econ.min_documents, 'document')} "
         "(--failure-cost, --training-cost, --min-share, --min-documents)",
         markup=False,
         highlight=False,
     )
-    d = report["drift"]
-    if d["flagged"]:
-        console.print(Text("drift: " + "; ".join(d["flagged"]), style="bold yellow"))
-    elif d["tiers"] and all(i.get("note") for i in d["tiers"]):
+    d = report.drift
+    if d.flagged:
+        console.print(Text("drift: " + "; ".join(d.flagged), style="bold yellow"))
+    elif d.tiers and all(i.note for i in d.tiers):
         console.print(
-            f"drift: too few documents to compare the last {d['recent']['days']:g} days with the "
-            f"{d['baseline']['days']:g} before (20 per tier per window)",
+            f"drift: too few documents to compare the last {d.recent.days:g} days with the "
+            f"{d.baseline.days:g} before (20 per tier per window)",
             markup=False,
             highlight=False,
         )
-    elif d["tiers"]:
+    elif d.tiers:
         console.print(
-            f"drift: no significant change, last {d['recent']['days']:g} days against the "
-            f"{d['baseline']['days']:g} before",
+            f"drift: no significant change, last {d.recent.days:g} days against the "
+            f"{d.baseline.days:g} before",
             markup=False,
             highlight=False,
         )
-    print_verdicts(report["verdicts"], report["verdict"], console)
+    print_verdicts(report.verdicts, report.verdict, console)
 
 
-def print_document_errors(report: dict[str, Any], console: Console) -> None:
-    if report.get("document_errors"):
-        errs = ", ".join(f"{k} {v}" for k, v in report["document_errors"].items())
+def print_document_errors(report: Report, console: Console) -> None:
+    if report.document_errors:
+        errs = ", ".join(f"{k} {v}" for k, v in report.document_errors.items())
         console.print(f"unreadable documents (never sent): {errs}", markup=False, highlight=False)
 
 
-def print_verdicts(verdicts: list[dict[str, Any]], headline: str, console: Console) -> None:
+def print_verdicts(verdicts: Sequence[Verdict | Mapping[str, Any]], headline: str, console: Console) -> None:
+    """Each verdict's sentence and reasons, then the headline (report and eval; a verdict may be given
+    as its plain data, as eval keeps it)."""
     for v in verdicts:
-        console.print(Text(v["sentence"], style=DECISION_STYLE.get(v["decision"], "")))
-        for reason in v["reasons"]:
+        v = Verdict.model_validate(v) if isinstance(v, Mapping) else v
+        console.print(Text(v.sentence, style=DECISION_STYLE.get(v.decision, "")))
+        for reason in v.reasons:
             console.print(f"  - {reason}", markup=False, highlight=False)
     if len(verdicts) != 1:  # with one verdict, it is the headline already printed
         console.print(Text(("verdict: " if verdicts else "") + headline, style="bold"))
@@ -287,37 +250,39 @@ TIER_CSV = (
 FIELD_CSV = ("tier", "field", "validation", "ungrounded", "failures", "rejected_values")
 
 
-def report_csv(report: dict[str, Any]) -> str:
+def report_csv(data: Report | dict[str, Any]) -> str:
     """One row per tier (the table a spreadsheet wants); the rest is in --json."""
+    report = Report.from_dict(data)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(TIER_CSV)
-    fields = (report.get("field_failures") or {}).get("rows", [])
-    for r in report["tiers"]:
-        ci = r["success_ci"] or [None, None]
+    fields = report.field_failures.rows
+    for r in report.tiers:
+        ci = r.success_ci or (None, None)
         row = {
-            **r,
-            "models": " ".join(r["models"]),
+            **r.model_dump(),
+            "models": " ".join(r.models),
             "success_ci_low": ci[0],
             "success_ci_high": ci[1],
-            "failure_outcomes": " ".join(f"{k}={v}" for k, v in r["failure_outcomes"].items()),
+            "failure_outcomes": " ".join(f"{k}={v}" for k, v in r.failure_outcomes.items()),
             "field_failures": " ".join(
-                f"{f['field']}:{kind}={f[kind]}" for f in fields if f["tier"] == r["tier"]
-                for kind in ("validation", "ungrounded") if f[kind]),
+                f"{f.field}:{kind}={getattr(f, kind)}" for f in fields if f.tier == r.tier
+                for kind in ("validation", "ungrounded") if getattr(f, kind)),
         }  # fmt: skip
         w.writerow(["" if row.get(c) is None else row[c] for c in TIER_CSV])
     return buf.getvalue()
 
 
-def field_failures_csv(report: dict[str, Any]) -> str:
+def field_failures_csv(data: Report | dict[str, Any]) -> str:
     """The per-field failure table, one row per tier and field; ``rejected_values`` holds the most
     frequent values as ``value (times)``, empty when values are not shown (store_text off)."""
+    report = Report.from_dict(data)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(FIELD_CSV)
-    for f in (report.get("field_failures") or {}).get("rows", []):
-        values = "" if f["values"] is None else value_counts(f["values"])
-        w.writerow([f["tier"], f["field"], f["validation"], f["ungrounded"], f["failures"], values])
+    for f in report.field_failures.rows:
+        values = "" if f.values is None else value_counts(f.values)
+        w.writerow([f.tier, f.field, f.validation, f.ungrounded, f.failures, values])
     return buf.getvalue()
 
 

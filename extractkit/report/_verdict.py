@@ -24,10 +24,15 @@ break-even volume is ``T / (p*F - c)`` documents.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from ._render import money, pct, plural
+from pydantic import BaseModel, ConfigDict
+
+from .._errors import ConfigError
+from .._words import plural
+from ._format import money, pct
 from ._stats import documents_needed, wilson
 
 KEEP, DROP, UNDECIDED, NO_DATA = "keep", "drop", "not_enough_evidence", "no_data"
@@ -36,7 +41,8 @@ FINE_TUNED = "fine_tuned"  # the one kind of tier a training cost applies to
 
 @dataclass(frozen=True)
 class Economics:
-    """What a failure costs the team, a one-off training cost, and the smallest share worth having."""
+    """What a failure costs the team, a one-off training cost, and the smallest share worth having.
+    A value out of range is a ConfigError (the CLI's options --failure-cost and the others)."""
 
     failure_cost: float = 2.00
     training_cost: float | None = None
@@ -45,36 +51,42 @@ class Economics:
 
     def __post_init__(self) -> None:
         if self.failure_cost <= 0:
-            raise ValueError("failure_cost must be > 0 (the cost of one failed document, e.g. 2.00)")
+            raise ConfigError("failure_cost must be > 0 (the cost of one failed document, e.g. 2.00)")
         if self.training_cost is not None and self.training_cost < 0:
-            raise ValueError("training_cost must be >= 0")
+            raise ConfigError("training_cost must be >= 0")
         if not 0 <= self.min_share < 1:
-            raise ValueError("min_share must be in [0, 1)")
+            raise ConfigError("min_share must be in [0, 1)")
         if self.min_documents < 1:
-            raise ValueError("min_documents must be >= 1")
+            raise ConfigError("min_documents must be >= 1")
 
 
-@dataclass
-class Verdict:
+class Verdict(BaseModel):
+    """The verdict on one tier after the ones before it: the decision, the sentence that says it and
+    why, and the numbers behind it (None where there were no documents, or no price)."""
+
+    # frozen; keys a caller added to the plain data (eval's counts) are ignored when it is read back
+    model_config = ConfigDict(frozen=True, extra="ignore", ser_json_inf_nan="constants")
+
     tier: str
-    after: list[str]
+    after: tuple[str, ...]
     decision: str
     sentence: str
     n: int
     rescued: int
-    rate: float | None
-    ci_low: float | None
-    ci_high: float | None
-    threshold: float | None
-    cost_per_document: float | None
-    savings_per_document: float | None
-    net_per_document: float | None
-    documents_needed: int | None
-    break_even_documents: float | None
-    reasons: list[str] = field(default_factory=list)
+    rate: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    threshold: float | None = None
+    cost_per_document: float | None = None
+    savings_per_document: float | None = None
+    net_per_document: float | None = None
+    documents_needed: int | None = None
+    break_even_documents: float | None = None
+    reasons: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Plain data (lists, not tuples), as in the report's JSON."""
+        return self.model_dump(mode="json")
 
 
 def marginal_verdict(
@@ -97,23 +109,8 @@ def marginal_verdict(
     """
     before = " -> ".join(after) if after else "nothing"
     if n <= 0:
-        return Verdict(
-            tier,
-            after,
-            NO_DATA,
-            f"No documents reached a chain with {tier} yet.",
-            0,
-            0,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-        )
+        return Verdict(tier=tier, after=tuple(after), decision=NO_DATA, n=0, rescued=0,
+                       sentence=f"No documents reached a chain with {tier} yet.")  # fmt: skip
     F = economics.failure_cost
     rate = rescued / n
     lo, hi = wilson(rescued, n)
@@ -185,23 +182,11 @@ def marginal_verdict(
                 "it saves less per document than it costs"
             )
     return Verdict(
-        tier,
-        list(after),
-        decision,
-        sentence,
-        n,
-        rescued,
-        rate,
-        lo,
-        hi,
-        threshold,
-        cost,
-        savings,
-        net,
-        needed,
-        break_even,
-        reasons,
-    )
+        tier=tier, after=tuple(after), decision=decision, sentence=sentence, n=n, rescued=rescued, rate=rate,
+        ci_low=lo, ci_high=hi, threshold=threshold, cost_per_document=cost, savings_per_document=savings,
+        net_per_document=net, documents_needed=needed, break_even_documents=break_even,
+        reasons=tuple(reasons),
+    )  # fmt: skip
 
 
 def _too_few(n: int, total: int | None, minimum: int, bar: str) -> str:
@@ -219,10 +204,15 @@ def _too_few(n: int, total: int | None, minimum: int, bar: str) -> str:
             f"{total - n} more.")  # fmt: skip
 
 
-def headline_sentence(verdicts: list[dict[str, Any]], kinds: dict[str, str | None]) -> str | None:
+def headline_sentence(
+    verdicts: Sequence[Verdict | Mapping[str, Any]], kinds: Mapping[str, str | None]
+) -> str | None:
     """The sentence a reader came for: the verdict on the fine-tuned tier (the last one if there
     are several), else on the last tier of the chain. Chosen by the tier's kind, not its name."""
-    if not verdicts:
+    # (tier, sentence) of each: a verdict may be given as its plain data (eval keeps its verdicts as dicts)
+    chosen = [(v["tier"], v["sentence"]) if isinstance(v, Mapping) else (v.tier, v.sentence)
+              for v in verdicts]  # fmt: skip
+    if not chosen:
         return None
-    fine = [v for v in verdicts if kinds.get(v["tier"]) == "fine_tuned"] or verdicts[-1:]
-    return str(fine[-1]["sentence"])
+    fine = [v for v in chosen if kinds.get(v[0]) == FINE_TUNED] or chosen[-1:]
+    return str(fine[-1][1])

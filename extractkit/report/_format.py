@@ -1,0 +1,44 @@
+"""How the report's numbers read: money, shares, counts, times. Pure functions, no output: the
+renderers (terminal, CSV, HTML) and the sentences the report carries (verdicts, notes) use them."""
+
+from __future__ import annotations
+
+import time
+
+
+def money(v: float | None, none: str = "unknown") -> str:
+    if v is None:
+        return none
+    if v == 0:
+        return "$0"
+    if abs(v) >= 1:
+        return f"${v:,.2f}"
+    whole, _, frac = f"{v:.6f}".partition(".")
+    return f"${whole}.{frac.rstrip('0'):0<2}"
+
+
+def count(n: int) -> str:
+    return f"{n}" if n < 10_000 else f"{n / 1000:.0f}k" if n < 10_000_000 else f"{n / 1e6:.0f}M"
+
+
+def pct(v: float | None) -> str:
+    return "-" if v is None else f"{v:.0%}" if v in (0, 1) or 0.1 <= v <= 0.9 else f"{v:.1%}"
+
+
+def secs(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}s" if v < 10 else f"{v:.0f}s"
+
+
+def when(ts: float | None) -> str:
+    return "-" if ts is None else time.strftime("%Y-%m-%d %H:%M", time.gmtime(ts)) + " UTC"
+
+
+def per_valid(v: float | None, resolved: int, none: str) -> str:
+    """A cost per valid extraction: ``price unknown`` when there were valid extractions but a price
+    was missing, ``none`` when there were none to divide by."""
+    return money(v, "price unknown" if resolved else none)
+
+
+def first_line(text: str, limit: int = 160) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return line if len(line) <= limit else line[: limit - 3] + "..."

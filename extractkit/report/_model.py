@@ -1,0 +1,268 @@
+"""The report as a small tree of typed, frozen values; its serialisation is the ``--json`` output.
+
+::
+
+    Report
+    ├── scope: ReportScope              what the report covers, and as of when
+    ├── economics: Economics            the assumptions the verdicts use
+    ├── totals: Totals                  the chain over the documents in scope
+    ├── tiers: (TierStats, ...)         per tier, in chain order
+    │   └── ungrounded_fields: (FieldCount, ...)
+    ├── unresolved: Unresolved          documents no tier resolved, by last outcome, with examples
+    ├── document_errors: {outcome: n}   documents that could not be read
+    ├── rescue: (Rescue, ...)           what each tier after the first rescued, at what cost
+    ├── verdicts: (Verdict, ...)        keep / drop / not enough evidence, per tier after the first
+    ├── verdict: str                    the headline sentence
+    ├── drift: Drift                    recent window against the one before it, per tier
+    ├── served_models: (ServedModel, ...)
+    ├── trend: (TrendDay, ...)
+    ├── sampled: Sampled                how the latency percentiles were sampled
+    ├── field_failures: FieldFailures   the fields that failed most often, per tier
+    ├── notes: (str, ...)
+    └── queries: (Query, ...)           every SQL query run, with its parameters
+
+Pydantic (already a dependency) rather than dataclasses: one ``model_dump`` gives the JSON form
+(nested values, tuples as lists, field order as key order), and ``Report.model_validate`` reads
+that form back, so a renderer can take a report saved with ``--json`` as readily as a fresh one.
+Values are frozen and their sequences are tuples; the few mappings (outcome -> count) are plain
+dicts inside a frozen value. Numbers are data, never formatted: words are the renderers' job.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_serializer
+from pydantic_core.core_schema import SerializerFunctionWrapHandler
+
+from ._verdict import Economics, Verdict
+
+Number = int | float  # a count or an amount given as an int stays an int in the JSON, as before
+
+
+class Value(BaseModel):
+    """Base of the report's values: frozen, no unknown keys."""
+
+    # constants: an infinite z (a change with no spread) stays -inf / Infinity in the JSON, as before
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", populate_by_name=True, ser_json_inf_nan="constants"
+    )
+
+
+class Sparse(Value):
+    """A value whose optional keys (those with a default) are in its JSON only when they were set:
+    a drift item has ``note`` or the z values, never both."""
+
+    @model_serializer(mode="wrap")
+    def _only_set(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        required = {name for name, f in type(self).model_fields.items() if f.is_required()}
+        return {k: v for k, v in data.items() if k in required or k in self.model_fields_set}
+
+
+class ReportScope(Value):
+    schema_name: str | None = Field(alias="schema")
+    run_id: str | None
+    since: float | None
+    until: float | None
+    config_hash: str | None
+    as_of: float
+
+
+class Totals(Value):
+    documents: int
+    ok: int
+    failed: int
+    success_rate: float | None
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: Number | None
+    cost_per_valid_usd: float | None
+    latency_p50_s: float | None
+    latency_p95_s: float | None
+    first_at: float | None
+    last_at: float | None
+    configs: int
+    schemas: int
+
+
+class FieldCount(Value):
+    field: str
+    n: int
+
+
+class TierStats(Value):
+    tier: str
+    reached: int
+    resolved: int
+    attempts: int
+    reasks: int
+    retries: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float | None
+    unpriced_attempts: int
+    models: tuple[str, ...]
+    failure_outcomes: dict[str, int]  # most frequent first
+    kind: str | None
+    success_rate: float | None
+    success_ci: tuple[float, float] | None
+    share_resolved: float | None
+    cost_per_attempt_usd: float | None
+    cost_per_valid_usd: float | None
+    first_attempt_at: float | None
+    last_attempt_at: float | None
+    latency_p50_s: float | None
+    latency_p95_s: float | None
+    ungrounded_fields: tuple[FieldCount, ...]  # most often rejected first
+
+
+class UnresolvedExample(Value):
+    path: str | None
+    document_sha256: str | None
+    outcome: str | None
+    error: str | None
+
+
+class Unresolved(Value):
+    by_outcome: dict[str, int]
+    documents: int
+    examples: tuple[UnresolvedExample, ...]
+    more: int
+
+
+class Rescue(Value):
+    tier: str
+    kind: str | None
+    after: tuple[str, ...]
+    documents: int
+    rescued: int
+    own_cost_usd: float | None
+    lower_cost_usd: float | None
+    rescue_cost_usd: float | None
+    cost_per_rescued_usd: float | None
+    tier_cost_usd: float | None
+    marginal_cost_per_rescue_usd: float | None
+    failures_avoided_usd: float
+    break_even_documents: float | None
+
+
+class Window(Sparse):
+    reached: int
+    resolved: int
+    success_rate: float | None
+    cost_usd: float | None = None  # absent when the window saw nothing of the tier
+    cost_per_valid_usd: float | None
+
+
+class DriftTier(Sparse):
+    tier: str
+    recent: Window
+    baseline: Window
+    flags: tuple[str, ...]
+    note: str | None = None  # too few documents to compare: no z values
+    success_z: float | None = None
+    cost_per_attempt_z: float | None = None
+
+
+class Span(Value):
+    since: float
+    until: float
+    days: Number
+
+
+class ModelChange(Value):
+    tier: str
+    model: str
+    before: tuple[str, ...]
+    new: tuple[str, ...]
+    sentence: str
+
+
+class Drift(Value):
+    model_changes: tuple[ModelChange, ...]
+    recent: Span
+    baseline: Span
+    tiers: tuple[DriftTier, ...]
+    flagged: tuple[str, ...]
+
+
+class ServedModel(Value):
+    tier: str
+    model: str
+    served_model: str
+    fingerprint: str
+    first_seen: float
+    last_seen: float
+
+
+class TrendDay(Value):
+    day: str
+    documents: int
+    ok: int
+    cost_usd: float
+    resolved_by_tier: dict[str, int]
+    cost_per_valid_usd: float | None
+
+
+class Sampled(Value):
+    attempt_latency_every: int
+    document_latency_every: int
+
+
+class ValueCount(Value):
+    value: str
+    n: int
+
+
+class FieldFailure(Value):
+    tier: str
+    field: str
+    validation: int
+    ungrounded: int
+    values: tuple[ValueCount, ...] | None  # None: not shown (store_text off)
+    failures: int
+
+
+class FieldFailures(Value):
+    rows: tuple[FieldFailure, ...]
+    values_hidden: str | None
+    sample_per_tier_and_outcome: int
+    outcomes: tuple[str, ...]
+
+
+class Query(Value):
+    name: str
+    sql: str
+    params: tuple[Any, ...] | dict[str, Any]  # positional or named, as the query takes them
+
+
+class Report(Value):
+    """Everything ``extractkit report`` shows. ``to_dict()`` is the ``--json`` output (before
+    redaction); ``Report.from_dict`` reads it back."""
+
+    scope: ReportScope
+    economics: Economics
+    totals: Totals
+    tiers: tuple[TierStats, ...]
+    unresolved: Unresolved
+    document_errors: dict[str, int]
+    rescue: tuple[Rescue, ...]
+    verdicts: tuple[Verdict, ...]
+    verdict: str
+    drift: Drift
+    served_models: tuple[ServedModel, ...]
+    trend: tuple[TrendDay, ...]
+    sampled: Sampled
+    field_failures: FieldFailures
+    notes: tuple[str, ...]
+    queries: tuple[Query, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as plain data (lists and dicts), the keys the ``--json`` output has."""
+        return self.model_dump(mode="json", by_alias=True)
+
+    @classmethod
+    def from_dict(cls, data: Report | dict[str, Any]) -> Report:
+        """A report from its plain data (``to_dict()``, or ``--json`` read back); a Report as is."""
+        return data if isinstance(data, Report) else cls.model_validate(data)

@@ -1,0 +1,117 @@
+"""The report's JSON stays what it was: on a ledger that exercises every part of the report (three
+tiers over two drift windows, unpriced attempts, a served-model change, the local model, rejected
+field values, an unreadable document), the JSON of ``build_report`` equals, key for key and value
+for value (in the same key order), the JSON the code produced before the report became typed
+values (issue 15). The expected file was written once by the code as found:
+
+    EXTRACTKIT_WRITE_REPORT_FIXTURE=1 python -m pytest tests/test_report_compat.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from extractkit.ledger import Ledger
+from extractkit.report import Economics, Scope, build_report
+
+from .ledger_fixtures import chain, populate
+from .test_report_explains import extract_six, responder
+
+DAY = 86_400.0
+NOW = 1_800_000_000.0
+FIXTURE = Path(__file__).parent / "data" / "report_compat.json"
+SCOPES = {
+    "whole_ledger": (Scope(), Economics(failure_cost=2.0, training_cost=50.0)),
+    "filtered": (Scope(schema="Invoice"), Economics(failure_cost=0.5, min_documents=10)),
+    "one_window": (Scope(since=NOW - 3 * DAY), Economics()),
+    "empty": (Scope(schema="NoSuchSchema"), Economics()),
+}
+
+
+def compat_ledger(ledger: Ledger) -> None:
+    extract_six(ledger)  # rejected values, ungrounded fields (times set below)
+    ledger.conn.execute("UPDATE extractions SET created_at = ?", (NOW - 12 * DAY,))
+    ledger.conn.execute("UPDATE attempts SET started_at = ?", (NOW - 12 * DAY - 1,))
+    ledger.conn.execute("UPDATE served_models SET first_seen = ?, last_seen = ?", (NOW - 12 * DAY, NOW - 12 * DAY))
+    counts = {"zero": 14, "few": 9, "ft": 8, "none": 4}
+    populate(ledger, counts, created_at=NOW - 2 * DAY, prefix="r")
+    populate(ledger, counts, created_at=NOW - 10 * DAY, prefix="b", costs={"few_shot": 0.003})
+    populate(ledger, {"ft": 2, "none": 1}, created_at=NOW - 1 * DAY, prefix="u", costs={"fine_tuned": None})
+    local = populate(ledger, {"zero": 3, "none": 1}, extractor=chain(("zero_shot",)), created_at=NOW - 4 * DAY,
+                     prefix="l")  # fmt: skip
+    ledger.conn.execute(
+        "UPDATE attempts SET model = 'local' WHERE extraction_id IN (SELECT id FROM extractions WHERE config_hash = ?)",
+        (local.config_hash,),
+    )
+    # and its run config says so, as a run on the bundled model records it (endpoint "local")
+    for run_id, config_json in ledger.conn.execute(
+        "SELECT id, config_json FROM runs WHERE config_hash = ?", (local.config_hash,)
+    ).fetchall():
+        config = json.loads(config_json)
+        for tier in config.get("tiers", []):
+            tier.update(endpoint="local", model="local")
+        ledger.conn.execute("UPDATE runs SET config_json = ? WHERE id = ?", (json.dumps(config), run_id))
+    ex = chain()
+    ledger.record_error(run_id=None, path="scan.pdf", kind="empty_document", message="no text in scan.pdf",
+                        schema_hash=ex.schema_hash, config_hash=ex.config_hash)  # fmt: skip
+    ledger.conn.execute("UPDATE extractions SET created_at = ? WHERE status = 'error'", (NOW - 2 * DAY,))
+    ledger.conn.executemany(
+        "INSERT INTO served_models (tier, model, served_model, fingerprint, first_seen, last_seen) VALUES (?,?,?,?,?,?)",
+        [("zero_shot", "gpt-4o-mini", "gpt-4o-mini-2024-07-18", "", NOW - 30 * DAY, NOW - 3 * DAY),
+         ("zero_shot", "gpt-4o-mini", "gpt-4o-mini-2025-01-01", "fp_1", NOW - 2 * DAY, NOW - 1 * DAY)],
+    )  # fmt: skip
+    ledger.conn.commit()
+
+
+def normalised(report: Any) -> Any:
+    """The JSON of a report, with the one name that changes every run (the temp table) fixed."""
+    text = json.dumps(report, indent=2)
+    return json.loads(re.sub(r"temp\.report_latest_[0-9A-Za-z]+", "temp.report_latest_ID", text))
+
+
+def key_order(x: Any) -> Any:
+    if isinstance(x, dict):
+        return [(k, key_order(v)) for k, v in x.items()]
+    if isinstance(x, list):
+        return [key_order(v) for v in x]
+    return None
+
+
+@pytest.fixture
+def reports(mock_api, tmp_path) -> dict[str, Any]:
+    mock_api.post("/chat/completions").mock(side_effect=responder)
+    with Ledger(tmp_path / "ledger.sqlite3") as ledger:
+        compat_ledger(ledger)
+        return {
+            name: normalised(build_report(ledger, scope, economics=econ, as_of=NOW))
+            for name, (scope, econ) in SCOPES.items()
+        }
+
+
+def test_report_json_is_unchanged(reports):
+    if os.environ.get("EXTRACTKIT_WRITE_REPORT_FIXTURE"):
+        FIXTURE.parent.mkdir(exist_ok=True)
+        FIXTURE.write_text(json.dumps(reports, indent=1) + "\n", encoding="utf-8")
+    expected = json.loads(FIXTURE.read_text(encoding="utf-8"))
+    assert set(reports) == set(expected)
+    for name in expected:
+        assert reports[name] == expected[name], name
+        assert key_order(reports[name]) == key_order(expected[name]), name
+
+
+def test_the_fixture_covers_every_part_of_the_report():
+    """A compatibility check is only as good as what its ledger holds."""
+    whole = json.loads(FIXTURE.read_text(encoding="utf-8"))["whole_ledger"]
+    assert [t["tier"] for t in whole["tiers"]] == ["zero_shot", "few_shot", "fine_tuned"]
+    assert whole["drift"]["model_changes"] and whole["drift"]["flagged"]
+    assert any("success_z" in t for t in whole["drift"]["tiers"])
+    assert whole["field_failures"]["rows"] and whole["unresolved"]["examples"] and whole["document_errors"]
+    assert len(whole["notes"]) == 3 and whole["rescue"][-1]["break_even_documents"] is not None
+    assert any(t["cost_usd"] is None for t in whole["tiers"])
+    assert json.loads(FIXTURE.read_text(encoding="utf-8"))["empty"]["totals"]["documents"] == 0
