@@ -140,3 +140,34 @@ def test_latency_leaves_out_the_wait_for_the_client_side_rate_limiter(mock_api):
     ex.close()
     assert result.ok and wall >= 1.5
     assert result.latency_s < wall - 1.4  # the 1.5 s in the queue is not the document's latency
+
+
+def test_report_names_what_it_cannot_show_and_why_one_tier_ran(tmp_path):
+    docs, cfg = _project(tmp_path, "")
+    (tmp_path / "ex.jsonl").write_text(json.dumps({"input": "ACME Ltd total 5.00",
+                                                   "output": {"issuer": "ACME Ltd", "total": 5.0}}) + "\n")  # fmt: skip
+    with FakeLLMServer(echo_invoice_responder) as server:
+        cfg.write_text(cfg.read_text().replace('base_url = ""', f'base_url = "{server.base_url}"')
+                       + f'[[tiers]]\nkind = "few_shot"\nmodel = "gpt-4o-mini"\nbase_url = "{server.base_url}"\n'
+                       'examples = "ex.jsonl"\nmax_reasks = 0\n')  # fmt: skip
+        assert _cli("extract", docs, "-c", cfg).returncode == 0
+        gold = tmp_path / "gold.jsonl"
+        gold.write_text(
+            json.dumps({"id": "a", "document": str(docs / "inv0.txt"), "expected": {"total": 1249.5}}) + "\n"
+        )
+        ev = _cli("eval", gold, "-c", cfg, "--json")
+    assert ev.returncode == 0, ev.stderr
+    eval_run = json.loads(ev.stdout)["run_id"]
+    report = _cli("report", "-c", cfg)
+    assert report.returncode == 0
+    # zero_shot resolved everything: few_shot is configured but never ran
+    assert "Only zero_shot was needed" in report.stdout and "few_shot never ran" in report.stdout, (
+        report.stdout
+    )
+    assert f"ledger: {tmp_path / 'ledger.sqlite3'}" in report.stderr
+    as_eval = _cli("report", "-c", cfg, "--run", eval_run)
+    assert as_eval.returncode == 2 and f"extractkit eval --run {eval_run}" in as_eval.stderr
+    nosuch = _cli("report", "-c", cfg, "--config-hash", "deadbeef")
+    assert nosuch.returncode == 2 and "no such chain config" in nosuch.stderr
+    future = _cli("report", "-c", cfg, "--since", "2099-01-01")
+    assert future.returncode == 0 and "No extraction by a chain in this scope" in future.stdout

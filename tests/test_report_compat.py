@@ -112,6 +112,6 @@ def test_the_fixture_covers_every_part_of_the_report():
     assert whole["drift"]["model_changes"] and whole["drift"]["flagged"]
     assert any("success_z" in t for t in whole["drift"]["tiers"])
     assert whole["field_failures"]["rows"] and whole["unresolved"]["examples"] and whole["document_errors"]
-    assert len(whole["notes"]) == 3 and whole["rescue"][-1]["break_even_documents"] is not None
+    assert len(whole["notes"]) == 4 and whole["rescue"][-1]["break_even_documents"] is not None
     assert any(t["cost_usd"] is None for t in whole["tiers"])
     assert json.loads(FIXTURE.read_text(encoding="utf-8"))["empty"]["totals"]["documents"] == 0

@@ -135,4 +135,5 @@ def report(
         check_scope_exists(ledger, scope)
         data = read_report(ledger, scope, economics=economics, as_of=now, recent_days=recent_days,
                            baseline_days=baseline_days)  # fmt: skip
+        err.print(f"ledger: {ledger.path}", highlight=False, markup=False)  # which one it read
     emit(data.to_dict(), as_json, csv_path, html_path, csv=report_csv, html=report_html, show=print_report)

@@ -364,8 +364,18 @@ def check_scope_exists(ledger: Ledger, scope: Scope) -> None:
     """ConfigError when ``scope`` names a run or schema the ledger has never seen: for the CLI, where
     `--run` / `--schema` naming nothing is a typo, not an empty report (``build_report`` itself returns
     an empty report for such a scope)."""
-    if scope.run_id and not ledger.query("SELECT 1 FROM runs WHERE id = ? LIMIT 1", [scope.run_id]):
-        raise ConfigError(f"no such run in {ledger.path}: {scope.run_id}")
+    if scope.run_id:
+        found = ledger.query("SELECT kind FROM runs WHERE id = ? LIMIT 1", [scope.run_id])
+        if not found:
+            raise ConfigError(f"no such run in {ledger.path}: {scope.run_id}")
+        if found[0]["kind"] == "eval":
+            raise ConfigError(f"run {scope.run_id} is an eval run (each tier forced alone, not the chain): "
+                              f"show it with `extractkit eval --run {scope.run_id}`")  # fmt: skip
+    if scope.config_hash and not ledger.query(
+        "SELECT 1 FROM extractions WHERE config_hash LIKE ? LIMIT 1", [scope.config_hash + "%"]
+    ):
+        raise ConfigError(f"no such chain config in {ledger.path}: {scope.config_hash} (no config hash "
+                          "or prefix of one)")  # fmt: skip
     if scope.schema and not ledger.query(
         "SELECT 1 FROM schemas WHERE name = ? OR hash LIKE ? LIMIT 1", [scope.schema, scope.schema + "%"]
     ):
@@ -635,6 +645,7 @@ def read_report(
     served = rows.served if scope == Scope() else scoped_served(rows.served, per)
     tiers = tier_stats(per, rows, totals.documents)
     rescue, verdicts = rescue_and_verdicts(tiers, per, rows, totals.documents, economics)
+    configured = [t["name"] for chain in rows.chains.values() for t in chain]  # the tiers the chains have
     return Report(
         scope=ReportScope(**scope.__dict__, as_of=now),
         economics=economics,
@@ -644,13 +655,13 @@ def read_report(
         document_errors=rows.document_errors,
         rescue=rescue,
         verdicts=verdicts,
-        verdict=_headline(verdicts, tiers),
+        verdict=_headline(verdicts, tiers, scope, configured),
         drift=drift(drift_sums, windows, recent_days, baseline_days, served),
         served_models=tuple(ServedModel(**r) for r in served),
         trend=trend(rows.docs),
         sampled=rows.sampled,
         field_failures=field_failures(rows.field_rows, [t.tier for t in tiers], rows.store_text),
-        notes=notes(tiers, economics, local=local_tiers(rows)),
+        notes=notes(tiers, economics, local=local_tiers(rows), chains=len(rows.chains)),
         queries=tuple(Query(**x) for x in rows.queries),
     )
 
@@ -677,7 +688,8 @@ def local_tiers(rows: _Rows) -> set[str]:
 
 
 def notes(
-    tiers: Sequence[TierStats], economics: Economics | None = None, local: set[str] | None = None
+    tiers: Sequence[TierStats], economics: Economics | None = None, local: set[str] | None = None,
+    chains: int = 1,
 ) -> tuple[str, ...]:
     """The report's notes. ``local``: the tiers that ran on the bundled local model (``extractkit.local``
     decides, from the run configs)."""
@@ -687,6 +699,11 @@ def notes(
         out.append(
             f"the training cost ({money(economics.training_cost)}) applies to a fine-tuned tier only, "  # type: ignore[union-attr]
             "and no fine-tuned tier ran after another tier in scope: it is left out."
+        )
+    if chains > 1:
+        out.append(
+            f"{chains} chain configs are in scope and their tiers are counted together by name (a tier "
+            "row mixes their models and prompts): `--config-hash HASH` reports one, `--run ID` one run."
         )
     on_local = [t.tier for t in tiers if t.tier in (local or set())]
     if on_local:
@@ -711,11 +728,25 @@ def _before(name: str, chains: dict[str, list[dict[str, Any]]], order: list[str]
     return order[: order.index(name)]
 
 
-def _headline(verdicts: Sequence[Verdict], tiers: Sequence[TierStats]) -> str:
+def _headline(
+    verdicts: Sequence[Verdict], tiers: Sequence[TierStats], scope: Scope | None = None,
+    configured: Sequence[str] = (),
+) -> str:  # fmt: skip
     if not tiers:
-        return "No extractions in scope yet: run `extractkit extract` first."
+        if scope is not None and (scope.since or scope.until or scope.config_hash or scope.run_id):
+            return ("No extraction by a chain in this scope: widen --since/--until or drop --run/"
+                    "--config-hash (eval runs are shown by `extractkit eval --run`).")  # fmt: skip
+        return ("No extraction by a chain in scope yet: run `extractkit extract` first (eval runs force "
+                "each tier alone and are shown by `extractkit eval --run`).")  # fmt: skip
     sentence = headline_sentence(verdicts, {t.tier: t.kind for t in tiers})
     if sentence is None:
+        idle = [n for n in dict.fromkeys(configured) if n != tiers[0].tier]
+        if idle:
+            return (
+                f"Only {tiers[0].tier} was needed: the chain never escalated, so {', '.join(idle)} never "
+                "ran and there is nothing to compare it with; run `extractkit eval` to compare the tiers "
+                "on a gold set."
+            )
         return (
             f"Only one tier ({tiers[0].tier}) ran: there is nothing to compare it with; "
             "add a tier or run `extractkit eval`."
