@@ -1,6 +1,6 @@
 """Batch extraction over document folders."""
 
-from ._limiter import RateLimiter
+from ._limiter import Limiter, RateLimiter
 from ._loaders import MAX_BYTES, MAX_CHARS, Document, count_documents, display_path, load, walk
 from ._many import ItemResult
 from ._runner import BatchRunner, BatchSummary, DocResult
@@ -13,6 +13,7 @@ __all__ = [
     "DocResult",
     "Document",
     "ItemResult",
+    "Limiter",
     "RateLimiter",
     "count_documents",
     "display_path",
