@@ -38,6 +38,7 @@ async def with_extractkit(base_url: str, folder: Path, ledger_path: Path, tpm: f
         t0 = time.perf_counter()
         summary = await BatchRunner(ex, ledger, concurrency=64, freeze_gc=True).run([folder])
         elapsed = time.perf_counter() - t0
+        await ex.aclose()  # made here, so closed here (the runner leaves it open)
     assert summary.ok == summary.documents, summary.to_dict()
     return elapsed
 

@@ -43,6 +43,7 @@ async def with_extractkit(base_url: str, folder: Path, ledger_path: Path, concur
         t0 = time.perf_counter()
         summary = await runner.run([folder])
         elapsed = time.perf_counter() - t0
+        await ex.aclose()  # made here, so closed here (the runner leaves it open)
     assert summary.ok == summary.documents, summary.to_dict()
     return elapsed, summary.documents
 

@@ -5,6 +5,12 @@ extractor's own event loop in a background thread, kept between calls so that co
 reused (``close()`` or ``with extractor:`` ends it; so does garbage collection). Async callers
 reuse connections per event loop and close them with ``await extractor.aclose()`` or
 ``async with extractor``.
+
+Who owns what: the extractor's ``ledger`` and ``limiter`` are given to it at construction and
+only this module assigns them. A driver that owns a run of its own (the batch runner, eval) does
+not change them: it passes its ledger, run id and limiter to each call (``aextract_in_run``), and
+it does not close the extractor, which stays open for its caller (whoever made it closes it). A
+ledger the extractor opened from a path is closed by the extractor.
 """
 
 from __future__ import annotations
@@ -16,8 +22,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
-from contextvars import ContextVar
+from collections.abc import AsyncIterator, Coroutine, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -33,16 +38,13 @@ from ._results import FAILURE_OUTCOMES, Attempt, Outcome, Result
 from ._schema import canonical_json, check_schema, schema_hash, short_hash
 from ._sync import LoopThread
 from ._tiers import BoundTier, Tier
-from .ledger import Ledger
+from .ledger import Ledger, RecordingLedger
 
 if TYPE_CHECKING:
-    from .batch import ItemResult
+    from .batch import ItemResult, Limiter
 
 T = TypeVar("T", bound=BaseModel)
-
-# the rate limiter of the calls made inside one ``extract_many`` with its own rpm / tpm (set around
-# its tasks); unset, a call uses the extractor's ``limiter``
-CALL_LIMITER: ContextVar[Any] = ContextVar("extractkit_call_limiter")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -81,8 +83,11 @@ class Extractor(Generic[T]):
     ``response_too_large`` (default 4 MiB; an answer bounded by the tier's output tokens is a few
     kB). The extractor holds a circuit breaker per base URL (see ``aextract``).
 
-    ``ledger`` records every call: a ``Ledger``, or a path (str or ``os.PathLike``) that the
-    extractor opens as one and closes in ``close()`` / ``aclose()`` (the next call reopens it).
+    ``ledger`` records every call: a ``Ledger`` (or any ``RecordingLedger``), left open for its
+    owner to close, or a path (str or ``os.PathLike``) that the extractor opens as a ``Ledger``
+    and closes in ``close()`` / ``aclose()`` (the next call reopens it). ``limiter`` (a
+    ``Limiter``, e.g. ``RateLimiter(rpm=500)``) paces every request. Both are fixed here: a batch
+    or an eval records into its own ledger without changing them (see ``aextract_in_run``).
     """
 
     def __init__(
@@ -93,8 +98,8 @@ class Extractor(Generic[T]):
         policy: EscalationPolicy | None = None,
         raise_on_failure: bool = False,
         prices: Mapping[str, Price] | None = None,
-        ledger: Ledger | str | os.PathLike[str] | None = None,
-        limiter: Any = None,
+        ledger: RecordingLedger | str | os.PathLike[str] | None = None,
+        limiter: Limiter | None = None,
         max_response_bytes: int = MAX_RESPONSE_BYTES,
     ):
         self.schema: type[T] = check_schema(schema)  # type: ignore[assignment]
@@ -116,10 +121,10 @@ class Extractor(Generic[T]):
         if isinstance(ledger, (str, os.PathLike)):
             self._ledger_path = Path(ledger)
             ledger = self._owned_ledger = Ledger(self._ledger_path)
-        elif ledger is not None and not isinstance(ledger, Ledger):
+        elif ledger is not None and not isinstance(ledger, RecordingLedger):
             raise TypeError(f"ledger must be a Ledger, a path or None, got {type(ledger).__name__}")
-        self.ledger: Ledger | None = ledger
-        self.limiter = limiter
+        self.ledger: RecordingLedger | None = ledger
+        self.limiter: Limiter | None = limiter
         # consecutive connection failures per base URL, across every concurrent call
         self._breaker = _retry.CircuitBreaker(self.policy.retry.unreachable_after)
         self.schema_hash = schema_hash(self.schema)
@@ -177,19 +182,30 @@ class Extractor(Generic[T]):
             if self.ledger is owned:
                 self.ledger = None  # reopened by the next call
 
-    def _reopen_ledger(self) -> None:
-        """A ledger given as a path and closed by ``close()`` / ``aclose()``: open it again."""
-        with self._sync_lock:
-            if self.ledger is None and self._ledger_path is not None and self._owned_ledger is None:
-                self.ledger = self._owned_ledger = Ledger(self._ledger_path)
+    def _current_ledger(self) -> RecordingLedger | None:
+        """The ledger this extractor's own calls record into; a ledger given as a path and closed
+        by ``close()`` / ``aclose()`` is opened again."""
+        if self.ledger is None:
+            with self._sync_lock:
+                if self.ledger is None and self._ledger_path is not None and self._owned_ledger is None:
+                    self.ledger = self._owned_ledger = Ledger(self._ledger_path)
+        return self.ledger
 
     # -- clients --------------------------------------------------------------------------------
-    def _client(self, tier: Tier) -> openai.AsyncOpenAI:
+    async def _client(self, tier: Tier) -> openai.AsyncOpenAI:
         loop = asyncio.get_running_loop()
         per_loop = self._clients.setdefault(loop, {})
-        if tier.name not in per_loop:
-            per_loop[tier.name] = make_client(tier)
-        return per_loop[tier.name]
+        client = per_loop.get(tier.name)
+        if client is None:
+            local_url = None
+            if tier.is_local:  # the local server takes up to a minute to start: off the loop, once
+                from .local import alocal_base_url
+
+                local_url = await alocal_base_url()
+            client = per_loop.get(tier.name)  # another call may have made it meanwhile
+            if client is None:
+                client = per_loop[tier.name] = make_client(tier, local_url=local_url)
+        return client
 
     async def aclose(self) -> None:
         """Close this event loop's connections, mark the library run (if any) done and reset the
@@ -233,6 +249,12 @@ class Extractor(Generic[T]):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def run_sync(self, coro: Coroutine[Any, Any, R]) -> R:
+        """Run ``coro``, async code that uses this extractor, on the extractor's own event loop
+        (the one ``extract`` runs on) and return its result: its connections are reused and
+        closed by ``close()``. Sync wrappers such as ``evaluate`` use it."""
+        return self._sync().run(coro)
+
     # -- extraction -----------------------------------------------------------------------------
     async def aextract(
         self,
@@ -266,10 +288,46 @@ class Extractor(Generic[T]):
         is, so the final outcome says why the call stopped.) A batch stops on it and leaves the
         remaining documents unattempted.
         """
+        result, unreachable = await self._run_tiers(text, only, self.limiter)
+        record: dict[str, Any] = {"run_id": run_id, "path": path, "size": size, "doc_type": doc_type}
+        record.update({k: v for k, v in (("config_hash", config_hash), ("forced_tier", forced_tier)) if v})
+        ledger = self._current_ledger()
+        if ledger is not None and run_id is None:
+            record["run_id"] = self._library_run_id()
+            counts = self._run_counts
+            counts["n_documents"] += 1
+            counts["n_ok" if result.ok else "n_failed"] += 1
+        return await self._finish(text, result, unreachable, ledger, only, record)
+
+    async def aextract_in_run(
+        self,
+        text: str,
+        *,
+        ledger: RecordingLedger | None,
+        run_id: str,
+        limiter: Limiter | None = None,
+        only: str | None = None,
+        path: str | None = None,
+        size: int | None = None,
+        doc_type: str | None = None,
+    ) -> Result[T]:
+        """``aextract`` for a driver that owns a run of its own (the batch runner, eval): the
+        result is recorded into ``ledger`` (None: not recorded) under ``run_id``, and the requests
+        are paced by ``limiter`` (None: not paced). The extractor's own ``ledger`` and ``limiter``
+        are neither used nor changed, and the extractor stays open: the driver passes what its
+        run needs, and closes only what it opened. Raises as ``aextract`` does."""
+        result, unreachable = await self._run_tiers(text, only, limiter)
+        record: dict[str, Any] = {"run_id": run_id, "path": path, "size": size, "doc_type": doc_type}
+        return await self._finish(text, result, unreachable, ledger, only, record)
+
+    async def _run_tiers(
+        self, text: str, only: str | None, limiter: Limiter | None
+    ) -> tuple[Result[T], ProviderUnreachable | None]:
+        """Run the tiers (or tier ``only``) on ``text``: the result, and the ``ProviderUnreachable``
+        that stopped it after it made attempts (raised here when it stopped before the first)."""
         if not isinstance(text, str):
             raise TypeError(f"text must be str, got {type(text).__name__}")
         tiers = [self.tier(only)] if only else self.tiers
-        limiter = CALL_LIMITER.get(self.limiter)
         started = time.perf_counter()
         attempts: list[Attempt] = []
         value: T | None = None
@@ -279,7 +337,7 @@ class Extractor(Generic[T]):
         for tier in tiers:
             call = TierCall(
                 self._bound[tier.name],
-                self._client(tier),
+                await self._client(tier),
                 text,
                 retry_policy=self.policy.retry,
                 schema_hash=self.schema_hash,
@@ -318,20 +376,23 @@ class Extractor(Generic[T]):
             schema_hash=self.schema_hash,
             document_sha256=document_sha256(text),
         )
-        record: dict[str, Any] = {"run_id": run_id, "path": path, "size": size, "doc_type": doc_type}
-        record.update({k: v for k, v in (("config_hash", config_hash), ("forced_tier", forced_tier)) if v})
-        if self.ledger is None:
-            self._reopen_ledger()
-        if self.ledger is not None:
+        return result, unreachable
+
+    async def _finish(
+        self,
+        text: str,
+        result: Result[T],
+        unreachable: ProviderUnreachable | None,
+        ledger: RecordingLedger | None,
+        only: str | None,
+        record: dict[str, Any],
+    ) -> Result[T]:
+        """Record ``result`` into ``ledger`` (if any), then raise what the call raises."""
+        if ledger is not None:
             if only:
                 record.setdefault("forced_tier", only)
                 record.setdefault("config_hash", self.tier_hashes[only])
-            if record.get("run_id") is None:
-                record["run_id"] = self._library_run_id()
-                counts = self._run_counts
-                counts["n_documents"] += 1
-                counts["n_ok" if result.ok else "n_failed"] += 1
-            ext_id = await self.ledger.arecord(self, result, text=text, **record)
+            ext_id = await ledger.arecord(self, result, text=text, **record)
             result = replace(result, extraction_id=ext_id)
         if unreachable is not None:  # this call's failed result travels with it (recorded above)
             raise type(unreachable)(  # ProviderRefused stays ProviderRefused
@@ -415,10 +476,9 @@ class Extractor(Generic[T]):
         try:
             doc = await aload(p, kind, max_bytes or MAX_BYTES, max_chars or MAX_CHARS)
         except DocumentError as exc:  # recorded as the batch records an unreadable document
-            if self.ledger is None:
-                self._reopen_ledger()
-            if self.ledger is not None:
-                ledger, run_id = self.ledger, self._library_run_id()
+            ledger = self._current_ledger()
+            if ledger is not None:
+                run_id = self._library_run_id()
                 self._run_counts["n_documents"] += 1
                 self._run_counts["n_errors"] = self._run_counts.get("n_errors", 0) + 1
                 await asyncio.to_thread(
@@ -488,8 +548,9 @@ class Extractor(Generic[T]):
         """
         from .batch import aextract_many
 
-        return aextract_many(self, inputs, concurrency=concurrency, rpm=rpm, tpm=tpm, force=force,
-                             retry_failed=retry_failed, include=include)  # fmt: skip
+        # the extractor's own ledger, reopened (if close() closed it) when the iteration starts
+        return aextract_many(self, inputs, ledger=self._current_ledger, concurrency=concurrency, rpm=rpm,
+                             tpm=tpm, force=force, retry_failed=retry_failed, include=include)  # fmt: skip
 
     def extract_many(
         self,

@@ -116,7 +116,9 @@ async def _cap_body(response: httpx.Response) -> None:
         response.stream = _CappedStream(response.stream, limit, response.status_code)
 
 
-def make_client(tier: Any) -> openai.AsyncOpenAI:
+def make_client(tier: Any, *, local_url: str | None = None) -> openai.AsyncOpenAI:
+    """The tier's client. ``local_url``: the local server's URL, for a local tier, when the
+    caller has started it (``Extractor`` does, off the event loop); else it is started here."""
     hooks: dict[str, list[Any]] = {"response": [_cap_body]}
     if tier.transport == "aiohttp":
         http_client = openai.DefaultAioHttpClient(event_hooks=hooks)
@@ -126,7 +128,7 @@ def make_client(tier: Any) -> openai.AsyncOpenAI:
     if tier.is_local:
         from .local import local_base_url
 
-        base_url = local_base_url()
+        base_url = local_url or local_base_url()
     return openai.AsyncOpenAI(
         api_key=tier.resolve_api_key(),
         base_url=base_url,

@@ -104,10 +104,10 @@ def test_retry_failed_resends_validation_failures_only_when_asked(tmp_path, mock
 
 
 def _unreachable_after(monkeypatch: pytest.MonkeyPatch, n: int) -> list[str]:
-    """Extractor.aextract answers the first ``n`` documents, then raises ProviderUnreachable
-    (what the chain's circuit breaker does after N consecutive connection failures)."""
+    """Extractor.aextract_in_run (the batch's call) answers the first ``n`` documents, then raises
+    ProviderUnreachable (what the chain's circuit breaker does after N consecutive connection failures)."""
     calls: list[str] = []
-    real = Extractor.aextract
+    real = Extractor.aextract_in_run
 
     async def aextract(self, text, **kw):
         calls.append(text)
@@ -118,7 +118,7 @@ def _unreachable_after(monkeypatch: pytest.MonkeyPatch, n: int) -> list[str]:
             )  # fmt: skip
         return await real(self, text, **kw)
 
-    monkeypatch.setattr(Extractor, "aextract", aextract)
+    monkeypatch.setattr(Extractor, "aextract_in_run", aextract)
     return calls
 
 
@@ -128,7 +128,7 @@ def test_provider_unreachable_stops_the_batch_and_leaves_the_rest_unattempted(tm
     for i in range(10):
         (docs / f"d{i}.txt").write_text(invoice(i))
     route = mock_api.post("/chat/completions").mock(side_effect=echo)
-    real = Extractor.aextract
+    real = Extractor.aextract_in_run
     calls = _unreachable_after(monkeypatch, 2)
     out = tmp_path / "out.jsonl"
     s = run(tmp_path / "l.db", [docs], out=out, concurrency=1)
@@ -137,7 +137,7 @@ def test_provider_unreachable_stops_the_batch_and_leaves_the_rest_unattempted(tm
     assert len(lines(out)) == 2  # nothing was recorded as failed
     assert db_rows(tmp_path / "l.db", "SELECT status, COUNT(*) FROM extractions GROUP BY status") == [("ok", 2)]
     assert db_rows(tmp_path / "l.db", "SELECT status FROM runs") == [("provider_unreachable",)]
-    monkeypatch.setattr(Extractor, "aextract", real)  # the provider is back
+    monkeypatch.setattr(Extractor, "aextract_in_run", real)  # the provider is back
     again = run(tmp_path / "l.db", [docs], out=out)
     assert (again.status, again.ok, again.resumed) == ("done", 10, 2)
 

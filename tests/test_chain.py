@@ -432,7 +432,7 @@ def test_sync_calls_share_one_loop_and_client_until_closed(mock_api, monkeypatch
     mock_api.post("/chat/completions").mock(return_value=ok())
     made = []
     real = chain_mod.make_client
-    monkeypatch.setattr(chain_mod, "make_client", lambda tier: made.append(real(tier)) or made[-1])
+    monkeypatch.setattr(chain_mod, "make_client", lambda tier, **kw: made.append(real(tier, **kw)) or made[-1])
     ex = Extractor(Invoice, tiers=[zero()])
     assert all(ex.extract(DOC).ok for _ in range(3))
     with ThreadPoolExecutor(4) as pool:

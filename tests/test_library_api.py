@@ -71,7 +71,7 @@ def test_a_ledger_given_as_an_object_is_left_open(mock_api, tmp_path):
     with extractkit.Ledger(tmp_path / "l.sqlite3") as ledger:
         ex = Extractor(Invoice, [zero()], ledger=tmp_path / "l.sqlite3")
         assert isinstance(ex.ledger, extractkit.Ledger) and ex.ledger is not ledger
-        ex.ledger = ledger  # replaced (as the batch and eval do): the caller's to close
+        ex.ledger = ledger  # replaced by its owner (the batch and eval pass theirs per call instead): not closed by ex
         ex.extract(DOC)
         ex.close()
         assert tuple(ledger.conn.execute("SELECT count(*) FROM extractions").fetchone()) == (1,)

@@ -1,7 +1,7 @@
 """Batch extraction over document folders."""
 
 from ._estimate import REASK_TOKENS, check_max_cost, estimate
-from ._limiter import RateLimiter
+from ._limiter import Limiter, RateLimiter
 from ._loaders import (
     MAX_BYTES,
     MAX_CHARS,
@@ -29,6 +29,7 @@ __all__ = [
     "DocResult",
     "Document",
     "ItemResult",
+    "Limiter",
     "RateLimiter",
     "aextract_many",
     "aload",

@@ -9,6 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Protocol, runtime_checkable
+
+
+@runtime_checkable
+class Limiter(Protocol):
+    """What a tier call needs of a rate limiter: ``acquire`` before each request (``tokens``: its
+    estimated prompt and output tokens) and ``penalize`` after a 429 (``retry_after``: seconds,
+    or None when the provider did not say). ``RateLimiter`` is one."""
+
+    async def acquire(self, tokens: int) -> None: ...
+
+    def penalize(self, retry_after: float | None) -> None: ...
 
 
 class RateLimiter:

@@ -18,9 +18,10 @@ from typing import Any, Generic, TypeVar
 from pydantic import ValidationError
 
 from .._errors import DocumentError, NoDocuments, ProviderUnreachable
+from ..ledger import RecordingLedger
 from ._limiter import RateLimiter
 from ._loaders import SPECIAL, TEXT_TYPES, _kind, dir_error, display_path, walk
-from ._runner import _UNSET, STOPPED, BatchRunner, BatchSummary, DocResult, Job
+from ._runner import STOPPED, BatchRunner, BatchSummary, DocResult, Job
 
 T = TypeVar("T")
 
@@ -136,6 +137,7 @@ async def aextract_many(
     extractor: Any,
     inputs: Iterable[Any],
     *,
+    ledger: Callable[[], RecordingLedger | None],
     concurrency: int = 8,
     rpm: float | None = None,
     tpm: float | None = None,
@@ -143,12 +145,12 @@ async def aextract_many(
     retry_failed: bool = False,
     include: list[str] | None = None,
 ) -> AsyncIterator[ItemResult[Any]]:
-    """See ``Extractor.aextract_many``."""
+    """See ``Extractor.aextract_many``. ``ledger``: called once the iteration starts, gives the
+    ledger the run records into (the extractor's own, reopened if ``close()`` closed it)."""
     if isinstance(inputs, (str, bytes, os.PathLike)):
         raise TypeError("extract_many takes an iterable of texts and paths: wrap a single one in a list")
-    limiter: Any = RateLimiter(rpm, tpm) if rpm or tpm else _UNSET
-    if extractor.ledger is None:
-        extractor._reopen_ledger()  # a ledger given as a path and closed by close()
+    limiter = RateLimiter(rpm, tpm) if rpm or tpm else None  # None: the extractor's own
+    run_ledger = ledger()
     unlisted: list[Job] = []
     jobs = _jobs(inputs, include, unlisted)
     first = next(jobs, None)
@@ -159,8 +161,9 @@ async def aextract_many(
         yield first
         yield from jobs
 
-    runner = BatchRunner.for_library(extractor, concurrency=concurrency, limiter=limiter, force=force,
-                                     retry_failed=retry_failed, include=include)  # fmt: skip
+    # the runner leaves the extractor and its ledger open: the caller's to close
+    runner = BatchRunner(extractor, run_ledger, concurrency=concurrency, limiter=limiter, force=force,
+                         retry_failed=retry_failed, include=include)  # fmt: skip
     ready: asyncio.Queue[tuple[Job, DocResult] | None] = asyncio.Queue()
 
     def sink(job: Job, r: DocResult, _summary: BatchSummary) -> None:

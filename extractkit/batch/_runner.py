@@ -28,6 +28,11 @@ and ``Extractor.extract_many`` (``_many.py``: texts and paths, results handed ba
 feed ``Job``s to ``BatchRunner._execute``, which owns the run record, the workers, resume,
 identical content and the stop when the provider is unreachable. Paths that hold no document raise
 ``NoDocuments`` (``count_documents``) before a run is recorded.
+
+The runner owns its run, not the extractor: it records into the ledger it was given and paces
+with its limiter, passing both to each call (``Extractor.aextract_in_run``); it changes nothing on
+the extractor and does not close it (its caller made it and closes it: the CLI, or the
+``extract_many`` caller). The ledger, too, is its caller's to close.
 """
 
 from __future__ import annotations
@@ -40,14 +45,14 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-from .._chain import CALL_LIMITER, document_sha256
+from .._chain import document_sha256
 from .._errors import ConfigError, DocumentError, ProviderUnreachable
 from .._redact import redact_json
 from .._results import TRANSIENT_OUTCOMES, VALIDATION_OUTCOMES
 from .._words import plural
-from ..ledger import Ledger
+from ..ledger import RecordingLedger
 from ._estimate import check_max_cost
 from ._loaders import (
     MAX_BYTES,
@@ -61,11 +66,14 @@ from ._loaders import (
     walk,
 )
 
+if TYPE_CHECKING:
+    from .._chain import Extractor
+    from ._limiter import Limiter
+
 _TRANSIENT = frozenset(o.value for o in TRANSIENT_OUTCOMES)
 _VALIDATION = frozenset(o.value for o in VALIDATION_OUTCOMES)
 STOPPED = "provider_unreachable"  # the run status when the provider stopped answering
 STOPPED_MAX_COST = "stopped_max_cost"  # the run status when its spend reached max_cost
-_UNSET: Any = object()  # no limiter of its own: the extractor's
 
 
 def retry_reason(status: str, outcome: str | None, *, retry_failed: bool = False) -> str | None:
@@ -215,6 +223,11 @@ class BatchRunner:
     module docstring). Every tier needs a known price: ``ConfigError`` otherwise.
     ``on_total(n)``: called once before the first document with the number of documents the
     paths hold (counted by walking them, nothing read), e.g. for a progress bar's total.
+    ``limiter``: paces this run's requests (default: the extractor's ``limiter``, if any).
+
+    Every document is recorded into ``ledger`` (None: nothing recorded, nothing resumed) under
+    this run; the extractor's own ledger and limiter are neither used nor changed, and the
+    extractor is left open: whoever made it closes it (``async with extractor:`` around ``run``).
 
     ``run`` raises ``NoDocuments`` (before a run is recorded) when the paths hold no document.
     ``Extractor.extract_many`` drives the same runner over texts and paths (``_execute``).
@@ -222,8 +235,8 @@ class BatchRunner:
 
     def __init__(
         self,
-        extractor: Any,
-        ledger: Ledger | None,
+        extractor: Extractor[Any],
+        ledger: RecordingLedger | None,
         *,
         concurrency: int = 8,
         force: bool = False,
@@ -236,6 +249,7 @@ class BatchRunner:
         max_chars: int = MAX_CHARS,
         max_cost: float | None = None,
         on_total: Callable[[int], None] | None = None,
+        limiter: Limiter | None = None,
     ):
         if max_bytes < 1 or max_chars < 1:
             raise ConfigError("max_bytes and max_chars must be at least 1")
@@ -250,7 +264,8 @@ class BatchRunner:
         # SDK's types) out of the collector's reach makes every later collection cheaper
         self.freeze_gc = freeze_gc
         self.extractor = extractor
-        self.ledger: Ledger | None = ledger
+        self.ledger = ledger
+        self.limiter = limiter if limiter is not None else extractor.limiter
         self.concurrency = concurrency
         if any(getattr(t, "is_local", False) for t in getattr(extractor, "tiers", ())):
             from ..local import reserve_slots
@@ -263,11 +278,6 @@ class BatchRunner:
         self.out = Path(out) if out else None
         self.on_result = on_result
         self.on_total = on_total
-        extractor.ledger = ledger
-        # a batch owns its extractor: its connections are closed at the end of the run; a library
-        # caller's (extract_many) are left open, and so is its ledger
-        self._owns_extractor = True
-        self._limiter: Any = _UNSET  # a limiter for this run's calls only (extract_many's rpm/tpm)
         self._stop: ProviderUnreachable | None = None
         # identical content in flight in this run: the first path's future, dropped once its final
         # result is in the ledger (a later copy finds it there, see _extract). Keeping every
@@ -281,18 +291,6 @@ class BatchRunner:
         if self.max_cost is not None and self._spent >= self.max_cost:
             self._cost_stopped = True
         return self._cost_stopped
-
-    @classmethod
-    def for_library(cls, extractor: Any, *, concurrency: int = 8, limiter: Any = _UNSET,
-                    force: bool = False, retry_failed: bool = False,
-                    include: list[str] | None = None) -> BatchRunner:  # fmt: skip
-        """A runner over the extractor's own ledger (None: nothing recorded, nothing resumed),
-        leaving the extractor open at the end (``Extractor.extract_many``)."""
-        runner = cls(extractor, extractor.ledger, concurrency=concurrency, force=force,
-                     retry_failed=retry_failed, include=include)  # fmt: skip
-        runner._owns_extractor = False
-        runner._limiter = limiter
-        return runner
 
     def _from_ledger(self, doc: Document, row: Any) -> DocResult:
         return DocResult(
@@ -374,12 +372,12 @@ class BatchRunner:
             return None
         summary.retried += retry
         try:
-            if doc.path:
-                result = await ex.aextract(
-                    doc.text, run_id=run_id, path=doc.path, size=doc.size, doc_type=doc.type
-                )
-            else:  # a text given as is: recorded as ``Extractor.extract`` records it
-                result = await ex.aextract(doc.text, run_id=run_id)
+            file = bool(doc.path)  # a text given as is: recorded as ``Extractor.extract`` records it
+            result = await ex.aextract_in_run(
+                doc.text, ledger=self.ledger, run_id=run_id, limiter=self.limiter,
+                path=doc.path if file else None, size=doc.size if file else None,
+                doc_type=doc.type if file else None,
+            )
         except ProviderUnreachable as exc:
             if self._stop is None:
                 self._stop = exc
@@ -500,7 +498,6 @@ class BatchRunner:
         if self.freeze_gc:
             gc.collect()
             gc.freeze()
-        limited = CALL_LIMITER.set(self._limiter) if self._limiter is not _UNSET else None
         try:
             tasks = [asyncio.create_task(worker()) for _ in range(self.concurrency)]
             try:
@@ -532,8 +529,6 @@ class BatchRunner:
             status = "failed"
             raise
         finally:
-            if limited is not None:
-                CALL_LIMITER.reset(limited)
             if self.freeze_gc:
                 gc.unfreeze()
             summary.status = status
@@ -546,6 +541,4 @@ class BatchRunner:
                         n_failed=summary.failed, n_errors=summary.errors,
                         n_skipped=summary.skipped + summary.special, n_resumed=summary.resumed,
                     )  # fmt: skip
-                if self._owns_extractor:
-                    await ex.aclose()
         return summary

@@ -167,12 +167,12 @@ def extract(
                                  max_cost=max_cost, as_json=as_json))  # fmt: skip
     if out_path is not None:
         check_writable(out_path)  # before a run is started: never leave a run `running`
-    extractor.limiter = RateLimiter(rpm or cfg.batch.rpm, tpm or cfg.batch.tpm)
-    with open_ledger(ledger_path, cfg) as ledger:
+    limiter = RateLimiter(rpm or cfg.batch.rpm, tpm or cfg.batch.tpm)
+    with open_ledger(ledger_path, cfg) as ledger:  # opened here, closed here; so is the extractor
         runner = BatchRunner(extractor, ledger, concurrency=concurrency or cfg.batch.concurrency,
                              force=force, retry_failed=retry_failed, out=out_path, include=include,
                              freeze_gc=True, max_bytes=cfg.batch.max_bytes,
-                             max_chars=cfg.batch.max_chars, max_cost=max_cost)  # fmt: skip
+                             max_chars=cfg.batch.max_chars, max_cost=max_cost, limiter=limiter)  # fmt: skip
         code = _run_batch(runner, ledger, paths, as_json, total)
     raise typer.Exit(code)
 
@@ -244,9 +244,14 @@ def _run_batch(runner: Any, ledger: Any, paths: list[Path], as_json: bool, total
             err.print(f"{r.status:6} {r.tier or r.outcome or '':16} {r.path}", highlight=False)
 
     runner.on_result = on_result
+
+    async def run() -> Any:
+        async with runner.extractor:  # built by the command: closed by it, on the loop it ran on
+            return await runner.run(list(paths), total=total)
+
     try:
         with progress:
-            summary = asyncio.run(runner.run(list(paths), total=total))
+            summary = asyncio.run(run())
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]: finished documents are kept in the ledger; "
                   "run the same command again to resume.")  # fmt: skip

@@ -89,7 +89,7 @@ def eval_(
     items = load_gold(gold, extractor.schema)
     for name in tier or []:
         extractor.tier(name)
-    extractor.limiter = RateLimiter(cfg.batch.rpm, cfg.batch.tpm)
+    limiter = RateLimiter(cfg.batch.rpm, cfg.batch.tpm)
     n_tiers = len(tier or extractor.tiers)
     bar = Progress(TextColumn("[bold]evaluating"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.description}"), TimeElapsedColumn(), console=err,
@@ -99,15 +99,19 @@ def eval_(
     def progress(s: Any) -> None:
         bar.update(task, completed=s.extracted + s.reused, description=f"{s.reused} reused")
 
+    async def evaluate(ledger: Any) -> Any:
+        async with extractor:  # built here: closed here, on the loop it ran on
+            return await aevaluate(
+                extractor, items, ledger, tiers=tier, concurrency=concurrency or cfg.batch.concurrency,
+                force=force, dayfirst=dayfirst, on_progress=progress, limiter=limiter,
+            )  # fmt: skip
+
     with open_ledger(ledger_path, cfg) as ledger:
         what = f"{plural(len(items), 'gold document')} x {plural(n_tiers, 'tier')}"
         err.print(f"evaluating {what} (each tier alone); ledger {ledger.path}", highlight=False)
         try:
             with bar:
-                summary = asyncio.run(aevaluate(
-                    extractor, items, ledger, tiers=tier, concurrency=concurrency or cfg.batch.concurrency,
-                    force=force, dayfirst=dayfirst, on_progress=progress,
-                ))  # fmt: skip
+                summary = asyncio.run(evaluate(ledger))
         except KeyboardInterrupt:
             err.print("[yellow]interrupted[/]: finished extractions are kept; run again to resume.")
             raise typer.Exit(EXIT_INTERRUPTED) from None

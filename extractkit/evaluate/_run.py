@@ -4,6 +4,10 @@ Each (document, tier) is extracted with that tier forced (no escalation). An ear
 extraction of the same document text by the same tier settings and schema is reused, so a rerun
 costs nothing; one that ended in a transient failure (rate limit, API error, timeout) is tried
 again, since it says nothing about the tier.
+
+The eval records into the ledger it is given, passed to each call with its limiter
+(``Extractor.aextract_in_run``): it changes nothing on the extractor and leaves it open, as it
+leaves the ledger open (their owners close them).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import asyncio
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._errors import ConfigError, DocumentError, ProviderUnreachable
 from .._results import TRANSIENT_OUTCOMES
@@ -20,6 +24,9 @@ from ..batch import Document
 from ..ledger import Ledger
 from ._gold import GoldItem
 from ._score import score
+
+if TYPE_CHECKING:
+    from ..batch import Limiter
 
 
 @dataclass
@@ -46,12 +53,16 @@ async def aevaluate(
     force: bool = False,
     dayfirst: bool = False,
     on_progress: Callable[[EvalSummary], None] | None = None,
+    limiter: Limiter | None = None,
 ) -> EvalSummary:
-    """Evaluate each of ``tiers`` (default: all of the extractor's) alone on every gold item."""
+    """Evaluate each of ``tiers`` (default: all of the extractor's) alone on every gold item,
+    recorded into ``ledger``; ``limiter`` paces the requests (default: the extractor's). The
+    extractor and the ledger are left open."""
     names = list(tiers) if tiers else [t.name for t in extractor.tiers]
     for n in names:
         extractor.tier(n)  # raises ConfigError naming the tiers there are
-    extractor.ledger = ledger
+    if limiter is None:
+        limiter = extractor.limiter
     run_id = ledger.start_run("eval", extractor.describe(), extractor.config_hash, extractor.schema_hash)
     summary = EvalSummary(run_id=run_id, items=len(gold), tiers=names)
     sem = asyncio.Semaphore(max(1, concurrency))
@@ -75,7 +86,7 @@ async def aevaluate(
             if summary.error is not None:  # the provider stopped answering: send nothing more
                 return
             try:
-                ext_id, value, reused = await _extract(extractor, ledger, doc, tier, run_id, force)
+                ext_id, value, reused = await _extract(extractor, ledger, limiter, doc, tier, run_id, force)
             except ConfigError:
                 raise
             except ProviderUnreachable as exc:
@@ -116,20 +127,21 @@ async def aevaluate(
         ledger.finish_run(
             run_id, status, n_documents=len(gold), n_errors=len(summary.unreadable), n_resumed=summary.reused
         )
-        await extractor.aclose()
     return summary
 
 
 async def _extract(
-    extractor: Any, ledger: Ledger, doc: Document, tier: str, run_id: str, force: bool
+    extractor: Any, ledger: Ledger, limiter: Limiter | None, doc: Document, tier: str, run_id: str,
+    force: bool,
 ) -> tuple[str, dict[str, Any] | None, bool]:
     key = (doc.sha256, extractor.schema_hash, extractor.tier_hashes[tier])
     if not force:
         row = ledger.find_final(*key, forced_tier=tier)
         if row is not None and row["outcome"] not in TRANSIENT_OUTCOMES:  # a transient end: again
             return row["id"], json.loads(row["value_json"]) if row["value_json"] else None, True
-    result = await extractor.aextract(
-        doc.text, only=tier, run_id=run_id, path=doc.path, size=doc.size, doc_type=doc.type
+    result = await extractor.aextract_in_run(
+        doc.text, ledger=ledger, run_id=run_id, limiter=limiter, only=tier, path=doc.path, size=doc.size,
+        doc_type=doc.type,
     )
     assert result.extraction_id is not None, "the extractor records into the eval's ledger"
     value = result.value.model_dump(mode="json") if result.value is not None else None
@@ -137,5 +149,6 @@ async def _extract(
 
 
 def evaluate(extractor: Any, gold: Sequence[GoldItem], ledger: Ledger, **kwargs: Any) -> EvalSummary:
-    """Synchronous ``aevaluate``."""
-    return asyncio.run(aevaluate(extractor, gold, ledger, **kwargs))
+    """Synchronous ``aevaluate``, on the extractor's own event loop (as ``extract`` runs): its
+    connections are kept for later calls and closed by ``extractor.close()``."""
+    return extractor.run_sync(aevaluate(extractor, gold, ledger, **kwargs))  # type: ignore[no-any-return]

@@ -2,6 +2,7 @@
 
 from ._ledger import DEFAULT_PATH, ENV_VAR, SERVED_REFRESH_S, Ledger, default_path, new_id, scrub
 from ._migrations import MIGRATIONS, migrate
+from ._protocol import RecordingLedger
 from ._queries import DOCUMENT_ERRORS, field_failures_sql
 
 __all__ = [
@@ -11,6 +12,7 @@ __all__ = [
     "MIGRATIONS",
     "SERVED_REFRESH_S",
     "Ledger",
+    "RecordingLedger",
     "default_path",
     "field_failures_sql",
     "migrate",

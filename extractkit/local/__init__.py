@@ -13,13 +13,20 @@ in all: llama.cpp splits ``n_ctx`` evenly across its slots, so it is sized ``N_C
 slots and every slot keeps the tier's ``N_CTX``-token window. A batch asks for as many slots as
 its concurrency (``reserve_slots``) before the server starts.
 
+Starting takes seconds to a minute (the model loads). ``shared_server()`` / ``local_base_url()``
+block their thread meanwhile; async code awaits ``alocal_base_url()``, which starts the server in
+a thread of its own while the event loop goes on, and makes every caller that arrives during a
+start (from any event loop or thread) wait for that same start: one server, one thread.
+
 A 135M-parameter model proves the pipeline (requests, validation, re-asks, escalation, the
 ledger); it is *not* accurate and its answers must never be taken as such.
 """
 
 from __future__ import annotations
 
+import asyncio
 import atexit
+import concurrent.futures
 import importlib.util
 import os
 import socket
@@ -204,6 +211,8 @@ def shared_server() -> LocalServer:
 
 
 def local_base_url() -> str:
+    """The local server's URL: ``EXTRACTKIT_LOCAL_URL`` if set, else the shared server's,
+    started (in this thread, blocking it) if it is not running."""
     url = os.environ.get("EXTRACTKIT_LOCAL_URL")
     return url.rstrip("/") if url else shared_server().base_url
 
@@ -243,6 +252,48 @@ def accuracy_note(tiers: Sequence[str], numbers: str = "these numbers") -> str:
     )
 
 
+_starting: concurrent.futures.Future[LocalServer] | None = None  # the latest start off the loop
+_starting_lock = threading.Lock()
+
+
+def _running() -> LocalServer | None:
+    server = _shared
+    return server if server is not None and server.proc is not None and server.proc.poll() is None else None
+
+
+def _start_in_thread() -> concurrent.futures.Future[LocalServer]:
+    """The start of the shared server under way, begun in a thread of its own if there is none
+    (or the last one failed or its server has since died): every caller waits for the same one."""
+    global _starting
+    with _starting_lock:
+        start = _starting
+        if start is None or (start.done() and (start.exception() is not None or _running() is None)):
+            start = _starting = concurrent.futures.Future()
+            start.set_running_or_notify_cancel()  # a waiter that gives up does not cancel it for the others
+
+            def run() -> None:
+                try:
+                    start.set_result(shared_server())
+                except BaseException as exc:  # noqa: BLE001 - handed to every waiter
+                    start.set_exception(exc)
+
+            threading.Thread(target=run, name="extractkit-local-start", daemon=True).start()
+        return start
+
+
+async def alocal_base_url() -> str:
+    """``local_base_url`` for async code: a server not yet running is started in a thread, once
+    however many callers ask at the same time, and the event loop keeps running meanwhile."""
+    url = os.environ.get("EXTRACTKIT_LOCAL_URL")
+    if url:
+        return url.rstrip("/")
+    server = _running()
+    if server is None:
+        server = await asyncio.wrap_future(_start_in_thread())
+    return server.base_url
+
+
 __all__ = ["API_KEY", "CTX_BUDGET", "DEFAULT_MODE", "LOCAL", "MODEL_NAME", "N_CTX", "PRICE",
-           "LocalServer", "accuracy_note", "check_installed", "is_local", "local_base_url", "model_path",
-           "ran_locally", "reserve_slots", "server_settings", "shared_server", "slots_for"]  # fmt: skip
+           "LocalServer", "accuracy_note", "alocal_base_url", "check_installed", "is_local", "local_base_url",
+           "model_path", "ran_locally", "reserve_slots", "server_settings", "shared_server",
+           "slots_for"]  # fmt: skip
