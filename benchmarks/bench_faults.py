@@ -47,7 +47,7 @@ EXPECTED: dict[str, set[str]] = {
     "none": {"ok"}, "fence": {"ok"},
     "hang": {"timeout"}, "drip": {"timeout"}, "huge": {"response_too_large"},
     "html200": {"api_error"}, "reset": {"connection_error", "api_error"}, "http429": {"rate_limited"},
-    "http500": {"api_error"}, "http503": {"api_error"}, "echo_401": {"api_error"},
+    "http500": {"api_error"}, "http503": {"api_error"}, "echo_403": {"api_error"},
     "refusal": {"refusal"}, "length": {"truncated"}, "invalid_json": {"invalid_json"},
     "schema_invalid": {"schema_invalid"}, "ungrounded": {"ungrounded"}, "echo_args": {"ungrounded", "schema_invalid"},
 }  # fmt: skip

@@ -144,7 +144,7 @@ class Stub:
 
 FAULT_KINDS = (
     "hang", "huge", "drip", "fence", "html200", "reset", "http429", "http500", "http503", "refusal",
-    "length", "invalid_json", "schema_invalid", "ungrounded", "echo_401", "echo_args",
+    "length", "invalid_json", "schema_invalid", "ungrounded", "echo_403", "echo_args",
 )  # fmt: skip
 _REF = re.compile(r"Ref: (DOC-[0-9A-Za-z_-]+)")
 _PLAN = re.compile(r"Fault-plan: ([^\n]*)")
@@ -292,8 +292,10 @@ class Faults:
             return self.error(429, "Rate limit reached", auth, {"retry-after": "1"})
         if kind in ("http500", "http503"):
             return self.error(int(kind[4:]), "The server had an error", auth)
-        if kind == "echo_401":
-            return self.error(401, f"Incorrect API key provided: {auth or 'sk-...'}", "")
+        if kind == "echo_403":
+            # 403, not 401: a 401 (the key refused) now stops the whole run at once (ProviderRefused,
+            # tests/test_refused.py); a 403 body echoing the key still tests the redaction of error bodies
+            return self.error(403, f"Permission denied for key: {auth or 'sk-...'}", "")
         if kind == "refusal":
             return web.json_response(self.completion(body, "", auth, refusal=f"I can't help with that. {auth}".strip()))
         if kind == "length":

@@ -191,7 +191,7 @@ def _short(exc: BaseException) -> str:
             root = _retry.root_cause(exc)  # a refused connection as "APITimeoutError: Request timed out."
             if root is not exc:
                 text = f"{type(root).__name__}: {root} (via {type(exc).__name__})"
-    return text[:ERROR_KEEP_CHARS]
+    return _redact.redact(text)[:ERROR_KEEP_CHARS]  # redacted before it is cut (a cut key matches nothing)
 
 
 if sys.version_info >= (3, 11):
@@ -278,7 +278,9 @@ class TierCall:
     def record_unreachable(self, exc: ProviderUnreachable) -> None:
         """The request the open circuit breaker kept from being sent, recorded as such."""
         now = time.time(), time.perf_counter()
-        self._record(Outcome.CONNECTION_ERROR, *now, error=f"not sent: {exc}"[:ERROR_KEEP_CHARS])
+        # redacted before it is cut: a cut through a key would leave a piece no pattern matches
+        error = _redact.redact(f"not sent: {exc}")[:ERROR_KEEP_CHARS]
+        self._record(Outcome.CONNECTION_ERROR, *now, error=error)
 
     def _on_parse_error(self, error: Exception, **_: Any) -> None:
         outcome, errors = classify_parse_error(error)

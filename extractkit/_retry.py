@@ -275,7 +275,9 @@ class CircuitBreaker:
     def refused(self, url: str, exc: BaseException) -> None:
         """The provider refused the credentials (HTTP 401): open the URL at once and raise
         ``ProviderRefused``; nothing more is sent there until ``reset``."""
-        detail = f"{type(exc).__name__}: {exc}"[:300]
+        # the kind of refusal, never the provider's message: a 401 body often quotes the key it refused
+        code = getattr(exc, "code", None)
+        detail = type(exc).__name__ + (f", code {code}" if isinstance(code, str) and len(code) < 60 else "")
         with self._lock:
             self._failures[url] = max(self.threshold, 1)
             self._last[url] = detail
