@@ -14,8 +14,7 @@ from pathlib import Path
 
 from benchmarks._common import Invoice, args, report
 from extractkit import Extractor, FewShot, FineTuned, ZeroShot
-from extractkit.ledger import Ledger
-from extractkit.ledger._ledger import new_id
+from extractkit.ledger import Ledger, new_id
 from extractkit.report import Scope, build_report
 
 SIZES = {"tiny": {"attempts": 20_000}, "full": {"attempts": 1_000_000}}

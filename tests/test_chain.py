@@ -80,7 +80,7 @@ def test_ok(mock_api):
         (ok(None, content=None, refusal="I can't help with that."), Outcome.REFUSAL),
         (ok('{"issuer": "ACME', finish_reason="length"), Outcome.TRUNCATED),
         (ok(None, content="", finish_reason="content_filter"), Outcome.CONTENT_FILTER),
-        (httpx.Response(401, json=error_body("bad key", "invalid_api_key")), Outcome.API_ERROR),
+        (httpx.Response(403, json=error_body("no access", "permission_denied")), Outcome.API_ERROR),
         (
             httpx.Response(400, json=error_body("maximum context length", "context_length_exceeded")),
             Outcome.CONTEXT_OVERFLOW,

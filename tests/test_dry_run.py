@@ -146,7 +146,7 @@ def test_cost_first_attempt_and_worst_case(tmp_path, docs, mock_api):
     text = run("extract", docs, "-c", cfg, "--ledger", tmp_path / "l.db", "--dry-run", "--max-cost",
                f"{per_doc * 1.5:.8f}")  # fmt: skip
     assert text.exit_code == 0, text.output
-    assert "after about 1 document(s)" in text.stdout
+    assert "after about 1 document" in text.stdout
     assert route.call_count == 0
 
 

@@ -307,4 +307,4 @@ def test_eval_cli_end_to_end(tmp_path):
     bad = cli("eval", str(tmp_path / "nope.jsonl"), "--config", str(cfg))
     assert bad.returncode == 2 and "gold file not found" in bad.stderr
     conv = cli("gold", "from-invoice2data", str(docs), "-o", str(tmp_path / "g.jsonl"))
-    assert conv.returncode == 1 and "wrote 0 gold items" in conv.stdout  # no NAME.json files there
+    assert conv.returncode == 2 and "no gold item" in conv.stderr  # no NAME.json files there: an error, nothing written

@@ -67,8 +67,8 @@ def test_terminal_lists_the_worst_documents_first_and_says_how_many_more(mock_ap
     assert rows[0][:5] == ["36", "issuer", "Firm", "36", "Ltd"]
     assert [r[0] for r in rows if r[1] == "issuer"][:4] == ["36", "37", "38", "39"]
     assert re.search(r"total\s+36\.50\s+failed \(invalid_json\)\s+failed \(invalid_json\)\s+7\.0\s", table)
-    assert "and 10 more document(s) with wrong fields" in text
-    assert "20 document(s) right on every tier and field, not listed" in text
+    assert "and 10 more documents with wrong fields" in text
+    assert "20 documents right on every tier and field, not listed" in text
     # why a tier failed: each distinct error once, with the listed documents it ended
     assert re.search(r"zero_shot: invalid_json: .*\[36, 37, 38, 39, 30 and 5 more\]", text)
 
@@ -128,7 +128,7 @@ def test_cli_json_and_terminal_show_the_documents(tmp_path):
         shown = cli(*args)
     assert shown.returncode == 0, shown.stderr
     assert re.search(r"bad-total\s+total\s+10\s+9\.0", shown.stdout), shown.stdout
-    assert "2 document(s) right on every tier and field" in shown.stdout
+    assert "2 documents right on every tier and field" in shown.stdout
     page = (tmp_path / "e.html").read_text()
     assert "bad-total" in page and 'id="documents-right"' in page
 

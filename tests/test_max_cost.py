@@ -64,7 +64,7 @@ def test_the_ceiling_stops_the_run_and_a_rerun_continues(tmp_path, docs, mock_ap
     assert route.call_count == 3
     summary = json.loads(first.stdout)
     assert (summary["status"], summary["ok"], summary["unattempted"]) == ("stopped_max_cost", 3, 3)
-    assert "max cost $0.04 reached" in first.output and "3 document(s) left unattempted" in first.output
+    assert "max cost $0.04 reached" in first.output and "3 documents left unattempted" in first.output
     assert db_rows(ledger, "SELECT status FROM runs") == [("stopped_max_cost",)]
     # finished results are kept, in the ledger and in --out; the rest are not recorded (pending)
     assert db_rows(ledger, "SELECT COUNT(*) FROM extractions WHERE status = 'ok'") == [(3,)]

@@ -35,7 +35,7 @@ def ok_text(i: int, key: str) -> str:
 
 
 FAILING = {  # document number -> what the provider does with it
-    20: "401", 21: "500", 22: "refusal", 23: "prose", 24: "schema_invalid", 25: "ungrounded",
+    20: "403", 21: "500", 22: "refusal", 23: "prose", 24: "schema_invalid", 25: "ungrounded",
 }  # fmt: skip
 
 
@@ -47,8 +47,8 @@ def echoing_responder(key: str):  # type: ignore[no-untyped-def]
         user = next(m["content"] for m in body["messages"] if m["role"] == "user")
         i = int(re.findall(r"Doc-(\d+)", user)[-1])
         kind = FAILING.get(i, "ok")
-        if kind == "401":
-            return 401, error_body(f"Incorrect API key provided: Bearer {key}", "invalid_api_key"), {}
+        if kind == "403":  # (a 401 stops the whole run: tests/test_refused.py)
+            return 403, error_body(f"Permission denied for key: Bearer {key}", "permission_denied"), {}
         if kind == "500":
             return (
                 500,
@@ -161,7 +161,7 @@ def test_an_echoing_provider_leaks_the_key_nowhere_through_the_cli(tmp_path: Pat
     unauthorized = next(
         json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines() if "bad20" in x
     )
-    assert "Incorrect API key provided" in unauthorized["error"] and "[REDACTED]" in unauthorized["error"]
+    assert "Permission denied for key" in unauthorized["error"] and "[REDACTED]" in unauthorized["error"]
 
 
 def _echo(key: str):  # type: ignore[no-untyped-def]
