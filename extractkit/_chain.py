@@ -137,6 +137,7 @@ class Extractor(Generic[T]):
             name: short_hash(canonical_json({"schema_hash": self.schema_hash, "tier": bound.describe()}))
             for name, bound in self._bound.items()
         }
+        self._batches: set[asyncio.Task[Any]] = set()  # aextract_many runs in flight: aclose stops them
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, openai.AsyncOpenAI]] = (
             weakref.WeakKeyDictionary()
         )
@@ -211,10 +212,22 @@ class Extractor(Generic[T]):
         """Close this event loop's connections, mark the library run (if any) done and reset the
         circuit breaker (a provider found unreachable is tried again by the next call)."""
         loop = asyncio.get_running_loop()
+        # an `aextract_many` left early (a `break` in `async for`) still runs until its iterator is
+        # closed: stop it first, so its run is marked `interrupted` while its ledger is open
+        batches = [t for t in self._batches if not t.done() and t.get_loop() is loop]
+        for t in batches:
+            t.cancel()
+        if batches:
+            await asyncio.gather(*batches, return_exceptions=True)
         for client in self._clients.pop(loop, {}).values():
             await client.close()
         self._finish_library_run()
         self._breaker.reset()
+
+    def _adopt(self, task: asyncio.Task[Any]) -> None:
+        """A batch ``aextract_many`` started: ``aclose`` stops it before closing what it records into."""
+        self._batches.add(task)
+        task.add_done_callback(self._batches.discard)
 
     async def __aenter__(self) -> Extractor[T]:
         return self

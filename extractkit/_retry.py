@@ -282,7 +282,7 @@ class CircuitBreaker:
             self._failures[url] = max(self.threshold, 1)
             self._last[url] = detail
             self._refused[url] = detail
-        raise self._error(url, 1) from exc
+        raise self._error(url, 1) from None  # not chained: the SDK's error quotes the refused key
 
     def answered(self, url: str) -> None:
         if self._failures:  # the common case (nothing failed) costs one truth test
@@ -304,8 +304,7 @@ class CircuitBreaker:
         if refused is not None:
             return ProviderRefused(
                 f"the provider refused the API key: {url} answered HTTP 401 ({refused}); check "
-                "OPENAI_API_KEY (or the variable the tier's api_key_env names). Nothing more is sent "
-                "to it until the extractor is closed; run the same command again once the key is right",
+                "OPENAI_API_KEY (or the variable the tier's api_key_env names); nothing more is sent to it",
                 url=url,
                 failures=1,
             )

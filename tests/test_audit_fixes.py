@@ -171,3 +171,59 @@ def test_report_names_what_it_cannot_show_and_why_one_tier_ran(tmp_path):
     assert nosuch.returncode == 2 and "no such chain config" in nosuch.stderr
     future = _cli("report", "-c", cfg, "--since", "2099-01-01")
     assert future.returncode == 0 and "No extraction by a chain in this scope" in future.stdout
+
+
+async def test_leaving_aextract_many_early_inside_async_with_marks_the_run_interrupted(tmp_path):
+    """`break` out of `async for ... in extractor.aextract_many(...)` inside `async with extractor`:
+    closing the extractor stops the batch while its ledger is open (the run was left `running`, and
+    a traceback "Cannot operate on a closed database" came at exit)."""
+    import asyncio
+    import sqlite3
+
+    from extractkit import Extractor, ZeroShot
+
+    from .conftest import Invoice
+
+    def answer(body):
+        import time
+
+        time.sleep(0.3)
+        return echo_invoice_responder(body)
+
+    path = tmp_path / "l.sqlite3"
+    with FakeLLMServer(answer) as server:
+        async with Extractor(Invoice, tiers=[ZeroShot(model="gpt-4o-mini", base_url=server.base_url)],
+                             ledger=path) as ex:  # fmt: skip
+            texts = [f"From: ACME {i} Ltd\nTotal due: {i}.50 EUR" for i in range(8)]
+            async for _item in ex.aextract_many(texts, concurrency=2):
+                break
+        await asyncio.sleep(0)
+    con = sqlite3.connect(path)
+    runs = con.execute("SELECT kind, status FROM runs WHERE kind = 'batch'").fetchall()
+    con.close()
+    assert runs == [("batch", "interrupted")]
+
+
+def test_finetune_export_checks_its_output_folder_first(tmp_path):
+    docs, cfg = _project(tmp_path, "http://127.0.0.1:9/v1")
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    proc = _cli("finetune", "export", "-c", cfg, "-o", afile)
+    assert proc.returncode == 2 and f"cannot write --out {afile}: not a folder" in proc.stderr, proc.stderr
+
+
+def test_the_report_does_not_say_a_tier_was_needed_when_it_resolved_nothing(tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on: every document ends `connection_error`
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    docs, cfg = _project(tmp_path, f"http://127.0.0.1:{port}/v1", n=2)
+    (tmp_path / "ex.jsonl").write_text(json.dumps({"input": "ACME Ltd total 5.00",
+                                                   "output": {"issuer": "ACME Ltd", "total": 5.0}}) + "\n")  # fmt: skip
+    cfg.write_text(cfg.read_text() + f'[[tiers]]\nkind = "few_shot"\nmodel = "gpt-4o-mini"\n'
+                   f'base_url = "http://127.0.0.1:{port}/v1"\nexamples = "ex.jsonl"\nmax_reasks = 0\n')  # fmt: skip
+    assert _cli("extract", docs, "-c", cfg).returncode in (1, 3)
+    report = _cli("report", "-c", cfg)
+    assert "was needed" not in report.stdout
+    assert "left 2 of 2 documents unresolved without escalating them" in report.stdout, report.stdout

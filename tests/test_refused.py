@@ -115,3 +115,37 @@ def test_eval_stops_with_exit_3_when_the_provider_refuses_or_is_down(tmp_path, p
     assert "Traceback" not in proc.stderr and KEY not in proc.stdout + proc.stderr
     runs = db_rows(tmp_path / "ledger.sqlite3", "SELECT status FROM runs WHERE kind = 'eval'")
     assert [r[0] for r in runs] == ["provider_unreachable"]
+
+
+def test_the_traceback_of_a_refused_key_holds_no_piece_of_it(tmp_path):
+    """The SDK's 401 error quotes the key: ProviderRefused is not chained to it, so an uncaught
+    error (or logging.exception, an error tracker) shows none of it."""
+    import traceback
+
+    with FakeLLMServer(refusing) as server:
+        tier = ZeroShot(model="gpt-4o-mini", base_url=server.base_url, api_key=KEY)
+        with Extractor(Invoice, tiers=[tier]) as ex, pytest.raises(ProviderRefused) as got:
+            ex.extract("ACME Tools Ltd\nTotal due: 1,249.50 EUR")
+        with Extractor(Invoice, tiers=[tier]) as ex, pytest.raises(ProviderRefused) as many:
+            list(ex.extract_many(["ACME Tools Ltd, Total 5.00"]))  # extract_many raises the same kind
+    for exc in (got.value, many.value):
+        shown = "".join(traceback.format_exception(exc))
+        assert KEY[-12:] not in shown and KEY not in shown, shown
+
+
+def test_eval_shows_no_empty_tables_when_nothing_was_scored(tmp_path):
+    gold = _gold(tmp_path)
+    with FakeLLMServer(refusing) as server:
+        proc = _cli("eval", gold, "-c", _config(tmp_path, server.base_url), "--concurrency", "1")
+    assert proc.returncode == 3
+    assert "each tier alone" not in proc.stdout and "No gold document was scored" in proc.stdout, proc.stdout
+    assert "stopped sending" not in proc.stderr or "once the key is right" in proc.stderr
+
+
+def test_a_batch_stopped_by_a_refused_key_gives_one_piece_of_advice(tmp_path):
+    docs = _docs(tmp_path, 3)
+    with FakeLLMServer(refusing) as server:
+        proc = _cli("extract", docs, "-c", _config(tmp_path, server.base_url), "--concurrency", "1")
+    assert proc.returncode == 3
+    assert "once the key is right" in proc.stderr and "when the provider answers" not in proc.stderr
+    assert "extractor is closed" not in proc.stderr  # library wording, not for the CLI

@@ -17,7 +17,7 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import ValidationError
 
-from .._errors import DocumentError, NoDocuments, ProviderUnreachable
+from .._errors import DocumentError, NoDocuments
 from ..ledger import RecordingLedger
 from ._limiter import RateLimiter
 from ._loaders import SPECIAL, TEXT_TYPES, _kind, dir_error, display_path, walk
@@ -176,6 +176,7 @@ async def aextract_many(
             ready.put_nowait(None)
 
     task = asyncio.create_task(execute())
+    extractor._adopt(task)  # closing the extractor stops it, even if this iterator is never closed
     try:
         while (got := await ready.get()) is not None:
             job, r = got
@@ -187,4 +188,5 @@ async def aextract_many(
             await asyncio.gather(task, return_exceptions=True)
     if summary.status == STOPPED and runner._stop is not None:
         stop = runner._stop
-        raise ProviderUnreachable(str(summary.error), url=stop.url, failures=stop.failures) from stop
+        # ProviderRefused stays ProviderRefused
+        raise type(stop)(str(summary.error), url=stop.url, failures=stop.failures) from stop

@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from .._chain import document_sha256
-from .._errors import ConfigError, DocumentError, ProviderUnreachable
+from .._errors import ConfigError, DocumentError, ProviderRefused, ProviderUnreachable
 from .._redact import redact_json
 from .._results import TRANSIENT_OUTCOMES, VALIDATION_OUTCOMES
 from .._words import plural
@@ -514,9 +514,11 @@ class BatchRunner:
                 said = str(self._stop)
                 if self._stop.url not in said:  # the URL is named whatever the message says
                     said = f"provider unreachable at {self._stop.url}: {said}"
+                refused = isinstance(self._stop, ProviderRefused)
+                when = "once the key is right" if refused else "when the provider answers"
                 summary.error = (
                     f"{said}; stopped sending: {plural(summary.unattempted, 'document')} left"
-                    " unattempted; run the same command again when the provider answers"
+                    f" unattempted; run the same command again {when}"
                 )
             elif self._cost_stopped:
                 status = STOPPED_MAX_COST

@@ -110,6 +110,13 @@ def export(
     """
     from ..finetune import export_finetune
 
+    if out_dir.exists() and not out_dir.is_dir():
+        raise fail_usage(f"cannot write --out {out_dir}: not a folder (it gets train.jsonl, validation.jsonl "
+                         "and manifest.json)")  # fmt: skip
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)  # before any work, as every other output is checked
+    except OSError as exc:
+        raise fail_usage(f"cannot write --out {out_dir}: {exc.strerror or exc}") from None
     sel = _selection(from_tier, run, since, until, gold, corrections, exclude_gold, include_eval_documents,
                      validation, seed)  # fmt: skip
     extractor, _cfg, ledger = _setup(config, ledger_path)

@@ -28,6 +28,9 @@ def print_eval(ev: dict[str, Any], console: Console) -> None:
         console.print(Text("note: " + note, style="yellow"))
     for u in ev["unreadable"]:
         console.print(f"  unreadable: {u['path'] or u['gold_id']}", markup=False, highlight=False)
+    if not ev["tiers"]:  # nothing was scored (the provider refused or did not answer): no empty tables
+        console.print(Text(ev["verdict"]))
+        return
     t = Table(title="each tier alone", title_justify="left", box=box.SIMPLE_HEAD)
     for c in ("tier", "valid", "correct", "95% CI", "field P/R/F1", "per doc", "p50", "p95"):
         t.add_column(c, justify="left" if c == "tier" else "right", no_wrap=True)

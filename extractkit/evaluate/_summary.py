@@ -354,7 +354,8 @@ def compare(a: str, b: str, docs: list[str], by: dict[tuple[str, str], dict[str,
 
 def _headline(verdicts: list[dict[str, Any]], kinds: dict[str, str | None], order: list[str], n: int) -> str:
     if n == 0 or not order:
-        return "No gold document was scored: check the gold file, the unreadable documents and the errors."
+        return ("No gold document was scored: see the errors (a provider that refused the key or did "
+                "not answer stops the eval), the unreadable documents and the gold file.")
     sentence = headline_sentence(verdicts, kinds)
     if sentence is None:
         return f"Only one tier ({order[0]}) was evaluated: see its scores; add tiers to compare."

@@ -741,6 +741,14 @@ def _headline(
     sentence = headline_sentence(verdicts, {t.tier: t.kind for t in tiers})
     if sentence is None:
         idle = [n for n in dict.fromkeys(configured) if n != tiers[0].tier]
+        first = tiers[0]
+        if idle and first.resolved < first.reached:  # it did not resolve them all, and nothing escalated
+            return (
+                f"Only {first.tier} ran, and it left {first.reached - first.resolved} of {first.reached} "
+                f"documents unresolved without escalating them (see their last outcomes: a provider "
+                f"that failed or a transient error ends a document there), so {', '.join(idle)} never "
+                "ran: there is nothing to compare yet."
+            )
         if idle:
             return (
                 f"Only {tiers[0].tier} was needed: the chain never escalated, so {', '.join(idle)} never "
