@@ -145,7 +145,7 @@ def extract(
 
     Exit codes: 0 all documents extracted, 1 some failed (listed) or --max-cost was reached (the
     rest were left unattempted: run again to resume), 2 usage or config error, 3 the provider
-    stopped answering (the rest were left unattempted: run again to resume).
+    stopped answering or refused the key (the rest were left unattempted: run again to resume).
     """
     from ..batch import BatchRunner, RateLimiter, count_documents
     from ._build import build

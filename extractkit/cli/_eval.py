@@ -62,7 +62,8 @@ def eval_(
     Example: extractkit eval gold.jsonl --config extractkit.toml --html eval.html
 
     Forced extractions are kept in the ledger, so running it again pays only for what is new.
-    Exit codes: 0 done, 1 some gold documents could not be read or errored, 2 usage error.
+    Exit codes: 0 done, 1 some gold documents could not be read or errored, 2 usage error, 3 the
+    provider stopped answering or refused the key (run again to resume).
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
