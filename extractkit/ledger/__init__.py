@@ -3,7 +3,7 @@
 from ._ledger import DEFAULT_PATH, ENV_VAR, SERVED_REFRESH_S, Ledger, default_path, new_id, scrub
 from ._migrations import MIGRATIONS, migrate
 from ._protocol import RecordingLedger
-from ._queries import DOCUMENT_ERRORS, field_failures_sql
+from ._queries import DOCUMENT_ERRORS, VERSION_PAIRS, VERSION_STATS, field_failures_sql
 
 __all__ = [
     "DEFAULT_PATH",
@@ -11,6 +11,8 @@ __all__ = [
     "ENV_VAR",
     "MIGRATIONS",
     "SERVED_REFRESH_S",
+    "VERSION_PAIRS",
+    "VERSION_STATS",
     "Ledger",
     "RecordingLedger",
     "default_path",

@@ -57,3 +57,31 @@ SELECT e.outcome, COUNT(*) AS n FROM extractions e WHERE e.id IN (
     SELECT MAX(e.id) FROM extractions e WHERE e.status = 'error' AND {where}
     GROUP BY COALESCE('sha256:' || e.document_sha256, 'path:' || e.path))
 GROUP BY e.outcome ORDER BY n DESC, e.outcome"""
+
+
+# Prompt versions compared (the report's ``versions`` step): run only when more than one chain config
+# is in scope (with one, each tier has one version and the per-tier sums are its numbers). A tier's
+# prompt version, examples and k / select are its chain config's (``runs.config_json``), so the
+# attempts are summed per config, tier and outcome; ``{latest}`` is the report's documents in scope
+# (a materialised table, or the current extractions read in place), joined to their attempts by the
+# attempts' extraction index.
+VERSION_STATS = """
+SELECT l.config_hash, a.tier, a.outcome, COUNT(*) AS n, TOTAL(a.number = 1) AS first,
+       TOTAL(a.cost_usd) AS cost, COUNT(a.cost_usd) AS priced,
+       MIN(a.started_at) AS first_started, MAX(a.started_at) AS last_started
+FROM {latest} l CROSS JOIN attempts a ON a.extraction_id = l.id
+GROUP BY 1, 2, 3"""
+
+# Documents two chain configs both sent to one tier, counted by whether each config's tier resolved
+# them (ok_a, ok_b): the discordant pairs of a paired comparison (exact McNemar). config_a < config_b;
+# the report maps configs to the versions they ran. Only the tiers named in :tiers (a JSON list:
+# those with more than one version) are read.
+VERSION_PAIRS = """
+WITH t AS MATERIALIZED (
+    SELECT l.document_sha256 AS doc, l.config_hash AS config, a.tier, MAX(a.outcome = 'ok') AS ok
+    FROM {latest} l CROSS JOIN attempts a ON a.extraction_id = l.id
+    WHERE l.document_sha256 IS NOT NULL AND a.tier IN (SELECT value FROM json_each(:tiers))
+    GROUP BY l.id, a.tier)
+SELECT x.tier, x.config AS config_a, y.config AS config_b, x.ok AS ok_a, y.ok AS ok_b, COUNT(*) AS n
+FROM t x JOIN t y ON y.doc = x.doc AND y.tier = x.tier AND y.config > x.config
+GROUP BY 1, 2, 3, 4, 5"""
