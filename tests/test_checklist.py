@@ -242,3 +242,20 @@ def test_options_out_of_range_are_config_errors(tmp_path):
             read_report(ledger, target_success=1.5)
         with pytest.raises(ConfigError, match="min_version_documents"):
             read_report(ledger, min_version_documents=0)
+
+
+def test_paired_comparison_over_a_big_scope_reads_a_bounded_sample(five_versions, monkeypatch):
+    """Over more than PAIR_SAMPLE documents the pairs are read from the documents below a cut in
+    content-hash order (by index): fewer documents, the same direction, and the cut is in the queries."""
+    import extractkit.report._aggregate as agg
+
+    monkeypatch.setattr(agg, "PAIR_SAMPLE", 100)  # 200 extractions in scope: half of them, by hash order
+    path, exs = five_versions
+    with Ledger(path) as ledger:
+        r = read_report(ledger, as_of=NOW)
+    names = [q.name for q in r.queries]
+    assert "pairs_cut" in names and "version_pairs" in names
+    first, fourth = prompt_hash(exs[0]), prompt_hash(exs[3])
+    c = next(c for c in r.versions.comparisons if (c.a, c.b) == (first, fourth))
+    assert 0 < c.documents < 40 and c.only_a == 0 and 0 < c.only_b <= 16
+    assert [v.documents for v in by(r, "zero_shot")] == [40] * 5  # the versions' own numbers are exact

@@ -25,9 +25,11 @@ from .._redact import redact
 from .._results import FIELD_ERROR_OUTCOMES
 from ..ledger import (
     DOCUMENT_ERRORS,
+    PAIRS_CUT,
     SERVED_REFRESH_S,
     VERSION_PAIRS,
     VERSION_STATS,
+    VERSION_STATS_CURRENT,
     Ledger,
     field_failures_sql,
     new_id,
@@ -469,21 +471,35 @@ def read_rows(ledger: Ledger, scope: Scope, windows: dict[str, float]) -> _Rows:
 Rows = list[dict[str, Any]]
 
 
+PAIR_SAMPLE = 50_000  # extractions (in document-hash order: a uniform sample) read for paired comparisons
+
+
 def versions_rows(q: _Runner, docs: Rows, chains: dict[str, Rows], groups: Rows) -> tuple[Rows, Rows]:
     """The rows the prompt versions are compared from. With one chain config in scope each tier has one
     version, and the per-tier sums already read (``groups``) are its numbers: no query. With several,
-    the attempts summed per config (``ledger.VERSION_STATS``), and, for the tiers with more than one
-    version of something, the documents two configs shared (``ledger.VERSION_PAIRS``)."""
+    the attempts summed per config (``ledger.VERSION_STATS``; over the current extractions by the
+    attempts' flags, ``VERSION_STATS_CURRENT``), and, for the tiers with more than one version of
+    something, the documents two configs shared (``ledger.VERSION_PAIRS``): over more than
+    PAIR_SAMPLE documents, those of a uniform sample by content hash (``PAIRS_CUT``)."""
     configs = {r["config_hash"] for r in docs}
     if len(configs) <= 1:
         [config] = configs or {""}
         return [{**g, "config_hash": config} for g in groups], []
-    stats = q.run("version_stats", VERSION_STATS.format(latest=q.latest), {})
+    if q.current:
+        stats = q.run("version_stats", VERSION_STATS_CURRENT.format(attempts_where=q.attempts_where), {})
+    else:
+        stats = q.run("version_stats", VERSION_STATS.format(latest=q.latest), {})
     several = tiers_with_several({h: ts for h, ts in chains.items() if h in configs})
     if not several:
         return stats, []
-    pairs_sql = VERSION_PAIRS.format(latest=q.latest)
-    return stats, q.run("version_pairs", pairs_sql, {"tiers": json.dumps(several)})
+    params: dict[str, Any] = {"tiers": json.dumps(several)}
+    sample = ""
+    if sum(r["n"] for r in docs) > PAIR_SAMPLE:
+        cut = q.run("pairs_cut", PAIRS_CUT, {"n": PAIR_SAMPLE})
+        if cut:
+            sample, params["cut"] = " AND l.document_sha256 <= :cut", cut[0]["cut"]
+    pairs_sql = VERSION_PAIRS.format(latest=q.latest, sample=sample)
+    return stats, q.run("version_pairs", pairs_sql, params)
 
 
 def totals_of(rows: _Rows) -> Totals:

@@ -28,7 +28,7 @@ from typing import Any
 from .._errors import ConfigError
 from .._results import Outcome
 from .._words import plural
-from ._format import money, pct
+from ._format import money, pct, short_version
 from ._model import (
     Checklist,
     ChecklistItem,
@@ -275,10 +275,6 @@ def best_against_first(versions: Versions, tier: str, dim: str = PROMPT) -> dict
     return {**out, "p_value": p, "significant": better and p < SIGNIFICANT}
 
 
-def short(version: str) -> str:
-    return version[:12] if version not in (UNKNOWN_VERSION,) and " " not in version else version
-
-
 def _prompts(tiers: Sequence[TierStats], versions: Versions) -> ChecklistItem:
     question = f"Prompt formulations tried for the cheap tiers (at least {MIN_FORMULATIONS})?"
     n = versions.min_documents
@@ -314,9 +310,10 @@ def _prompts(tiers: Sequence[TierStats], versions: Versions) -> ChecklistItem:
             else f"no shared documents, two-proportion z p = {compared['p_value']:.2g}"
         )
         verdict = "significantly better" if compared["significant"] else "not significantly better"
+        best, first = short_version(compared["best"]), short_version(compared["first"])
         detail += (
-            f"; best {top} prompt {short(compared['best'])} ({pct(compared['best_rate'])}) against the first "
-            f"{short(compared['first'])} ({pct(compared['first_rate'])}): {verdict} ({how})"
+            f"; best {top} prompt {best} ({pct(compared['best_rate'])}) against the first "
+            f"{first} ({pct(compared['first_rate'])}): {verdict} ({how})"
         )
     elif compared is not None:
         detail += f"; the first {top} prompt is still the best"

@@ -18,7 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .._words import plural
-from ._format import count, first_line, money, pct, per_valid, secs, when
+from ._format import count, first_line, money, pct, per_valid, secs, short_version, when
 from ._model import Checklist, Report, Unresolved, ValueCount, Versions
 from ._verdict import Verdict
 
@@ -93,11 +93,6 @@ ANSWER_STYLE = {"yes": "green", "no": "red", "not_enough_evidence": "yellow"}
 ANSWER_WORDS = {"yes": "yes", "no": "no", "not_enough_evidence": "not enough evidence"}
 DIMENSION_WORDS = {"prompt": "prompt", "examples": "examples", "k_select": "k / select"}
 BY = ("tier", "prompt", "checklist")  # what `report --by` shows in full
-
-
-def short_version(version: str) -> str:
-    """A version as the terminal shows it: a hash's first 12 characters, a setting as it is."""
-    return version if " " in version or "(" in version else version[:12]
 
 
 def print_checklist(checklist: Checklist, console: Console) -> None:
