@@ -6,6 +6,7 @@ from ._protocol import RecordingLedger
 from ._queries import (
     DOCUMENT_ERRORS,
     PAIRS_CUT,
+    TIERS_IN,
     VERSION_PAIRS,
     VERSION_STATS,
     VERSION_STATS_CURRENT,
@@ -19,6 +20,7 @@ __all__ = [
     "MIGRATIONS",
     "PAIRS_CUT",
     "SERVED_REFRESH_S",
+    "TIERS_IN",
     "VERSION_PAIRS",
     "VERSION_STATS",
     "VERSION_STATS_CURRENT",

@@ -63,12 +63,14 @@ GROUP BY e.outcome ORDER BY n DESC, e.outcome"""
 # is in scope (with one, each tier has one version and the per-tier sums are its numbers). A tier's
 # prompt version, examples and k / select are its chain config's (``runs.config_json``), so the
 # attempts are summed per config, tier and outcome. ``{latest}`` is the report's documents in scope
-# (a materialised table), joined to their attempts by the attempts' extraction index.
+# (a materialised table), joined to their attempts by the attempts' extraction index; ``{tiers}`` is
+# empty, or limits the sums to the tiers in :tiers (a JSON list: those with more than one version).
 VERSION_STATS = """
 SELECT l.config_hash, a.tier, a.outcome, COUNT(*) AS n, TOTAL(a.number = 1) AS first,
        TOTAL(a.cost_usd) AS cost, COUNT(a.cost_usd) AS priced,
        MIN(a.started_at) AS first_started, MAX(a.started_at) AS last_started
 FROM {latest} l CROSS JOIN attempts a ON a.extraction_id = l.id
+WHERE 1{tiers}
 GROUP BY 1, 2, 3"""
 
 # The same over the current extractions (the whole ledger, or one run of it), read by the attempts'
@@ -80,9 +82,11 @@ SELECT COALESCE(r.config_hash, (SELECT e.config_hash FROM extractions e WHERE e.
        a.tier, a.outcome, COUNT(*) AS n, TOTAL(a.number = 1) AS first,
        TOTAL(a.cost_usd) AS cost, COUNT(a.cost_usd) AS priced,
        MIN(a.started_at) AS first_started, MAX(a.started_at) AS last_started
-FROM attempts a LEFT JOIN runs r ON r.id = a.run_id
-WHERE a.current = 1{attempts_where}
+FROM attempts a INDEXED BY attempts_tier LEFT JOIN runs r ON r.id = a.run_id
+WHERE a.current = 1{attempts_where}{tiers}
 GROUP BY 1, 2, 3"""
+
+TIERS_IN = " AND a.tier IN (SELECT value FROM json_each(:tiers))"  # the ``{tiers}`` of the queries above
 
 
 # Where a sample of documents for the paired comparison ends: the document hash :n extractions into

@@ -27,6 +27,7 @@ from ..ledger import (
     DOCUMENT_ERRORS,
     PAIRS_CUT,
     SERVED_REFRESH_S,
+    TIERS_IN,
     VERSION_PAIRS,
     VERSION_STATS,
     VERSION_STATS_CURRENT,
@@ -475,24 +476,32 @@ PAIR_SAMPLE = 50_000  # extractions (in document-hash order: a uniform sample) r
 
 
 def versions_rows(q: _Runner, docs: Rows, chains: dict[str, Rows], groups: Rows) -> tuple[Rows, Rows]:
-    """The rows the prompt versions are compared from. With one chain config in scope each tier has one
-    version, and the per-tier sums already read (``groups``) are its numbers: no query. With several,
-    the attempts summed per config (``ledger.VERSION_STATS``; over the current extractions by the
-    attempts' flags, ``VERSION_STATS_CURRENT``), and, for the tiers with more than one version of
-    something, the documents two configs shared (``ledger.VERSION_PAIRS``): over more than
-    PAIR_SAMPLE documents, those of a uniform sample by content hash (``PAIRS_CUT``)."""
+    """The rows the prompt versions are compared from, per (config, tier, outcome). A tier with one
+    version of everything in scope (every config with one recorded chain) has the per-tier sums
+    already read (``groups``) as its numbers: no query. For the others, the attempts summed per config
+    (``ledger.VERSION_STATS``; over the current extractions by the attempts' flags,
+    ``VERSION_STATS_CURRENT``), and the documents two configs shared (``ledger.VERSION_PAIRS``): over
+    more than PAIR_SAMPLE documents, those of a uniform sample by content hash (``PAIRS_CUT``)."""
     configs = {r["config_hash"] for r in docs}
-    if len(configs) <= 1:
-        [config] = configs or {""}
-        return [{**g, "config_hash": config} for g in groups], []
+    in_scope = {h: ts for h, ts in chains.items() if h in configs}
+    several = tiers_with_several(in_scope)
+    recorded = configs <= set(in_scope)  # else the configs without a chain are told apart too
+    holder = {t["name"]: h for h, ts in sorted(in_scope.items(), reverse=True) for t in ts}
+    if len(configs) <= 1 or (recorded and not several):
+        one = next(iter(configs), "")
+        return [{**g, "config_hash": holder.get(g["tier"], one)} for g in groups], []
+    tiers = TIERS_IN if recorded else ""
+    params: dict[str, Any] = {"tiers": json.dumps(several)} if recorded else {}
     if q.current:
-        stats = q.run("version_stats", VERSION_STATS_CURRENT.format(attempts_where=q.attempts_where), {})
+        sql = VERSION_STATS_CURRENT.format(attempts_where=q.attempts_where, tiers=tiers)
     else:
-        stats = q.run("version_stats", VERSION_STATS.format(latest=q.latest), {})
-    several = tiers_with_several({h: ts for h, ts in chains.items() if h in configs})
+        sql = VERSION_STATS.format(latest=q.latest, tiers=tiers)
+    stats = q.run("version_stats", sql, params)
+    if recorded:  # the tiers with one version: their per-tier sums
+        stats += [{**g, "config_hash": holder[g["tier"]]} for g in groups if g["tier"] not in several]
     if not several:
         return stats, []
-    params: dict[str, Any] = {"tiers": json.dumps(several)}
+    params = {"tiers": json.dumps(several)}
     sample = ""
     if sum(r["n"] for r in docs) > PAIR_SAMPLE:
         cut = q.run("pairs_cut", PAIRS_CUT, {"n": PAIR_SAMPLE})

@@ -147,6 +147,12 @@ def versions_of(
             best[key] = max(enumerate(counted), key=lambda x: (x[1][1].resolved / x[1][1].documents, x[0]))[
                 1
             ][0]
+    # the configs in scope whose chain has the version (the per-tier sums of a tier with one version
+    # come under one of them)
+    holders: dict[tuple[str, str, str], int] = {}
+    for (_, tier), found in keys.items():
+        for dim, v in found.items():
+            holders[(tier, dim, v)] = holders.get((tier, dim, v), 0) + 1
     rows = []
     for (tier, dim, v), s in ordered:
         cost = None if s.unpriced else s.cost
@@ -156,7 +162,7 @@ def versions_of(
                 tier=tier,
                 dimension=dim,
                 version=v,
-                configs=len(s.configs),
+                configs=holders.get((tier, dim, v), len(s.configs)),
                 first_used=s.first if seen else None,
                 last_used=s.last if seen else None,
                 documents=s.documents,
