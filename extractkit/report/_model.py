@@ -241,7 +241,7 @@ class Version(Value):
     tier: str
     dimension: str  # prompt | examples | k_select
     version: str
-    configs: int  # chain configs in scope that ran it
+    configs: int  # chain configs in scope whose chain has this version
     first_used: float | None
     last_used: float | None
     documents: int  # documents the tier was sent with this version (reached)
