@@ -73,7 +73,7 @@ def test_the_plain_data_is_the_json_and_reads_back(ledger):
     data = r.to_dict()
     assert list(data) == ["scope", "economics", "totals", "tiers", "unresolved", "document_errors", "rescue",
                           "verdicts", "verdict", "drift", "served_models", "trend", "sampled", "field_failures",
-                          "notes", "queries"]  # fmt: skip
+                          "versions", "checklist", "notes", "queries"]  # fmt: skip
     assert data["scope"]["schema"] == "Invoice" and isinstance(data["tiers"][0]["models"], list)
     again = build_report(ledger, Scope(schema="Invoice"), as_of=NOW)
     strip = re.compile(r"temp\.report_latest_\w+")

@@ -104,20 +104,47 @@ def report(
     recent_days: Annotated[float, typer.Option(help="Drift: the recent window, days.")] = 7,
     baseline_days: Annotated[float, typer.Option(help="Drift: the window before it, days.")] = 28,
     as_of: Annotated[str | None, typer.Option(help="Report as of this time (default now).")] = None,
+    by: Annotated[str, typer.Option(
+        "--by", help="What to show in full: tier (the default report), prompt (every prompt / examples / "
+        "k-select version per tier, compared, then the checklist) or checklist. With --csv: that table.",
+    )] = "tier",
+    target_success: Annotated[float | None, typer.Option(
+        help="Checklist: the share of documents you want valid (e.g. 0.98); the gap the cheap tiers leave "
+        "is tested against it.",
+    )] = None,
+    min_version_documents: Annotated[int, typer.Option(
+        help="Checklist: documents a prompt version needs to count as tried.",
+    )] = 30,
     as_json: AsJson = False,
     csv_path: CsvOut = None,
     html_path: HtmlOut = None,
 ) -> None:
-    """Which tier resolves what, at what cost; what the fine-tuned tier rescues; a verdict; drift.
+    """Which tier resolves what, at what cost; what the fine-tuned tier rescues; a verdict; drift;
+    prompt versions compared and the checklist of cheap things to try before fine-tuning.
 
     Example: extractkit report -c extractkit.toml --failure-cost 2.00 --html report.html
+
+    Example: extractkit report --by prompt --target-success 0.98
 
     The ledger: --ledger, else $EXTRACTKIT_LEDGER, else the config's \\[ledger] path (the one
     `extract -c` wrote), else .extractkit/ledger.sqlite3.
 
     Every number is SQL over the ledger (see `--json`, key "queries").
     """
-    from ..report import Scope, check_scope_exists, print_report, read_report, report_csv, report_html
+    from ..report import (
+        BY,
+        Scope,
+        check_scope_exists,
+        checklist_csv,
+        print_report,
+        read_report,
+        report_csv,
+        report_html,
+        versions_csv,
+    )
+
+    if by not in BY:
+        raise fail_usage(f"--by: one of {', '.join(BY)}; got {by!r}")
 
     now = time.time()
     now = parse_when(as_of, now, "--as-of") or now
@@ -134,6 +161,9 @@ def report(
     with ledger_or_fail(ledger_path, config) as ledger:
         check_scope_exists(ledger, scope)
         data = read_report(ledger, scope, economics=economics, as_of=now, recent_days=recent_days,
-                           baseline_days=baseline_days)  # fmt: skip
+                           baseline_days=baseline_days, target_success=target_success,
+                           min_version_documents=min_version_documents)  # fmt: skip
         err.print(f"ledger: {ledger.path}", highlight=False, markup=False)  # which one it read
-    emit(data.to_dict(), as_json, csv_path, html_path, csv=report_csv, html=report_html, show=print_report)
+    csv = {"prompt": versions_csv, "checklist": checklist_csv}.get(by, report_csv)
+    emit(data.to_dict(), as_json, csv_path, html_path, csv=csv, html=report_html,
+         show=lambda d, console: print_report(d, console, by=by))  # fmt: skip

@@ -3,14 +3,27 @@
 from ._ledger import DEFAULT_PATH, ENV_VAR, SERVED_REFRESH_S, Ledger, default_path, new_id, scrub
 from ._migrations import MIGRATIONS, migrate
 from ._protocol import RecordingLedger
-from ._queries import DOCUMENT_ERRORS, field_failures_sql
+from ._queries import (
+    DOCUMENT_ERRORS,
+    PAIRS_CUT,
+    TIERS_IN,
+    VERSION_PAIRS,
+    VERSION_STATS,
+    VERSION_STATS_CURRENT,
+    field_failures_sql,
+)
 
 __all__ = [
     "DEFAULT_PATH",
     "DOCUMENT_ERRORS",
     "ENV_VAR",
     "MIGRATIONS",
+    "PAIRS_CUT",
     "SERVED_REFRESH_S",
+    "TIERS_IN",
+    "VERSION_PAIRS",
+    "VERSION_STATS",
+    "VERSION_STATS_CURRENT",
     "Ledger",
     "RecordingLedger",
     "default_path",

@@ -57,3 +57,56 @@ SELECT e.outcome, COUNT(*) AS n FROM extractions e WHERE e.id IN (
     SELECT MAX(e.id) FROM extractions e WHERE e.status = 'error' AND {where}
     GROUP BY COALESCE('sha256:' || e.document_sha256, 'path:' || e.path))
 GROUP BY e.outcome ORDER BY n DESC, e.outcome"""
+
+
+# Prompt versions compared (the report's ``versions`` step): run only when more than one chain config
+# is in scope (with one, each tier has one version and the per-tier sums are its numbers). A tier's
+# prompt version, examples and k / select are its chain config's (``runs.config_json``), so the
+# attempts are summed per config, tier and outcome. ``{latest}`` is the report's documents in scope
+# (a materialised table), joined to their attempts by the attempts' extraction index; ``{tiers}`` is
+# empty, or limits the sums to the tiers in :tiers (a JSON list: those with more than one version).
+VERSION_STATS = """
+SELECT l.config_hash, a.tier, a.outcome, COUNT(*) AS n, TOTAL(a.number = 1) AS first,
+       TOTAL(a.cost_usd) AS cost, COUNT(a.cost_usd) AS priced,
+       MIN(a.started_at) AS first_started, MAX(a.started_at) AS last_started
+FROM {latest} l CROSS JOIN attempts a ON a.extraction_id = l.id
+WHERE 1{tiers}
+GROUP BY 1, 2, 3"""
+
+# The same over the current extractions (the whole ledger, or one run of it), read by the attempts'
+# flags with no join to extractions: an attempt's chain config is its run's (a batch or library run is
+# one extractor, one config; eval runs' attempts are never current), its extraction's when it has no run.
+VERSION_STATS_CURRENT = """
+SELECT COALESCE(r.config_hash, (SELECT e.config_hash FROM extractions e WHERE e.id = a.extraction_id))
+           AS config_hash,
+       a.tier, a.outcome, COUNT(*) AS n, TOTAL(a.number = 1) AS first,
+       TOTAL(a.cost_usd) AS cost, COUNT(a.cost_usd) AS priced,
+       MIN(a.started_at) AS first_started, MAX(a.started_at) AS last_started
+FROM attempts a INDEXED BY attempts_tier LEFT JOIN runs r ON r.id = a.run_id
+WHERE a.current = 1{attempts_where}{tiers}
+GROUP BY 1, 2, 3"""
+
+TIERS_IN = " AND a.tier IN (SELECT value FROM json_each(:tiers))"  # the ``{tiers}`` of the queries above
+
+
+# Where a sample of documents for the paired comparison ends: the document hash :n extractions into
+# the (document_sha256, ...) index. The hash is of the content, so the documents below it are a
+# uniform sample; the pairs query then reads only those, by the same index (bounded over any ledger).
+PAIRS_CUT = """
+SELECT document_sha256 AS cut FROM extractions INDEXED BY extractions_forced
+WHERE document_sha256 IS NOT NULL ORDER BY document_sha256 LIMIT 1 OFFSET :n"""
+
+# Documents two chain configs both sent to one tier, counted by whether each config's tier resolved
+# them (ok_a, ok_b): the discordant pairs of a paired comparison (exact McNemar). config_a < config_b;
+# the report maps configs to the versions they ran. Only the tiers named in :tiers (a JSON list:
+# those with more than one version) are read; ``{sample}`` is empty, or bounds the documents read
+# to those up to :cut (``PAIRS_CUT``).
+VERSION_PAIRS = """
+WITH t AS MATERIALIZED (
+    SELECT l.document_sha256 AS doc, l.config_hash AS config, a.tier, MAX(a.outcome = 'ok') AS ok
+    FROM {latest} l CROSS JOIN attempts a ON a.extraction_id = l.id
+    WHERE l.document_sha256 IS NOT NULL{sample} AND a.tier IN (SELECT value FROM json_each(:tiers))
+    GROUP BY l.id, a.tier)
+SELECT x.tier, x.config AS config_a, y.config AS config_b, x.ok AS ok_a, y.ok AS ok_b, COUNT(*) AS n
+FROM t x JOIN t y ON y.doc = x.doc AND y.tier = x.tier AND y.config > x.config
+GROUP BY 1, 2, 3, 4, 5"""

@@ -1,4 +1,5 @@
-"""Reports over the ledger: tier usage, rescue analysis, verdicts, drift; terminal, JSON, CSV, HTML.
+"""Reports over the ledger: tier usage, rescue analysis, verdicts, drift, prompt versions compared and
+the checklist before fine-tuning; terminal, JSON, CSV, HTML.
 
 Every number is SQL over the ledger's plain tables (the queries are returned with the report), so
 it can be reproduced with any SQLite client. ``read_report`` returns the report as typed, frozen
@@ -8,9 +9,12 @@ output. The renderers take either.
 
 from .._words import plural
 from ._aggregate import SQL, Scope, build_report, check_scope_exists, read_report
+from ._checklist import MIN_FORMULATIONS, MIN_VERSION_DOCUMENTS
 from ._format import money, pct, secs
 from ._html import PALETTE, page_context, report_html, template_env
 from ._model import (
+    Checklist,
+    ChecklistItem,
     Drift,
     DriftTier,
     FieldCount,
@@ -30,19 +34,36 @@ from ._model import (
     Unresolved,
     UnresolvedExample,
     ValueCount,
+    Version,
+    VersionComparison,
+    Versions,
     Window,
 )
-from ._render import field_failures_csv, print_report, print_verdicts, report_csv, write_text
+from ._render import (
+    BY,
+    checklist_csv,
+    field_failures_csv,
+    print_report,
+    print_verdicts,
+    report_csv,
+    versions_csv,
+    write_text,
+)
 from ._stats import documents_needed, mcnemar_exact, percentile, two_proportion_z, wilson
 from ._verdict import DROP, KEEP, NO_DATA, UNDECIDED, Economics, Verdict, headline_sentence, marginal_verdict
 
 __all__ = [
+    "BY",
     "DROP",
     "KEEP",
+    "MIN_FORMULATIONS",
+    "MIN_VERSION_DOCUMENTS",
     "NO_DATA",
     "PALETTE",
     "SQL",
     "UNDECIDED",
+    "Checklist",
+    "ChecklistItem",
     "Drift",
     "DriftTier",
     "Economics",
@@ -65,9 +86,13 @@ __all__ = [
     "UnresolvedExample",
     "ValueCount",
     "Verdict",
+    "Version",
+    "VersionComparison",
+    "Versions",
     "Window",
     "build_report",
     "check_scope_exists",
+    "checklist_csv",
     "documents_needed",
     "field_failures_csv",
     "headline_sentence",
@@ -86,6 +111,7 @@ __all__ = [
     "secs",
     "template_env",
     "two_proportion_z",
+    "versions_csv",
     "wilson",
     "write_text",
 ]

@@ -1,7 +1,8 @@
 """The report's numbers: SQL over the ledger's plain tables, then a little arithmetic, in steps that
 each return typed values (``_model``): ``read_rows`` (every query of the scope), ``totals_of`` and
 ``unresolved_of``, ``tier_sums`` then ``tier_stats``, ``rescue_and_verdicts``, ``drift``,
-``field_failures``, ``notes``; ``read_report`` puts them together. Nothing here formats for display
+``field_failures``, ``versions_of`` and ``checklist_of`` (``_checklist``), ``notes``; ``read_report``
+puts them together. Nothing here formats for display
 beyond the sentences the report carries.
 
 Unit of account: a *document* is the latest final (ok or failed) extraction of one document text
@@ -22,8 +23,20 @@ from typing import TYPE_CHECKING, Any, TypedDict
 from .._errors import ConfigError
 from .._redact import redact
 from .._results import FIELD_ERROR_OUTCOMES
-from ..ledger import DOCUMENT_ERRORS, SERVED_REFRESH_S, Ledger, field_failures_sql, new_id
+from ..ledger import (
+    DOCUMENT_ERRORS,
+    PAIRS_CUT,
+    SERVED_REFRESH_S,
+    TIERS_IN,
+    VERSION_PAIRS,
+    VERSION_STATS,
+    VERSION_STATS_CURRENT,
+    Ledger,
+    field_failures_sql,
+    new_id,
+)
 from ..local import accuracy_note, ran_locally
+from ._checklist import MIN_VERSION_DOCUMENTS, check_options, checklist_of, tiers_with_several, versions_of
 from ._format import first_line, money
 from ._model import (
     Drift,
@@ -399,6 +412,8 @@ class _Rows:
     sampled: Sampled
     store_text: bool
     queries: list[dict[str, Any]]
+    version_stats: list[dict[str, Any]] = field(default_factory=list)  # per (config, tier, outcome)
+    version_pairs: list[dict[str, Any]] = field(default_factory=list)  # documents two configs shared
 
 
 def read_rows(ledger: Ledger, scope: Scope, windows: dict[str, float]) -> _Rows:
@@ -438,6 +453,7 @@ def read_rows(ledger: Ledger, scope: Scope, windows: dict[str, float]) -> _Rows:
             for r in q.run("field_failures", field_sql, {**p, "limit": limit, "with_values": with_values}):
                 field_rows.setdefault(r["tier"], []).append(r)
         examples = q("unresolved_examples")
+        version_stats, version_pairs = versions_rows(q, docs, chains, groups)
     finally:
         q.close()
     where, params = scope.where()
@@ -449,7 +465,50 @@ def read_rows(ledger: Ledger, scope: Scope, windows: dict[str, float]) -> _Rows:
         served=served, ungrounded_fields=ungrounded_fields, field_rows=field_rows, examples=examples,
         document_errors=document_errors, store_text=ledger.store_text, queries=q.queries,
         sampled=Sampled(attempt_latency_every=k_att, document_latency_every=k_doc),
+        version_stats=version_stats, version_pairs=version_pairs,
     )  # fmt: skip
+
+
+Rows = list[dict[str, Any]]
+
+
+PAIR_SAMPLE = 50_000  # extractions (in document-hash order: a uniform sample) read for paired comparisons
+
+
+def versions_rows(q: _Runner, docs: Rows, chains: dict[str, Rows], groups: Rows) -> tuple[Rows, Rows]:
+    """The rows the prompt versions are compared from, per (config, tier, outcome). A tier with one
+    version of everything in scope (every config with one recorded chain) has the per-tier sums
+    already read (``groups``) as its numbers: no query. For the others, the attempts summed per config
+    (``ledger.VERSION_STATS``; over the current extractions by the attempts' flags,
+    ``VERSION_STATS_CURRENT``), and the documents two configs shared (``ledger.VERSION_PAIRS``): over
+    more than PAIR_SAMPLE documents, those of a uniform sample by content hash (``PAIRS_CUT``)."""
+    configs = {r["config_hash"] for r in docs}
+    in_scope = {h: ts for h, ts in chains.items() if h in configs}
+    several = tiers_with_several(in_scope)
+    recorded = configs <= set(in_scope)  # else the configs without a chain are told apart too
+    holder = {t["name"]: h for h, ts in sorted(in_scope.items(), reverse=True) for t in ts}
+    if len(configs) <= 1 or (recorded and not several):
+        one = next(iter(configs), "")
+        return [{**g, "config_hash": holder.get(g["tier"], one)} for g in groups], []
+    tiers = TIERS_IN if recorded else ""
+    params: dict[str, Any] = {"tiers": json.dumps(several)} if recorded else {}
+    if q.current:
+        sql = VERSION_STATS_CURRENT.format(attempts_where=q.attempts_where, tiers=tiers)
+    else:
+        sql = VERSION_STATS.format(latest=q.latest, tiers=tiers)
+    stats = q.run("version_stats", sql, params)
+    if recorded:  # the tiers with one version: their per-tier sums
+        stats += [{**g, "config_hash": holder[g["tier"]]} for g in groups if g["tier"] not in several]
+    if not several:
+        return stats, []
+    params = {"tiers": json.dumps(several)}
+    sample = ""
+    if sum(r["n"] for r in docs) > PAIR_SAMPLE:
+        cut = q.run("pairs_cut", PAIRS_CUT, {"n": PAIR_SAMPLE})
+        if cut:
+            sample, params["cut"] = " AND l.document_sha256 <= :cut", cut[0]["cut"]
+    pairs_sql = VERSION_PAIRS.format(latest=q.latest, sample=sample)
+    return stats, q.run("version_pairs", pairs_sql, params)
 
 
 def totals_of(rows: _Rows) -> Totals:
@@ -628,11 +687,14 @@ def read_report(
     as_of: float | None = None,
     recent_days: float = 7,
     baseline_days: float = 28,
+    target_success: float | None = None,
+    min_version_documents: int = MIN_VERSION_DOCUMENTS,
 ) -> Report:
     """Everything ``extractkit report`` shows, as typed values (see the module docstring), in steps:
     the scope's rows, per-tier stats, rescue and verdicts, drift, failures, notes."""
     scope = scope or Scope()
     economics = economics or Economics()
+    check_options(target_success, min_version_documents)
     now = time.time() if as_of is None else as_of
     windows = {
         "recent_since": now - recent_days * DAY, "recent_until": now,
@@ -646,12 +708,17 @@ def read_report(
     tiers = tier_stats(per, rows, totals.documents)
     rescue, verdicts = rescue_and_verdicts(tiers, per, rows, totals.documents, economics)
     configured = [t["name"] for chain in rows.chains.values() for t in chain]  # the tiers the chains have
+    unresolved = unresolved_of(rows, totals)
+    versions = versions_of(rows.version_stats, rows.version_pairs, rows.chains, [t.tier for t in tiers],
+                           min_version_documents)  # fmt: skip
+    checklist = checklist_of(tiers, totals, unresolved, rows.document_errors, rescue, verdicts, versions,
+                             economics, target_success)  # fmt: skip
     return Report(
         scope=ReportScope(**scope.__dict__, as_of=now),
         economics=economics,
         totals=totals,
         tiers=tiers,
-        unresolved=unresolved_of(rows, totals),
+        unresolved=unresolved,
         document_errors=rows.document_errors,
         rescue=rescue,
         verdicts=verdicts,
@@ -661,6 +728,8 @@ def read_report(
         trend=trend(rows.docs),
         sampled=rows.sampled,
         field_failures=field_failures(rows.field_rows, [t.tier for t in tiers], rows.store_text),
+        versions=versions,
+        checklist=checklist,
         notes=notes(tiers, economics, local=local_tiers(rows), chains=len(rows.chains)),
         queries=tuple(Query(**x) for x in rows.queries),
     )
@@ -673,6 +742,8 @@ class ReportOptions(TypedDict, total=False):
     as_of: float | None
     recent_days: float
     baseline_days: float
+    target_success: float | None
+    min_version_documents: int
 
 
 def build_report(

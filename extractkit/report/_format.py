@@ -42,3 +42,9 @@ def per_valid(v: float | None, resolved: int, none: str) -> str:
 def first_line(text: str, limit: int = 160) -> str:
     line = text.strip().splitlines()[0] if text.strip() else ""
     return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def short_version(version: str) -> str:
+    """A version as a sentence or the terminal shows it: a hash's first 12 characters, a setting
+    (``k=3 select=similar``) or a placeholder as it is."""
+    return version if " " in version or "(" in version else version[:12]

@@ -18,6 +18,8 @@
     ├── trend: (TrendDay, ...)
     ├── sampled: Sampled                how the latency percentiles were sampled
     ├── field_failures: FieldFailures   the fields that failed most often, per tier
+    ├── versions: Versions              per tier, each prompt / examples / k-select version, compared
+    ├── checklist: Checklist            the cheap things, tried or not, before the fine-tuned verdict
     ├── notes: (str, ...)
     └── queries: (Query, ...)           every SQL query run, with its parameters
 
@@ -231,6 +233,65 @@ class FieldFailures(Value):
     outcomes: tuple[str, ...]
 
 
+class Version(Value):
+    """One version of one tier's setting (``dimension``: its prompt, its examples file, its k and
+    select), identified by content: the prompt's hash (``instructions`` included), the examples'
+    hash as validated, ``k=3 select=similar``."""
+
+    tier: str
+    dimension: str  # prompt | examples | k_select
+    version: str
+    configs: int  # chain configs in scope whose chain has this version
+    first_used: float | None
+    last_used: float | None
+    documents: int  # documents the tier was sent with this version (reached)
+    resolved: int
+    success_rate: float | None
+    success_ci: tuple[float, float] | None
+    cost_usd: float | None  # None when some attempt had no price
+    cost_per_valid_usd: float | None
+    failure_outcomes: dict[str, int]  # failed attempts by outcome, most frequent first
+    best: bool  # the highest success rate of the versions with at least min_documents documents
+
+
+class VersionComparison(Value):
+    """Two versions of one tier's setting on the documents both were sent (a paired comparison):
+    ``a`` first used earlier than ``b``; ``only_a`` documents a resolved and b did not; exact McNemar."""
+
+    tier: str
+    dimension: str
+    a: str
+    b: str
+    documents: int
+    resolved_a: int
+    resolved_b: int
+    only_a: int
+    only_b: int
+    p_value: float
+
+
+class Versions(Value):
+    rows: tuple[Version, ...]  # per tier (chain order), dimension, first used first
+    comparisons: tuple[VersionComparison, ...]
+    min_documents: int  # a version needs this many documents to count (--min-version-documents)
+
+
+class ChecklistItem(Value):
+    key: str  # prompts | examples | retrieval | input | gap
+    question: str
+    answer: str  # yes | no | not_enough_evidence
+    detail: str  # the numbers behind the answer, in words
+    numbers: dict[str, Any]
+
+
+class Checklist(Value):
+    target_success: float | None
+    min_version_documents: int
+    items: tuple[ChecklistItem, ...]
+    complete: bool  # every answer is yes
+    conclusion: str  # said beside the verdict on the fine-tuned tier
+
+
 class Query(Value):
     name: str
     sql: str
@@ -255,6 +316,8 @@ class Report(Value):
     trend: tuple[TrendDay, ...]
     sampled: Sampled
     field_failures: FieldFailures
+    versions: Versions
+    checklist: Checklist
     notes: tuple[str, ...]
     queries: tuple[Query, ...]
 

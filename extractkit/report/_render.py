@@ -18,8 +18,8 @@ from rich.table import Table
 from rich.text import Text
 
 from .._words import plural
-from ._format import count, first_line, money, pct, per_valid, secs, when
-from ._model import Report, Unresolved, ValueCount
+from ._format import count, first_line, money, pct, per_valid, secs, short_version, when
+from ._model import Checklist, Report, Unresolved, ValueCount, Versions
 from ._verdict import Verdict
 
 TERMINAL_UNRESOLVED = 5  # unresolved documents listed in the terminal (the JSON and HTML list more)
@@ -89,14 +89,95 @@ def scope_line(report: Report) -> str:
     return ", ".join(parts)
 
 
-def print_report(data: Report | dict[str, Any], console: Console) -> None:
-    """The report in the terminal (a Report, or its plain data as ``--json`` prints it)."""
+ANSWER_STYLE = {"yes": "green", "no": "red", "not_enough_evidence": "yellow"}
+ANSWER_WORDS = {"yes": "yes", "no": "no", "not_enough_evidence": "not enough evidence"}
+DIMENSION_WORDS = {"prompt": "prompt", "examples": "examples", "k_select": "k / select"}
+BY = ("tier", "prompt", "checklist")  # what `report --by` shows in full
+
+
+def print_checklist(checklist: Checklist, console: Console) -> None:
+    """One line per question, its answer and the numbers behind it."""
+    target = f", target {pct(checklist.target_success)}" if checklist.target_success is not None else ""
+    console.print(Text(f"checklist before fine-tuning{target}:", style="bold"))
+    for i in checklist.items:
+        line = Text("  ")
+        line.append(f"[{ANSWER_WORDS.get(i.answer, i.answer)}]", style=ANSWER_STYLE.get(i.answer, ""))
+        line.append(f" {i.question} {i.detail}")
+        console.print(line)
+
+
+def print_versions_compact(versions: Versions, console: Console) -> None:
+    """Per tier, how many prompt versions, the best against the first: one line (--by prompt: in full)."""
+    parts = []
+    for tier in dict.fromkeys(v.tier for v in versions.rows):
+        vs = [v for v in versions.rows if v.tier == tier and v.dimension == "prompt"]
+        counted = [v for v in vs if v.documents >= versions.min_documents]
+        part = f"{tier} {len(vs)}"
+        best = next((v for v in counted if v.best), None)
+        if best is not None:
+            first = pct(counted[0].success_rate)
+            part += f" (best {short_version(best.version)} {pct(best.success_rate)}, first {first})"
+        parts.append(part)
+    if parts:
+        console.print("prompt versions: " + "; ".join(parts) + " (--by prompt: every version, compared)",
+                      markup=False, highlight=False)  # fmt: skip
+
+
+def print_versions(versions: Versions, console: Console) -> None:
+    """Every version of every tier's prompt, examples and k / select, and the paired comparisons."""
+    table = Table(title=f"versions per tier (counted from {plural(versions.min_documents, 'document')}; "
+                  "* the best)", title_justify="left", box=box.SIMPLE_HEAD)  # fmt: skip
+    right = ("documents", "resolved", "per valid")
+    columns = ("tier", "setting", "version", "first used", "last used", *right[:2], "success (95% CI)")
+    for c in (*columns, right[2], "failed attempts"):
+        table.add_column(c, justify="right" if c in right else "left")
+    for v in versions.rows:
+        ci = f" ({pct(v.success_ci[0])}-{pct(v.success_ci[1])})" if v.success_ci else ""
+        name = ("* " if v.best else "") + short_version(v.version)
+        table.add_row(
+            Text(v.tier), DIMENSION_WORDS.get(v.dimension, v.dimension), Text(name),
+            when(v.first_used), when(v.last_used), str(v.documents), str(v.resolved),
+            pct(v.success_rate) + ci,
+            per_valid(v.cost_per_valid_usd, v.resolved, "-"),
+            Text(", ".join(f"{k} {n}" for k, n in v.failure_outcomes.items()) or "none"),
+        )  # fmt: skip
+    console.print(table)
+    if not versions.comparisons:
+        console.print("  no two versions of a tier's setting were sent the same documents: nothing to pair",
+                      markup=False, highlight=False)  # fmt: skip
+        return
+    pairs = Table(title="paired comparisons (documents both versions were sent; exact McNemar)",
+                  title_justify="left", box=box.SIMPLE_HEAD)  # fmt: skip
+    left = ("tier", "setting", "a (earlier)", "b")
+    for c in (*left, "documents", "resolved a", "resolved b", "only a", "only b", "p"):
+        pairs.add_column(c, justify="left" if c in left else "right")
+    for x in versions.comparisons:
+        pairs.add_row(Text(x.tier), DIMENSION_WORDS.get(x.dimension, x.dimension), Text(short_version(x.a)),
+                      Text(short_version(x.b)), str(x.documents), str(x.resolved_a), str(x.resolved_b),
+                      str(x.only_a), str(x.only_b), f"{x.p_value:.2g}")  # fmt: skip
+    console.print(pairs)
+
+
+def print_report(data: Report | dict[str, Any], console: Console, by: str = "tier") -> None:
+    """The report in the terminal (a Report, or its plain data as ``--json`` prints it). ``by``:
+    ``prompt`` shows the prompt versions in full, then the checklist; ``checklist`` the checklist alone."""
     report = Report.from_dict(data)
     t = report.totals
     console.print(Text(f"extractkit report: {scope_line(report)}", style="bold"))
+    if by == "prompt":
+        print_versions(report.versions, console)
+        print_checklist(report.checklist, console)
+        console.print(Text("checklist: " + report.checklist.conclusion, style="bold"))
+        return
+    if by == "checklist":
+        print_checklist(report.checklist, console)
+        console.print(Text("checklist: " + report.checklist.conclusion, style="bold"))
+        return
     if not t.documents:
         console.print(report.verdict, markup=False, highlight=False)
         print_document_errors(report, console)  # documents were met, none could be read
+        if report.document_errors:
+            print_checklist(report.checklist, console)
         return
     console.print(
         f"{plural(t.documents, 'document')} ({when(t.first_at)} to {when(t.last_at)}): "
@@ -203,7 +284,11 @@ def print_report(data: Report | dict[str, Any], console: Console) -> None:
             markup=False,
             highlight=False,
         )
+    print_versions_compact(report.versions, console)
+    print_checklist(report.checklist, console)
     print_verdicts(report.verdicts, report.verdict, console)
+    # the checklist's conclusion beside the verdict's arithmetic
+    console.print(Text("checklist: " + report.checklist.conclusion, style="bold"))
 
 
 def print_document_errors(report: Report, console: Console) -> None:
@@ -283,6 +368,48 @@ def field_failures_csv(data: Report | dict[str, Any]) -> str:
     for f in report.field_failures.rows:
         values = "" if f.values is None else value_counts(f.values)
         w.writerow([f.tier, f.field, f.validation, f.ungrounded, f.failures, values])
+    return buf.getvalue()
+
+
+VERSION_CSV = (
+    "tier", "dimension", "version", "best", "configs", "first_used", "last_used", "documents", "resolved",
+    "success_rate", "success_ci_low", "success_ci_high", "cost_usd", "cost_per_valid_usd", "failure_outcomes",
+)  # fmt: skip
+COMPARISON_CSV = ("tier", "dimension", "a", "b", "documents", "resolved_a", "resolved_b", "only_a", "only_b",
+                  "p_value")  # fmt: skip
+CHECKLIST_CSV = ("key", "question", "answer", "detail")
+
+
+def versions_csv(data: Report | dict[str, Any]) -> str:
+    """One row per tier, setting and version (``report --by prompt --csv``); then, after a blank line,
+    the paired comparisons as a second table with its own header."""
+    report = Report.from_dict(data)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(VERSION_CSV)
+    for v in report.versions.rows:
+        ci = v.success_ci or (None, None)
+        row = {**v.model_dump(), "success_ci_low": ci[0], "success_ci_high": ci[1],
+               "failure_outcomes": " ".join(f"{k}={n}" for k, n in v.failure_outcomes.items())}  # fmt: skip
+        w.writerow(["" if row.get(c) is None else row[c] for c in VERSION_CSV])
+    if report.versions.comparisons:
+        w.writerow([])
+        w.writerow(COMPARISON_CSV)
+        for c in report.versions.comparisons:
+            w.writerow([getattr(c, k) for k in COMPARISON_CSV])
+    return buf.getvalue()
+
+
+def checklist_csv(data: Report | dict[str, Any]) -> str:
+    """One row per question (``report --by checklist --csv``), then the conclusion as a last row."""
+    report = Report.from_dict(data)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(CHECKLIST_CSV)
+    for i in report.checklist.items:
+        w.writerow([i.key, i.question, i.answer, i.detail])
+    w.writerow(["conclusion", "Is the checklist complete?", "yes" if report.checklist.complete else "no",
+                report.checklist.conclusion])  # fmt: skip
     return buf.getvalue()
 
 
