@@ -52,7 +52,7 @@ MARKER = re.compile(r"^\s*<!--\s*(test|not-run):\s*(.+?)\s*-->\s*$")
 FENCE = re.compile(r"^(\s*)(`{3,}|~{3,})\s*([\w+-]*)\s*$")
 INSTALL = re.compile(r"^\s*(python3? -m venv\b|\S*python3?\S* -m pip install\b|\S*pip3? install\b)")
 #: the blocks the issue asks for; more may be marked
-REQUIRED = {"main-job", "quickstart", "init", "batch-local", "dry-run", "report", "gold", "eval"}
+REQUIRED = {"main-job", "quickstart", "init", "batch-local", "dry-run", "report", "checklist", "gold", "eval"}
 CORPUS_FROM_REPO = "../shared/corpora/invoice2data"
 
 
@@ -302,6 +302,9 @@ def _check(name: str, repo: Path, proc: subprocess.CompletedProcess[str], server
         project = out / "myproject"
         assert {"invoice_model.py", "extractkit.toml", "examples.jsonl"} <= {p.name for p in project.iterdir()}
         assert (project / ".extractkit" / "ledger.sqlite3").is_file()
+    elif name == "checklist":
+        assert "checklist before fine-tuning, target 98.0%" in proc.stdout, proc.stdout
+        assert "Prompt formulations tried" in proc.stdout and "Input pipeline clean" in proc.stdout
     elif name == "eval":
         assert (out / "eval.html").is_file()
         assert "zero_shot" in proc.stdout and "few_shot" in proc.stdout, proc.stdout
