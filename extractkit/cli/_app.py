@@ -13,6 +13,7 @@ from typer.core import TyperGroup
 from .. import __version__
 from .._errors import ExtractkitError, RunError
 from .._words import plural
+from ..local import N_CTX  # the local model's context window per slot, decided in extractkit.local
 from ._console import RedactingConsole, install_log_redaction
 from ._ledger_opt import ConfigOpt, LedgerOpt
 
@@ -198,7 +199,7 @@ app.add_typer(local_app, name="local")
 @local_app.command("serve")
 def local_serve(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8012,
-    n_ctx: Annotated[int, typer.Option(help="Context window of each slot (tokens).")] = 4096,
+    n_ctx: Annotated[int, typer.Option(help="Context window of each slot (tokens).")] = N_CTX,
     parallel: Annotated[int, typer.Option(min=1, help="Slots: requests answered at once.")] = 1,
 ) -> None:
     """Run the local model server in the foreground (OpenAI-compatible, 127.0.0.1).
@@ -208,12 +209,13 @@ def local_serve(
     """
     import os
 
-    from ..local import check_installed, server_command
+    from ..local import MODEL_NAME, check_installed, server_command
 
     check_installed()
     cmd = server_command(port, n_ctx, parallel)
-    err.print(f"serving SmolLM2-135M at http://127.0.0.1:{port}/v1 with {parallel} slot(s) of {n_ctx} "
-              "tokens (Ctrl-C stops it). It proves the pipeline, not accuracy.", highlight=False)  # fmt: skip
+    slots = plural(parallel, "slot")
+    err.print(f"serving {MODEL_NAME} at http://127.0.0.1:{port}/v1 with {slots} of {n_ctx} tokens "
+              "(Ctrl-C stops it). It proves the pipeline, not accuracy.", highlight=False)  # fmt: skip
     os.execv(cmd[0], cmd)
 
 
