@@ -61,3 +61,25 @@ def db_rows(path: str | Path, sql: str, params: tuple = ()) -> list[tuple]:
     connections left to the garbage collector)."""
     with contextlib.closing(sqlite3.connect(path, timeout=5)) as con:
         return con.execute(sql, params).fetchall()
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """A real PostgreSQL server for the session (tests/pg.py); skips without one, fails in CI."""
+    import os
+
+    from . import pg
+
+    cluster = pg.start()
+    if isinstance(cluster, str):
+        if os.environ.get(pg.REQUIRE_ENV):
+            pytest.fail(f"{pg.REQUIRE_ENV} is set but {cluster}")
+        pytest.skip(cluster)
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def pg_url(pg_cluster) -> str:
+    """``postgresql://...`` of a fresh, empty database on the session's server."""
+    return pg_cluster.new_database()
