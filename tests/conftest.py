@@ -85,6 +85,15 @@ def pg_url(pg_cluster) -> str:
     return pg_cluster.new_database()
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger_target(request, tmp_path) -> str:
+    """A fresh ledger on each engine in turn: a SQLite file path, then a ``postgresql://`` URL (a
+    fresh database; skipped without a server, failed in CI). ``Ledger(ledger_target)``."""
+    if request.param == "sqlite":
+        return str(tmp_path / "ledger.sqlite3")
+    return str(request.getfixturevalue("pg_url"))
+
+
 @pytest.fixture(scope="session")
 def s3_server():
     """A real S3-compatible server (moto's server mode, tests/s3.py) for the session."""

@@ -360,7 +360,7 @@ def test_file_uris_read_through_fsspec_like_local_paths(tmp_path):
     assert count_documents([root]) == 3
 
 
-async def test_the_runner_records_uris_as_paths(s3, tmp_path):
+async def test_the_runner_records_uris_as_paths(s3, ledger_target):
     from extractkit import Ledger
 
     bucket = s3.new_bucket()
@@ -368,18 +368,19 @@ async def test_the_runner_records_uris_as_paths(s3, tmp_path):
     s3.put(bucket, "r/copy.txt", "From: A Ltd\nTotal: 1.00\n")
     with FakeLLMServer(echo_invoice_responder) as server:
         ex = Extractor(Invoice, [ZeroShot(model="gpt-4o-mini", base_url=server.base_url, max_reasks=0)])
-        ledger = Ledger(tmp_path / "l.sqlite3")
+        ledger = Ledger(ledger_target)  # SQLite, then PostgreSQL
         async with ex:
             summary = await BatchRunner(ex, ledger).run([URI(f"s3://{bucket}/r/")])
             result = await ex.aextract_file(URI(f"s3://{bucket}/r/copy.txt"))  # no ledger: sent again
             items = [i async for i in ex.aextract_many([URI(f"s3://{bucket}/r/a.txt")])]
+        rows = [tuple(r) for r in ledger.query("SELECT path, path_bytes FROM document_paths ORDER BY path")]
         ledger.close()
         assert result.ok and result.value.issuer == "A Ltd"
         assert [(i.path, i.status) for i in items] == [(f"s3://{bucket}/r/a.txt", "ok")]
         assert len(server.requests) == 3  # identical content, sent once by the run
     assert summary.ok == 2 and summary.duplicates == 1
-    rows = db_rows(tmp_path / "l.sqlite3", "SELECT path FROM document_paths ORDER BY path")
-    assert rows == [(f"s3://{bucket}/r/a.txt",), (f"s3://{bucket}/r/copy.txt",)]
+    uris = [f"s3://{bucket}/r/a.txt", f"s3://{bucket}/r/copy.txt"]
+    assert [(p, bytes(b)) for p, b in rows] == [(u, u.encode()) for u in uris]
 
 
 def test_an_http_object_of_unknown_size_is_read_no_further_than_the_limit():
