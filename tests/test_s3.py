@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+import extractkit
 from extractkit import DocumentError, Extractor, MissingDependencyError, NoDocuments, ZeroShot
 from extractkit.batch import URI, BatchRunner, count_documents, load, walk
 
@@ -213,7 +214,7 @@ def test_extract_many_and_extract_file_take_uris(s3):
     s3.put(bucket, "one.csv", "a,b")
     with FakeLLMServer(echo_invoice_responder) as server:
         ex = Extractor(Invoice, [ZeroShot(model="gpt-4o-mini", base_url=server.base_url, max_reasks=0)])
-        items = sorted(ex.extract_many([URI(f"s3://{bucket}/m/"), f"s3://{bucket}/m/a.txt",
+        items = sorted(ex.extract_many([extractkit.URI(f"s3://{bucket}/m/"), f"s3://{bucket}/m/a.txt",
                                         URI(f"s3://{bucket}/one.csv"), URI(f"s3://{bucket}/empty/")]),
                        key=lambda i: (i.index, i.path or ""))  # fmt: skip
         got = [(i.index, i.path, i.status, i.outcome) for i in items]

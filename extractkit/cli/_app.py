@@ -145,6 +145,9 @@ def extract(
 
     Know the bill first: extractkit extract invoices/ -c extractkit.toml --dry-run
 
+    From object storage (pip install 'extractkit[s3]'; credentials from the environment, AWS_*):
+    extractkit extract s3://bucket/invoices/ -c extractkit.toml --out results.jsonl
+
     Exit codes: 0 all documents extracted, 1 some failed (listed) or --max-cost was reached (the
     rest were left unattempted: run again to resume), 2 usage or config error, 3 the provider
     stopped answering or refused the key (the rest were left unattempted: run again to resume).
