@@ -58,15 +58,17 @@ class S3Server:
             r.read()
 
     @contextlib.contextmanager
-    def access_denied(self, bucket: str, readable: list[str]) -> Iterator[dict[str, str]]:
-        """Credentials (an ``env()``) of a user who may list ``bucket`` and read only the keys in
-        ``readable``; IAM is enforced by the server while the context lasts."""
+    def access_denied(self, bucket: str, readable: list[str], *, may_list: bool = True) -> Iterator[dict[str, str]]:
+        """Credentials (an ``env()``) of a user who may list ``bucket`` (unless ``may_list`` is
+        False) and read only the keys in ``readable``; IAM is enforced by the server while the
+        context lasts."""
         iam = boto3.client("iam", endpoint_url=self.endpoint, region_name=REGION,
                            aws_access_key_id=ACCESS_KEY_ID, aws_secret_access_key=SECRET_ACCESS_KEY)  # fmt: skip
         user = f"reader-{next(self._n)}"
         iam.create_user(UserName=user)
         policy: dict[str, Any] = {"Version": "2012-10-17", "Statement": [
-            {"Effect": "Allow", "Action": ["s3:ListBucket"], "Resource": f"arn:aws:s3:::{bucket}"},
+            {"Effect": "Allow" if may_list else "Deny", "Action": ["s3:ListBucket"],
+             "Resource": f"arn:aws:s3:::{bucket}"},
             {"Effect": "Allow", "Action": ["s3:GetObject"],
              "Resource": [f"arn:aws:s3:::{bucket}/{k}" for k in readable]},
         ]}  # fmt: skip

@@ -206,6 +206,21 @@ def test_an_object_the_credentials_may_not_read_is_access_denied_and_the_others_
     assert env["AWS_SECRET_ACCESS_KEY"] not in out.read_text() + done.stderr
 
 
+def test_a_prefix_the_credentials_may_not_list_is_access_denied(s3, monkeypatch):
+    import s3fs
+
+    bucket = s3.new_bucket()
+    s3.put(bucket, "p/a.txt", "From: A\nTotal: 1")
+    with s3.access_denied(bucket, ["p/a.txt"], may_list=False) as env:
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        s3fs.S3FileSystem.clear_instance_cache()
+        with pytest.raises(NoDocuments, match=rf"s3://{bucket}/p/: access denied .*check the credentials"):
+            count_documents([f"s3://{bucket}/p/"])
+        assert load(URI(f"s3://{bucket}/p/a.txt"), "txt").text == "From: A\nTotal: 1"  # reading it is allowed
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
 def test_extract_many_and_extract_file_take_uris(s3):
     bucket = s3.new_bucket()
     s3.put(bucket, "m/a.txt", "From: Alpha Ltd\nTotal: 1.50\n")
