@@ -286,6 +286,19 @@ def test_extract_on_a_postgres_ledger_end_to_end(tmp_path, pg_url, monkeypatch):
                                env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
         assert again.returncode == 0, again.stderr
         assert len(server.requests) == 5  # the second run resumed all five from PostgreSQL
+        dry = cli("extract", str(docs), "--config", str(cfg), "--ledger", pg_url, "--dry-run", "--json")
+        assert dry.returncode == 0, dry.stderr
+        assert len(server.requests) == 5
     with Ledger(pg_url) as ledger:
         assert ledger.query("SELECT COUNT(*) FROM extractions WHERE status = 'ok'")[0][0] == 5
         assert [r["status"] for r in ledger.query("SELECT status FROM runs ORDER BY id")] == ["done", "done"]
+
+
+def test_an_unreachable_postgres_ledger_in_the_cli_is_one_line_exit_2_without_the_password(tmp_path):
+    from .test_batch import cli
+
+    done = cli("report", "--ledger", "postgresql://nobody:pw-never-printed@127.0.0.1:1/x")
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: ") and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "Traceback" not in done.stderr and "pw-never-printed" not in done.stderr + done.stdout
+    assert "postgresql://nobody:***@127.0.0.1:1/x" in done.stderr

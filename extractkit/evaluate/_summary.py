@@ -65,7 +65,7 @@ def build_eval(ledger: Ledger, run_id: str, *, economics: Economics | None = Non
 
     runs = q("run")
     if not runs or runs[0]["kind"] != "eval":
-        raise ValueError(f"no eval run {run_id!r} in {ledger.path}")
+        raise ValueError(f"no eval run {run_id!r} in {ledger.target}")
     config = json.loads(runs[0]["config_json"] or "{}")
     items = q("items")
     results = q("results")

@@ -147,7 +147,8 @@ class Ledger:
     Opening marks ``interrupted`` the runs still ``running`` whose process is gone on this host
     (``interrupted`` lists their ids); runs started on another host are left as they are.
 
-    SQLite only: ``conn`` (the connection) and ``path`` (the file).
+    SQLite only: ``conn`` (the connection) and ``path`` (the file; on PostgreSQL a ``Path`` made
+    of the masked URL, kept for older callers: print ``target``).
     """
 
     conn: sqlite3.Connection
@@ -165,6 +166,7 @@ class Ledger:
             self.engine, self.dialect = "postgresql", POSTGRES
             self._pg = PgEngine(str(target))
             self.target, self.applied = self._pg.target, self._pg.applied
+            self.path = Path(self.target)  # for callers written for files only: print .target instead
             try:
                 self.interrupted = self._interrupt_orphaned_runs()
             except BaseException:
