@@ -72,8 +72,8 @@ def record(ledger: Ledger, ex: Extractor[Invoice], body: str, *, ok: bool = True
 
 
 @pytest.fixture
-def ledger(tmp_path):
-    with Ledger(tmp_path / "l.sqlite3") as lg:
+def ledger(ledger_target):
+    with Ledger(ledger_target) as lg:  # each test on SQLite, then on PostgreSQL
         yield lg
 
 

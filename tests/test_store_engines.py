@@ -221,7 +221,7 @@ def test_0006_puts_right_an_older_ledger_with_two_current_rows(tmp_path, monkeyp
             tx.execute("UPDATE attempts SET current = 1 WHERE extraction_id = ?", (first,))
     monkeypatch.undo()
     with Ledger(path) as ledger:
-        assert ledger.applied == ["0006_current_unique"]
+        assert ledger.applied[0] == "0006_current_unique"
         rows = ledger.query("SELECT id, superseded_by FROM extractions ORDER BY id")
         assert [tuple(r) for r in rows] == [(first, second), (second, None)]
         assert ledger.query("SELECT COUNT(*) FROM attempts WHERE extraction_id = ? AND current = 1",
@@ -302,3 +302,18 @@ def test_an_unreachable_postgres_ledger_in_the_cli_is_one_line_exit_2_without_th
     assert done.stderr.startswith("error: ") and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert "Traceback" not in done.stderr and "pw-never-printed" not in done.stderr + done.stdout
     assert "postgresql://nobody:***@127.0.0.1:1/x" in done.stderr
+
+
+def test_a_psycopg_error_that_escapes_the_ledger_is_still_one_line_exit_2(monkeypatch):
+    import psycopg
+    from typer.testing import CliRunner
+
+    from extractkit.cli._app import app
+
+    def broken(*args, **kwargs):
+        raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr("extractkit.cli._ledger_opt.open_ledger", broken)
+    done = CliRunner().invoke(app, ["report", "--ledger", "postgresql://u@127.0.0.1:1/x"])
+    assert done.exit_code == 2, done.output
+    assert "server closed the connection" in done.output and "Traceback" not in done.output

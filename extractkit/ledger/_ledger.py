@@ -31,6 +31,7 @@ from ._dialect import POSTGRES, SQLITE, Dialect
 from ._migrations import migrate
 from ._owner import is_gone, this_process
 from ._pg import PgEngine, is_url
+from ._reads import LedgerReads
 
 DEFAULT_PATH = Path(".extractkit") / "ledger.sqlite3"
 ENV_VAR = "EXTRACTKIT_LEDGER"
@@ -133,7 +134,7 @@ def _connect(path: Path) -> tuple[sqlite3.Connection, list[str]]:
         pause = min(pause * 2, 0.5)
 
 
-class Ledger:
+class Ledger(LedgerReads):
     """The ledger. ``Ledger("runs.sqlite3")`` (SQLite; ``":memory:"`` for tests) or
     ``Ledger("postgresql://user@host/db")`` (PostgreSQL, shared by many processes and machines);
     no target: ``$EXTRACTKIT_LEDGER``, else ``.extractkit/ledger.sqlite3``. ``store_text=False``
@@ -476,9 +477,9 @@ class Ledger:
                          expected: dict[str, Any]) -> None:  # fmt: skip
         with self.transaction() as tx:
             tx.execute(
-                "INSERT OR REPLACE INTO eval_items (run_id, gold_id, document_sha256, path, expected_json)"
-                " VALUES (?,?,?,?,?)",
-                (run_id, gold_id, document_sha256, path, json.dumps(expected, ensure_ascii=False)),
+                "INSERT OR REPLACE INTO eval_items (run_id, gold_id, document_sha256, path, expected_json,"
+                " seq) VALUES (?,?,?,?,?,?)",
+                (run_id, gold_id, document_sha256, path, json.dumps(expected, ensure_ascii=False), new_id()),
             )
 
     def record_eval_result(self, run_id: str, gold_id: str, tier: str, extraction_id: str, reused: bool,
@@ -494,9 +495,9 @@ class Ledger:
                        (run_id, gold_id, tier))  # fmt: skip
             tx.executemany(
                 "INSERT INTO eval_scores (run_id, gold_id, tier, extraction_id, field, expected_json,"
-                " got_json, result) VALUES (?,?,?,?,?,?,?,?)",
+                " got_json, result, seq) VALUES (?,?,?,?,?,?,?,?,?)",
                 [(run_id, gold_id, tier, extraction_id, sc.field, _json_or_none(sc.expected),
-                  _json_or_none(sc.got), sc.result) for sc in scores],
+                  _json_or_none(sc.got), sc.result, new_id()) for sc in scores],
             )  # fmt: skip
 
     def integrity_check(self) -> str:
