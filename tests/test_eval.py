@@ -299,6 +299,8 @@ def test_eval_cli_end_to_end(tmp_path, ledger_target):
         n = len(server.requests)
         again = cli(*args)
         assert again.returncode == 0 and len(server.requests) == n and "each tier alone" in again.stdout
+        said = " ".join((again.stdout + again.stderr).split())
+        assert f"ledger {ledger_target}" in said  # the one it used, printable (a URL as given)
     # an earlier eval, shown again: no config, no key, no server needed
     shown = cli("eval", "--run", ev["run_id"], "--ledger", ledger_target, "--json")
     assert shown.returncode == 0, shown.stderr
