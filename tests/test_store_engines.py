@@ -317,3 +317,10 @@ def test_a_psycopg_error_that_escapes_the_ledger_is_still_one_line_exit_2(monkey
     done = CliRunner().invoke(app, ["report", "--ledger", "postgresql://u@127.0.0.1:1/x"])
     assert done.exit_code == 2, done.output
     assert "server closed the connection" in done.output and "Traceback" not in done.output
+
+
+def test_a_url_that_went_through_path_is_refused_not_made_a_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(LedgerError, match="postgresql:// URL that went through Path"):
+        Ledger(Path("postgresql://u@127.0.0.1:1/x"))
+    assert list(tmp_path.iterdir()) == []

@@ -175,6 +175,9 @@ class Ledger(LedgerReads):
                 raise
             return
         self.engine, self.dialect = "sqlite", SQLITE
+        if str(target).startswith(("postgresql:/", "postgres:/")):  # Path("postgresql://h/db") lost a slash
+            raise LedgerError(f"{target} is not a file but a postgresql:// URL that went through Path(): "
+                              "pass the URL as a string (Ledger.target, not Ledger.path)")  # fmt: skip
         self.path = Path(target)
         self.target = str(self.path)
         try:
