@@ -14,11 +14,20 @@ from ._queries import (
     VERSION_STATS_CURRENT,
     field_failures_sql,
 )
+from ._reads import (
+    EVAL_SQL,
+    FinetuneEvent,
+    FinetuneJobRecord,
+    StoredDocument,
+    TrainingRow,
+    UnfinishedExtraction,
+)
 
 __all__ = [
     "DEFAULT_PATH",
     "DOCUMENT_ERRORS",
     "ENV_VAR",
+    "EVAL_SQL",
     "MIGRATIONS",
     "PAIRS_CUT",
     "PG_MIGRATIONS",
@@ -30,9 +39,14 @@ __all__ = [
     "VERSION_STATS",
     "VERSION_STATS_CURRENT",
     "Dialect",
+    "FinetuneEvent",
+    "FinetuneJobRecord",
     "Ledger",
     "RecordingLedger",
     "Row",
+    "StoredDocument",
+    "TrainingRow",
+    "UnfinishedExtraction",
     "default_path",
     "field_failures_sql",
     "is_url",
