@@ -29,7 +29,7 @@ from ._pricing import Price, lookup_price
 from ._results import Attempt, Outcome, Result, Usage
 from ._retry import RetryPolicy
 from ._tiers import FewShot, FineTuned, Mode, Tier, ZeroShot
-from .batch import ItemResult
+from .batch import URI, ItemResult
 from .ledger import Ledger
 
 try:
@@ -70,6 +70,7 @@ __all__ = [
     "TemplateError",
     "Tier",
     "TrainingDataError",
+    "URI",
     "Usage",
     "ZeroShot",
     "__version__",

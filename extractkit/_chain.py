@@ -41,7 +41,7 @@ from ._tiers import BoundTier, Tier
 from .ledger import Ledger, RecordingLedger, is_url
 
 if TYPE_CHECKING:
-    from .batch import ItemResult, Limiter
+    from .batch import URI, ItemResult, Limiter
 
 T = TypeVar("T", bound=BaseModel)
 R = TypeVar("R")
@@ -446,7 +446,7 @@ class Extractor(Generic[T]):
     # -- files and many documents -----------------------------------------------------------------
     async def aextract_file(
         self,
-        path: str | os.PathLike[str],
+        path: str | os.PathLike[str] | URI,
         *,
         doc_type: str | None = None,
         max_bytes: int | None = None,
@@ -457,7 +457,9 @@ class Extractor(Generic[T]):
         batch's loader: PDFs, HTML and any file over 64 KiB are read and parsed in a worker thread,
         off the event loop (a small text file is read inline: the thread hop would cost more).
         ``doc_type`` (``"txt"``, ``"pdf"``, ``"html"``, ...) reads a file whose name does not say
-        its type.
+        its type. ``path`` may be an object on object storage: ``"s3://bucket/invoices/a.pdf"`` (a
+        ``str`` of the form ``scheme://...``, or a ``URI``), read through fsspec under the same
+        limits, recorded under its URI (redacted), identified by its text like any file.
 
         The document's identity is its text (a copy under another name is the same document);
         the ledger records the extraction with the file's path, size and type, and the path in
@@ -469,12 +471,26 @@ class Extractor(Generic[T]):
 
         >>> result = extractor.extract_file("invoices/acme.pdf")  # doctest: +SKIP
         """
-        from .batch import MAX_BYTES, MAX_CHARS, SPECIAL, TEXT_TYPES, aload, display_path, doc_type_of
+        from .batch import (
+            MAX_BYTES,
+            MAX_CHARS,
+            SPECIAL,
+            TEXT_TYPES,
+            URI,
+            aload,
+            as_source,
+            display_path,
+            doc_type_of,
+            path_bytes,
+        )  # fmt: skip
 
-        p = Path(path)
+        p = as_source(path)
         shown = display_path(p)
         kind = doc_type if doc_type is not None else doc_type_of(p)
-        if p.is_dir():
+        if isinstance(p, URI) and not p.name:
+            raise DocumentError(f"{shown}: a prefix, not an object: extract_many([URI(...)]) lists prefixes",
+                                path=shown, kind="unsupported")  # fmt: skip
+        if not isinstance(p, URI) and p.is_dir():
             raise DocumentError(f"{shown}: a folder, not a file: extract_many([Path(...)]) walks folders",
                                 path=shown, kind="unsupported")  # fmt: skip
         if kind == SPECIAL:
@@ -501,13 +517,13 @@ class Extractor(Generic[T]):
             raise
         result = await self.aextract(doc.text, path=doc.path, size=doc.size, doc_type=doc.type)
         if self.ledger is not None and self._run_id is not None:
-            row = [(doc.sha256, doc.path, os.fsencode(p), self._run_id)]
+            row = [(doc.sha256, doc.path, path_bytes(p), self._run_id)]
             await asyncio.to_thread(self.ledger.add_document_paths, row)
         return result
 
     def extract_file(
         self,
-        path: str | os.PathLike[str],
+        path: str | os.PathLike[str] | URI,
         *,
         doc_type: str | None = None,
         max_bytes: int | None = None,
@@ -520,7 +536,7 @@ class Extractor(Generic[T]):
 
     def aextract_many(
         self,
-        inputs: Iterable[str | os.PathLike[str]],
+        inputs: Iterable[str | os.PathLike[str] | URI],
         *,
         concurrency: int = 8,
         rpm: float | None = None,
@@ -536,7 +552,9 @@ class Extractor(Generic[T]):
         An input is a text (``str``: always text, never a file name) or a path (``Path`` or any
         ``os.PathLike``): a file is read as ``extract_file`` reads it, a folder is walked as
         ``extractkit extract`` walks it (every document in it gets its own result with the folder's
-        ``index``; ``include`` globs filter file names, case-insensitively). It is the CLI's batch
+        ``index``; ``include`` globs filter file names, case-insensitively), or a ``URI``
+        (``extractkit.URI("s3://bucket/invoices/")``: one object, or every object under the prefix,
+        listed lazily). It is the CLI's batch
         runner: ``rpm`` / ``tpm`` pace this call's requests (default: the extractor's ``limiter``,
         if any); with a ledger, a document whose final result this chain already recorded is not
         sent again (``resumed=True``; transient failures are sent again, validation failures too
@@ -567,7 +585,7 @@ class Extractor(Generic[T]):
 
     def extract_many(
         self,
-        inputs: Iterable[str | os.PathLike[str]],
+        inputs: Iterable[str | os.PathLike[str] | URI],
         *,
         concurrency: int = 8,
         rpm: float | None = None,

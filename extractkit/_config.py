@@ -18,6 +18,9 @@ that carries a secret is read from the environment too (``headers_env``).
     rpm = 500
     tpm = 200000
 
+    [documents.storage_options.s3]           # fsspec options for s3:// documents (never credentials)
+    endpoint_url = "http://127.0.0.1:9000"   # an S3-compatible store (or $AWS_ENDPOINT_URL)
+
     [[tiers]]
     kind = "zero_shot"
     model = "gpt-4o-mini"
@@ -171,6 +174,34 @@ class BatchConfig(BaseModel):
     max_cost: float | None = Field(None, gt=0)
 
 
+# option names that carry credentials: refused in [documents] storage_options (the environment has them)
+_SECRET_OPTION = ("secret", "password", "passwd", "session_token", "sas_token", "account_key",
+                  "connection_string", "credential")  # fmt: skip
+
+
+class DocumentsConfig(BaseModel):
+    """Documents on object storage (``s3://bucket/prefix``): fsspec options per protocol, e.g.
+    ``[documents.storage_options.s3]`` ``endpoint_url = "http://127.0.0.1:9000"``. Credentials are
+    refused here: they come from the environment (``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``
+    / ``AWS_SESSION_TOKEN`` / ``AWS_PROFILE``), as keys do."""
+
+    model_config = ConfigDict(extra="forbid")
+    storage_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @field_validator("storage_options")
+    @classmethod
+    def _no_credentials(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for protocol, options in v.items():
+            for name in options:
+                low = name.lower()
+                if low in ("key", "token") or any(s in low for s in _SECRET_OPTION):
+                    raise ValueError(
+                        f"{protocol}.{name}: credentials are not read from the config file; set them in "
+                        "the environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY for s3://)"
+                    )
+        return v
+
+
 class Config(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -178,6 +209,7 @@ class Config(BaseModel):
     tiers: list[TierConfig] = Field(min_length=1)
     ledger: LedgerConfig = Field(default_factory=lambda: LedgerConfig())
     batch: BatchConfig = Field(default_factory=lambda: BatchConfig())
+    documents: DocumentsConfig = Field(default_factory=lambda: DocumentsConfig())
     root: Path = Path(".")  # the config file's folder; relative paths resolve against it
     origin: str = "config"  # the config file's path as given, for messages
 

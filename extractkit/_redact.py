@@ -11,8 +11,12 @@ or ``system_fingerprint``). Every string extractkit stores, prints or writes pas
   (``--out``, fine-tune export, harvested examples), the CLI's consoles and its log records.
 
 What is redacted: every value registered with ``register`` (a tier's API key when it is resolved,
-``$OPENAI_API_KEY``, the variable a tier names in ``api_key_env``), whatever its shape, and
-anything that looks like a key or a token (``sk-...``, ``Bearer ...``), registered or not.
+``$OPENAI_API_KEY``, the variable a tier names in ``api_key_env``, the store credentials in the
+environment when a document URI is read), whatever its shape, and anything that looks like a key
+or a token (``sk-...``, ``Bearer ...``), registered or not, and the credentials a URL can carry:
+a password (``scheme://user:password@host``) and a presigned URL's signature, credential and
+token parameters (``X-Amz-Signature=...``, ``sig=...``). ``redact_uri`` is the form a document
+URI is stored and shown in.
 Values shorter than ``MIN_SECRET_CHARS`` are not registered: redacting them would eat ordinary
 words (the local server's placeholder key is ``"local"``). A key cut short by a length limit
 before it reaches here (a 200-character Pydantic input repr) is left as the fragment it is.
@@ -34,6 +38,13 @@ MIN_SECRET_CHARS = 8
 # sk-...: after anything but a letter or digit ("fp_sk-..." is a key, "task-manager" is not)
 PATTERN_SOURCE = r"(?<![A-Za-z0-9])sk-[A-Za-z0-9_\-*]{6,}|\b(?i:bearer)\s+[A-Za-z0-9_\-.~+/=]{8,}"
 _PATTERN = re.compile(PATTERN_SOURCE)
+# in a URL: the password of its user info, and the query parameters that sign or authorise it
+# (S3 / GCS presigned URLs, Azure SAS tokens)
+_URL_PASSWORD = re.compile(r"(?<=://)([^/\s:@?#]*):[^/\s@?#]+@")
+_URL_SECRET_PARAM = re.compile(
+    r"(?i)([?&](?:x-amz-signature|x-amz-credential|x-amz-security-token|x-goog-signature|x-goog-credential"
+    r"|signature|sig|awsaccesskeyid|token|access_token|sas|secret|password|api_key|apikey|key)=)[A-Za-z0-9%._~+/=-]+"
+)
 _NOT_SECRETS = frozenset({"local", "unused", "EMPTY", "none", "dummy"})
 
 _lock = threading.Lock()
@@ -61,7 +72,7 @@ def registered() -> tuple[str, ...]:
 
 
 def _suspect(text: str) -> bool:
-    if "sk-" in text or "earer" in text or "EARER" in text:
+    if "sk-" in text or "earer" in text or "EARER" in text or "://" in text:
         return True
     return any(k in text for k in _known)
 
@@ -73,7 +84,20 @@ def redact(text: str) -> str:
     for k in _known:
         if k in text:
             text = text.replace(k, REDACTED)
+    if "://" in text:
+        text = _url_secrets(text)
     return _PATTERN.sub(REDACTED, text)
+
+
+def _url_secrets(text: str) -> str:
+    text = _URL_PASSWORD.sub(rf"\1:{REDACTED}@", text)
+    return _URL_SECRET_PARAM.sub(rf"\1{REDACTED}", text) if "=" in text else text
+
+
+def redact_uri(uri: str) -> str:
+    """A document URI as it is stored and shown: no password (``s3://user:[REDACTED]@...``), no
+    presigned signature or token (``...?X-Amz-Signature=[REDACTED]``), no registered secret."""
+    return redact(uri)
 
 
 def redact_opt(text: str | None) -> str | None:

@@ -100,3 +100,26 @@ def ledger_target(request, tmp_path):
     with psycopg.connect(url) as conn:
         used = conn.execute("SELECT to_regclass('_migrations') IS NOT NULL").fetchone()[0]
     assert used, f"the test never opened its PostgreSQL ledger {url}"
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3-compatible server (moto's server mode, tests/s3.py) for the session."""
+    from .s3 import S3Server
+
+    server = S3Server()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3(s3_server, monkeypatch: pytest.MonkeyPatch):
+    """The session's S3 server, its endpoint and fake credentials in this test's environment (and
+    so in the processes it starts); fsspec's cached filesystems are dropped before and after."""
+    import s3fs
+
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    s3fs.S3FileSystem.clear_instance_cache()
+    yield s3_server
+    s3fs.S3FileSystem.clear_instance_cache()

@@ -1,4 +1,4 @@
-"""Batch extraction over document folders."""
+"""Batch extraction over document folders and object-storage prefixes (``s3://bucket/prefix``)."""
 
 from ._estimate import REASK_TOKENS, check_max_cost, estimate
 from ._limiter import Limiter, RateLimiter
@@ -8,15 +8,19 @@ from ._loaders import (
     SPECIAL,
     TEXT_TYPES,
     Document,
+    Source,
+    as_source,
     count_documents,
     display_path,
     load,
+    path_bytes,
     walk,
 )
 from ._loaders import _kind as doc_type_of  # a file's type by its suffix, SPECIAL for a FIFO/device
 from ._many import ItemResult, aextract_many
 from ._runner import BatchRunner, BatchSummary, DocResult
 from ._runner import _load as aload  # load off the event loop (PDF, HTML, large files in a thread)
+from ._sources import URI, is_uri, set_storage_options
 
 __all__ = [
     "MAX_BYTES",
@@ -24,6 +28,7 @@ __all__ = [
     "REASK_TOKENS",
     "SPECIAL",
     "TEXT_TYPES",
+    "URI",
     "BatchRunner",
     "BatchSummary",
     "DocResult",
@@ -31,13 +36,18 @@ __all__ = [
     "ItemResult",
     "Limiter",
     "RateLimiter",
+    "Source",
     "aextract_many",
     "aload",
+    "as_source",
     "check_max_cost",
     "count_documents",
     "display_path",
     "doc_type_of",
     "estimate",
+    "is_uri",
     "load",
+    "path_bytes",
+    "set_storage_options",
     "walk",
 ]

@@ -30,13 +30,12 @@ import asyncio
 import json
 import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from .._errors import ConfigError, DocumentError
 from .._pricing import Price, lookup_price
 from .._tokens import count_request_tokens, count_tokens
-from ._loaders import MAX_BYTES, MAX_CHARS, SPECIAL, dir_error, display_path, walk
+from ._loaders import MAX_BYTES, MAX_CHARS, SPECIAL, URI, Source, dir_error, display_path, walk
 
 REASK_TOKENS = 256  # a re-ask's validation-error message, estimated (the quoted answer is counted apart)
 WORKERS = 4  # documents read and counted at once (the counting runs in worker threads)
@@ -204,7 +203,7 @@ def _count(extractor: Any, text: str, extra_tokens: dict[str, int]) -> dict[str,
 
 async def estimate(
     extractor: Any,
-    paths: list[str | Path],
+    paths: list[str | os.PathLike[str] | URI],
     *,
     ledger: Any = None,
     include: list[str] | None = None,
@@ -240,7 +239,7 @@ async def estimate(
             exc = dir_error(unlisted.pop(0))
             result.documents.append(DocEstimate(exc.path or "?", "error", outcome=exc.kind, error=str(exc)))
 
-    async def one(path: Path, doc_type: str) -> DocEstimate:
+    async def one(path: Source, doc_type: str) -> DocEstimate:
         try:
             doc = await _load(path, doc_type, max_bytes, max_chars)
         except DocumentError as exc:

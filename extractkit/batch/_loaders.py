@@ -15,6 +15,11 @@ file never costs the others:
   ``empty``, ``unreadable``, ``symlink_loop``, ``missing``; ``unreadable_dir`` for a folder the
   walk could not list.
 
+Documents on object storage (``s3://bucket/prefix``, any fsspec URI): ``URI`` roots are walked
+and read by ``_sources`` under the same limits and kinds (plus ``missing_bucket`` and
+``access_denied``); everything here takes a local ``Path`` or a ``URI`` alike (a ``Source``), and
+a ``str`` root that is a URI (``scheme://...``) is one.
+
 Paths: a file name is bytes on POSIX and need not be UTF-8. ``display_path`` is the readable,
 lossless text form used in messages, ``--out`` and the ledger's text columns: the name decoded as
 UTF-8 with each undecodable byte written ``\\xff``; the exact bytes are ``os.fsencode(path)``
@@ -38,6 +43,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .._errors import DocumentError, NoDocuments
+from . import _sources
+from ._sources import URI, ListingError, walk_uri
+
+Source = Path | URI  # a local file or folder, or an object or prefix on object storage
 
 TEXT_TYPES = {".txt": "txt", ".md": "md", ".json": "json", ".html": "html", ".htm": "html",
               ".pdf": "pdf"}  # fmt: skip
@@ -58,16 +67,37 @@ class Document:
     type: str
 
 
-def display_path(path: str | os.PathLike[str]) -> str:
-    """The readable form of a path: valid UTF-8 as is, any other byte as ``\\xNN``.
+def display_path(path: str | os.PathLike[str] | URI) -> str:
+    """The readable form of a path: valid UTF-8 as is, any other byte as ``\\xNN``; a URI
+    redacted (no password, no presigned signature).
 
-    Always encodable as UTF-8 (SQLite, JSON, the terminal); ``os.fsencode(path)`` keeps the
+    Always encodable as UTF-8 (SQLite, JSON, the terminal); ``path_bytes(path)`` keeps the
     exact bytes.
     """
+    if isinstance(path, URI):
+        return path.shown
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
-def _included(path: Path, include: list[str] | None) -> bool:
+def path_bytes(path: str | os.PathLike[str] | URI) -> bytes:
+    """The exact bytes of a local path (``document_paths.path_bytes``); a URI's redacted text."""
+    if isinstance(path, URI):
+        return path.shown.encode("utf-8", "backslashreplace")
+    return os.fsencode(path)
+
+
+def as_source(path: str | os.PathLike[str] | URI) -> Source:
+    """A document root as given: a ``URI`` for ``scheme://...`` (``s3://bucket/prefix``), else a
+    ``Path``. A command line's arguments go through this; ``Extractor.extract_many`` takes
+    ``URI(...)`` (a plain ``str`` is a text there)."""
+    if isinstance(path, URI):
+        return path
+    if isinstance(path, str) and _sources.is_uri(path):
+        return URI(path)
+    return Path(path)
+
+
+def _included(path: Source, include: list[str] | None) -> bool:
     """Glob on the file name, case-insensitively: ``*.pdf`` also matches ``SCAN.PDF``."""
     name = path.name.casefold()
     return not include or any(fnmatch.fnmatchcase(name, pat.casefold()) for pat in include)
@@ -83,17 +113,26 @@ def _is_special(path: Path) -> bool:
     return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
 
 
-def _kind(path: Path) -> str | None:
+def _kind(path: Source) -> str | None:
+    """A document's type by its name's suffix (None: unsupported); ``SPECIAL`` for a local FIFO,
+    socket or device. A URI is typed by its name alone (nothing is asked of the store)."""
+    if isinstance(path, URI):
+        return TEXT_TYPES.get(path.suffix.lower())
     return SPECIAL if _is_special(path) else TEXT_TYPES.get(path.suffix.lower())
 
 
 def walk(
-    paths: list[str | Path],
+    paths: list[str | os.PathLike[str] | URI],
     include: list[str] | None = None,
     on_error: Callable[[OSError], None] | None = None,
-) -> Iterator[tuple[Path, str | None]]:
+) -> Iterator[tuple[Source, str | None]]:
     """Yield (path, type) for every file under ``paths``: a document type, None for unsupported
     files, ``SPECIAL`` for FIFOs, sockets and devices (never opened).
+
+    A URI root (``URI`` or a ``str`` of the form ``scheme://...``) yields ``URI``s: the object it
+    names, or every object under it as a prefix (listed lazily, a page at a time, see
+    ``_sources``); one that cannot be found or listed (no such bucket, access denied, a missing
+    object named directly) is reported like a folder that cannot be listed.
 
     A folder that cannot be listed is passed to ``on_error`` (``dir_error(exc)`` makes it a
     ``DocumentError``) and the walk goes on; without ``on_error`` its ``DocumentError`` is raised.
@@ -106,15 +145,17 @@ def walk(
             raise dir_error(exc) from exc
         on_error(exc)
 
-    for root in paths:
-        root = Path(root)
-        if root.is_dir():
+    for given in paths:
+        root = as_source(given)
+        if isinstance(root, URI):
+            yield from walk_uri(root, include, _kind, report)
+        elif root.is_dir():
             yield from _walk_dir(root, include, report)
         elif _included(root, include):
             yield root, _kind(root)
 
 
-def count_documents(paths: list[str | Path], include: list[str] | None = None) -> int:
+def count_documents(paths: list[str | os.PathLike[str] | URI], include: list[str] | None = None) -> int:
     """How many documents a batch over ``paths`` will extract: files of a supported type, plus
     each folder that cannot be listed (it gets an error line). Cheap: the walk reads directory
     entries only, never a file. Raises ``NoDocuments`` when there is none, with what was found
@@ -122,10 +163,13 @@ def count_documents(paths: list[str | Path], include: list[str] | None = None) -
     nothing is an error rather than a run of zero documents."""
     documents, unlisted = 0, 0
     other: dict[str, int] = {}  # unsupported or special files, by suffix
+    said: list[str] = []  # why URI roots could not be listed (no such bucket, access denied, ...)
 
-    def count_unlisted(_exc: OSError) -> None:
+    def count_unlisted(exc: OSError) -> None:
         nonlocal unlisted
         unlisted += 1
+        if isinstance(exc, ListingError):
+            said.append(exc.message)
 
     for path, doc_type in walk(paths, include, on_error=count_unlisted):
         if doc_type is None or doc_type == SPECIAL:
@@ -135,18 +179,19 @@ def count_documents(paths: list[str | Path], include: list[str] | None = None) -
             documents += 1
     if documents:
         return documents + unlisted
-    where = " ".join(display_path(p) for p in paths) if paths else "(no paths given)"
+    where = " ".join(display_path(as_source(p)) for p in paths) if paths else "(no paths given)"
     what = f" --include {' '.join(include)}" if include else ""
     found = []
     if other:
         kinds = ", ".join(f"{k} {n}" for k, n in sorted(other.items(), key=lambda kv: (-kv[1], kv[0]))[:5])
         supported = " ".join(sorted(set(TEXT_TYPES)))
         found.append(f"{sum(other.values())} file(s) of other types ({kinds}); supported: {supported}")
-    if unlisted:
-        found.append(f"{unlisted} folder(s) could not be read")
+    if unlisted > len(said):
+        found.append(f"{unlisted - len(said)} folder(s) could not be read")
+    found.extend(said[:3])
     more = f" ({'; '.join(found)})" if found else ""
     raise NoDocuments(f"no documents matched under {where}{what}{more}",
-                      paths=[display_path(p) for p in paths])  # fmt: skip
+                      paths=[display_path(as_source(p)) for p in paths])  # fmt: skip
 
 
 def _walk_dir(
@@ -191,7 +236,9 @@ def _entry_kind(entry: os.DirEntry[str], path: Path) -> str | None:
 
 
 def dir_error(exc: OSError) -> DocumentError:
-    """The error for a folder ``walk`` could not list."""
+    """The error for a folder ``walk`` could not list (or a URI root it could not find)."""
+    if isinstance(exc, ListingError):
+        return DocumentError(exc.message, path=exc.path, kind=exc.kind)
     p = display_path(exc.filename) if exc.filename is not None else "?"
     reason = exc.strerror or type(exc).__name__
     return DocumentError(f"{p}: folder not read ({reason}); its files were not extracted",
@@ -336,9 +383,12 @@ def _too_many_chars(path: str, n: int, max_chars: int, *, at_least: bool = False
     )  # fmt: skip
 
 
-def read_bytes(path: Path, max_bytes: int = MAX_BYTES) -> bytes:
+def read_bytes(path: Source, max_bytes: int = MAX_BYTES) -> bytes:
     """The file's bytes, refusing special files (never waiting on one) and files over
-    ``max_bytes`` (checked before reading)."""
+    ``max_bytes`` (checked before reading). A ``URI`` is read by ``_sources.read_bytes``: the same
+    limit, checked on its size before a byte is read, and a bounded read."""
+    if isinstance(path, URI):
+        return _sources.read_bytes(path, max_bytes)
     p = display_path(path)
     try:
         before = path.stat()
@@ -366,7 +416,7 @@ def read_bytes(path: Path, max_bytes: int = MAX_BYTES) -> bytes:
                             kind="unreadable") from exc  # fmt: skip
 
 
-def load(path: Path, doc_type: str, *, max_bytes: int = MAX_BYTES, max_chars: int = MAX_CHARS) -> Document:
+def load(path: Source, doc_type: str, *, max_bytes: int = MAX_BYTES, max_chars: int = MAX_CHARS) -> Document:
     """Read one file into text, or raise DocumentError saying exactly what is wrong with it.
 
     Bounded: nothing over ``max_bytes`` is read, no text over ``max_chars`` is kept."""

@@ -2,8 +2,9 @@
 
 The same runner as ``extractkit extract`` (``BatchRunner._execute``): the same loaders, rate
 limiter, resume, identical-content sharing and per-document errors; only the inputs and where the
-results go differ. An input is a text (``str``) or a path (``os.PathLike``, e.g. ``Path``; a folder
-is walked as the CLI walks it). A plain ``str`` is always text, never a file name.
+results go differ. An input is a text (``str``), a path (``os.PathLike``, e.g. ``Path``; a folder
+is walked as the CLI walks it) or a ``URI`` (``URI("s3://bucket/prefix")``: an object, or every
+object under a prefix). A plain ``str`` is always text, never a file name or a URI.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pydantic import ValidationError
 from .._errors import DocumentError, NoDocuments
 from ..ledger import RecordingLedger
 from ._limiter import RateLimiter
-from ._loaders import SPECIAL, TEXT_TYPES, _kind, dir_error, display_path, walk
+from ._loaders import SPECIAL, TEXT_TYPES, URI, Source, _kind, dir_error, display_path, walk
 from ._runner import STOPPED, BatchRunner, BatchSummary, DocResult, Job
 
 T = TypeVar("T")
@@ -62,7 +63,7 @@ class ItemResult(Generic[T]):
         return self.status == "ok"
 
 
-def _input_error(index: int, item: Any, message: str, kind: str, path: Path | None = None) -> Job:
+def _input_error(index: int, item: Any, message: str, kind: str, path: Source | None = None) -> Job:
     shown = display_path(path) if path is not None else None
     return Job(path=path, index=index, input=item, error=DocumentError(message, path=shown, kind=kind))
 
@@ -81,6 +82,8 @@ def _jobs(inputs: Iterable[Any], include: list[str] | None, unlisted: list[Job])
     for index, item in enumerate(inputs):
         if isinstance(item, str):
             yield Job(text=item, index=index, input=item)
+        elif isinstance(item, URI):
+            yield from _uri_jobs(index, item, include, unlisted)
         elif isinstance(item, os.PathLike):
             path = Path(item)
             if path.is_dir():
@@ -101,16 +104,37 @@ def _jobs(inputs: Iterable[Any], include: list[str] | None, unlisted: list[Job])
                 yield _input_error(index, item, f"{display_path(path)}: not a regular file (FIFO, socket or "
                                    "device)", "special_file", path)  # fmt: skip
             elif doc_type is None:
-                suffix = path.suffix or "(none)"
-                yield _input_error(
-                    index, item, f"{display_path(path)}: unsupported file type {suffix!r} (supported: "
-                    f"{' '.join(sorted(TEXT_TYPES))})", "unsupported", path,
-                )  # fmt: skip
+                yield _unsupported(index, item, path)
             else:
                 yield Job(path=path, doc_type=doc_type, index=index, input=item)
         else:
-            yield _input_error(index, item, f"input {index}: expected a text (str) or a path (os.PathLike), "
-                               f"got {type(item).__name__}", "invalid_input")  # fmt: skip
+            yield _input_error(index, item, f"input {index}: expected a text (str), a path (os.PathLike) or "
+                               f"a URI, got {type(item).__name__}", "invalid_input")  # fmt: skip
+
+
+def _unsupported(index: int, item: Any, path: Source) -> Job:
+    suffix = path.suffix or "(none)"
+    return _input_error(index, item, f"{display_path(path)}: unsupported file type {suffix!r} (supported: "
+                        f"{' '.join(sorted(TEXT_TYPES))})", "unsupported", path)  # fmt: skip
+
+
+def _uri_jobs(index: int, item: URI, include: list[str] | None, unlisted: list[Job]) -> Iterator[Job]:
+    """A URI input: the object it names (an unsupported type is an error, as for a file), or every
+    object under it as a prefix, listed lazily. One that cannot be found or listed (no such bucket,
+    access denied, a missing object) is an error result; a prefix with nothing in it, too."""
+    found = [0, 0]  # documents, roots not listed
+    on_error = _unlisted_to(unlisted, Job(index=index, input=item), found)
+    for obj, doc_type in walk([item], include, on_error=on_error):
+        if obj == item and doc_type is None:  # the object named itself: say why it is not read
+            found[0] += 1
+            yield _unsupported(index, item, obj)
+            continue
+        found[0] += doc_type is not None and doc_type != SPECIAL
+        yield Job(path=obj, doc_type=doc_type, index=index, input=item)
+    if found == [0, 0]:
+        what = f" matching {' '.join(include)}" if include else ""
+        error = NoDocuments(f"{item.shown}: no documents{what} under this prefix", paths=[item.shown])
+        yield Job(path=item, index=index, input=item, error=error)
 
 
 def _item(extractor: Any, job: Job, r: DocResult) -> ItemResult[Any]:

@@ -58,11 +58,14 @@ from ._loaders import (
     MAX_BYTES,
     MAX_CHARS,
     SPECIAL,
+    URI,
     Document,
+    Source,
     count_documents,
     dir_error,
     display_path,
     load,
+    path_bytes,
     walk,
 )
 
@@ -173,11 +176,12 @@ PATHS_FLUSH = 256  # document paths are written to the ledger in batches of this
 
 
 async def _load(
-    path: Path, doc_type: str, max_bytes: int = MAX_BYTES, max_chars: int = MAX_CHARS
+    path: Source, doc_type: str, max_bytes: int = MAX_BYTES, max_chars: int = MAX_CHARS
 ) -> Document:
-    """PDFs, HTML and large files are read in a worker thread; small text files inline (reading
-    never blocks: special files are refused without waiting on them)."""
-    if doc_type in ("txt", "md", "json"):
+    """PDFs, HTML, large files and every object on object storage (a ``URI``) are read in a worker
+    thread; small local text files inline (reading never blocks: special files are refused
+    without waiting on them)."""
+    if doc_type in ("txt", "md", "json") and not isinstance(path, URI):
         try:
             small = path.stat().st_size <= INLINE_BYTES
         except OSError:
@@ -194,7 +198,7 @@ class Job:
     ``index`` / ``input``: the position and the input it came from (``Extractor.extract_many``);
     ``error``: refused before anything was read (not recorded, except a folder not listed)."""
 
-    path: Path | None = None
+    path: Source | None = None
     doc_type: str | None = None
     text: str | None = None
     index: int | None = None
@@ -310,10 +314,10 @@ class BatchRunner:
             )  # fmt: skip
         return DocResult(path=path, status="error", outcome=exc.kind, error=str(exc))
 
-    async def _seen_at(self, doc: Document, path: Path, run_id: str) -> None:
+    async def _seen_at(self, doc: Document, path: Source, run_id: str) -> None:
         if self.ledger is None:
             return
-        self._paths.append((doc.sha256, doc.path, os.fsencode(path), run_id))
+        self._paths.append((doc.sha256, doc.path, path_bytes(path), run_id))
         if len(self._paths) >= PATHS_FLUSH:  # written off the loop: it waits for the ledger's lock
             rows, self._paths = self._paths, []
             await asyncio.to_thread(self.ledger.add_document_paths, rows)
@@ -410,8 +414,11 @@ class BatchRunner:
             cost_usd=result.cost_usd, result=result,
         )  # fmt: skip
 
-    async def run(self, paths: list[str | Path], *, total: int | None = None) -> BatchSummary:
-        """Extract every document under ``paths``. ``total``: the count of ``count_documents``
+    async def run(
+        self, paths: list[str | os.PathLike[str] | URI], *, total: int | None = None
+    ) -> BatchSummary:
+        """Extract every document under ``paths`` (local files and folders, ``URI``s or ``str``
+        URIs: ``s3://bucket/prefix``). ``total``: the count of ``count_documents``
         when the caller has it already (the CLI, which checks before opening anything); counted
         here otherwise. Raises ``NoDocuments`` before a run is recorded when there is none."""
         if total is None:  # a walk of the folders, off the event loop; no file is read
@@ -423,7 +430,7 @@ class BatchRunner:
         def on_error(exc: OSError) -> None:
             unlisted.append(Job(error=dir_error(exc)))
 
-        files: Iterator[tuple[Path, str | None]] = walk(paths, self.include, on_error=on_error)
+        files: Iterator[tuple[Source, str | None]] = walk(paths, self.include, on_error=on_error)
         out: IO[str] | None = None
         if self.out:
             self.out.parent.mkdir(parents=True, exist_ok=True)

@@ -112,7 +112,8 @@ def version() -> None:
 
 @app.command()
 def extract(
-    paths: Annotated[list[Path], typer.Argument(help="Files or folders (walked recursively).")],
+    paths: Annotated[list[str], typer.Argument(help="Files or folders (walked recursively), or URIs: "
+                                              "s3://bucket/prefix (an object or every object under it).")],
     config: ConfigOpt = None,
     schema: Annotated[str | None, typer.Option(help="module:Model, overrides the config.")] = None,
     out_path: Annotated[Path | None, typer.Option("--out", help="JSON Lines, one per doc.")] = None,
@@ -154,26 +155,31 @@ def extract(
 
     Know the bill first: extractkit extract invoices/ -c extractkit.toml --dry-run
 
+    From object storage (pip install 'extractkit[s3]'; credentials from the environment, AWS_*):
+    extractkit extract s3://bucket/invoices/ -c extractkit.toml --out results.jsonl
+
     Exit codes: 0 all documents extracted, 1 some failed (listed) or --max-cost was reached (the
     rest were left unattempted: run again to resume), 2 usage or config error, 3 the provider
     stopped answering or refused the key (the rest were left unattempted: run again to resume).
     """
-    from ..batch import BatchRunner, RateLimiter, count_documents
+    from ..batch import URI, BatchRunner, RateLimiter, as_source, count_documents
     from ._build import build
     from ._ledger_opt import open_ledger
 
     extractor, cfg = build(config, schema, resolve_keys=not dry_run)  # a dry run needs no key
-    for p in paths:
-        if not p.exists() and not p.is_symlink():
+    sources = [as_source(p) for p in paths]  # scheme://... is a URI (s3://bucket/prefix)
+    for p in sources:
+        if not isinstance(p, URI) and not p.exists() and not p.is_symlink():
             raise fail_usage(f"no such file or folder: {p}")
-    # counted without reading a file: the progress bar's total; NoDocuments (exit 2) if none
-    total = count_documents(list[str | Path](paths), include)
+    # counted without reading a file (a URI prefix: listed): the progress bar's total; NoDocuments
+    # (exit 2) if none
+    total = count_documents(list(sources), include)
     max_cost = max_cost if max_cost is not None else cfg.batch.max_cost
     if dry_run:
         from ._estimate import dry_run as run_dry
         from ._ledger_opt import ledger_choice
 
-        raise typer.Exit(run_dry(extractor, cfg, paths, ledger_choice(ledger_path, cfg).path,
+        raise typer.Exit(run_dry(extractor, cfg, sources, ledger_choice(ledger_path, cfg).path,
                                  include=include, force=force, retry_failed=retry_failed,
                                  max_cost=max_cost, as_json=as_json))  # fmt: skip
     if out_path is not None:
@@ -184,7 +190,7 @@ def extract(
                              force=force, retry_failed=retry_failed, out=out_path, include=include,
                              freeze_gc=True, max_bytes=cfg.batch.max_bytes,
                              max_chars=cfg.batch.max_chars, max_cost=max_cost, limiter=limiter)  # fmt: skip
-        code = _run_batch(runner, ledger, paths, as_json, total)
+        code = _run_batch(runner, ledger, sources, as_json, total)
     raise typer.Exit(code)
 
 
@@ -229,7 +235,7 @@ def local_serve(
     os.execv(cmd[0], cmd)
 
 
-def _run_batch(runner: Any, ledger: Any, paths: list[Path], as_json: bool, total: int | None = None) -> int:
+def _run_batch(runner: Any, ledger: Any, paths: list[Any], as_json: bool, total: int | None = None) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     progress = Progress(

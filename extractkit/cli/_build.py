@@ -18,6 +18,9 @@ def build(
 
     cfg = load_cli_config(config_path, required=True)
     assert cfg is not None  # required=True
+    from ..batch import set_storage_options
+
+    set_storage_options(cfg.documents.storage_options)  # s3:// documents: [documents] storage_options
     model = import_schema(schema or cfg.schema_path, [cfg.root])
     tiers = build_tiers(cfg, transport="aiohttp")
     for tier in tiers if resolve_keys else []:

@@ -21,7 +21,7 @@ def _usd(v: float | None) -> str:
     return f"${v:,.4f}" if v >= 0.01 or v == 0 else f"${v:.6f}"  # a small estimate is not shown as $0
 
 
-def dry_run(extractor: Any, cfg: Any, paths: list[Path], ledger_path: str | Path | None, *,
+def dry_run(extractor: Any, cfg: Any, paths: list[Any], ledger_path: str | Path | None, *,
             include: list[str] | None, force: bool, retry_failed: bool, max_cost: float | None,
             as_json: bool) -> int:  # fmt: skip
     """Estimate and print; returns the exit code (0). Sends nothing; the ledger, when it exists, is
@@ -34,7 +34,7 @@ def dry_run(extractor: Any, cfg: Any, paths: list[Path], ledger_path: str | Path
     ledger = Ledger(ledger_path) if is_url(ledger_path) else Ledger(path) if path.is_file() else None
     try:
         est = asyncio.run(estimate(
-            extractor, list[str | Path](paths), ledger=ledger, include=include, force=force,
+            extractor, list(paths), ledger=ledger, include=include, force=force,
             retry_failed=retry_failed, max_bytes=cfg.batch.max_bytes, max_chars=cfg.batch.max_chars,
             max_cost=max_cost,
         ))  # fmt: skip
