@@ -17,8 +17,10 @@ from ._loaders import _kind as doc_type_of  # a file's type by its suffix, SPECI
 from ._many import ItemResult, aextract_many
 from ._runner import BatchRunner, BatchSummary, DocResult
 from ._runner import _load as aload  # load off the event loop (PDF, HTML, large files in a thread)
+from ._worker import LEASE_S, EnqueueResult, Worker, WorkerSummary, aenqueue
 
 __all__ = [
+    "LEASE_S",
     "MAX_BYTES",
     "MAX_CHARS",
     "REASK_TOKENS",
@@ -28,9 +30,13 @@ __all__ = [
     "BatchSummary",
     "DocResult",
     "Document",
+    "EnqueueResult",
     "ItemResult",
     "Limiter",
     "RateLimiter",
+    "Worker",
+    "WorkerSummary",
+    "aenqueue",
     "aextract_many",
     "aload",
     "check_max_cost",

@@ -12,18 +12,24 @@ from ._queries import (
     VERSION_STATS_CURRENT,
     field_failures_sql,
 )
+from ._queue import ClaimedJob, EnqueueCounts, Finished, QueuedDocument, WorkQueue
 
 __all__ = [
     "DEFAULT_PATH",
     "DOCUMENT_ERRORS",
     "ENV_VAR",
+    "ClaimedJob",
+    "EnqueueCounts",
+    "Finished",
     "MIGRATIONS",
     "PAIRS_CUT",
+    "QueuedDocument",
     "SERVED_REFRESH_S",
     "TIERS_IN",
     "VERSION_PAIRS",
     "VERSION_STATS",
     "VERSION_STATS_CURRENT",
+    "WorkQueue",
     "Ledger",
     "RecordingLedger",
     "default_path",
