@@ -222,7 +222,7 @@ def test_a_sqlite_ledger_gets_a_clear_error(here):
         done = cli(here, *args, "--ledger", str(here / "ledger.sqlite3"))
         assert done.returncode == 2, done.stderr
         assert "a shared work queue needs a PostgreSQL ledger" in done.stderr
-        assert "ledger.sqlite3, a SQLite file" in done.stderr
+        assert "ledger.sqlite3 (--ledger) is a SQLite file" in " ".join(done.stderr.split())
     assert not (here / "ledger.sqlite3").exists()
 
 
@@ -288,3 +288,26 @@ def test_two_enqueues_at_once_from_threads_count_each_document_once(pg_url, tmp_
         t.join()
     assert sum(r.counts.new for r in results) == 30
     assert all(r.counts.new + r.counts.waiting == 30 for r in results)
+
+
+def test_extract_on_a_postgres_ledger_is_enqueue_plus_one_worker(here, pg_url):
+    """Same --out and resume as on SQLite: one line per document (an unreadable one included),
+    a rerun pays nothing and marks every line resumed; the documents went through the queue."""
+    with FakeLLMServer(echo_invoice_responder) as server:
+        cfg, docs = project(here, server.base_url, 3)
+        (docs / "empty.txt").write_text("")
+        out = here / "out.jsonl"
+        first = cli(here, "extract", str(docs), "-c", str(cfg), "--ledger", pg_url, "--out", str(out), "--json")
+        assert first.returncode == 1, first.stderr  # the empty file is an error line, as on SQLite
+        summary = json.loads(first.stdout)
+        assert (summary["documents"], summary["ok"], summary["errors"]) == (4, 3, 1)
+        lines = [json.loads(x) for x in out.read_text().splitlines()]
+        assert sorted(Path(x["path"]).name for x in lines) == ["d000.txt", "d001.txt", "d002.txt", "empty.txt"]
+        assert len(server.requests) == 3
+        again = cli(here, "extract", str(docs), "-c", str(cfg), "--ledger", pg_url, "--out", str(out), "--json")
+        assert json.loads(again.stdout)["resumed"] == 3 and len(server.requests) == 3
+        assert len(out.read_text().splitlines()) == 4
+        forced = cli(here, "extract", str(docs), "-c", str(cfg), "--ledger", pg_url, "--force")
+        assert forced.returncode == 2 and "--force is not supported" in forced.stderr
+    t = totals(pg_url)
+    assert (t["jobs"], t["done"]) == (3, 3)

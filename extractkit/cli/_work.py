@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 from pathlib import Path
 from typing import Annotated, Any
@@ -34,30 +33,20 @@ SharedLedgerOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
 
-def is_postgres(target: str | os.PathLike[str] | None) -> bool:
-    return isinstance(target, str) and target.startswith(("postgresql://", "postgres://"))
-
-
 def shared_ledger_url(ledger: str | None, cfg: Any) -> str:
-    """The PostgreSQL URL of the shared ledger: --ledger, $EXTRACTKIT_LEDGER, [ledger] url (or a
-    URL in [ledger] path). Anything else (a SQLite file, nothing) is a ConfigError that says what
-    was found and how to give one."""
-    from ..ledger import DEFAULT_PATH, ENV_VAR
+    """The PostgreSQL URL of the shared ledger (``_ledger_opt.ledger_choice``: --ledger,
+    $EXTRACTKIT_LEDGER, [ledger] url or path). A SQLite file is a ConfigError that says which
+    one was found and how to give a PostgreSQL one."""
+    from ..ledger import ENV_VAR
+    from ._ledger_opt import ledger_choice
 
-    led = getattr(cfg, "ledger", None)
-    for value, source in ((ledger, "--ledger"), (os.environ.get(ENV_VAR) or None, f"${ENV_VAR}"),
-                          (getattr(led, "url", None), "[ledger] url"), (getattr(led, "path", None),
-                                                                        "[ledger] path")):  # fmt: skip
-        if value:
-            if is_postgres(value):
-                return str(value)
-            found = f"{source} is {value}, a SQLite file"
-            break
-    else:
-        found = f"no ledger was given (the default is the SQLite file {DEFAULT_PATH})"
+    choice = ledger_choice(ledger, cfg)
+    if choice.is_url:
+        return str(choice.path)
     raise ConfigError(
-        f"a shared work queue needs a PostgreSQL ledger: {found}; pass --ledger postgresql://user@host/db, "
-        f"set ${ENV_VAR} or [ledger] url (on one machine `extractkit extract` needs no queue)"
+        f"a shared work queue needs a PostgreSQL ledger: {choice.path} ({choice.source}) is a SQLite file; "
+        f"pass --ledger postgresql://user@host/db, set ${ENV_VAR} or [ledger] url (on one machine "
+        "`extractkit extract` needs no queue)"
     )
 
 
@@ -284,18 +273,24 @@ def status(
 
 
 def extract_shared(
-    extractor: Any, cfg: Any, url: str, paths: list[Path], *, include: list[str] | None,
-    out_path: Path | None, concurrency: int, retry_failed: bool, as_json: bool, limiter: Any,
+    extractor: Any, cfg: Any, ledger: str | None, paths: list[Path], *, include: list[str] | None,
+    out_path: Path | None, concurrency: int, force: bool, retry_failed: bool, as_json: bool, limiter: Any,
     max_cost: float | None,
 ) -> int:  # fmt: skip
     """`extractkit extract` on a PostgreSQL ledger: enqueue the documents, then work the queue
     with one local worker until it is drained; other workers may help, and a document another
     worker extracted (or an earlier run did) gets its line from the ledger, as a resumed one.
-    ``--out`` has one line per document of PATHS, as on SQLite. Returns the exit code."""
+    ``--out`` has one line per document of PATHS, as on SQLite. Returns the exit code.
+    ``--force`` is refused: every worker would have to extract those documents again, and a
+    queued job does not carry that yet."""
     from ..batch import DocResult, Worker, aenqueue
     from ._app import _print_summary
 
-    led, queue = open_shared(url, cfg)
+    if force:
+        raise ConfigError("--force is not supported with a shared (PostgreSQL) ledger yet: the documents "
+                          "would be extracted again only by this process's worker; use a SQLite ledger "
+                          "for a forced rerun")  # fmt: skip
+    led, queue = open_shared(ledger, cfg)
     lines: dict[str, DocResult] = {}
     out = None
     try:

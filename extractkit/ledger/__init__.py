@@ -1,7 +1,9 @@
-"""The ledger: SQLite tables of runs, documents, extractions and attempts."""
+"""The ledger: runs, documents, extractions and attempts, in SQLite or PostgreSQL (one ``Ledger``)."""
 
+from ._dialect import POSTGRES, SQLITE, Dialect
 from ._ledger import DEFAULT_PATH, ENV_VAR, SERVED_REFRESH_S, Ledger, default_path, new_id, scrub
-from ._migrations import MIGRATIONS, migrate
+from ._migrations import MIGRATIONS, PG_MIGRATIONS, migrate, migrate_postgres
+from ._pg import Row, is_url, mask
 from ._protocol import RecordingLedger
 from ._queries import (
     DOCUMENT_ERRORS,
@@ -18,23 +20,31 @@ __all__ = [
     "DEFAULT_PATH",
     "DOCUMENT_ERRORS",
     "ENV_VAR",
-    "ClaimedJob",
-    "EnqueueCounts",
-    "Finished",
     "MIGRATIONS",
     "PAIRS_CUT",
-    "QueuedDocument",
+    "PG_MIGRATIONS",
+    "POSTGRES",
     "SERVED_REFRESH_S",
+    "SQLITE",
     "TIERS_IN",
     "VERSION_PAIRS",
     "VERSION_STATS",
     "VERSION_STATS_CURRENT",
-    "WorkQueue",
+    "ClaimedJob",
+    "Dialect",
+    "EnqueueCounts",
+    "Finished",
     "Ledger",
+    "QueuedDocument",
     "RecordingLedger",
+    "Row",
+    "WorkQueue",
     "default_path",
     "field_failures_sql",
+    "is_url",
+    "mask",
     "migrate",
+    "migrate_postgres",
     "new_id",
     "scrub",
 ]

@@ -1,8 +1,8 @@
 """The shared work queue on PostgreSQL: one job per (document, schema, chain config), claimed with
 leases that workers keep alive with heartbeats.
 
-Tables (migration ``0008_work_queue``; ``install`` applies the same DDL under the migrations'
-advisory lock):
+Tables (migration ``0008_work_queue`` of the PostgreSQL ledger, applied with the others under their
+advisory lock when a ``Ledger`` or a ``WorkQueue`` opens the database):
 
 - ``work_queue``: a job per document content and chain. ``UNIQUE (document_sha256, schema_hash,
   config_hash)``: the database, not a check in Python, makes a document enqueued twice (or by two
@@ -29,43 +29,41 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._errors import LedgerError
+from ._pg import mask
 
-MIGRATION_NAME = "0008_work_queue"
-LOCK_KEY = 7_246_583_190_017  # pg_advisory_xact_lock key of the queue's install (the store's key once merged)
 RATE_WINDOW_S = 300  # status: a worker's rate is over its documents finished in the last 5 minutes
 STATES = ("waiting", "claimed", "done", "failed")
 
-DDL = [
-    """CREATE TABLE IF NOT EXISTS work_queue (
+WORK_QUEUE = """
+    CREATE TABLE work_queue (
         id BIGSERIAL PRIMARY KEY,
         document_sha256 TEXT NOT NULL,
         schema_hash TEXT NOT NULL,
         config_hash TEXT NOT NULL,
-        source TEXT NOT NULL,
-        source_bytes BYTEA,
+        source TEXT NOT NULL,                   -- where a worker reads it: a path or a URI
+        source_bytes BYTEA,                     -- the exact bytes of a local path (os.fsencode)
         doc_type TEXT,
         size BIGINT,
         state TEXT NOT NULL DEFAULT 'waiting'
             CHECK (state IN ('waiting', 'claimed', 'done', 'failed')),
-        worker_id TEXT,
-        lease_until TIMESTAMPTZ,
-        attempts INTEGER NOT NULL DEFAULT 0,
-        reclaims INTEGER NOT NULL DEFAULT 0,
+        worker_id TEXT,                         -- the worker holding it, or the last one that did
+        lease_until TIMESTAMPTZ,                -- claimed: another worker may take it over after this
+        attempts INTEGER NOT NULL DEFAULT 0,    -- claims so far
+        reclaims INTEGER NOT NULL DEFAULT 0,    -- of which taken over from a worker whose lease ran out
         reclaimed_from TEXT,
         enqueued_at TIMESTAMPTZ NOT NULL DEFAULT now(),
         claimed_at TIMESTAMPTZ,
         finished_at TIMESTAMPTZ,
-        result_status TEXT,
+        result_status TEXT,                     -- ok | failed | error
         outcome TEXT,
         error TEXT,
         CONSTRAINT work_queue_one_job UNIQUE (document_sha256, schema_hash, config_hash)
-    )""",
-    "CREATE INDEX IF NOT EXISTS work_queue_waiting ON work_queue (schema_hash, config_hash, id)"
-    " WHERE state = 'waiting'",
-    "CREATE INDEX IF NOT EXISTS work_queue_leases ON work_queue (lease_until) WHERE state = 'claimed'",
-    "CREATE INDEX IF NOT EXISTS work_queue_worker ON work_queue (worker_id, finished_at)",
-    """CREATE TABLE IF NOT EXISTS work_workers (
-        id TEXT PRIMARY KEY,
+    );
+    CREATE INDEX work_queue_waiting ON work_queue (schema_hash, config_hash, id) WHERE state = 'waiting';
+    CREATE INDEX work_queue_leases ON work_queue (lease_until) WHERE state = 'claimed';
+    CREATE INDEX work_queue_worker ON work_queue (worker_id, finished_at);
+    CREATE TABLE work_workers (
+        id TEXT PRIMARY KEY,                    -- host:pid:random
         host TEXT NOT NULL,
         pid INTEGER NOT NULL,
         schema_hash TEXT,
@@ -73,10 +71,10 @@ DDL = [
         concurrency INTEGER,
         lease_s DOUBLE PRECISION NOT NULL,
         started_at TIMESTAMPTZ NOT NULL DEFAULT now(),
-        seen_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+        seen_at TIMESTAMPTZ NOT NULL DEFAULT now(),   -- its last heartbeat
         stopped_at TIMESTAMPTZ
-    )""",
-]
+    );
+"""
 
 
 @dataclass(frozen=True)
@@ -140,37 +138,19 @@ def _pool(url: str) -> Any:
         pool.open(wait=True, timeout=30)
     except Exception as exc:
         pool.close()
-        raise LedgerError(f"cannot open the work queue at {_masked(url)}: {exc}") from exc
+        raise LedgerError(f"cannot open the work queue at {mask(url)}: {exc}") from exc
     return pool
-
-
-def _masked(url: str) -> str:
-    """The URL with its password hidden."""
-    try:
-        from urllib.parse import urlsplit, urlunsplit
-
-        parts = urlsplit(url)
-        if parts.password:
-            netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-            return urlunsplit(parts._replace(netloc=netloc))
-    except ValueError:
-        pass
-    return url
-
-
-def install_sql() -> list[str]:
-    """The DDL of migration ``0008_work_queue`` (idempotent)."""
-    return list(DDL)
 
 
 class WorkQueue:
     """The queue on a PostgreSQL database (``url``: ``postgresql://user@host/db``). Thread-safe;
-    its methods block (the worker calls them off its event loop). ``install=True`` creates the
-    tables if they are missing, under an advisory lock (safe when many processes start at once)."""
+    its methods block (the worker calls them off its event loop). ``install=True`` applies the
+    ledger's pending migrations (the queue's tables among them) under their advisory lock, safe
+    when many processes start at once."""
 
     def __init__(self, url: str, *, install: bool = True):
         self.url = url
-        self.target = _masked(url)
+        self.target = mask(url)
         self._pool = _pool(url)
         if install:
             self.install()
@@ -195,10 +175,15 @@ class WorkQueue:
             raise LedgerError(f"work queue {self.target}: {exc}") from exc
 
     def install(self) -> None:
-        with self._tx() as c:
-            c.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
-            for stmt in DDL:
-                c.execute(stmt)
+        import psycopg
+
+        from ._migrations import migrate_postgres
+
+        try:
+            with psycopg.connect(self.url, autocommit=True) as conn:  # tuple rows, as migrations read them
+                migrate_postgres(conn)
+        except psycopg.Error as exc:
+            raise LedgerError(f"work queue {self.target}: {exc}") from exc
 
     # -- enqueue ------------------------------------------------------------------------------
     def enqueue(
