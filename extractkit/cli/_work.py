@@ -151,8 +151,9 @@ def enqueue(
         out.print("; ".join(parts), highlight=False)
         if result.skipped:
             out.print(f"{plural(result.skipped, 'file')} of other types skipped", highlight=False)
-        for path, exc in result.unreadable:
-            err.print(f"not queued: {path}: {exc}", highlight=False, markup=False)
+        for path, exc in result.unreadable:  # the message names the path
+            err.print(f"not queued: {exc}" if path in str(exc) else f"not queued: {path}: {exc}",
+                      highlight=False, markup=False)  # fmt: skip
     raise typer.Exit(EXIT_FAILED if result.unreadable else EXIT_OK)
 
 
