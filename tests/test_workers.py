@@ -164,19 +164,38 @@ def test_a_killed_worker_has_its_documents_reclaimed_after_the_lease(here, pg_ur
     assert states == {"lost", "stopped"} or states == {"stopped"}
 
 
-def test_sigterm_puts_back_what_the_worker_holds(here, pg_url):
+def test_sigterm_finishes_what_is_in_flight_and_puts_back_the_rest(here, pg_url):
+    """The first SIGTERM: no new claim, the documents in flight finish (paid for, kept), the ones
+    claimed but not started go back to waiting at once (no 600 s lease to wait out)."""
     with FakeLLMServer(slow(1.0)) as server:
-        cfg, docs = project(here, server.base_url, 12)
+        cfg, docs = project(here, server.base_url, 40)
         assert cli(here, "enqueue", str(docs), "-c", str(cfg), "--ledger", pg_url).returncode == 0
         w = start(here, "worker", "-c", str(cfg), "--ledger", pg_url, "--concurrency", "4", "--lease", "600")
         wait_for(lambda: len(server.requests) >= 2, what="requests in flight")
         w.send_signal(signal.SIGTERM)
         _, stderr = w.communicate(timeout=60)
         assert w.returncode == 130, stderr
-        assert "put back in the queue" in stderr
+        assert "the documents in flight finish" in stderr and "put back in the queue" in stderr
+        paid = len(server.requests)
     t = status(here, pg_url)["totals"]
-    # no lease to wait out (600 s): what it held is waiting again at once
-    assert (t["in_flight"], t["expired"], t["done"] + t["waiting"]) == (0, 0, 12)
+    assert (t["in_flight"], t["expired"], t["done"] + t["waiting"]) == (0, 0, 40)
+    assert t["done"] == paid >= 2  # every request paid for became a done document
+    assert t["waiting"] > 0
+
+
+def test_a_second_signal_stops_at_once(here, pg_url):
+    with FakeLLMServer(slow(5.0)) as server:
+        cfg, docs = project(here, server.base_url, 8)
+        assert cli(here, "enqueue", str(docs), "-c", str(cfg), "--ledger", pg_url).returncode == 0
+        w = start(here, "worker", "-c", str(cfg), "--ledger", pg_url, "--concurrency", "4", "--lease", "600")
+        wait_for(lambda: len(server.requests) >= 2, what="requests in flight")
+        w.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        w.send_signal(signal.SIGTERM)
+        _, stderr = w.communicate(timeout=60)
+        assert w.returncode == 130, stderr
+    t = totals(pg_url)
+    assert (t["in_flight"], t["done"], t["waiting"]) == (0, 0, 8)  # all put back, the slow ones too
 
 
 def test_a_worker_drains_and_exits_and_wait_picks_up_later_documents(here, pg_url):

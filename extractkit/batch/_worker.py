@@ -15,8 +15,9 @@ worker adds is the queue's side:
   them again), and one that failed validation with ``retry_failed``;
 - stop: when nothing is waiting and no other worker holds a job of this chain (``wait=False``;
   a job another worker holds may still come back if that worker dies), or never (``wait=True``,
-  until cancelled). On cancellation (SIGTERM, Ctrl-C) the marks are written and every job still
-  held goes back to ``waiting`` at once.
+  until ``stop()`` or cancellation). ``stop()`` (the CLI's first SIGTERM or Ctrl-C) claims nothing
+  more and lets the documents in flight finish; on cancellation (a second signal) the marks are
+  written and every job still held goes back to ``waiting`` at once.
 
 Nothing is lost or paid twice by a crash between recording an extraction and marking its job:
 the job's lease runs out, another worker claims it, and ``find_final`` finds the recorded result
@@ -200,6 +201,8 @@ class _Feed:
                     if waiting == 0 and claimed <= len(w.held):
                         raise StopAsyncIteration  # nothing left that another worker could give back
                 await asyncio.sleep(w.poll_s)
+            if w._stopping:  # stopped while claiming: what was claimed is put back by run()
+                raise StopAsyncIteration
             job = self.buffer.popleft()
         return Job(path=_path(job), doc_type=job.doc_type, input=job, sha256=job.sha256)
 
@@ -258,7 +261,8 @@ class Worker:
         self.summary = WorkerSummary(self.worker_id, BatchSummary(run_id=""))
 
     def stop(self) -> None:
-        """Claim nothing more; the documents in flight finish, then ``run`` returns."""
+        """Claim nothing more; the documents in flight finish, then ``run`` returns (the claimed
+        ones not started are put back in the queue)."""
         self._stopping = True
 
     def _sink(self, job: Job, r: DocResult, summary: BatchSummary) -> None:

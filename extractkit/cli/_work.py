@@ -65,9 +65,10 @@ def open_shared(ledger: str | None, cfg: Any) -> tuple[Any, Any]:
     return led, queue
 
 
-def run_cancellable(coro: Any) -> Any:
+def run_cancellable(coro: Any, first_signal: Any = None) -> Any:
     """``asyncio.run(coro)``; SIGTERM and Ctrl-C cancel it (so a worker puts back what it holds)
-    and raise KeyboardInterrupt here."""
+    and raise KeyboardInterrupt here. ``first_signal``: called on the first signal instead (a
+    graceful stop); the second one cancels."""
 
     async def main() -> Any:
         task = asyncio.ensure_future(coro)
@@ -76,7 +77,10 @@ def run_cancellable(coro: Any) -> Any:
 
         def stop(signum: int) -> None:
             stopped.append(signum)
-            task.cancel()
+            if first_signal is not None and len(stopped) == 1:
+                first_signal()
+            else:
+                task.cancel()
 
         installed = []
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -182,8 +186,9 @@ def worker(
     Example: extractkit worker -c extractkit.toml --ledger postgresql://me@db/extractkit --concurrency 64
 
     Run any number, on any machines. Exits when nothing is waiting and no other worker holds a
-    document (unless --wait). SIGTERM or Ctrl-C puts back what it holds at once; a worker killed
-    outright has its documents taken over by the others when its lease runs out.
+    document (unless --wait). SIGTERM or Ctrl-C: no new claims, the documents in flight finish, the
+    rest is put back at once (a second signal stops at once, putting back the ones in flight too);
+    a worker killed outright has its documents taken over by the others when its lease runs out.
     Exit codes: 0 done, 1 some documents failed, 2 usage or config, 3 the provider stopped answering,
     130 stopped by a signal.
     """
@@ -205,8 +210,16 @@ def worker(
             async with extractor:
                 return await w.run()
 
+        signalled: list[bool] = []
+
+        def graceful() -> None:  # the first SIGTERM / Ctrl-C: what was paid for is finished and kept
+            signalled.append(True)
+            w.stop()
+            err.print("[yellow]stopping[/]: no new document is claimed; the documents in flight finish "
+                      "(SIGTERM or Ctrl-C again stops at once)", highlight=False)  # fmt: skip
+
         try:
-            summary = run_cancellable(run())
+            summary = run_cancellable(run(), graceful)
         except KeyboardInterrupt:
             err.print(f"[yellow]stopped[/]: {plural(w.summary.released, 'document')} put back in the queue; "
                       "finished documents are kept", highlight=False)  # fmt: skip
@@ -230,6 +243,10 @@ def worker(
             out.print(f"  not extracted: {p}", highlight=False, markup=False)
         if len(b.failed_paths) > 20:
             out.print(f"  ... and {len(b.failed_paths) - 20} more (extractkit status)", highlight=False)
+    if signalled:
+        err.print(f"[yellow]stopped[/]: {plural(summary.released, 'document')} put back in the queue; "
+                  "finished documents are kept", highlight=False)  # fmt: skip
+        raise typer.Exit(EXIT_INTERRUPTED)
     if b.error:
         err.print("[bold red]error:[/]", end=" ")
         err.print(b.error, highlight=False, markup=False, soft_wrap=True)
