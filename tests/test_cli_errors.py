@@ -108,6 +108,22 @@ COMMANDS: dict[str, dict[str, Cmd | None]] = {
         BAD_OUT: lambda out: ["init", out],
         NO_CONFIG: None,
     },
+    # a shared queue needs a PostgreSQL ledger: a SQLite file (bad or good) is a usage error
+    "enqueue": {
+        BAD_LEDGER: lambda led: ["enqueue", "docs", "-c", "cfg.toml", "--ledger", led],
+        BAD_OUT: None,
+        NO_CONFIG: lambda cfg: ["enqueue", "docs", "-c", cfg],
+    },
+    "worker": {
+        BAD_LEDGER: lambda led: ["worker", "-c", "cfg.toml", "--ledger", led],
+        BAD_OUT: None,
+        NO_CONFIG: lambda cfg: ["worker", "-c", cfg],
+    },
+    "status": {
+        BAD_LEDGER: lambda led: ["status", "--ledger", led],
+        BAD_OUT: None,
+        NO_CONFIG: lambda cfg: ["status", "-c", cfg],
+    },
     "examples harvest": {
         BAD_LEDGER: lambda led: ["examples", "harvest", "-c", "cfg.toml", "--ledger", led],
         BAD_OUT: lambda out: ["examples", "harvest", "-c", "cfg.toml", "--ledger", "good.sqlite3", "-o", out],

@@ -21,8 +21,10 @@ from ._many import ItemResult, aextract_many
 from ._runner import BatchRunner, BatchSummary, DocResult
 from ._runner import _load as aload  # load off the event loop (PDF, HTML, large files in a thread)
 from ._sources import URI, is_uri, set_storage_options
+from ._worker import LEASE_S, EnqueueResult, Worker, WorkerSummary, aenqueue
 
 __all__ = [
+    "LEASE_S",
     "MAX_BYTES",
     "MAX_CHARS",
     "REASK_TOKENS",
@@ -33,10 +35,14 @@ __all__ = [
     "BatchSummary",
     "DocResult",
     "Document",
+    "EnqueueResult",
     "ItemResult",
     "Limiter",
     "RateLimiter",
     "Source",
+    "Worker",
+    "WorkerSummary",
+    "aenqueue",
     "aextract_many",
     "aload",
     "as_source",

@@ -42,7 +42,7 @@ import gc
 import json
 import os
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -196,7 +196,9 @@ class Job:
     """One thing to extract: a file (``path`` and its ``doc_type`` from the walk: None for an
     unsupported type, ``SPECIAL`` for a FIFO, socket or device) or a text given as is (``text``).
     ``index`` / ``input``: the position and the input it came from (``Extractor.extract_many``);
-    ``error``: refused before anything was read (not recorded, except a folder not listed)."""
+    ``error``: refused before anything was read (not recorded, except a folder not listed).
+    ``sha256``: the content the file must still hold (a queued job, see ``_worker.py``): a file
+    whose text has changed since is a ``changed`` error, not extracted."""
 
     path: Source | None = None
     doc_type: str | None = None
@@ -204,6 +206,7 @@ class Job:
     index: int | None = None
     input: Any = None
     error: DocumentError | None = None
+    sha256: str | None = None
 
 
 def text_document(text: str, max_chars: int = MAX_CHARS) -> Document:
@@ -341,6 +344,11 @@ class BatchRunner:
                 doc = await _load(path, job.doc_type, self.max_bytes, self.max_chars)
             except DocumentError as exc:
                 return self._error(run_id, exc, display_path(path))
+            if job.sha256 is not None and doc.sha256 != job.sha256:
+                changed = DocumentError(f"{doc.path}: its text has changed since it was queued (sha256 "
+                                        f"{job.sha256[:12]}..., now {doc.sha256[:12]}...): enqueue it again",
+                                        path=doc.path, kind="changed")  # fmt: skip
+                return self._error(run_id, changed, doc.path)
             await self._seen_at(doc, path, run_id)
         first = self._seen.get(doc.sha256)
         if first is not None:  # identical content in flight: share the first path's extraction
@@ -452,7 +460,7 @@ class BatchRunner:
 
     async def _execute(
         self,
-        jobs: Iterator[Job],
+        jobs: Iterator[Job] | AsyncIterator[Job],
         unlisted: list[Job],
         sink: Callable[[Job, DocResult, BatchSummary], None],
     ) -> BatchSummary:
@@ -461,7 +469,8 @@ class BatchRunner:
         job with its ``dir_error`` each, appended as the walk goes), recorded as errors. The run
         is recorded as ``batch`` with its counts and final status (``done``,
         ``provider_unreachable`` with ``summary.error``, ``failed`` on an exception,
-        ``interrupted`` on cancellation)."""
+        ``interrupted`` on cancellation). ``jobs`` may be an async iterator (the queue's claims,
+        ``_worker.py``) that the ``concurrency`` tasks share."""
         ex = self.extractor
         run_id = ""  # without a ledger nothing is recorded
         if self.ledger is not None:
@@ -480,8 +489,13 @@ class BatchRunner:
                 assert job.error is not None
                 emit(job, self._error(run_id, job.error, job.error.path or "?"))
 
+        async def next_job() -> Job | None:
+            if isinstance(jobs, AsyncIterator):
+                return await anext(jobs, None)
+            return next(jobs, None)
+
         async def worker() -> None:
-            for job in jobs:  # a shared iterator: files are read as needed
+            while (job := await next_job()) is not None:  # a shared iterator: files are read as needed
                 report_unlisted()
                 if job.error is not None:  # refused before reading: not recorded
                     emit(job, DocResult(path=display_path(job.path) if job.path else "", status="error",

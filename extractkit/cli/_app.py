@@ -164,7 +164,7 @@ def extract(
     """
     from ..batch import URI, BatchRunner, RateLimiter, as_source, count_documents
     from ._build import build
-    from ._ledger_opt import open_ledger
+    from ._ledger_opt import ledger_choice, open_ledger
 
     extractor, cfg = build(config, schema, resolve_keys=not dry_run)  # a dry run needs no key
     sources = [as_source(p) for p in paths]  # scheme://... is a URI (s3://bucket/prefix)
@@ -177,7 +177,6 @@ def extract(
     max_cost = max_cost if max_cost is not None else cfg.batch.max_cost
     if dry_run:
         from ._estimate import dry_run as run_dry
-        from ._ledger_opt import ledger_choice
 
         raise typer.Exit(run_dry(extractor, cfg, sources, ledger_choice(ledger_path, cfg).path,
                                  include=include, force=force, retry_failed=retry_failed,
@@ -185,6 +184,14 @@ def extract(
     if out_path is not None:
         check_writable(out_path)  # before a run is started: never leave a run `running`
     limiter = RateLimiter(rpm or cfg.batch.rpm, tpm or cfg.batch.tpm)
+    if ledger_choice(ledger_path, cfg).is_url:  # a shared ledger: enqueue, then one local worker
+        from ._work import extract_shared
+
+        raise typer.Exit(extract_shared(
+            extractor, cfg, ledger_path, sources, include=include, out_path=out_path, force=force,
+            concurrency=concurrency or cfg.batch.concurrency, retry_failed=retry_failed, as_json=as_json,
+            limiter=limiter, max_cost=max_cost,
+        ))  # fmt: skip
     with open_ledger(ledger_path, cfg) as ledger:  # opened here, closed here; so is the extractor
         runner = BatchRunner(extractor, ledger, concurrency=concurrency or cfg.batch.concurrency,
                              force=force, retry_failed=retry_failed, out=out_path, include=include,

@@ -1,0 +1,386 @@
+"""`extractkit enqueue`, `extractkit worker`, `extractkit status`: many workers on one PostgreSQL
+ledger and its work queue (``ledger/_queue.py``, ``batch/_worker.py``).
+
+A shared queue needs a ledger every worker reaches: these commands take a PostgreSQL ledger
+(``--ledger postgresql://...``, ``$EXTRACTKIT_LEDGER`` or the config's ``[ledger] url``) and say so
+in one line when given a SQLite file (one machine needs no queue: ``extractkit extract``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from .._errors import ConfigError
+from .._words import plural
+from ._app import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNREACHABLE, _money, app, err, out
+from ._ledger_opt import ConfigOpt
+
+SharedLedgerOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ledger", show_default=False, metavar="URL",
+        help="The shared ledger: postgresql://user@host/db. Default: $EXTRACTKIT_LEDGER, else the "
+        "config's \\[ledger] url.",
+    ),
+]  # fmt: skip
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
+
+def shared_ledger_url(ledger: str | None, cfg: Any) -> str:
+    """The PostgreSQL URL of the shared ledger (``_ledger_opt.ledger_choice``: --ledger,
+    $EXTRACTKIT_LEDGER, [ledger] url or path). A SQLite file is a ConfigError that says which
+    one was found and how to give a PostgreSQL one."""
+    from ..ledger import ENV_VAR
+    from ._ledger_opt import ledger_choice
+
+    choice = ledger_choice(ledger, cfg)
+    if choice.is_url:
+        return str(choice.path)
+    raise ConfigError(
+        f"a shared work queue needs a PostgreSQL ledger: {choice.path} ({choice.source}) is a SQLite file; "
+        f"pass --ledger postgresql://user@host/db, set ${ENV_VAR} or [ledger] url (on one machine "
+        "`extractkit extract` needs no queue)"
+    )
+
+
+def open_shared(ledger: str | None, cfg: Any) -> tuple[Any, Any]:
+    """(the PostgreSQL ``Ledger``, its ``WorkQueue``): both the caller's to close."""
+    from ..ledger import Ledger, WorkQueue
+
+    url = shared_ledger_url(ledger, cfg)
+    store_text = cfg.ledger.store_text if cfg is not None else True
+    led = Ledger(url, store_text=store_text)
+    try:
+        queue = WorkQueue(url)
+    except BaseException:
+        led.close()
+        raise
+    return led, queue
+
+
+def run_cancellable(coro: Any, first_signal: Any = None) -> Any:
+    """``asyncio.run(coro)``; SIGTERM and Ctrl-C cancel it (so a worker puts back what it holds)
+    and raise KeyboardInterrupt here. ``first_signal``: called on the first signal instead (a
+    graceful stop); the second one cancels."""
+
+    async def main() -> Any:
+        task = asyncio.ensure_future(coro)
+        loop = asyncio.get_running_loop()
+        stopped: list[int] = []
+
+        def stop(signum: int) -> None:
+            stopped.append(signum)
+            if first_signal is not None and len(stopped) == 1:
+                first_signal()
+            else:
+                task.cancel()
+
+        installed = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, stop, sig)
+                installed.append(sig)
+            except (NotImplementedError, RuntimeError):  # pragma: no cover - Windows
+                pass
+        try:
+            return await task
+        except asyncio.CancelledError:
+            if stopped:
+                raise KeyboardInterrupt from None
+            raise
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+
+    return asyncio.run(main())
+
+
+@app.command()
+def enqueue(
+    paths: Annotated[list[str], typer.Argument(help="Files or folders (walked recursively), or URIs (s3://bucket/prefix).")],
+    config: ConfigOpt = None,
+    schema: Annotated[str | None, typer.Option(help="module:Model, overrides the config.")] = None,
+    ledger: SharedLedgerOpt = None,
+    include: Annotated[
+        list[str] | None,
+        typer.Option(help="Only file names matching this glob (repeatable; case-insensitive)."),
+    ] = None,
+    retry_failed: Annotated[
+        bool, typer.Option(help="Also queue again documents whose job failed validation (transient "
+                           "failures and unreadable documents are always queued again).")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Queue every document under PATHS for the config's schema and chain, on a PostgreSQL ledger.
+
+    Example: extractkit enqueue invoices/ -c extractkit.toml --ledger postgresql://me@db/extractkit
+
+    Each document is read once to know it by content: the same document queued twice (or at two
+    paths) is one job. Then run `extractkit worker` on as many machines as you like.
+    Exit codes: 0 queued, 1 some documents could not be read (listed, not queued), 2 usage or config.
+    """
+    from ..batch import aenqueue
+    from ._app import fail_usage
+    from ._build import build
+
+    extractor, cfg = build(Path(config) if config else None, schema, resolve_keys=False)
+    from ..batch import URI, as_source
+
+    sources = [as_source(p) for p in paths]  # scheme://... is a URI (s3://bucket/prefix)
+    for p in sources:
+        if not isinstance(p, URI) and not p.exists() and not p.is_symlink():
+            raise fail_usage(f"no such file or folder: {p}")
+    led, queue = open_shared(ledger, cfg)
+    try:
+        result = asyncio.run(aenqueue(extractor, queue, sources, include=include,
+                                      retry_failed=retry_failed, max_bytes=cfg.batch.max_bytes,
+                                      max_chars=cfg.batch.max_chars, ledger=led))  # fmt: skip
+    finally:
+        queue.close()
+        led.close()
+    if as_json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        c = result.counts
+        parts = [f"{plural(c.new, 'new document')} queued"]
+        parts += [f"{n} {what}" for n, what in (
+            (c.requeued, "failed earlier, queued again"), (c.waiting, "already waiting"),
+            (c.in_flight, "already in flight"), (c.done, "already done"),
+            (c.failed, "failed validation earlier (not queued again: --retry-failed)"),
+        ) if n]  # fmt: skip
+        out.print("; ".join(parts), highlight=False)
+        if result.skipped:
+            out.print(f"{plural(result.skipped, 'file')} of other types skipped", highlight=False)
+        for path, exc in result.unreadable:  # the message names the path
+            err.print(f"not queued: {exc}" if path in str(exc) else f"not queued: {path}: {exc}",
+                      highlight=False, markup=False)  # fmt: skip
+    raise typer.Exit(EXIT_FAILED if result.unreadable else EXIT_OK)
+
+
+@app.command()
+def worker(
+    config: ConfigOpt = None,
+    schema: Annotated[str | None, typer.Option(help="module:Model, overrides the config.")] = None,
+    ledger: SharedLedgerOpt = None,
+    concurrency: Annotated[int | None, typer.Option(min=1, help="Documents in flight.")] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="When the queue is empty, wait for more "
+                                       "(until SIGTERM or Ctrl-C) instead of exiting.")] = False,
+    lease: Annotated[float, typer.Option("--lease", min=1, metavar="SECONDS", help="How long a claimed "
+                                         "document stays this worker's without a heartbeat (sent every "
+                                         "third of it); a dead worker's documents go to the others after "
+                                         "it.")] = 60.0,
+    rpm: Annotated[float | None, typer.Option(min=1, help="Requests/minute limit.")] = None,
+    tpm: Annotated[float | None, typer.Option(min=1, help="Tokens/minute limit.")] = None,
+    retry_failed: Annotated[bool, typer.Option(help="Send again documents whose last result in the ledger "
+                                               "failed validation.")] = False,
+    max_cost: Annotated[float | None, typer.Option("--max-cost", metavar="USD", help="Stop claiming once "
+                                                   "this worker has spent this much.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Claim queued documents of the config's schema and chain, extract and record them.
+
+    Example: extractkit worker -c extractkit.toml --ledger postgresql://me@db/extractkit --concurrency 64
+
+    Run any number, on any machines. Exits when nothing is waiting and no other worker holds a
+    document (unless --wait). SIGTERM or Ctrl-C: no new claims, the documents in flight finish, the
+    rest is put back at once (a second signal stops at once, putting back the ones in flight too);
+    a worker killed outright has its documents taken over by the others when its lease runs out.
+    Exit codes: 0 done, 1 some documents failed, 2 usage or config, 3 the provider stopped answering,
+    130 stopped by a signal.
+    """
+    from ..batch import RateLimiter, Worker
+    from ._build import build
+
+    extractor, cfg = build(Path(config) if config else None, schema)
+    led, queue = open_shared(ledger, cfg)
+    try:
+        ceiling = max_cost if max_cost is not None else cfg.batch.max_cost
+        w = Worker(extractor, led, queue, concurrency=concurrency or cfg.batch.concurrency, lease_s=lease,
+                   wait=wait, retry_failed=retry_failed, max_bytes=cfg.batch.max_bytes,
+                   max_chars=cfg.batch.max_chars, max_cost=ceiling,
+                   limiter=RateLimiter(rpm or cfg.batch.rpm, tpm or cfg.batch.tpm))  # fmt: skip
+        if not as_json:
+            err.print(f"worker {w.worker_id} on {queue.target}", highlight=False)
+
+        async def run() -> Any:
+            async with extractor:
+                return await w.run()
+
+        signalled: list[bool] = []
+
+        def graceful() -> None:  # the first SIGTERM / Ctrl-C: what was paid for is finished and kept
+            signalled.append(True)
+            w.stop()
+            err.print("[yellow]stopping[/]: no new document is claimed; the documents in flight finish "
+                      "(SIGTERM or Ctrl-C again stops at once)", highlight=False)  # fmt: skip
+
+        try:
+            summary = run_cancellable(run(), graceful)
+        except KeyboardInterrupt:
+            err.print(f"[yellow]stopped[/]: {plural(w.summary.released, 'document')} put back in the queue; "
+                      "finished documents are kept", highlight=False)  # fmt: skip
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+    finally:
+        queue.close()
+        led.close()
+    b = summary.batch
+    if as_json:
+        print(json.dumps(summary.to_dict(), indent=2))
+    else:
+        rate = b.documents / summary.elapsed_s if summary.elapsed_s > 0 else 0.0
+        table = Table(title=f"worker {summary.worker_id} ({b.status})")
+        cols = ("documents", "ok", "failed", "errors", "resumed", "reclaimed", "attempts", "cost", "docs/s")
+        for col in cols:
+            table.add_column(col, justify="right")
+        table.add_row(*(str(x) for x in (b.documents, b.ok, b.failed, b.errors, b.resumed, summary.reclaimed,
+                                          b.attempts)), _money(b.cost_usd), f"{rate:.1f}")  # fmt: skip
+        out.print(table)
+        for p in b.failed_paths[:20]:
+            out.print(f"  not extracted: {p}", highlight=False, markup=False)
+        if len(b.failed_paths) > 20:
+            out.print(f"  ... and {len(b.failed_paths) - 20} more (extractkit status)", highlight=False)
+    if signalled:
+        err.print(f"[yellow]stopped[/]: {plural(summary.released, 'document')} put back in the queue; "
+                  "finished documents are kept", highlight=False)  # fmt: skip
+        raise typer.Exit(EXIT_INTERRUPTED)
+    if b.error:
+        err.print("[bold red]error:[/]", end=" ")
+        err.print(b.error, highlight=False, markup=False, soft_wrap=True)
+        raise typer.Exit(EXIT_FAILED if b.status == "stopped_max_cost" else EXIT_UNREACHABLE)
+    raise typer.Exit(EXIT_FAILED if b.failed_paths else EXIT_OK)
+
+
+@app.command()
+def status(
+    config: ConfigOpt = None,
+    ledger: SharedLedgerOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The shared queue: done, in flight, failed, waiting; each worker with its rate.
+
+    Example: extractkit status --ledger postgresql://me@db/extractkit --json
+
+    `expired` counts documents whose worker stopped sending heartbeats: the next worker to claim
+    takes them over.
+    """
+    from ..ledger import WorkQueue
+    from ._ledger_opt import load_cli_config
+
+    cfg = load_cli_config(Path(config) if config else None, required=False)
+    with WorkQueue(shared_ledger_url(ledger, cfg)) as queue:
+        data = queue.status()
+    if as_json:
+        print(json.dumps(data, indent=2, default=str))
+        return
+    t = data["totals"]
+    out.print(f"done {t['done']}  in flight {t['in_flight']}  failed {t['failed']}  waiting {t['waiting']}  "
+              f"expired leases {t['expired']}  (reclaimed so far: {t['reclaims']})",
+              highlight=False)  # fmt: skip
+    if data["workers"]:
+        table = Table(title=f"workers (rate over the last {data['rate_window_s'] // 60:g} minutes)")
+        for col in ("worker", "state", "in flight", "done", "failed", "docs/min", "last seen"):
+            table.add_column(col, justify="left" if col in ("worker", "state") else "right")
+        for w in data["workers"]:
+            table.add_row(w["id"], w["state"], str(w["in_flight"]), str(w["done"]), str(w["failed"]),
+                          f"{w['per_minute']:.1f}", f"{w['last_seen_s']:.0f}s ago")  # fmt: skip
+        out.print(table)
+
+
+def extract_shared(
+    extractor: Any, cfg: Any, ledger: str | None, paths: Sequence[Any], *, include: list[str] | None,
+    out_path: Path | None, concurrency: int, force: bool, retry_failed: bool, as_json: bool, limiter: Any,
+    max_cost: float | None,
+) -> int:  # fmt: skip
+    """`extractkit extract` on a PostgreSQL ledger: enqueue the documents, then work the queue
+    with one local worker until it is drained; other workers may help, and a document another
+    worker extracted (or an earlier run did) gets its line from the ledger, as a resumed one.
+    ``--out`` has one line per document of PATHS, as on SQLite. Returns the exit code.
+    ``--force`` is refused: every worker would have to extract those documents again, and a
+    queued job does not carry that yet."""
+    from ..batch import DocResult, Worker, aenqueue
+    from ._app import _print_summary
+
+    if force:
+        raise ConfigError("--force is not supported with a shared (PostgreSQL) ledger yet: the documents "
+                          "would be extracted again only by this process's worker; use a SQLite ledger "
+                          "for a forced rerun")  # fmt: skip
+    led, queue = open_shared(ledger, cfg)
+    lines: dict[str, DocResult] = {}
+    out = None
+    try:
+        if out_path is not None:
+            out_path.parent.mkdir(parents=True, exist_ok=True)
+            out = out_path.open("w", encoding="utf-8", errors="backslashreplace")
+
+        def write(r: DocResult) -> None:
+            lines[r.path] = r
+            if out is not None:
+                out.write(r.to_json() + "\n")
+                out.flush()
+            if not as_json:
+                err.print(f"{r.status:6} {r.tier or r.outcome or '':16} {r.path}", highlight=False)
+
+        mine: set[str] = set()
+        w = Worker(extractor, led, queue, concurrency=concurrency, retry_failed=retry_failed,
+                   max_bytes=cfg.batch.max_bytes, max_chars=cfg.batch.max_chars, max_cost=max_cost,
+                   limiter=limiter, on_result=lambda r, _s: write(r) if r.path in mine else None)  # fmt: skip
+
+        async def run() -> Any:
+            async with extractor:
+                queued = await aenqueue(extractor, queue, paths, include=include,
+                                        retry_failed=retry_failed, max_bytes=cfg.batch.max_bytes,
+                                        max_chars=cfg.batch.max_chars, ledger=led)  # fmt: skip
+                mine.update(queued.shas)
+                return queued, await w.run()
+
+        try:
+            queued, summary = run_cancellable(run())
+        except KeyboardInterrupt:
+            err.print("[yellow]interrupted[/]: finished documents are kept in the ledger and the queue; "
+                      "run the same command again to resume.")  # fmt: skip
+            return EXIT_INTERRUPTED
+        b = summary.batch
+        for path, exc in queued.unreadable:  # not queued: an error line each, recorded as on SQLite
+            led.record_error(run_id=b.run_id or None, path=path, kind=exc.kind, message=str(exc),
+                             schema_hash=extractor.schema_hash,
+                             config_hash=extractor.config_hash)  # fmt: skip
+            r = DocResult(path=path, status="error", outcome=exc.kind, error=str(exc))
+            b.add(r)
+            write(r)
+        for path, sha in queued.shas.items():  # done elsewhere (another worker, an earlier run)
+            if path in lines:
+                continue
+            row = led.find_final(sha, extractor.schema_hash, extractor.config_hash)
+            if row is None:
+                r = DocResult(path=path, status="error", sha256=sha, outcome="not_extracted",
+                              error="its job did not finish: see `extractkit status`")  # fmt: skip
+            else:
+                r = DocResult(path=path, status=row["status"], sha256=sha, tier=row["tier"],
+                              value=json.loads(row["value_json"]) if row["value_json"] else None,
+                              outcome=row["outcome"], error=row["error"], attempts=row["n_attempts"],
+                              prompt_tokens=row["prompt_tokens"], completion_tokens=row["completion_tokens"],
+                              cost_usd=row["cost_usd"], resumed=True)  # fmt: skip
+            b.add(r)
+            write(r)
+        if as_json:
+            print(json.dumps(b.to_dict(), indent=2))
+        else:
+            _print_summary(b, led)
+    finally:
+        if out is not None:
+            out.close()
+        queue.close()
+        led.close()
+    if b.error:
+        err.print("[bold red]error:[/]", end=" ")
+        err.print(b.error, highlight=False, markup=False, soft_wrap=True)
+        return EXIT_FAILED if b.status == "stopped_max_cost" else EXIT_UNREACHABLE
+    return EXIT_OK if not b.failed_paths else EXIT_FAILED
