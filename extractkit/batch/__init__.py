@@ -1,7 +1,7 @@
 """Batch extraction over document folders."""
 
 from ._estimate import REASK_TOKENS, check_max_cost, estimate
-from ._limiter import Limiter, RateLimiter
+from ._limiter import Lease, Limiter, RateLimiter, SharedLimiter, limiter_for, model_key, open_limiter
 from ._loaders import (
     MAX_BYTES,
     MAX_CHARS,
@@ -29,8 +29,10 @@ __all__ = [
     "DocResult",
     "Document",
     "ItemResult",
+    "Lease",
     "Limiter",
     "RateLimiter",
+    "SharedLimiter",
     "aextract_many",
     "aload",
     "check_max_cost",
@@ -38,6 +40,9 @@ __all__ = [
     "display_path",
     "doc_type_of",
     "estimate",
+    "limiter_for",
     "load",
+    "model_key",
+    "open_limiter",
     "walk",
 ]

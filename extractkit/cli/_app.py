@@ -148,7 +148,7 @@ def extract(
     rest were left unattempted: run again to resume), 2 usage or config error, 3 the provider
     stopped answering or refused the key (the rest were left unattempted: run again to resume).
     """
-    from ..batch import BatchRunner, RateLimiter, count_documents
+    from ..batch import BatchRunner, count_documents, open_limiter
     from ._build import build
     from ._ledger_opt import open_ledger
 
@@ -168,8 +168,9 @@ def extract(
                                  max_cost=max_cost, as_json=as_json))  # fmt: skip
     if out_path is not None:
         check_writable(out_path)  # before a run is started: never leave a run `running`
-    limiter = RateLimiter(rpm or cfg.batch.rpm, tpm or cfg.batch.tpm)
-    with open_ledger(ledger_path, cfg) as ledger:  # opened here, closed here; so is the extractor
+    with open_ledger(ledger_path, cfg) as ledger, open_limiter(ledger, rpm or cfg.batch.rpm,
+                                                                tpm or cfg.batch.tpm) as limiter:  # fmt: skip
+        # opened here, closed here; so is the extractor. The limiter is shared on PostgreSQL
         runner = BatchRunner(extractor, ledger, concurrency=concurrency or cfg.batch.concurrency,
                              force=force, retry_failed=retry_failed, out=out_path, include=include,
                              freeze_gc=True, max_bytes=cfg.batch.max_bytes,
