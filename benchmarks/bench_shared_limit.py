@@ -1,9 +1,9 @@
 """Shared limit: 4 worker processes under one 120,000 TPM limit (issue 17, section 6). The stub
 enforces the limit as a provider does (characters / 4 + max_tokens a request, 1 s of burst, 429
-with Retry-After beyond it); each worker runs the batch runner at 64 in flight with the limiter
-the ledger gives it (``limiter_for``: shared through PostgreSQL). Targets: together >= 0.95x of
-the limit, < 1 % of requests answered 429. Baseline: the same 4 workers each pacing itself to
-the limit (the in-process ``RateLimiter``), as they would without a shared ledger.
+with Retry-After beyond it); each worker runs the batch runner at 64 in flight on one PostgreSQL
+ledger, with the limiter the ledger gives it (``limiter_for``: shared). Targets: together >= 0.95x
+of the limit, < 1 % of requests answered 429. Baseline: the same 4 workers each pacing itself to
+the limit (the in-process ``RateLimiter``, what they had before the limit was shared).
 
     python -m benchmarks.bench_shared_limit [--size tiny|full]
 
@@ -33,17 +33,15 @@ PADDING = 20  # as bench_ratelimit: a prompt of a few hundred tokens
 def worker(spec: dict[str, Any]) -> None:
     """One worker process: wait for the go on stdin, run the batch, print its figures."""
     from extractkit import Extractor, ZeroShot
-    from extractkit.batch import BatchRunner, RateLimiter, SharedLimiter
+    from extractkit.batch import BatchRunner, RateLimiter, SharedLimiter, limiter_for
     from extractkit.ledger import Ledger
 
     async def main() -> dict[str, Any]:
-        if spec["shared"]:
-            limiter: Any = SharedLimiter(spec["pg"], tpm=spec["tpm"])
-        else:
-            limiter = RateLimiter(tpm=spec["tpm"])
         ex = Extractor(Invoice, tiers=[ZeroShot(model=MODEL, base_url=spec["base_url"], api_key="sk-bench",
                                                 max_reasks=0, transport="aiohttp")])  # fmt: skip
-        with Ledger(spec["ledger"]) as ledger:
+        with Ledger(spec["pg"]) as ledger:  # one PostgreSQL ledger for the 4 workers
+            # the limiter the ledger gives (shared), or each worker's own (the baseline)
+            limiter = limiter_for(ledger, tpm=spec["tpm"]) if spec["shared"] else RateLimiter(tpm=spec["tpm"])
             runner = BatchRunner(ex, ledger, concurrency=64, freeze_gc=True, limiter=limiter)
             # a worker that has been running a while: connections open, code paths warm
             await BatchRunner(ex, ledger, concurrency=1, limiter=limiter).run([Path(spec["warm"])])
@@ -94,20 +92,20 @@ def steady_rate(stats: dict[str, Any], requests: int) -> float:
     return (stats["tokens_accepted"] - per) / span * 60 if span > 0 else 0.0
 
 
-def postgres() -> tuple[str, Any]:
+def postgres() -> Any:
     url = os.environ.get("EXTRACTKIT_TEST_POSTGRES_URL")
     from tests import pg
 
     cluster = pg.Cluster(url) if url else pg.start()
     if isinstance(cluster, str):
         raise SystemExit(f"bench_shared_limit needs PostgreSQL: {cluster}")
-    return cluster.new_database(), cluster
+    return cluster
 
 
 def main() -> None:
     ns, size = args(__doc__.split("\n\n")[0], SIZES)
     tpm, workers = size["tpm"], size["workers"]
-    pg_url, cluster = postgres()
+    cluster = postgres()
     try:
         with tempfile.TemporaryDirectory() as tmp, stub(latency=0.2, tpm=tpm, burst_s=1) as s:
             from extractkit import Extractor, ZeroShot
@@ -118,6 +116,7 @@ def main() -> None:
             n = max(2 * workers, int(tpm / 60 * size["seconds"] / per_request))
             runs: dict[str, Any] = {}
             for shared in (True, False):
+                pg_url = cluster.new_database()  # a ledger per run: the second must not resume the first
                 specs = []
                 for w in range(workers):
                     folder = Path(tmp) / f"{'shared' if shared else 'own'}{w}"
@@ -128,7 +127,7 @@ def main() -> None:
                     warm.mkdir()
                     (warm / "warm.txt").write_text(document(10**6 + w, PADDING))
                     specs.append({"shared": shared, "pg": pg_url, "tpm": tpm, "base_url": s.base_url,
-                                  "folder": str(folder), "ledger": str(Path(tmp) / f"l{shared}{w}.sqlite3"), "warm": str(warm)})  # fmt: skip
+                                  "folder": str(folder), "warm": str(warm)})  # fmt: skip
                 figures = run_workers(specs, before_go=lambda: (time.sleep(1.5), s.reset()))
                 stats = s.stats()
                 elapsed = max(f["end"] for f in figures) - min(f["start"] for f in figures)

@@ -22,8 +22,9 @@ from typing import Any
 
 import pytest
 
-from extractkit.batch import Lease, RateLimiter, SharedLimiter, limiter_for, model_key
-from extractkit.ledger import LimitStore
+from extractkit import ConfigError
+from extractkit.batch import Lease, RateLimiter, SharedLimiter, limiter_for, model_key, open_limiter
+from extractkit.ledger import Ledger, LimitStore, limit_store
 
 from .fakes import FakeLLMServer, completion, error_body
 
@@ -396,19 +397,18 @@ def test_model_key_names_model_and_host_without_credentials():
     assert model_key("m") == "m"
 
 
-def test_the_limiter_is_shared_on_postgresql_and_local_otherwise(pg_url):
-    class Sqlite:
-        engine = "sqlite"
-
-    assert isinstance(limiter_for(Sqlite(), rpm=10), RateLimiter)
-    assert limiter_for(Sqlite()) is None
-
-    class Postgres:
-        engine = "postgresql"
-
-        def limit_store(self) -> LimitStore:
-            return LimitStore(pg_url)
-
-    shared = limiter_for(Postgres(), tpm=1000)
-    assert isinstance(shared, SharedLimiter) and shared.tpm
-    shared.close()
+def test_the_limiter_is_shared_on_postgresql_and_local_otherwise(pg_url, tmp_path):
+    with Ledger(tmp_path / "l.sqlite3") as ledger:
+        assert isinstance(limiter_for(ledger, rpm=10), RateLimiter)
+        assert limiter_for(ledger) is None
+        with pytest.raises(ConfigError, match="PostgreSQL ledger"):
+            limit_store(ledger)
+    with Ledger(pg_url) as ledger:
+        assert "0009_shared_limits" in ledger.applied
+        with open_limiter(ledger, tpm=1000) as shared:
+            assert isinstance(shared, SharedLimiter) and shared.tpm
+            asyncio.run(shared.acquire(10))  # the ledger's database holds the limit
+        state = state_of(pg_url, "*")
+        assert state is not None and state["leases"] == 1 and state["tpm"] == 1000
+        # a limiter made by the library on the same URL finds the same row
+        assert isinstance(limiter_for(ledger, rpm=10), SharedLimiter)

@@ -490,7 +490,9 @@ def limiter_for(ledger: Any, rpm: float | None = None, tpm: float | None = None,
     ledger (``SharedLimiter``, a 429 pauses them all even without rpm / tpm), this process's own
     otherwise (``RateLimiter``; None when neither rpm nor tpm is set)."""
     if getattr(ledger, "engine", "sqlite") == "postgresql":
-        return SharedLimiter(ledger.limit_store(), rpm, tpm, **options)
+        from ..ledger import limit_store
+
+        return SharedLimiter(limit_store(ledger), rpm, tpm, **options)
     return RateLimiter(rpm, tpm) if rpm or tpm else None
 
 

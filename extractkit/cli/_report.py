@@ -37,7 +37,7 @@ def parse_when(value: str | None, now: float, option: str) -> float | None:
     return dt.timestamp()
 
 
-def ledger_or_fail(ledger_path: Path | None, config: Path | None = None):  # type: ignore[no-untyped-def]
+def ledger_or_fail(ledger_path: str | Path | None, config: Path | None = None):  # type: ignore[no-untyped-def]
     """The ledger a read-only command uses (see ``_ledger_opt``): it must exist."""
     from ._ledger_opt import load_cli_config, open_ledger
 

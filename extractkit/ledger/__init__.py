@@ -1,8 +1,10 @@
-"""The ledger: SQLite tables of runs, documents, extractions and attempts."""
+"""The ledger: runs, documents, extractions and attempts, in SQLite or PostgreSQL (one ``Ledger``)."""
 
+from ._dialect import POSTGRES, SQLITE, Dialect
 from ._ledger import DEFAULT_PATH, ENV_VAR, SERVED_REFRESH_S, Ledger, default_path, new_id, scrub
-from ._limits import CHANNEL, Grant, LimitStore, Pause
-from ._migrations import MIGRATIONS, migrate
+from ._limits import CHANNEL, Grant, LimitStore, Pause, limit_store
+from ._migrations import MIGRATIONS, PG_MIGRATIONS, migrate, migrate_postgres
+from ._pg import Row, is_url, mask
 from ._protocol import RecordingLedger
 from ._queries import (
     DOCUMENT_ERRORS,
@@ -19,21 +21,30 @@ __all__ = [
     "DEFAULT_PATH",
     "DOCUMENT_ERRORS",
     "ENV_VAR",
-    "Grant",
     "MIGRATIONS",
     "PAIRS_CUT",
-    "Pause",
+    "PG_MIGRATIONS",
+    "POSTGRES",
+    "SQLITE",
     "SERVED_REFRESH_S",
     "TIERS_IN",
     "VERSION_PAIRS",
     "VERSION_STATS",
     "VERSION_STATS_CURRENT",
+    "Dialect",
+    "Grant",
     "Ledger",
     "LimitStore",
+    "Pause",
     "RecordingLedger",
+    "Row",
     "default_path",
     "field_failures_sql",
+    "is_url",
+    "limit_store",
+    "mask",
     "migrate",
+    "migrate_postgres",
     "new_id",
     "scrub",
 ]

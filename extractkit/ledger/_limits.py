@@ -17,9 +17,9 @@ the pause, and ``pg_notify`` tells every listening process at once (channel ``CH
 payload); the others shift what they have not sent yet by the same amount. The clock is always
 ``clock_timestamp()``: the machines' clocks never meet.
 
-The table is UNLOGGED on PostgreSQL: it is pacing state, not history (a crash empties it, and the
-next lease starts afresh). All SQL of the shared limiter is here; ``extractkit.batch`` drives it
-(``SharedLimiter``), off the event loop.
+The table is migration ``0009_shared_limits`` (UNLOGGED on PostgreSQL: pacing state, not history).
+All SQL of the shared limiter is here; ``extractkit.batch`` drives it (``SharedLimiter``), off the
+event loop. Statements use psycopg's parameters directly: they run on PostgreSQL only.
 """
 
 from __future__ import annotations
@@ -32,24 +32,29 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .._errors import LedgerError, MissingDependencyError
+from .. import _redact
+from .._errors import ConfigError, LedgerError, MissingDependencyError
+from ._pg import mask
 
 CHANNEL = "extractkit_limits"
 
-# the table, before the store's migration list carries it as 0009_shared_limits
-SHARED_LIMITS_DDL = """
-CREATE UNLOGGED TABLE IF NOT EXISTS shared_limits (
-    key TEXT PRIMARY KEY,
-    tat DOUBLE PRECISION NOT NULL,
-    paused_until DOUBLE PRECISION NOT NULL DEFAULT 0,
-    last_delta DOUBLE PRECISION NOT NULL DEFAULT 0,
-    rpm DOUBLE PRECISION,
-    tpm DOUBLE PRECISION,
-    leases BIGINT NOT NULL DEFAULT 0,
-    pauses BIGINT NOT NULL DEFAULT 0,
-    updated_at DOUBLE PRECISION NOT NULL
-)
+# migration 0009_shared_limits, on both engines (SQLite's ledger paces one process and leaves the
+# table empty; both lists name the same migrations). Written in SQLite's style; on PostgreSQL the
+# table is UNLOGGED: pacing state, not history (a crash empties it, and the next lease starts afresh)
+SHARED_LIMITS = """
+        CREATE TABLE IF NOT EXISTS shared_limits (
+            key TEXT PRIMARY KEY,
+            tat REAL NOT NULL,
+            paused_until REAL NOT NULL DEFAULT 0,
+            last_delta REAL NOT NULL DEFAULT 0,
+            rpm REAL,
+            tpm REAL,
+            leases INTEGER NOT NULL DEFAULT 0,
+            pauses INTEGER NOT NULL DEFAULT 0,
+            updated_at REAL NOT NULL
+        );
 """
+SHARED_LIMITS_PG = SHARED_LIMITS.replace("CREATE TABLE", "CREATE UNLOGGED TABLE", 1)
 
 _NOW = "(SELECT extract(epoch FROM clock_timestamp())::float8 AS now)"
 
@@ -134,12 +139,16 @@ class LimitStore:
     """The shared limits of one PostgreSQL database: ``reserve``, ``adjust``, ``pause``, ``state``
     (blocking calls: run them in a worker thread) and ``listen`` (a thread of its own).
 
-    ``conninfo`` is a ``postgresql://`` URL. One connection, opened at first use, in autocommit
-    with ``synchronous_commit`` off (the state is worth less than a flush per lease), serves every
-    call of this process; a broken connection is reopened once per call.
+    ``conninfo`` is a ``postgresql://`` URL (``limit_store(ledger)``: the ledger's own database,
+    already migrated; a URL alone is migrated at first use, as ``Ledger`` does). One connection,
+    opened at first use, in autocommit with ``synchronous_commit`` off (the state is worth less
+    than a flush per lease), serves every call of this process; a broken connection is reopened
+    once per call.
     """
 
     def __init__(self, conninfo: str, *, ensure_table: bool = True):
+        if not conninfo.startswith(("postgresql://", "postgres://")):
+            raise ConfigError(f"shared rate limits need a postgresql:// URL, got {mask(conninfo)!r}")
         self.conninfo = conninfo
         self.ensure_table = ensure_table
         self._conn: Any = None
@@ -151,15 +160,16 @@ class LimitStore:
         psycopg = _psycopg()
         conn = psycopg.connect(self.conninfo, autocommit=True, connect_timeout=10)
         conn.execute("SET synchronous_commit TO off")
-        if self.ensure_table and not self._ready:
-            with conn.transaction():  # many processes may start at once: one creates it
-                conn.execute("SELECT pg_advisory_xact_lock(hashtext('extractkit shared_limits'))")
-                conn.execute(SHARED_LIMITS_DDL)
+        if self.ensure_table and not self._ready:  # a database given by URL: migrated as Ledger does
+            from ._migrations import migrate_postgres
+
+            migrate_postgres(conn)
             self._ready = True
         return conn
 
     def _run(self, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
         psycopg = _psycopg()
+        params["key"] = _redact.redact_param(params["key"])  # a model name is text we did not write
         with self._lock:
             for attempt in (1, 2):
                 try:
@@ -253,3 +263,15 @@ class Listener:
     def stop(self) -> None:
         self._stop.set()
         self.thread.join(timeout=5)
+
+
+def limit_store(ledger: Any) -> LimitStore:
+    """The shared limits of a PostgreSQL ``Ledger``'s database (its own connection: a lease never
+    waits behind the ledger's writes for a pooled one)."""
+    pg = getattr(ledger, "_pg", None)
+    if pg is None:
+        raise ConfigError(
+            "shared rate limits need a PostgreSQL ledger (postgresql://...), not "
+            f"{getattr(ledger, 'target', ledger)}: a SQLite ledger paces one process (RateLimiter)"
+        )
+    return LimitStore(pg.url, ensure_table=False)
