@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._common import ROOT, Invoice, args, document, report, stub
-from benchmarks.stub_server import Stub
 
 SIZES = {"tiny": {"tpm": 120_000, "seconds": 3, "workers": 4}, "full": {"tpm": 120_000, "seconds": 60, "workers": 4}}
 MODEL = "gpt-4o-mini"
@@ -71,7 +70,7 @@ def run_workers(specs: list[dict[str, Any]], before_go: Any) -> list[dict[str, A
         assert p.stdout is not None
         line = p.stdout.readline().strip()
         assert line == "ready", line
-    before_go()  # the stub's bucket refills after the warm-ups; its counters start at zero
+    before_go()  # documents written, the stub's bucket refilled, its counters at zero
     for p in procs:  # together
         assert p.stdin is not None
         p.stdin.write("go\n")
@@ -108,33 +107,45 @@ def main() -> None:
     cluster = postgres()
     try:
         with tempfile.TemporaryDirectory() as tmp, stub(latency=0.2, tpm=tpm, burst_s=1) as s:
-            from extractkit import Extractor, ZeroShot
-
-            probe = Extractor(Invoice, tiers=[ZeroShot(model=MODEL, api_key="unused")])._bound["zero_shot"]
-            body = {"messages": probe.messages(document(0, PADDING)), "max_tokens": probe.max_tokens}
-            per_request = Stub.tokens(body) + 300  # + the tool definition
-            n = max(2 * workers, int(tpm / 60 * size["seconds"] / per_request))
             runs: dict[str, Any] = {}
+            sizing: dict[str, int] = {}
+
+            def write_documents(folders: list[Path]) -> None:
+                """Once the warm-ups told what a request costs at the stub: enough documents for
+                ``seconds`` at the limit, dealt to the workers' folders."""
+                if not sizing:
+                    st = s.stats()
+                    per_request = st["tokens_accepted"] / max(1, st["requests"])
+                    sizing["n"] = max(2 * workers, int(tpm / 60 * size["seconds"] / per_request))
+                for w, folder in enumerate(folders):
+                    for i in range(w, sizing["n"], workers):
+                        (folder / f"doc{i:06d}.txt").write_text(document(i, PADDING))
+
             for shared in (True, False):
                 pg_url = cluster.new_database()  # a ledger per run: the second must not resume the first
-                specs = []
+                specs, folders = [], []
                 for w in range(workers):
                     folder = Path(tmp) / f"{'shared' if shared else 'own'}{w}"
                     folder.mkdir()
-                    for i in range(w, n, workers):
-                        (folder / f"doc{i:06d}.txt").write_text(document(i, PADDING))
+                    folders.append(folder)
                     warm = Path(tmp) / f"warm{shared}{w}"
                     warm.mkdir()
                     (warm / "warm.txt").write_text(document(10**6 + w, PADDING))
                     specs.append({"shared": shared, "pg": pg_url, "tpm": tpm, "base_url": s.base_url,
                                   "folder": str(folder), "warm": str(warm)})  # fmt: skip
-                figures = run_workers(specs, before_go=lambda: (time.sleep(1.5), s.reset()))
+
+                def before_go(folders: list[Path] = folders) -> None:
+                    write_documents(folders)
+                    time.sleep(1.5)  # the stub's bucket refills after the warm-ups
+                    s.reset()
+
+                figures = run_workers(specs, before_go=before_go)
                 stats = s.stats()
                 elapsed = max(f["end"] for f in figures) - min(f["start"] for f in figures)
                 runs["shared" if shared else "own"] = {"workers": figures, "stub": stats, "elapsed_s": elapsed}
     finally:
         cluster.stop()
-    sh, own = runs["shared"], runs["own"]
+    sh, own, n = runs["shared"], runs["own"], sizing["n"]
     rate = sh["stub"]["tokens_accepted"] / sh["elapsed_s"] * 60
     steady = steady_rate(sh["stub"], n)
     share_429 = sh["stub"]["rate_limited"] / max(1, sh["stub"]["requests"])
