@@ -86,9 +86,17 @@ def pg_url(pg_cluster) -> str:
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def ledger_target(request, tmp_path) -> str:
+def ledger_target(request, tmp_path):
     """A fresh ledger on each engine in turn: a SQLite file path, then a ``postgresql://`` URL (a
-    fresh database; skipped without a server, failed in CI). ``Ledger(ledger_target)``."""
+    fresh database; skipped without a server, failed in CI). ``Ledger(ledger_target)``. Afterwards
+    the database must hold a ledger: a test that wrote somewhere else fails."""
     if request.param == "sqlite":
-        return str(tmp_path / "ledger.sqlite3")
-    return str(request.getfixturevalue("pg_url"))
+        yield str(tmp_path / "ledger.sqlite3")
+        return
+    url = str(request.getfixturevalue("pg_url"))
+    yield url
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        used = conn.execute("SELECT to_regclass('_migrations') IS NOT NULL").fetchone()[0]
+    assert used, f"the test never opened its PostgreSQL ledger {url}"

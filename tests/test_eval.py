@@ -187,13 +187,13 @@ def eval_chain() -> Extractor[Invoice]:
 GOLD = [GoldItem(str(i), {"issuer": f"Firm {i} Ltd", "total": f"{i}.50"}, text=doc(i)) for i in range(40)]
 
 
-def test_eval_forces_each_tier_scores_simulates_and_decides(mock_api, tmp_path):
+def test_eval_forces_each_tier_scores_simulates_and_decides(mock_api, ledger_target):
     route = mock_api.post("/chat/completions").mock(side_effect=responder)
     from extractkit import Price
 
     ex = Extractor(Invoice, tiers=eval_chain().tiers,
                    prices={"zero-m": Price(0.15, 0.60), "few-m": Price(0.15, 0.60)})  # fmt: skip
-    with Ledger(tmp_path / "l.sqlite3") as ledger:
+    with Ledger(ledger_target) as ledger:
         s = evaluate(ex, GOLD, ledger, concurrency=8)
         assert (s.items, s.extracted, s.reused, s.unreadable, s.errors) == (40, 120, 0, [], [])
         # zero: 20 right + 20 x 2 attempts (a re-ask each); few: 30 + 10 x 2; ft: 40
@@ -232,7 +232,8 @@ def test_eval_forces_each_tier_scores_simulates_and_decides(mock_api, tmp_path):
         few = next(v for v in ev["verdicts"] if v["tier"] == "few_shot")
         assert (few["rescued"], few["decision"]) == (10, KEEP)
         # forced extractions are not the chain's: the tier report does not count them
-        assert build_report(ledger)["totals"]["documents"] == 0
+        if ledger.engine == "sqlite":  # the report on PostgreSQL comes with the report's own port
+            assert build_report(ledger)["totals"]["documents"] == 0
 
         # a rerun pays for nothing; --force pays again
         before = route.call_count
@@ -243,7 +244,7 @@ def test_eval_forces_each_tier_scores_simulates_and_decides(mock_api, tmp_path):
         assert (s3.extracted, route.call_count) == (2, before + 2)
 
 
-def test_eval_retries_transient_failures_instead_of_reusing_them(mock_api, tmp_path, sleeps):
+def test_eval_retries_transient_failures_instead_of_reusing_them(mock_api, ledger_target, sleeps):
     calls = {"n": 0}
 
     def flaky(request: httpx.Request) -> httpx.Response:
@@ -254,7 +255,7 @@ def test_eval_retries_transient_failures_instead_of_reusing_them(mock_api, tmp_p
 
     mock_api.post("/chat/completions").mock(side_effect=flaky)
     ex = Extractor(Invoice, tiers=[ZeroShot(model="zero-m", base_url=BASE_URL)])
-    with Ledger(tmp_path / "l.sqlite3") as ledger:
+    with Ledger(ledger_target) as ledger:
         s1 = evaluate(ex, GOLD[:1], ledger)
         assert build_eval(ledger, s1.run_id)["tiers"][0]["valid"] == 0
         s2 = evaluate(ex, GOLD[:1], ledger)
@@ -262,18 +263,18 @@ def test_eval_retries_transient_failures_instead_of_reusing_them(mock_api, tmp_p
         assert build_eval(ledger, s2.run_id)["tiers"][0]["correct"] == 1
 
 
-def test_unreadable_gold_document_is_reported_and_the_rest_scored(mock_api, tmp_path):
+def test_unreadable_gold_document_is_reported_and_the_rest_scored(mock_api, tmp_path, ledger_target):
     mock_api.post("/chat/completions").mock(side_effect=responder)
     (tmp_path / "empty.txt").write_text("")
     items = [*GOLD[:2], GoldItem("broken", {"issuer": "X"}, path=tmp_path / "empty.txt")]
-    with Ledger(tmp_path / "l.sqlite3") as ledger:
+    with Ledger(ledger_target) as ledger:
         s = evaluate(Extractor(Invoice, tiers=[ZeroShot(model="zero-m", base_url=BASE_URL)]), items, ledger)
         assert [u["gold_id"] for u in s.unreadable] == ["broken"] and "empty" in s.unreadable[0]["error"]
         ev = build_eval(ledger, s.run_id)
         assert ev["documents"] == 2 and ev["tiers"][0]["correct"] == 2 and ev["unreadable"][0]["gold_id"] == "broken"
 
 
-def test_eval_cli_end_to_end(tmp_path):
+def test_eval_cli_end_to_end(tmp_path, ledger_target):
     from .fakes import FakeLLMServer, echo_invoice_responder
 
     docs = tmp_path / "docs"
@@ -289,7 +290,7 @@ def test_eval_cli_end_to_end(tmp_path):
         cfg = tmp_path / "extractkit.toml"
         cfg.write_text(f'schema = "tests.conftest:Invoice"\n[[tiers]]\nkind = "zero_shot"\nmodel = "gpt-4o-mini"\n'
                        f'base_url = "{server.base_url}"\n')  # fmt: skip
-        args = ("eval", str(gold), "--config", str(cfg), "--ledger", str(tmp_path / "l.db"))
+        args = ("eval", str(gold), "--config", str(cfg), "--ledger", ledger_target)
         proc = cli(*args, "--json", "--html", str(tmp_path / "e.html"), "--csv", str(tmp_path / "e.csv"))
         assert proc.returncode == 0, proc.stderr
         ev = json.loads(proc.stdout)
@@ -298,8 +299,10 @@ def test_eval_cli_end_to_end(tmp_path):
         n = len(server.requests)
         again = cli(*args)
         assert again.returncode == 0 and len(server.requests) == n and "each tier alone" in again.stdout
+        said = " ".join((again.stdout + again.stderr).split())
+        assert f"ledger {ledger_target}" in said  # the one it used, printable (a URL as given)
     # an earlier eval, shown again: no config, no key, no server needed
-    shown = cli("eval", "--run", ev["run_id"], "--ledger", str(tmp_path / "l.db"), "--json")
+    shown = cli("eval", "--run", ev["run_id"], "--ledger", ledger_target, "--json")
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout)["tiers"] == ev["tiers"]
     assert "chart-accuracy" in (tmp_path / "e.html").read_text()

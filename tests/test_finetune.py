@@ -72,8 +72,8 @@ def record(ledger: Ledger, ex: Extractor[Invoice], body: str, *, ok: bool = True
 
 
 @pytest.fixture
-def ledger(tmp_path):
-    with Ledger(tmp_path / "l.sqlite3") as lg:
+def ledger(ledger_target):
+    with Ledger(ledger_target) as lg:  # each test on SQLite, then on PostgreSQL
         yield lg
 
 
@@ -343,7 +343,7 @@ def test_status_cli_writes_the_model_into_the_config_after_a_diff(mock_api, tmp_
     cfg = tmp_path / "extractkit.toml"
     cfg.write_text(CONFIG)
     ledger.close()
-    result = CliRunner().invoke(app, ["finetune", "status", "ftjob-abc123", "--ledger", str(ledger.path),
+    result = CliRunner().invoke(app, ["finetune", "status", "ftjob-abc123", "--ledger", ledger.target,
                                       "--write-config", str(cfg)])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert f"+model = \"{FT_MODEL}\"" in result.output and "-model = \"ft:gpt-4o-mini-2024-07-18:acme:old:zzz\"" in result.output

@@ -221,7 +221,7 @@ def test_0006_puts_right_an_older_ledger_with_two_current_rows(tmp_path, monkeyp
             tx.execute("UPDATE attempts SET current = 1 WHERE extraction_id = ?", (first,))
     monkeypatch.undo()
     with Ledger(path) as ledger:
-        assert ledger.applied[0] == "0006_current_unique"  # then the later ones
+        assert ledger.applied[0] == "0006_current_unique"
         rows = ledger.query("SELECT id, superseded_by FROM extractions ORDER BY id")
         assert [tuple(r) for r in rows] == [(first, second), (second, None)]
         assert ledger.query("SELECT COUNT(*) FROM attempts WHERE extraction_id = ? AND current = 1",
@@ -286,6 +286,41 @@ def test_extract_on_a_postgres_ledger_end_to_end(tmp_path, pg_url, monkeypatch):
                                env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
         assert again.returncode == 0, again.stderr
         assert len(server.requests) == 5  # the second run resumed all five from PostgreSQL
+        dry = cli("extract", str(docs), "--config", str(cfg), "--ledger", pg_url, "--dry-run", "--json")
+        assert dry.returncode == 0, dry.stderr
+        assert len(server.requests) == 5
     with Ledger(pg_url) as ledger:
         assert ledger.query("SELECT COUNT(*) FROM extractions WHERE status = 'ok'")[0][0] == 5
         assert [r["status"] for r in ledger.query("SELECT status FROM runs ORDER BY id")] == ["done", "done"]
+
+
+def test_an_unreachable_postgres_ledger_in_the_cli_is_one_line_exit_2_without_the_password(tmp_path):
+    from .test_batch import cli
+
+    done = cli("report", "--ledger", "postgresql://nobody:pw-never-printed@127.0.0.1:1/x")
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: ") and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "Traceback" not in done.stderr and "pw-never-printed" not in done.stderr + done.stdout
+    assert "postgresql://nobody:***@127.0.0.1:1/x" in done.stderr
+
+
+def test_a_psycopg_error_that_escapes_the_ledger_is_still_one_line_exit_2(monkeypatch):
+    import psycopg
+    from typer.testing import CliRunner
+
+    from extractkit.cli._app import app
+
+    def broken(*args, **kwargs):
+        raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr("extractkit.cli._ledger_opt.open_ledger", broken)
+    done = CliRunner().invoke(app, ["report", "--ledger", "postgresql://u@127.0.0.1:1/x"])
+    assert done.exit_code == 2, done.output
+    assert "server closed the connection" in done.output and "Traceback" not in done.output
+
+
+def test_a_url_that_went_through_path_is_refused_not_made_a_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(LedgerError, match="postgresql:// URL that went through Path"):
+        Ledger(Path("postgresql://u@127.0.0.1:1/x"))
+    assert list(tmp_path.iterdir()) == []

@@ -23,18 +23,24 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 
 def error_exit(exc: BaseException) -> int:
     """The one place an error becomes `error: ...` on stderr (one line, no traceback) and an exit
     code: 1 for a run that failed (RunError, e.g. a fine-tuning job the provider rejected), 2 for
-    usage, config, ledger-open and file errors (every other ExtractkitError, OSError, sqlite3)."""
+    usage, config, ledger-open and file errors (every other ExtractkitError, OSError, sqlite3 and
+    psycopg errors: the ledger maps the latter to LedgerError, this is the net under it)."""
     import sqlite3
 
     if isinstance(exc, OSError):
         message = f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc)
-    elif isinstance(exc, sqlite3.Error):
+    elif isinstance(exc, sqlite3.Error) or _is_psycopg(exc):
         message = f"ledger: {exc}"
     else:
         message = str(exc) or type(exc).__name__
     err.print("[bold red]error:[/]", end=" ")
     err.print(" ".join(message.split()), highlight=False, markup=False, soft_wrap=True)
     return EXIT_FAILED if isinstance(exc, RunError) else EXIT_USAGE
+
+
+def _is_psycopg(exc: BaseException) -> bool:
+    """A psycopg or psycopg_pool error, told by its module (no import of psycopg for it)."""
+    return type(exc).__module__.split(".")[0] in ("psycopg", "psycopg_pool")
 
 
 class _Group(TyperGroup):
@@ -53,6 +59,10 @@ class _Group(TyperGroup):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
             raise typer.Exit(EXIT_FAILED) from None
         except (ExtractkitError, OSError, sqlite3.Error) as exc:
+            raise typer.Exit(error_exit(exc)) from None
+        except Exception as exc:
+            if not _is_psycopg(exc):
+                raise
             raise typer.Exit(error_exit(exc)) from None
 
 
@@ -290,13 +300,10 @@ def _print_summary(summary: Any, ledger: Any, details: dict[str, str] | None = N
         out.print("wins by tier: " + ", ".join(f"{k} {v}" for k, v in summary.wins.items()))
     if summary.failed_paths:
         out.print(f"[red]{plural(len(summary.failed_paths), 'document')} not extracted:[/]")
-        rows = ledger.query(
-            "SELECT path, status, outcome, error FROM extractions WHERE run_id = ?"
-            " AND status != 'ok'", [summary.run_id])  # fmt: skip
-        by_path = {r["path"]: r for r in rows}
+        by_path = {r.path: r for r in ledger.unfinished(summary.run_id)}
         for p in summary.failed_paths:
             r = by_path.get(p)
-            detail = (details or {}).get(p) or ((r["error"] or r["outcome"]) if r else "see the ledger")
+            detail = (details or {}).get(p) or ((r.error or r.outcome) if r else "see the ledger")
             out.print(f"  {p}: {detail}", highlight=False, markup=False)
     if summary.resumed_failed:
         out.print(f"{plural(summary.resumed_failed, 'of them', 'of them')} failed in an earlier run with "

@@ -109,7 +109,7 @@ def eval_(
     with open_ledger(ledger_path, cfg) as ledger, open_limiter(ledger, cfg.batch.rpm,
                                                                 cfg.batch.tpm) as limiter:  # fmt: skip
         what = f"{plural(len(items), 'gold document')} x {plural(n_tiers, 'tier')}"
-        err.print(f"evaluating {what} (each tier alone); ledger {ledger.path}", highlight=False)
+        err.print(f"evaluating {what} (each tier alone); ledger {ledger.target}", highlight=False)
         try:
             with bar:
                 summary = asyncio.run(evaluate(ledger, limiter))

@@ -1,7 +1,8 @@
 """The eval report: per tier and per field scores, chain simulation and verdicts, from the ledger.
 
-Everything is read back with SQL from ``eval_items``, ``eval_results``, ``eval_scores`` and
-``extractions`` for one eval run (the queries are returned with the report).
+Everything is read back from ``eval_items``, ``eval_results``, ``eval_scores`` and ``extractions``
+for one eval run, by the ledger's named queries (``ledger.EVAL_SQL``, returned with the report), on
+either engine.
 
 Chain simulation: from the forced-tier results, each ordering of the tiers (every subsequence of
 the configured order: zero -> few -> fine-tuned, few -> fine-tuned, fine-tuned alone, ...) is
@@ -17,38 +18,16 @@ from typing import Any
 
 from .._redact import redact_json
 from .._words import plural
-from ..ledger import Ledger
+from ..ledger import EVAL_SQL, Ledger
 from ..local import accuracy_note, ran_locally
 from ..report import Economics, headline_sentence, marginal_verdict, mcnemar_exact, percentile, wilson
 from ._score import prf
 
-SQL = {
-    "run": "SELECT id, kind, config_json, started_at, ended_at, status FROM runs WHERE id = ?",
-    "items": "SELECT gold_id, document_sha256, path FROM eval_items WHERE run_id = ? ORDER BY rowid",
-    "results": """
-SELECT r.gold_id, r.tier, r.reused, e.status, e.outcome, e.error, e.cost_usd, e.latency_s, e.n_attempts,
-       TOTAL(s.result = 'tp') AS tp, TOTAL(s.result = 'tn') AS tn, TOTAL(s.result = 'fp') AS fp,
-       TOTAL(s.result = 'fn') AS fn, TOTAL(s.result = 'wrong') AS wrong
-FROM eval_results r JOIN extractions e ON e.id = r.extraction_id
-LEFT JOIN eval_scores s ON s.run_id = r.run_id AND s.gold_id = r.gold_id AND s.tier = r.tier
-WHERE r.run_id = ? GROUP BY r.gold_id, r.tier""",
-    "fields": """
-SELECT tier, field, TOTAL(result = 'tp') AS tp, TOTAL(result = 'tn') AS tn, TOTAL(result = 'fp') AS fp,
-       TOTAL(result = 'fn') AS fn, TOTAL(result = 'wrong') AS wrong
-FROM eval_scores WHERE run_id = ? GROUP BY tier, field ORDER BY field, tier""",
-    "scores": """
-SELECT gold_id, tier, field, expected_json, got_json, result
-FROM eval_scores WHERE run_id = ? ORDER BY rowid""",
-    "text_stored": """
-SELECT COUNT(*) AS n, TOTAL(d.text IS NOT NULL) AS stored
-FROM eval_items i JOIN documents d ON d.sha256 = i.document_sha256 WHERE i.run_id = ?""",
-}
 WRONG = ("wrong", "fn", "fp")  # a field a tier did not get right (tn: both empty, is right)
 
 
 def latest_eval_run(ledger: Ledger) -> str | None:
-    rows = ledger.query("SELECT id FROM runs WHERE kind = 'eval' ORDER BY id DESC LIMIT 1")
-    return rows[0]["id"] if rows else None
+    return ledger.latest_eval_run()
 
 
 def _correct(r: dict[str, Any]) -> bool:
@@ -60,12 +39,12 @@ def build_eval(ledger: Ledger, run_id: str, *, economics: Economics | None = Non
     queries: list[dict[str, Any]] = []
 
     def q(name: str) -> list[dict[str, Any]]:
-        queries.append({"name": name, "sql": SQL[name].strip(), "params": [run_id]})
-        return [dict(r) for r in ledger.query(SQL[name], [run_id])]
+        queries.append({"name": name, "sql": EVAL_SQL[name].strip(), "params": [run_id]})
+        return ledger.eval_rows(name, run_id)
 
     runs = q("run")
     if not runs or runs[0]["kind"] != "eval":
-        raise ValueError(f"no eval run {run_id!r} in {ledger.path}")
+        raise ValueError(f"no eval run {run_id!r} in {ledger.target}")
     config = json.loads(runs[0]["config_json"] or "{}")
     items = q("items")
     results = q("results")

@@ -33,7 +33,7 @@ from .._errors import DocumentError, TrainingDataError
 from .._schema import schema_hash
 from ..batch import TEXT_TYPES, load
 from ..evaluate import load_gold
-from ..ledger import Ledger
+from ..ledger import Ledger, TrainingRow
 
 
 @dataclass(frozen=True)
@@ -83,27 +83,9 @@ def _side(doc: str, seed: int) -> float:
     return int.from_bytes(h[:8], "big") / 2**64
 
 
-def _ledger_rows(ledger: Ledger, schema: type[BaseModel], sel: Selection) -> list[Any]:
-    clauses = ["e.status = 'ok'", "e.schema_hash = ?", "e.value_json IS NOT NULL"]
-    params: list[Any] = [schema_hash(schema)]
-    if sel.tiers:
-        clauses.append(f"e.tier IN ({', '.join('?' * len(sel.tiers))})")
-        params += list(sel.tiers)
-    if sel.run_id:
-        clauses.append("e.run_id = ?")
-        params.append(sel.run_id)
-    if sel.since is not None:
-        clauses.append("e.created_at >= ?")
-        params.append(sel.since)
-    if sel.until is not None:
-        clauses.append("e.created_at < ?")
-        params.append(sel.until)
-    return ledger.query(
-        "SELECT e.id, e.document_sha256, e.tier, e.value_json, e.path, d.text, d.path AS doc_path"
-        " FROM extractions e JOIN documents d ON d.sha256 = e.document_sha256"
-        f" WHERE {' AND '.join(clauses)} ORDER BY e.id",
-        params,
-    )
+def _ledger_rows(ledger: Ledger, schema: type[BaseModel], sel: Selection) -> list[TrainingRow]:
+    return ledger.training_rows(schema_hash(schema), tiers=sel.tiers, run_id=sel.run_id, since=sel.since,
+                                until=sel.until)  # fmt: skip
 
 
 def _reread(paths: Sequence[str | None], sha: str) -> str | None:
@@ -164,14 +146,14 @@ def collect(ledger: Ledger, schema: type[BaseModel], sel: Selection) -> Collecte
     chosen: dict[str, TrainingExample] = {}
     stored_paths: dict[str, list[str | None]] = {}
     for r in _ledger_rows(ledger, schema, sel):  # in time order: the latest answer per document wins
-        value = _validated(schema, json.loads(r["value_json"]))
+        value = _validated(schema, json.loads(r.value_json))
         if value is None:
             skipped["no longer validates against the schema"] += 1
             continue
-        sha = r["document_sha256"]
-        stored_paths[sha] = [r["path"], r["doc_path"]]
+        sha = r.document_sha256
+        stored_paths[sha] = [r.path, r.doc_path]
         chosen[sha] = TrainingExample(
-            sha, r["text"] or "", value, r["tier"] or "?", r["path"] or r["doc_path"]
+            sha, r.text or "", value, r.tier or "?", r.path or r.doc_path
         )
     for gold_path in sel.gold:
         for item in load_gold(gold_path, schema):
@@ -193,10 +175,10 @@ def collect(ledger: Ledger, schema: type[BaseModel], sel: Selection) -> Collecte
                 if sha in chosen:
                     text, path = chosen[sha].text, chosen[sha].path
                 else:
-                    rows = ledger.query("SELECT text, path FROM documents WHERE sha256 = ?", [sha])
-                    if not rows:
+                    stored = ledger.document(sha)
+                    if stored is None:
                         raise TrainingDataError(f"{where}: no document {sha} in the ledger")
-                    text, path = rows[0]["text"] or "", rows[0]["path"]
+                    text, path = stored.text or "", stored.path
                     stored_paths[sha] = [path]
             else:  # a path: the document as it is now
                 p = Path(key) if Path(key).is_absolute() else sel.corrections.parent / key
@@ -212,7 +194,7 @@ def collect(ledger: Ledger, schema: type[BaseModel], sel: Selection) -> Collecte
 
     excluded: set[str] = set()
     if not sel.include_eval_documents:
-        excluded |= {r[0] for r in ledger.query("SELECT DISTINCT document_sha256 FROM eval_items") if r[0]}
+        excluded |= ledger.eval_document_hashes()
     for gold_path in sel.exclude_gold:
         for item in load_gold(gold_path):
             try:

@@ -17,7 +17,7 @@ from typing import Any
 import openai
 
 from .._errors import ConfigError, FinetuneJobError
-from ..ledger import Ledger, scrub
+from ..ledger import FinetuneEvent, FinetuneJobRecord, Ledger, scrub
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
@@ -74,33 +74,13 @@ def _record(
     n_epochs: int | None = None,
     suffix: str | None = None,
 ) -> None:
-    now = time.time()
-    with ledger.transaction() as conn:
-        conn.execute(
-            "INSERT INTO finetune_jobs (id, created_at, updated_at, base_url, base_model, suffix, seed,"
-            " n_epochs, training_file, validation_file, manifest_json, status, fine_tuned_model,"
-            " trained_tokens, error) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
-            " ON CONFLICT(id) DO UPDATE SET updated_at = excluded.updated_at, status = excluded.status,"
-            " fine_tuned_model = excluded.fine_tuned_model,"
-            " trained_tokens = excluded.trained_tokens, error = excluded.error",
-            (
-                job.id,
-                float(job.created_at or now),
-                now,
-                base_url,
-                job.model,
-                suffix,
-                job.seed,
-                n_epochs,
-                job.training_file,
-                job.validation_file,
-                json.dumps(manifest) if manifest else None,
-                job.status,
-                job.fine_tuned_model,
-                job.trained_tokens,
-                _error_text(job),
-            ),
-        )
+    ledger.record_finetune_job(FinetuneJobRecord(
+        id=job.id, created_at=float(job.created_at or time.time()), base_url=base_url, base_model=job.model,
+        suffix=suffix, seed=job.seed, n_epochs=n_epochs, training_file=job.training_file,
+        validation_file=job.validation_file, manifest_json=json.dumps(manifest) if manifest else None,
+        status=job.status, fine_tuned_model=job.fine_tuned_model, trained_tokens=job.trained_tokens,
+        error=_error_text(job),
+    ))  # fmt: skip
 
 
 async def alaunch(
@@ -171,10 +151,9 @@ async def astatus(
 ) -> Job:
     """Poll a job (default: the latest launched from this ledger), record its state and events."""
     if job_id is None:
-        rows = ledger.query("SELECT id FROM finetune_jobs ORDER BY created_at DESC LIMIT 1")
-        if not rows:
+        job_id = ledger.latest_finetune_job()
+        if job_id is None:
             raise ConfigError("no fine-tuning job in this ledger: launch one first, or pass its id")
-        job_id = rows[0]["id"]
     own = client is None
     client = client or make_client(api_key, base_url)
     try:
@@ -188,12 +167,9 @@ async def astatus(
             {"id": e.id, "created_at": e.created_at, "level": e.level, "message": e.message}
             for e in page.data
         ]
-        with ledger.transaction() as conn:
-            conn.executemany(
-                "INSERT OR IGNORE INTO finetune_events (id, job_id, created_at, level, message)"
-                " VALUES (?,?,?,?,?)",
-                [(e["id"], job_id, e["created_at"], e["level"], scrub(str(e["message"]))) for e in evs],
-            )
+        ledger.record_finetune_events(job_id, [
+            FinetuneEvent(e.id, e.created_at, e.level, scrub(str(e.message))) for e in page.data
+        ])  # fmt: skip
         return _job(job, sorted(evs, key=lambda e: e["created_at"]))
     finally:
         if own:

@@ -31,6 +31,7 @@ from ._dialect import POSTGRES, SQLITE, Dialect
 from ._migrations import migrate
 from ._owner import is_gone, this_process
 from ._pg import PgEngine, is_url
+from ._reads import LedgerReads
 
 DEFAULT_PATH = Path(".extractkit") / "ledger.sqlite3"
 ENV_VAR = "EXTRACTKIT_LEDGER"
@@ -133,7 +134,7 @@ def _connect(path: Path) -> tuple[sqlite3.Connection, list[str]]:
         pause = min(pause * 2, 0.5)
 
 
-class Ledger:
+class Ledger(LedgerReads):
     """The ledger. ``Ledger("runs.sqlite3")`` (SQLite; ``":memory:"`` for tests) or
     ``Ledger("postgresql://user@host/db")`` (PostgreSQL, shared by many processes and machines);
     no target: ``$EXTRACTKIT_LEDGER``, else ``.extractkit/ledger.sqlite3``. ``store_text=False``
@@ -147,7 +148,8 @@ class Ledger:
     Opening marks ``interrupted`` the runs still ``running`` whose process is gone on this host
     (``interrupted`` lists their ids); runs started on another host are left as they are.
 
-    SQLite only: ``conn`` (the connection) and ``path`` (the file).
+    SQLite only: ``conn`` (the connection) and ``path`` (the file; on PostgreSQL a ``Path`` made
+    of the masked URL, kept for older callers: print ``target``).
     """
 
     conn: sqlite3.Connection
@@ -165,6 +167,7 @@ class Ledger:
             self.engine, self.dialect = "postgresql", POSTGRES
             self._pg = PgEngine(str(target))
             self.target, self.applied = self._pg.target, self._pg.applied
+            self.path = Path(self.target)  # for callers written for files only: print .target instead
             try:
                 self.interrupted = self._interrupt_orphaned_runs()
             except BaseException:
@@ -172,6 +175,9 @@ class Ledger:
                 raise
             return
         self.engine, self.dialect = "sqlite", SQLITE
+        if str(target).startswith(("postgresql:/", "postgres:/")):  # Path("postgresql://h/db") lost a slash
+            raise LedgerError(f"{target} is not a file but a postgresql:// URL that went through Path(): "
+                              "pass the URL as a string (Ledger.target, not Ledger.path)")  # fmt: skip
         self.path = Path(target)
         self.target = str(self.path)
         try:
@@ -474,9 +480,9 @@ class Ledger:
                          expected: dict[str, Any]) -> None:  # fmt: skip
         with self.transaction() as tx:
             tx.execute(
-                "INSERT OR REPLACE INTO eval_items (run_id, gold_id, document_sha256, path, expected_json)"
-                " VALUES (?,?,?,?,?)",
-                (run_id, gold_id, document_sha256, path, json.dumps(expected, ensure_ascii=False)),
+                "INSERT OR REPLACE INTO eval_items (run_id, gold_id, document_sha256, path, expected_json,"
+                " seq) VALUES (?,?,?,?,?,?)",
+                (run_id, gold_id, document_sha256, path, json.dumps(expected, ensure_ascii=False), new_id()),
             )
 
     def record_eval_result(self, run_id: str, gold_id: str, tier: str, extraction_id: str, reused: bool,
@@ -492,9 +498,9 @@ class Ledger:
                        (run_id, gold_id, tier))  # fmt: skip
             tx.executemany(
                 "INSERT INTO eval_scores (run_id, gold_id, tier, extraction_id, field, expected_json,"
-                " got_json, result) VALUES (?,?,?,?,?,?,?,?)",
+                " got_json, result, seq) VALUES (?,?,?,?,?,?,?,?,?)",
                 [(run_id, gold_id, tier, extraction_id, sc.field, _json_or_none(sc.expected),
-                  _json_or_none(sc.got), sc.result) for sc in scores],
+                  _json_or_none(sc.got), sc.result, new_id()) for sc in scores],
             )  # fmt: skip
 
     def integrity_check(self) -> str:

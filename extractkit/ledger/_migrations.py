@@ -435,10 +435,24 @@ PG_INITIAL = """
         CREATE INDEX document_paths_path ON document_paths(path);
 """
 
+# The order of a run's gold items and of their field scores, as written (the gold file's order),
+# on both engines: SQLite read it from rowid, which PostgreSQL does not have. `seq` is a new_id()
+# (it sorts by time); rows written before keep their rowid order, ahead of any later row.
+EVAL_ORDER = """
+        ALTER TABLE eval_items ADD COLUMN seq TEXT;
+        ALTER TABLE eval_scores ADD COLUMN seq TEXT;
+"""
+EVAL_ORDER_SQLITE = EVAL_ORDER + """
+        UPDATE eval_items SET seq = printf('%028d', rowid);
+        UPDATE eval_scores SET seq = printf('%028d', rowid);
+"""
+MIGRATIONS.append(("0010_eval_order", EVAL_ORDER_SQLITE))
+
 PG_MIGRATIONS: list[tuple[str, str]] = [
     ("0001_initial", PG_INITIAL),
     ("0006_current_unique", CURRENT_UNIQUE),
     ("0009_shared_limits", SHARED_LIMITS_PG),
+    ("0010_eval_order", EVAL_ORDER),
 ]
 
 def migrate(conn: sqlite3.Connection) -> list[str]:
