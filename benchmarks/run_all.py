@@ -15,8 +15,8 @@ import time
 from benchmarks._common import ROOT
 
 SCRIPTS = ["bench_overhead", "bench_throughput", "bench_ratelimit", "bench_resume", "bench_memory",
-           "bench_report", "bench_fewshot", "bench_faults", "bench_kill", "bench_workers",
-           "bench_crash"]  # fmt: skip
+            "bench_report", "bench_fewshot", "bench_faults", "bench_kill", "bench_workers",
+            "bench_crash", "bench_shared_limit"]  # fmt: skip
 
 
 def main() -> int:

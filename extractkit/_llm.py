@@ -239,9 +239,10 @@ class TierCall:
         self.retry_policy = retry_policy
         self.schema_hash = schema_hash
         self.price = self.tier.price or lookup_price(self.tier.model, prices)
-        self.limiter = limiter
         self.breaker = breaker
         self.url = str(client.base_url).rstrip("/")  # what the breaker counts failures against
+        scope = getattr(limiter, "for_model", None)  # a shared limiter keeps one limit per model
+        self.limiter = scope(self.tier.model, self.url) if scope is not None else limiter
         self.max_response_bytes = max_response_bytes
         self.attempts: list[Attempt] = []
         self.waited_s = 0.0  # time spent waiting for the client-side rate limiter (not latency)
@@ -440,6 +441,7 @@ class TierCall:
         breaker = self.breaker
         if breaker is not None:
             breaker.check(self.url)
+        charge = 0
         if self.limiter is not None:
             charge = rate_limit_tokens(kwargs, self.max_tokens, len(self._extra_text(kwargs)))
             waiting = time.perf_counter()
@@ -467,6 +469,9 @@ class TierCall:
             raise
         if breaker is not None:
             breaker.answered(self.url)
+        settle = getattr(self.limiter, "settle", None)  # the estimate corrected by the usage reported
+        if settle is not None:
+            settle(charge, _usage(response))
         return self._accept(response, started, t0)
 
     async def _exchange(self, kwargs: dict[str, Any]) -> ChatCompletion:

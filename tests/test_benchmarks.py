@@ -15,16 +15,18 @@ from benchmarks.stub_server import FAULT_KINDS
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ["bench_overhead", "bench_throughput", "bench_ratelimit", "bench_resume", "bench_memory",
-           "bench_report", "bench_fewshot", "bench_faults", "bench_kill", "bench_workers",
-           "bench_crash"]  # fmt: skip
+            "bench_report", "bench_fewshot", "bench_faults", "bench_kill", "bench_workers",
+            "bench_crash", "bench_shared_limit"]  # fmt: skip
 # checks rather than timings: they exit 3 when a check fails (the figures are still written)
 CHECKS = ["bench_faults", "bench_kill"]
 
 
 @pytest.mark.parametrize("name", [s for s in SCRIPTS if s not in CHECKS])
-def test_benchmark_runs_at_tiny_size(name, tmp_path):
+def test_benchmark_runs_at_tiny_size(name, tmp_path, request):
     out = tmp_path / f"{name}.json"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
+    if name == "bench_shared_limit":  # workers sharing a PostgreSQL database: the session's server
+        env["EXTRACTKIT_TEST_POSTGRES_URL"] = request.getfixturevalue("pg_cluster").base_url
     proc = subprocess.run([sys.executable, "-m", f"benchmarks.{name}", "--size", "tiny", "--out", str(out)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]

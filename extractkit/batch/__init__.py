@@ -1,7 +1,7 @@
 """Batch extraction over document folders and object-storage prefixes (``s3://bucket/prefix``)."""
 
 from ._estimate import REASK_TOKENS, check_max_cost, estimate
-from ._limiter import Limiter, RateLimiter
+from ._limiter import Lease, Limiter, RateLimiter, SharedLimiter, limiter_for, model_key, open_limiter
 from ._loaders import (
     MAX_BYTES,
     MAX_CHARS,
@@ -37,12 +37,14 @@ __all__ = [
     "Document",
     "EnqueueResult",
     "ItemResult",
+    "Lease",
     "Limiter",
     "RateLimiter",
     "Source",
     "Worker",
     "WorkerSummary",
     "aenqueue",
+    "SharedLimiter",
     "aextract_many",
     "aload",
     "as_source",
@@ -55,5 +57,9 @@ __all__ = [
     "load",
     "path_bytes",
     "set_storage_options",
+    "limiter_for",
+    "load",
+    "model_key",
+    "open_limiter",
     "walk",
 ]

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from .._errors import DocumentError, NoDocuments
 from ..ledger import RecordingLedger
-from ._limiter import RateLimiter
+from ._limiter import SharedLimiter, limiter_for
 from ._loaders import SPECIAL, TEXT_TYPES, URI, Source, _kind, dir_error, display_path, walk
 from ._runner import STOPPED, BatchRunner, BatchSummary, DocResult, Job
 
@@ -173,8 +173,9 @@ async def aextract_many(
     ledger the run records into (the extractor's own, reopened if ``close()`` closed it)."""
     if isinstance(inputs, (str, bytes, os.PathLike)):
         raise TypeError("extract_many takes an iterable of texts and paths: wrap a single one in a list")
-    limiter = RateLimiter(rpm, tpm) if rpm or tpm else None  # None: the extractor's own
     run_ledger = ledger()
+    # None: the extractor's own; shared by every process on a PostgreSQL ledger
+    limiter = limiter_for(run_ledger, rpm, tpm) if rpm or tpm else None
     unlisted: list[Job] = []
     jobs = _jobs(inputs, include, unlisted)
     first = next(jobs, None)
@@ -210,6 +211,8 @@ async def aextract_many(
         if not task.done():  # the caller stopped early: stop sending; the run is `interrupted`
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+        if isinstance(limiter, SharedLimiter):  # made here, closed here
+            await limiter.aclose()
     if summary.status == STOPPED and runner._stop is not None:
         stop = runner._stop
         # ProviderRefused stays ProviderRefused

@@ -162,7 +162,7 @@ def extract(
     rest were left unattempted: run again to resume), 2 usage or config error, 3 the provider
     stopped answering or refused the key (the rest were left unattempted: run again to resume).
     """
-    from ..batch import URI, BatchRunner, RateLimiter, as_source, count_documents
+    from ..batch import URI, BatchRunner, as_source, count_documents, open_limiter
     from ._build import build
     from ._ledger_opt import ledger_choice, open_ledger
 
@@ -183,16 +183,17 @@ def extract(
                                  max_cost=max_cost, as_json=as_json))  # fmt: skip
     if out_path is not None:
         check_writable(out_path)  # before a run is started: never leave a run `running`
-    limiter = RateLimiter(rpm or cfg.batch.rpm, tpm or cfg.batch.tpm)
     if ledger_choice(ledger_path, cfg).is_url:  # a shared ledger: enqueue, then one local worker
         from ._work import extract_shared
 
         raise typer.Exit(extract_shared(
             extractor, cfg, ledger_path, sources, include=include, out_path=out_path, force=force,
             concurrency=concurrency or cfg.batch.concurrency, retry_failed=retry_failed, as_json=as_json,
-            limiter=limiter, max_cost=max_cost,
+            rpm=rpm or cfg.batch.rpm, tpm=tpm or cfg.batch.tpm, max_cost=max_cost,
         ))  # fmt: skip
-    with open_ledger(ledger_path, cfg) as ledger:  # opened here, closed here; so is the extractor
+    with open_ledger(ledger_path, cfg) as ledger, open_limiter(ledger, rpm or cfg.batch.rpm,
+                                                                tpm or cfg.batch.tpm) as limiter:  # fmt: skip
+        # opened here, closed here; so is the extractor. The limiter is shared on PostgreSQL
         runner = BatchRunner(extractor, ledger, concurrency=concurrency or cfg.batch.concurrency,
                              force=force, retry_failed=retry_failed, out=out_path, include=include,
                              freeze_gc=True, max_bytes=cfg.batch.max_bytes,

@@ -67,7 +67,7 @@ def eval_(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from ..batch import RateLimiter
+    from ..batch import open_limiter
     from ..evaluate import aevaluate, build_eval, load_gold
     from ._build import build
     from ._ledger_opt import open_ledger
@@ -90,7 +90,6 @@ def eval_(
     items = load_gold(gold, extractor.schema)
     for name in tier or []:
         extractor.tier(name)
-    limiter = RateLimiter(cfg.batch.rpm, cfg.batch.tpm)
     n_tiers = len(tier or extractor.tiers)
     bar = Progress(TextColumn("[bold]evaluating"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.description}"), TimeElapsedColumn(), console=err,
@@ -100,19 +99,20 @@ def eval_(
     def progress(s: Any) -> None:
         bar.update(task, completed=s.extracted + s.reused, description=f"{s.reused} reused")
 
-    async def evaluate(ledger: Any) -> Any:
+    async def evaluate(ledger: Any, limiter: Any) -> Any:
         async with extractor:  # built here: closed here, on the loop it ran on
             return await aevaluate(
                 extractor, items, ledger, tiers=tier, concurrency=concurrency or cfg.batch.concurrency,
                 force=force, dayfirst=dayfirst, on_progress=progress, limiter=limiter,
             )  # fmt: skip
 
-    with open_ledger(ledger_path, cfg) as ledger:
+    with open_ledger(ledger_path, cfg) as ledger, open_limiter(ledger, cfg.batch.rpm,
+                                                                cfg.batch.tpm) as limiter:  # fmt: skip
         what = f"{plural(len(items), 'gold document')} x {plural(n_tiers, 'tier')}"
         err.print(f"evaluating {what} (each tier alone); ledger {ledger.target}", highlight=False)
         try:
             with bar:
-                summary = asyncio.run(evaluate(ledger))
+                summary = asyncio.run(evaluate(ledger, limiter))
         except KeyboardInterrupt:
             err.print("[yellow]interrupted[/]: finished extractions are kept; run again to resume.")
             raise typer.Exit(EXIT_INTERRUPTED) from None

@@ -196,17 +196,19 @@ def worker(
     Exit codes: 0 done, 1 some documents failed, 2 usage or config, 3 the provider stopped answering,
     130 stopped by a signal.
     """
-    from ..batch import RateLimiter, Worker
+    from ..batch import Worker, limiter_for
     from ._build import build
 
     extractor, cfg = build(Path(config) if config else None, schema)
     led, queue = open_shared(ledger, cfg)
+    # the limits are the organisation's: shared with every process on this ledger (ledger/_limits.py)
+    limiter = limiter_for(led, rpm or cfg.batch.rpm, tpm or cfg.batch.tpm)
     try:
         ceiling = max_cost if max_cost is not None else cfg.batch.max_cost
         w = Worker(extractor, led, queue, concurrency=concurrency or cfg.batch.concurrency, lease_s=lease,
                    wait=wait, retry_failed=retry_failed, max_bytes=cfg.batch.max_bytes,
                    max_chars=cfg.batch.max_chars, max_cost=ceiling,
-                   limiter=RateLimiter(rpm or cfg.batch.rpm, tpm or cfg.batch.tpm))  # fmt: skip
+                   limiter=limiter)  # fmt: skip
         if not as_json:
             err.print(f"worker {w.worker_id} on {queue.target}", highlight=False)
 
@@ -229,6 +231,8 @@ def worker(
                       "finished documents are kept", highlight=False)  # fmt: skip
             raise typer.Exit(EXIT_INTERRUPTED) from None
     finally:
+        if hasattr(limiter, "close"):
+            limiter.close()  # a shared one gives back the budget it did not spend
         queue.close()
         led.close()
     b = summary.batch
@@ -296,8 +300,8 @@ def status(
 
 def extract_shared(
     extractor: Any, cfg: Any, ledger: str | None, paths: Sequence[Any], *, include: list[str] | None,
-    out_path: Path | None, concurrency: int, force: bool, retry_failed: bool, as_json: bool, limiter: Any,
-    max_cost: float | None,
+    out_path: Path | None, concurrency: int, force: bool, retry_failed: bool, as_json: bool,
+    rpm: float | None, tpm: float | None, max_cost: float | None,
 ) -> int:  # fmt: skip
     """`extractkit extract` on a PostgreSQL ledger: enqueue the documents, then work the queue
     with one local worker until it is drained; other workers may help, and a document another
@@ -305,7 +309,7 @@ def extract_shared(
     ``--out`` has one line per document of PATHS, as on SQLite. Returns the exit code.
     ``--force`` is refused: every worker would have to extract those documents again, and a
     queued job does not carry that yet."""
-    from ..batch import DocResult, Worker, aenqueue
+    from ..batch import DocResult, Worker, aenqueue, limiter_for
     from ._app import _print_summary
 
     if force:
@@ -313,6 +317,7 @@ def extract_shared(
                           "would be extracted again only by this process's worker; use a SQLite ledger "
                           "for a forced rerun")  # fmt: skip
     led, queue = open_shared(ledger, cfg)
+    limiter = limiter_for(led, rpm, tpm)  # shared with every process on this ledger
     lines: dict[str, DocResult] = {}
     out = None
     try:
@@ -377,6 +382,8 @@ def extract_shared(
     finally:
         if out is not None:
             out.close()
+        if hasattr(limiter, "close"):
+            limiter.close()  # a shared one gives back the budget it did not spend
         queue.close()
         led.close()
     if b.error:

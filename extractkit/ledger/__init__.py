@@ -2,6 +2,7 @@
 
 from ._dialect import POSTGRES, SQLITE, Dialect
 from ._ledger import DEFAULT_PATH, ENV_VAR, SERVED_REFRESH_S, Ledger, default_path, new_id, scrub
+from ._limits import CHANNEL, Grant, LimitStore, Pause, limit_store
 from ._migrations import MIGRATIONS, PG_MIGRATIONS, migrate, migrate_postgres
 from ._pg import Row, is_url, mask
 from ._protocol import RecordingLedger
@@ -25,6 +26,7 @@ from ._reads import (
 )
 
 __all__ = [
+    "CHANNEL",
     "DEFAULT_PATH",
     "DOCUMENT_ERRORS",
     "ENV_VAR",
@@ -47,6 +49,10 @@ __all__ = [
     "Finished",
     "Ledger",
     "QueuedDocument",
+    "Grant",
+    "Ledger",
+    "LimitStore",
+    "Pause",
     "RecordingLedger",
     "Row",
     "StoredDocument",
@@ -56,6 +62,7 @@ __all__ = [
     "default_path",
     "field_failures_sql",
     "is_url",
+    "limit_store",
     "mask",
     "migrate",
     "migrate_postgres",

@@ -14,6 +14,7 @@ import sqlite3
 from typing import Any
 
 from ._dialect import ddl_to_postgres
+from ._limits import SHARED_LIMITS, SHARED_LIMITS_PG
 from ._queue import WORK_QUEUE
 
 MIGRATIONS: list[tuple[str, str]] = [
@@ -266,6 +267,7 @@ MIGRATIONS.append(("0006_current_unique", CURRENT_UNIQUE))
 # The shared work queue (ledger/_queue.py) is PostgreSQL's alone (claims with FOR UPDATE SKIP LOCKED,
 # leases on the database's clock): on SQLite the name is recorded, so both lists name the same steps.
 MIGRATIONS.append(("0008_work_queue", "-- PostgreSQL only: see ledger/_queue.py"))
+MIGRATIONS.append(("0009_shared_limits", SHARED_LIMITS))  # see _limits
 
 # PostgreSQL: the schema as SQLite has it after 0005 (every table, column and index), then the same
 # named migrations as SQLite from 0006 on.
@@ -454,6 +456,7 @@ PG_MIGRATIONS: list[tuple[str, str]] = [
     ("0001_initial", PG_INITIAL),
     ("0006_current_unique", CURRENT_UNIQUE),
     ("0008_work_queue", WORK_QUEUE),
+    ("0009_shared_limits", SHARED_LIMITS_PG),
     ("0010_eval_order", EVAL_ORDER),
 ]
 
