@@ -40,7 +40,7 @@ PATTERN_SOURCE = r"(?<![A-Za-z0-9])sk-[A-Za-z0-9_\-*]{6,}|\b(?i:bearer)\s+[A-Za-
 _PATTERN = re.compile(PATTERN_SOURCE)
 # in a URL: the password of its user info, and the query parameters that sign or authorise it
 # (S3 / GCS presigned URLs, Azure SAS tokens)
-_URL_PASSWORD = re.compile(r"(?<=://)([^/\s:@?#]*):[^/\s@?#]+@")
+_URL_PASSWORD = re.compile(r"(?<=://)([^/\s:@?#]*):(?!\*+@)[^/\s@?#]+@")  # "user:***@" is masked already
 _URL_SECRET_PARAM = re.compile(
     r"(?i)([?&](?:x-amz-signature|x-amz-credential|x-amz-security-token|x-goog-signature|x-goog-credential"
     r"|signature|sig|awsaccesskeyid|token|access_token|sas|secret|password|api_key|apikey|key)=)[A-Za-z0-9%._~+/=-]+"

@@ -22,6 +22,7 @@ CASES = [
     ("gs://bucket/a.pdf?X-Goog-Signature=ff00", "gs://bucket/a.pdf?X-Goog-Signature=[REDACTED]"),
     ("postgresql://postgres@127.0.0.1:5432/db", "postgresql://postgres@127.0.0.1:5432/db"),  # no password
     ("postgresql://app:hunter22@db.internal/ledger", "postgresql://app:[REDACTED]@db.internal/ledger"),
+    ("postgresql://app:***@db.internal/ledger", "postgresql://app:***@db.internal/ledger"),  # masked already
 ]  # fmt: skip
 
 
