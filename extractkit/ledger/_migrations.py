@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import sqlite3
 
+from . import _rollups
+
 MIGRATIONS: list[tuple[str, str]] = [
     (
         "0001_initial",
@@ -229,6 +231,7 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX document_paths_path ON document_paths(path);
         """,
     ),
+    _rollups.MIGRATION,  # the report's sums per hour (see _rollups)
 ]
 
 
