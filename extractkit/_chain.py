@@ -38,7 +38,7 @@ from ._results import FAILURE_OUTCOMES, Attempt, Outcome, Result
 from ._schema import canonical_json, check_schema, schema_hash, short_hash
 from ._sync import LoopThread
 from ._tiers import BoundTier, Tier
-from .ledger import Ledger, RecordingLedger
+from .ledger import Ledger, RecordingLedger, is_url
 
 if TYPE_CHECKING:
     from .batch import ItemResult, Limiter
@@ -116,10 +116,10 @@ class Extractor(Generic[T]):
         self.raise_on_failure = raise_on_failure
         self.prices = dict(prices) if prices else None
         # a path is opened here and closed by close() / aclose() (a later call reopens it)
-        self._ledger_path: Path | None = None
+        self._ledger_path: str | Path | None = None
         self._owned_ledger: Ledger | None = None
         if isinstance(ledger, (str, os.PathLike)):
-            self._ledger_path = Path(ledger)
+            self._ledger_path = ledger if isinstance(ledger, str) and is_url(ledger) else Path(ledger)
             ledger = self._owned_ledger = Ledger(self._ledger_path)
         elif ledger is not None and not isinstance(ledger, RecordingLedger):
             raise TypeError(f"ledger must be a Ledger, a path or None, got {type(ledger).__name__}")

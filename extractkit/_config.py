@@ -10,6 +10,7 @@ that carries a secret is read from the environment too (``headers_env``).
 
     [ledger]
     path = ".extractkit/ledger.sqlite3"      # relative to this file; --ledger, then $EXTRACTKIT_LEDGER win
+    # url = "postgresql://user@host/db"      # or a shared PostgreSQL ledger instead of path
     store_text = true
 
     [batch]
@@ -47,7 +48,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ._errors import ConfigError
 
@@ -131,9 +132,29 @@ class TierConfig(BaseModel):
 
 
 class LedgerConfig(BaseModel):
+    """``[ledger]``: ``path`` (a SQLite file, relative to the config file) or ``url`` (a shared
+    PostgreSQL ledger, ``postgresql://user@host/db``, never resolved against the config's folder);
+    not both."""
+
     model_config = ConfigDict(extra="forbid")
     path: str | None = None
+    url: str | None = None
     store_text: bool = True
+
+    @field_validator("url")
+    @classmethod
+    def _url_is_postgres(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("postgresql://", "postgres://")):
+            raise ValueError("[ledger] url must be postgresql://user@host/db (a file goes in [ledger] "
+                             f"path), got {v.split('@')[-1]!r}")  # fmt: skip
+        return v
+
+    @model_validator(mode="after")
+    def _path_or_url(self) -> LedgerConfig:
+        if self.path is not None and self.url is not None:
+            raise ValueError("[ledger] has both path and url: a ledger is one SQLite file or one "
+                             "PostgreSQL database; keep one")  # fmt: skip
+        return self
 
 
 class BatchConfig(BaseModel):

@@ -83,3 +83,12 @@ def pg_cluster():
 def pg_url(pg_cluster) -> str:
     """``postgresql://...`` of a fresh, empty database on the session's server."""
     return pg_cluster.new_database()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger_target(request, tmp_path) -> str:
+    """A fresh ledger on each engine in turn: a SQLite file path, then a ``postgresql://`` URL (a
+    fresh database; skipped without a server, failed in CI). ``Ledger(ledger_target)``."""
+    if request.param == "sqlite":
+        return str(tmp_path / "ledger.sqlite3")
+    return str(request.getfixturevalue("pg_url"))

@@ -77,7 +77,8 @@ def populate(
             ledger.record(ex, result(ex, path, doc, costs), run_id=run, path=f"{prefix}/{path}-{i}.txt")
     ledger.finish_run(run, "done", n_documents=i)
     if created_at is not None:
-        ledger.conn.execute("UPDATE extractions SET created_at = ? WHERE run_id = ?", (created_at, run))
-        ledger.conn.execute("UPDATE attempts SET started_at = ? WHERE run_id = ?", (created_at - 1, run))
+        with ledger.transaction() as tx:  # either engine
+            tx.execute("UPDATE extractions SET created_at = ? WHERE run_id = ?", (created_at, run))
+            tx.execute("UPDATE attempts SET started_at = ? WHERE run_id = ?", (created_at - 1, run))
         rebuild_rollups(ledger)  # the report's sums follow edits that bypass Ledger.record
     return ex

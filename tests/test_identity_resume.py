@@ -28,12 +28,12 @@ def write_project(root: Path, base_url: str) -> Path:
     return cfg
 
 
-def test_a_moved_project_resumes_and_an_edited_example_is_paid_again(tmp_path):
+def test_a_moved_project_resumes_and_an_edited_example_is_paid_again(tmp_path, ledger_target):
     docs = tmp_path / "docs"
     docs.mkdir()
     (docs / "a.txt").write_text("From: Gamma SA\nTotal: 7.50\n")
     (docs / "b.txt").write_text("From: Delta AG\nTotal: 99.00\n")
-    ledger, out = tmp_path / "ledger.sqlite3", tmp_path / "out.jsonl"
+    ledger, out = ledger_target, tmp_path / "out.jsonl"
     with FakeLLMServer(echo_invoice_responder) as server:
         cfg = write_project(tmp_path / "project", server.base_url)
 

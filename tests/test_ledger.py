@@ -56,12 +56,12 @@ def test_a_first_release_ledger_upgrades_to_eval_and_reports(tmp_path, monkeypat
         assert build_report(ledger)["totals"]["documents"] == 4
 
 
-def test_library_extract_is_recorded(mock_api):
+def test_library_extract_is_recorded(mock_api, ledger_target):
     mock_api.post("/chat/completions").mock(
         side_effect=[httpx.Response(200, json=completion({"issuer": "Nope", "total": 1249.5})),
                      httpx.Response(200, json=completion({"issuer": "ACME Tools Ltd", "total": 1249.5}))]
     )  # fmt: skip
-    ledger = Ledger(":memory:")
+    ledger = Ledger(ledger_target)
     ex = Extractor(Invoice, tiers=[ZeroShot(model="gpt-4o-mini", base_url=BASE_URL)], ledger=ledger)
     result = ex.extract(DOC)
     [row] = ledger.query("SELECT * FROM extractions")
@@ -89,25 +89,25 @@ def test_library_extract_is_recorded(mock_api):
     [run] = ledger.query("SELECT status, n_documents, n_ok, n_failed FROM runs")
     assert tuple(run) == ("done", 2, 2, 0)
     ex.extract(DOC + "later")  # a new run
-    assert [r["status"] for r in ledger.query("SELECT status FROM runs ORDER BY rowid")] == ["done", "running"]
+    assert [r["status"] for r in ledger.query("SELECT status FROM runs ORDER BY id")] == ["done", "running"]
     ex.close()
     ledger.close()
 
 
-def test_store_text_off_keeps_no_text(mock_api):
+def test_store_text_off_keeps_no_text(mock_api, ledger_target):
     mock_api.post("/chat/completions").mock(
         return_value=httpx.Response(200, json=completion({"issuer": "ACME Tools Ltd", "total": 1249.5}))
     )
-    with Ledger(":memory:", store_text=False) as ledger:
+    with Ledger(ledger_target, store_text=False) as ledger:
         Extractor(Invoice, tiers=[ZeroShot(model="gpt-4o-mini", base_url=BASE_URL)], ledger=ledger).extract(DOC)
         assert ledger.query("SELECT text FROM documents")[0]["text"] is None
 
 
-def test_concurrent_writes_lose_nothing(mock_api, tmp_path):
+def test_concurrent_writes_lose_nothing(mock_api, ledger_target):
     mock_api.post("/chat/completions").mock(
         return_value=httpx.Response(200, json=completion({"issuer": "ACME Tools Ltd", "total": 1249.5}))
     )
-    ledger = Ledger(tmp_path / "l.sqlite3")
+    ledger = Ledger(ledger_target)
     ex = Extractor(Invoice, tiers=[ZeroShot(model="gpt-4o-mini", base_url=BASE_URL)], ledger=ledger)
 
     async def many():
@@ -169,11 +169,11 @@ def test_rate_limiter_paces_instead_of_bursting(monkeypatch, rpm, tpm, tokens, g
     assert slept == pytest.approx([g * (i + 1) for i, g in enumerate(gaps)])
 
 
-def test_an_extraction_and_its_attempts_are_written_together_or_not_at_all(tmp_path, monkeypatch):
+def test_an_extraction_and_its_attempts_are_written_together_or_not_at_all(ledger_target, monkeypatch):
     from .ledger_fixtures import COSTS, chain, result
 
     ex = chain()
-    with Ledger(tmp_path / "l.sqlite3") as ledger:
+    with Ledger(ledger_target) as ledger:
 
         def broken(*args, **kwargs):
             raise RuntimeError("disk on fire")
@@ -188,20 +188,21 @@ def test_an_extraction_and_its_attempts_are_written_together_or_not_at_all(tmp_p
         assert ledger.query("SELECT COUNT(*) FROM attempts")[0][0] == 3
 
 
-def test_a_failing_query_is_a_ledger_error_naming_the_ledger(tmp_path):
+def test_a_failing_query_is_a_ledger_error_naming_the_ledger(ledger_target):
     from extractkit import LedgerError
 
-    with Ledger(tmp_path / "l.sqlite3") as ledger, pytest.raises(LedgerError, match=r"l\.sqlite3: no such column"):
+    with Ledger(ledger_target) as ledger, pytest.raises(LedgerError) as caught:
         ledger.query("SELECT nope FROM runs")
+    assert ledger.target in str(caught.value) and "nope" in str(caught.value)
 
 
-def test_result_carries_its_ledger_row(tmp_path, mock_api):
+def test_result_carries_its_ledger_row(ledger_target, mock_api):
     mock_api.post("/chat/completions").mock(
         return_value=httpx.Response(200, json=completion({"issuer": "ACME Ltd", "total": 5.0}))
     )
     tier = ZeroShot(model="gpt-4o-mini", base_url=BASE_URL, api_key="sk-test")
     assert Extractor(Invoice, tiers=[tier]).extract("ACME Ltd total 5.00").extraction_id is None  # no ledger
-    with Ledger(tmp_path / "l.sqlite3") as ledger:
+    with Ledger(ledger_target) as ledger:
         result = Extractor(Invoice, tiers=[tier], ledger=ledger).extract("ACME Ltd total 5.00")
         [row] = ledger.query("SELECT id, value_json FROM extractions")
         assert result.extraction_id == row["id"] and json.loads(row["value_json"])["issuer"] == "ACME Ltd"

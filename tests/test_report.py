@@ -34,10 +34,17 @@ DAY = 86_400.0
 NOW = 1_800_000_000.0
 
 
-@pytest.fixture
-def ledger(tmp_path):
-    with Ledger(tmp_path / "ledger.sqlite3") as lg:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger(request, tmp_path):
+    """The same tests on both engines (issue 17: the report reads the same on PostgreSQL)."""
+    target = tmp_path / "ledger.sqlite3" if request.param == "sqlite" else request.getfixturevalue("pg_url")
+    with Ledger(target) as lg:
         yield lg
+
+
+def sqlite_only(ledger):
+    if ledger.engine != "sqlite":
+        pytest.skip("the full scan and plain sqlite3 clients read SQLite files")
 
 
 def tier(report, name):
@@ -256,6 +263,7 @@ def test_drift_flags_a_price_change_under_the_same_name(ledger):
 
 
 def test_every_query_reruns_in_plain_sqlite(ledger, request):
+    sqlite_only(ledger)
     populate(ledger, {"zero": 50, "few": 20, "ft": 30}, created_at=NOW - 3 * DAY)
     populate(ledger, {"zero": 5}, created_at=NOW - DAY, prefix="n")
     r = build_report(ledger, as_of=NOW)
@@ -295,6 +303,8 @@ def test_all_query_plans_give_the_same_report(ledger, monkeypatch):
     eval's forced extractions in the ledger."""
     from .ledger_fixtures import COSTS, result
     from .test_report_compat import differences
+
+    sqlite_only(ledger)
 
     ex = populate(ledger, {"none": 10}, created_at=NOW - 3 * DAY, prefix="r")
     populate(ledger, {"zero": 50, "few": 20, "ft": 30, "none": 7}, created_at=NOW - DAY)
@@ -347,7 +357,7 @@ def cli(*args, **kw):
 def test_report_cli_formats_and_errors(tmp_path, ledger):
     populate(ledger, {"zero": 50, "few": 20, "ft": 30})
     ledger.close()
-    lp = str(ledger.path)
+    lp = str(ledger.target)
     term = cli("report", "--ledger", lp, "--failure-cost", "2", "--training-cost", "50")
     assert term.returncode == 0, term.stderr
     assert "Keep fine_tuned" in term.stdout and "break-even after 84 documents" in term.stdout

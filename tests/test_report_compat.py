@@ -37,37 +37,41 @@ SCOPES = {
 
 def compat_ledger(ledger: Ledger) -> None:
     extract_six(ledger)  # rejected values, ungrounded fields (times set below)
-    ledger.conn.execute("UPDATE extractions SET created_at = ?", (NOW - 12 * DAY,))
-    ledger.conn.execute("UPDATE attempts SET started_at = ?", (NOW - 12 * DAY - 1,))
-    ledger.conn.execute("UPDATE served_models SET first_seen = ?, last_seen = ?", (NOW - 12 * DAY, NOW - 12 * DAY))
+    with ledger.transaction() as tx:  # either engine
+        tx.execute("UPDATE extractions SET created_at = ?", (NOW - 12 * DAY,))
+        tx.execute("UPDATE attempts SET started_at = ?", (NOW - 12 * DAY - 1,))
+        tx.execute("UPDATE served_models SET first_seen = ?, last_seen = ?", (NOW - 12 * DAY, NOW - 12 * DAY))
     counts = {"zero": 14, "few": 9, "ft": 8, "none": 4}
     populate(ledger, counts, created_at=NOW - 2 * DAY, prefix="r")
     populate(ledger, counts, created_at=NOW - 10 * DAY, prefix="b", costs={"few_shot": 0.003})
     populate(ledger, {"ft": 2, "none": 1}, created_at=NOW - 1 * DAY, prefix="u", costs={"fine_tuned": None})
     local = populate(ledger, {"zero": 3, "none": 1}, extractor=chain(("zero_shot",)), created_at=NOW - 4 * DAY,
                      prefix="l")  # fmt: skip
-    ledger.conn.execute(
-        "UPDATE attempts SET model = 'local' WHERE extraction_id IN (SELECT id FROM extractions WHERE config_hash = ?)",
-        (local.config_hash,),
-    )
-    # and its run config says so, as a run on the bundled model records it (endpoint "local")
-    for run_id, config_json in ledger.conn.execute(
-        "SELECT id, config_json FROM runs WHERE config_hash = ?", (local.config_hash,)
-    ).fetchall():
-        config = json.loads(config_json)
-        for tier in config.get("tiers", []):
-            tier.update(endpoint="local", model="local")
-        ledger.conn.execute("UPDATE runs SET config_json = ? WHERE id = ?", (json.dumps(config), run_id))
+    with ledger.transaction() as tx:
+        tx.execute(
+            "UPDATE attempts SET model = 'local' WHERE extraction_id IN"
+            " (SELECT id FROM extractions WHERE config_hash = ?)",
+            (local.config_hash,),
+        )
+        # and its run config says so, as a run on the bundled model records it (endpoint "local")
+        for run_id, config_json in tx.execute(
+            "SELECT id, config_json FROM runs WHERE config_hash = ?", (local.config_hash,)
+        ).fetchall():
+            config = json.loads(config_json)
+            for tier in config.get("tiers", []):
+                tier.update(endpoint="local", model="local")
+            tx.execute("UPDATE runs SET config_json = ? WHERE id = ?", (json.dumps(config), run_id))
     ex = chain()
     ledger.record_error(run_id=None, path="scan.pdf", kind="empty_document", message="no text in scan.pdf",
                         schema_hash=ex.schema_hash, config_hash=ex.config_hash)  # fmt: skip
-    ledger.conn.execute("UPDATE extractions SET created_at = ? WHERE status = 'error'", (NOW - 2 * DAY,))
-    ledger.conn.executemany(
-        "INSERT INTO served_models (tier, model, served_model, fingerprint, first_seen, last_seen) VALUES (?,?,?,?,?,?)",
-        [("zero_shot", "gpt-4o-mini", "gpt-4o-mini-2024-07-18", "", NOW - 30 * DAY, NOW - 3 * DAY),
-         ("zero_shot", "gpt-4o-mini", "gpt-4o-mini-2025-01-01", "fp_1", NOW - 2 * DAY, NOW - 1 * DAY)],
-    )  # fmt: skip
-    ledger.conn.commit()
+    with ledger.transaction() as tx:
+        tx.execute("UPDATE extractions SET created_at = ? WHERE status = 'error'", (NOW - 2 * DAY,))
+        tx.executemany(
+            "INSERT INTO served_models (tier, model, served_model, fingerprint, first_seen, last_seen)"
+            " VALUES (?,?,?,?,?,?)",
+            [("zero_shot", "gpt-4o-mini", "gpt-4o-mini-2024-07-18", "", NOW - 30 * DAY, NOW - 3 * DAY),
+             ("zero_shot", "gpt-4o-mini", "gpt-4o-mini-2025-01-01", "fp_1", NOW - 2 * DAY, NOW - 1 * DAY)],
+        )  # fmt: skip
     rebuild_rollups(ledger)  # the edits above bypass Ledger.record
 
 
@@ -85,10 +89,12 @@ def key_order(x: Any) -> Any:
     return None
 
 
-@pytest.fixture
-def reports(mock_api, tmp_path) -> dict[str, Any]:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def reports(request, mock_api, tmp_path) -> dict[str, Any]:
+    """The reports of the compat ledger, on each engine: the same JSON on PostgreSQL (issue 17)."""
     mock_api.post("/chat/completions").mock(side_effect=responder)
-    with Ledger(tmp_path / "ledger.sqlite3") as ledger:
+    target = tmp_path / "ledger.sqlite3" if request.param == "sqlite" else request.getfixturevalue("pg_url")
+    with Ledger(target) as ledger:
         compat_ledger(ledger)
         return {
             name: normalised(build_report(ledger, scope, economics=econ, as_of=NOW))

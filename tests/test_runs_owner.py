@@ -41,8 +41,8 @@ def _run(ledger: Ledger, run_id: str):
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")
-def test_a_killed_run_is_interrupted_on_the_next_open_and_a_live_one_stays_running(tmp_path):
-    path = tmp_path / "ledger.sqlite3"
+def test_a_killed_run_is_interrupted_on_the_next_open_and_a_live_one_stays_running(ledger_target):
+    path = ledger_target
     mine = Ledger(path)
     live_run = mine.start_run("library")  # this process: alive
     killed, killed_run = _start_child_run(path)
@@ -86,8 +86,8 @@ def _dead_pid() -> int:
     return proc.pid
 
 
-def test_runs_of_other_hosts_and_without_an_owner_are_left_alone(tmp_path):
-    path = tmp_path / "ledger.sqlite3"
+def test_runs_of_other_hosts_and_without_an_owner_are_left_alone(ledger_target):
+    path = ledger_target
     with Ledger(path) as ledger:
         elsewhere = _fake_run(ledger, _dead_pid(), "another-host.example", None)
         legacy = ledger.start_run("batch")
@@ -104,7 +104,7 @@ def test_runs_of_other_hosts_and_without_an_owner_are_left_alone(tmp_path):
 
 
 @linux_only
-def test_a_reused_pid_is_not_mistaken_for_the_owner(tmp_path):
+def test_a_reused_pid_is_not_mistaken_for_the_owner(ledger_target):
     pid, _, start = this_process()
     assert start is not None and start.startswith("linux:")
     assert not is_gone(pid, start)
@@ -114,7 +114,7 @@ def test_a_reused_pid_is_not_mistaken_for_the_owner(tmp_path):
     boot, ns = prefix[1], prefix[2]
     assert is_gone(pid, f"linux:not-{boot}:{ns}:{ticks}")  # recorded before the last boot
     assert not is_gone(_dead_pid(), f"linux:{boot}:other-{ns}:{ticks}")  # another container
-    path = tmp_path / "ledger.sqlite3"
+    path = ledger_target
     with Ledger(path) as ledger:
         reused = _fake_run(ledger, pid, socket.gethostname(), earlier)
         live = _fake_run(ledger, pid, socket.gethostname(), start)

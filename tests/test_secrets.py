@@ -177,10 +177,12 @@ def _echo(key: str):  # type: ignore[no-untyped-def]
 @pytest.mark.parametrize(
     "key", [GATEWAY_KEY, OPENAI_STYLE_KEY], ids=["its-own-key", "an-unregistered-sk-key"]
 )
-def test_library_results_and_ledger_hold_no_key(mock_api: Any, sleeps: list[float], key: str) -> None:
+def test_library_results_and_ledger_hold_no_key(
+    mock_api: Any, sleeps: list[float], key: str, ledger_target: str
+) -> None:
     """The provider echoes the tier's own key, or (a proxy) a key extractkit was never given."""
     mock_api.post("/chat/completions").mock(side_effect=_echo(key))
-    ledger = Ledger(":memory:")
+    ledger = Ledger(ledger_target)
     tier = ZeroShot(model="gpt-4o-mini", base_url=BASE_URL, api_key=GATEWAY_KEY, max_reasks=1)
     with Extractor(Invoice, [tier], ledger=ledger) as ex:
         results = [ex.extract(ok_text(0, key))]
@@ -199,7 +201,8 @@ def test_library_results_and_ledger_hold_no_key(mock_api: Any, sleeps: list[floa
             ]
     assert all(key not in s for s in seen)
     assert any("[REDACTED]" in s for s in seen)
-    tables = [r[0] for r in ledger.query("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    tables = ledger.tables()
+    assert {"runs", "extractions", "attempts", "documents"} <= set(tables)
     for t in tables:
         for row in ledger.query(f'SELECT * FROM "{t}"'):
             assert key not in " ".join(str(v) for v in row), t
@@ -230,11 +233,11 @@ def test_registry_redacts_any_shape_and_ignores_short_placeholders() -> None:
     }
 
 
-def test_every_ledger_statement_is_redacted_whoever_writes_it(tmp_path: Path) -> None:
+def test_every_ledger_statement_is_redacted_whoever_writes_it(ledger_target: str) -> None:
     from extractkit import _redact
 
     _redact.register("gw_test_written_by_anyone_7")
-    with Ledger(tmp_path / "l.sqlite3") as ledger:
+    with Ledger(ledger_target) as ledger:
         run_id = ledger.start_run("batch", {"note": "gw_test_written_by_anyone_7"})
         with ledger.transaction() as c:  # a writer outside the ledger's own methods (fine-tune jobs do this)
             c.execute("UPDATE runs SET status = ? WHERE id = ?", ("done gw_test_written_by_anyone_7", run_id))

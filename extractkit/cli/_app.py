@@ -302,7 +302,7 @@ def _print_summary(summary: Any, ledger: Any, details: dict[str, str] | None = N
                   "this chain and " + ("was" if summary.resumed_failed == 1 else "were") + " not sent again: "
                   "add --retry-failed to send them again (a changed prompt, example or schema needs no flag)",
                   highlight=False, markup=False)  # fmt: skip
-    out.print(f"ledger: {ledger.path}", highlight=False)
+    out.print(f"ledger: {ledger.target}", highlight=False)
 
 
 def main() -> None:

@@ -27,11 +27,11 @@ def dry_run(extractor: Any, cfg: Any, paths: list[Path], ledger_path: str | Path
     """Estimate and print; returns the exit code (0). Sends nothing; the ledger, when it exists, is
     only read (to show resumed documents); a ledger that does not exist is not created."""
     from ..batch import check_max_cost, estimate
-    from ..ledger import Ledger, default_path
+    from ..ledger import Ledger, default_path, is_url
 
     check_max_cost(extractor, max_cost)  # the run would refuse to start: say so now (exit 2)
-    path = Path(ledger_path) if ledger_path else default_path()
-    ledger = Ledger(path) if path.is_file() else None
+    path = Path(ledger_path) if ledger_path and not is_url(ledger_path) else default_path()
+    ledger = Ledger(ledger_path) if is_url(ledger_path) else Ledger(path) if path.is_file() else None
     try:
         est = asyncio.run(estimate(
             extractor, list[str | Path](paths), ledger=ledger, include=include, force=force,

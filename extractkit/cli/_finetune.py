@@ -42,7 +42,7 @@ Seed = Annotated[int, typer.Option(help="Seed of the train/validation split.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
 
-def _setup(config: Path | None, ledger_path: Path | None) -> tuple[Any, Any, Any]:
+def _setup(config: Path | None, ledger_path: str | Path | None) -> tuple[Any, Any, Any]:
     """The config (required: its schema and fine-tuned tier) and the ledger it reads (must exist)."""
     from ._build import build
     from ._ledger_opt import open_ledger

@@ -3,10 +3,14 @@ CLI decides which config and which ledger file a command uses.
 
 Which ledger, first match wins:
 
-1. ``--ledger PATH``
+1. ``--ledger PATH_OR_URL``
 2. the environment variable ``EXTRACTKIT_LEDGER`` (empty counts as unset)
-3. the config's ``[ledger] path``, relative to the config file's folder
+3. the config's ``[ledger] url`` (a ``postgresql://`` URL, taken as it is) or ``[ledger] path``
+   (relative to the config file's folder)
 4. ``.extractkit/ledger.sqlite3`` in the current directory
+
+A ``postgresql://user@host/db`` URL anywhere in that list is a shared PostgreSQL ledger; anything
+else is a SQLite file.
 
 Which config: ``-c PATH`` (it must exist), else ``./extractkit.toml`` when it exists. A command that
 needs one (extract, eval, finetune export, examples harvest) fails without it; one that only reads a
@@ -40,11 +44,11 @@ ConfigOpt = Annotated[
     ),
 ]  # fmt: skip
 LedgerOpt = Annotated[
-    Path | None,
+    str | None,
     typer.Option(
-        "--ledger", show_default=False,
-        help="Ledger file. Default: $EXTRACTKIT_LEDGER, else the config's \\[ledger] path, else "
-        ".extractkit/ledger.sqlite3.",
+        "--ledger", show_default=False, metavar="PATH|URL",
+        help="Ledger: a SQLite file, or postgresql://user@host/db for a shared one. Default: "
+        "$EXTRACTKIT_LEDGER, else the config's \\[ledger] url or path, else .extractkit/ledger.sqlite3.",
     ),
 ]  # fmt: skip
 
@@ -77,31 +81,46 @@ def load_cli_config(config: Path | None, *, required: bool) -> Config | None:
 
 @dataclass(frozen=True)
 class LedgerChoice:
-    path: Path
-    source: str  # where the path came from, for messages
+    path: str | Path  # a SQLite file (Path), or a postgresql:// URL (str, as given)
+    source: str  # where it came from, for messages
+
+    @property
+    def is_url(self) -> bool:
+        from ..ledger import is_url
+
+        return is_url(self.path)
 
 
-def ledger_choice(ledger: Path | None, cfg: Config | None) -> LedgerChoice:
-    """The ledger a command uses: --ledger, $EXTRACTKIT_LEDGER, [ledger] path, the default."""
+def _target(value: str | Path) -> str | Path:
+    from ..ledger import is_url
+
+    return value if is_url(value) else Path(value)
+
+
+def ledger_choice(ledger: str | Path | None, cfg: Config | None) -> LedgerChoice:
+    """The ledger a command uses: --ledger, $EXTRACTKIT_LEDGER, [ledger] url or path, the default."""
     from ..ledger import DEFAULT_PATH, ENV_VAR
 
-    if ledger is not None:
-        return LedgerChoice(ledger, "--ledger")
+    if ledger is not None and str(ledger):
+        return LedgerChoice(_target(ledger), "--ledger")
     env = os.environ.get(ENV_VAR)
     if env:
-        return LedgerChoice(Path(env), f"${ENV_VAR}")
+        return LedgerChoice(_target(env), f"${ENV_VAR}")
+    if cfg is not None and cfg.ledger.url:
+        return LedgerChoice(cfg.ledger.url, f"[ledger] url of {cfg.origin}")  # never relative to the file
     if cfg is not None and cfg.ledger.path:
         return LedgerChoice(Path(cfg.resolve(cfg.ledger.path) or ""), f"[ledger] path of {cfg.origin}")
     return LedgerChoice(DEFAULT_PATH, "the default")
 
 
-def open_ledger(ledger: Path | None, cfg: Config | None, *, must_exist: bool = False) -> Ledger:
-    """Open the ledger :func:`ledger_choice` picks. ``must_exist``: a command that only reads it
-    says where it looked instead of creating an empty one."""
+def open_ledger(ledger: str | Path | None, cfg: Config | None, *, must_exist: bool = False) -> Ledger:
+    """Open the ledger :func:`ledger_choice` picks. ``must_exist``: a command that only reads a
+    SQLite file says where it looked instead of creating an empty one (a PostgreSQL database is
+    there or the connection fails)."""
     from ..ledger import Ledger
 
     choice = ledger_choice(ledger, cfg)
-    if must_exist and not choice.path.exists():
+    if must_exist and not choice.is_url and not Path(choice.path).exists():
         raise LedgerError(
             f"no ledger at {choice.path} ({choice.source}); run `extractkit extract` first, or point at "
             "one with --ledger, $EXTRACTKIT_LEDGER or -c CONFIG"

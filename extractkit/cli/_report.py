@@ -37,7 +37,7 @@ def parse_when(value: str | None, now: float, option: str) -> float | None:
     return dt.timestamp()
 
 
-def ledger_or_fail(ledger_path: Path | None, config: Path | None = None):  # type: ignore[no-untyped-def]
+def ledger_or_fail(ledger_path: str | Path | None, config: Path | None = None):  # type: ignore[no-untyped-def]
     """The ledger a read-only command uses (see ``_ledger_opt``): it must exist."""
     from ._ledger_opt import load_cli_config, open_ledger
 
@@ -163,7 +163,7 @@ def report(
         data = read_report(ledger, scope, economics=economics, as_of=now, recent_days=recent_days,
                            baseline_days=baseline_days, target_success=target_success,
                            min_version_documents=min_version_documents)  # fmt: skip
-        err.print(f"ledger: {ledger.path}", highlight=False, markup=False)  # which one it read
+        err.print(f"ledger: {ledger.target}", highlight=False, markup=False)  # which one it read
     csv = {"prompt": versions_csv, "checklist": checklist_csv}.get(by, report_csv)
     emit(data.to_dict(), as_json, csv_path, html_path, csv=csv, html=report_html,
          show=lambda d, console: print_report(d, console, by=by))  # fmt: skip

@@ -1,8 +1,10 @@
-"""The ledger: SQLite tables of runs, documents, extractions and attempts."""
+"""The ledger: runs, documents, extractions and attempts, in SQLite or PostgreSQL (one ``Ledger``)."""
 
 from . import _report_rollups as rollup_queries
+from ._dialect import POSTGRES, SQLITE, Dialect
 from ._ledger import DEFAULT_PATH, ENV_VAR, SERVED_REFRESH_S, Ledger, default_path, new_id, scrub
-from ._migrations import MIGRATIONS, migrate
+from ._migrations import MIGRATIONS, PG_MIGRATIONS, migrate, migrate_postgres
+from ._pg import Row, is_url, mask
 from ._protocol import RecordingLedger
 from ._queries import (
     DOCUMENT_ERRORS,
@@ -33,17 +35,25 @@ __all__ = [
     "ROLLUP_HOUR",
     "ROLLUP_RATIO",
     "PAIRS_CUT",
+    "PG_MIGRATIONS",
+    "POSTGRES",
+    "SQLITE",
     "SERVED_REFRESH_S",
     "TIERS_IN",
     "VERSION_PAIRS",
     "VERSION_STATS",
     "VERSION_STATS_CURRENT",
+    "Dialect",
     "Ledger",
     "RecordingLedger",
+    "Row",
     "default_path",
     "ensure_rollups",
     "field_failures_sql",
+    "is_url",
+    "mask",
     "migrate",
+    "migrate_postgres",
     "new_id",
     "rebuild_rollups",
     "rollup_bucket",

@@ -1,4 +1,10 @@
-"""The ledger: every run, document, extraction and attempt, in SQLite (WAL)."""
+"""The ledger: every run, document, extraction and attempt, in SQLite (WAL) or PostgreSQL.
+
+One ``Ledger`` class; its target picks the engine: a file path (SQLite, the embedded default) or a
+``postgresql://`` URL (``_pg.PgEngine``, psycopg 3 with its pool). The SQL below is written once,
+in SQLite's style; on PostgreSQL each statement is translated (``_dialect``). ``transaction()``
+yields a handle with ``execute`` / ``executemany`` on both engines, ``query`` returns rows with
+``row["col"]`` and ``row[0]``, and every parameter is redacted on both."""
 
 from __future__ import annotations
 
@@ -22,8 +28,10 @@ from .._errors import LedgerError
 from .._results import TRANSIENT_OUTCOMES, VALIDATION_OUTCOMES, Attempt, Outcome, Result
 from .._schema import canonical_json, json_schema
 from . import _rollups
+from ._dialect import POSTGRES, SQLITE, Dialect
 from ._migrations import migrate
 from ._owner import is_gone, this_process
+from ._pg import PgEngine, is_url
 
 DEFAULT_PATH = Path(".extractkit") / "ledger.sqlite3"
 ENV_VAR = "EXTRACTKIT_LEDGER"
@@ -60,7 +68,8 @@ def scrub(text: str | None, secrets_: Iterable[str] = ()) -> str | None:
     return _redact.redact_opt(text)
 
 
-def _clean(params: Any) -> Any:
+def clean_params(params: Any) -> Any:
+    """Every parameter of a statement through the redaction: a tuple, or a dict for named ones."""
     if isinstance(params, Mapping):
         return {k: _redact.redact_param(v) for k, v in params.items()}
     return tuple(map(_redact.redact_param, params))
@@ -73,10 +82,13 @@ class RedactingConnection(sqlite3.Connection):
     Lookups by value are redacted alike, so they still find what was stored."""
 
     def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
-        return super().execute(sql, _clean(parameters) if parameters else parameters)
+        return super().execute(sql, clean_params(parameters) if parameters else parameters)
 
     def executemany(self, sql: str, seq_of_parameters: Iterable[Any], /) -> sqlite3.Cursor:
-        return super().executemany(sql, map(_clean, seq_of_parameters))
+        return super().executemany(sql, map(clean_params, seq_of_parameters))
+
+    def lock(self, key: str) -> None:
+        """Nothing to do: a SQLite write transaction (BEGIN IMMEDIATE) already excludes all others."""
 
 
 OPEN_TIMEOUT_S = 60.0  # how long opening waits for other processes opening or writing the same file
@@ -123,23 +135,46 @@ def _connect(path: Path) -> tuple[sqlite3.Connection, list[str]]:
 
 
 class Ledger:
-    """A SQLite ledger. ``Ledger(":memory:")`` for tests; ``store_text=False`` keeps no text.
+    """The ledger. ``Ledger("runs.sqlite3")`` (SQLite; ``":memory:"`` for tests) or
+    ``Ledger("postgresql://user@host/db")`` (PostgreSQL, shared by many processes and machines);
+    no target: ``$EXTRACTKIT_LEDGER``, else ``.extractkit/ledger.sqlite3``. ``store_text=False``
+    keeps no document text. ``engine`` is ``"sqlite"`` or ``"postgresql"``, ``target`` a printable
+    name (a URL's password masked), ``dialect`` the SQL fragments that differ (``_dialect``).
 
-    Safe to share between asyncio tasks and threads: writes are serialised and each extraction
-    is written with its attempts in one transaction, so a crash never leaves half of one. Any
-    number of processes and threads may open one file at once, a fresh one included.
+    Safe to share between asyncio tasks and threads: each extraction is written with its attempts
+    in one transaction, so a crash never leaves half of one. Any number of processes and threads
+    may open one ledger at once, a fresh one included (migrations: ``_migrations``).
 
     Opening marks ``interrupted`` the runs still ``running`` whose process is gone on this host
     (``interrupted`` lists their ids); runs started on another host are left as they are.
+
+    SQLite only: ``conn`` (the connection) and ``path`` (the file).
     """
 
+    conn: sqlite3.Connection
+    dialect: Dialect
+
     def __init__(self, path: str | Path | None = None, *, store_text: bool = True):
-        self.path = Path(path) if path is not None else default_path()
+        target: str | Path = path if path is not None else os.environ.get(ENV_VAR) or DEFAULT_PATH
         self.store_text = store_text
         self._lock = threading.RLock()
         self._writer: ThreadPoolExecutor | None = None  # arecord's thread, started at first use
         self._versions_written: set[str] = set()  # schema and prompt hashes already stored
         self._served_written: dict[tuple[str, str, str, str], float] = {}  # served model -> written at
+        self._pg: PgEngine | None = None
+        if is_url(target):
+            self.engine, self.dialect = "postgresql", POSTGRES
+            self._pg = PgEngine(str(target))
+            self.target, self.applied = self._pg.target, self._pg.applied
+            try:
+                self.interrupted = self._interrupt_orphaned_runs()
+            except BaseException:
+                self._pg.close()
+                raise
+            return
+        self.engine, self.dialect = "sqlite", SQLITE
+        self.path = Path(target)
+        self.target = str(self.path)
         try:
             if str(self.path) != ":memory:":
                 self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -152,6 +187,9 @@ class Ledger:
         writer, self._writer = self._writer, None
         if writer is not None:
             writer.shutdown(wait=True)  # writes already handed over are committed first
+        if self._pg is not None:
+            self._pg.close()
+            return
         with self._lock:
             self.conn.close()
 
@@ -162,10 +200,19 @@ class Ledger:
         self.close()
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction (BEGIN IMMEDIATE ... COMMIT, rolled back on error), serialised with
-        every other use of the connection. The connection is in autocommit mode, where
-        ``with conn:`` alone would commit each statement on its own."""
+    def transaction(self) -> Iterator[Any]:
+        """One write transaction, committed at the end of the block and rolled back on error:
+        ``with ledger.transaction() as tx: tx.execute(sql, params)`` (also ``executemany``, and
+        ``lock(key)`` to serialise with every other transaction locking the same key).
+
+        SQLite: BEGIN IMMEDIATE ... COMMIT, serialised with every other use of the connection
+        (which is in autocommit mode, where ``with conn:`` alone would commit each statement on its
+        own); ``tx`` is the connection. PostgreSQL: a pooled connection's transaction (READ
+        COMMITTED); ``tx`` translates each statement."""
+        if self._pg is not None:
+            with self._pg.transaction() as tx:
+                yield tx
+            return
         with self._lock:
             self.conn.execute("BEGIN IMMEDIATE")
             try:
@@ -182,8 +229,8 @@ class Ledger:
 
         run_id = new_id()
         pid, host, start = this_process()  # marked interrupted on a later open if it dies unended
-        with self.transaction():
-            self.conn.execute(
+        with self.transaction() as tx:
+            tx.execute(
                 "INSERT INTO runs (id, kind, config_hash, config_json, schema_hash,"
                 " extractkit_version, started_at, status, owner_pid, owner_host, owner_start)"
                 " VALUES (?,?,?,?,?,?,?, 'running', ?,?,?)",
@@ -197,17 +244,16 @@ class Ledger:
         on this host; return their ids. Runs started on another host, and runs without a recorded
         owner (written before the 0004_run_owner migration), are left as they are: their processes cannot be
         seen from here. See ``_owner.py`` for how a reused process id is told apart."""
-        with self._lock:
-            rows = self.conn.execute(
-                "SELECT id, owner_pid, owner_start FROM runs"
-                " WHERE status = 'running' AND owner_host = ? AND owner_pid IS NOT NULL",
-                (socket.gethostname(),),
-            ).fetchall()
+        rows = self._read(
+            "SELECT id, owner_pid, owner_start FROM runs"
+            " WHERE status = 'running' AND owner_host = ? AND owner_pid IS NOT NULL",
+            (socket.gethostname(),),
+        )
         dead = [r["id"] for r in rows if is_gone(r["owner_pid"], r["owner_start"])]
         if dead:
-            with self.transaction():
+            with self.transaction() as tx:
                 now = time.time()
-                self.conn.executemany(
+                tx.executemany(
                     "UPDATE runs SET status = 'interrupted', ended_at = ?"
                     " WHERE id = ? AND status = 'running'",
                     [(now, run_id) for run_id in dead],
@@ -218,8 +264,8 @@ class Ledger:
         allowed = {"n_documents", "n_ok", "n_failed", "n_errors", "n_skipped", "n_resumed"}
         sets = ", ".join(f"{k} = ?" for k in counts if k in allowed)
         values = [v for k, v in counts.items() if k in allowed]
-        with self.transaction():
-            self.conn.execute(
+        with self.transaction() as tx:
+            tx.execute(
                 f"UPDATE runs SET status = ?, ended_at = ?{', ' + sets if sets else ''} WHERE id = ?",
                 (status, time.time(), *values, run_id),
             )
@@ -230,21 +276,27 @@ class Ledger:
     ) -> Any:
         """The latest final (ok or failed) extraction of this document by this chain (or by this
         tier alone, with ``forced_tier``), or None."""
-        with self._lock:
-            return self.conn.execute(
-                "SELECT * FROM extractions WHERE document_sha256 = ? AND schema_hash = ?"
-                " AND config_hash = ? AND forced_tier IS ? AND status IN ('ok', 'failed')"
-                " ORDER BY id DESC LIMIT 1",
-                (document_sha256, schema_hash, config_hash, forced_tier),
-            ).fetchone()
+        rows = self._read(
+            "SELECT * FROM extractions WHERE document_sha256 = ? AND schema_hash = ?"
+            " AND config_hash = ? AND forced_tier IS ? AND status IN ('ok', 'failed')"
+            " ORDER BY id DESC LIMIT 1",
+            (document_sha256, schema_hash, config_hash, forced_tier),
+        )
+        return rows[0] if rows else None
 
-    def paths_of(self, document_sha256: str) -> list[sqlite3.Row]:
+    def paths_of(self, document_sha256: str) -> list[Any]:
         """Every path where this document's content was seen (``path``, ``path_bytes``, ...)."""
+        return self._read(
+            "SELECT * FROM document_paths WHERE document_sha256 = ? ORDER BY path_bytes",
+            (document_sha256,),
+        )
+
+    def _read(self, sql: str, params: Any = ()) -> list[Any]:
+        """Rows of one read (the ledger's own statements: errors pass as they are on SQLite)."""
+        if self._pg is not None:
+            return self._pg.query(sql, params)
         with self._lock:
-            return self.conn.execute(
-                "SELECT * FROM document_paths WHERE document_sha256 = ? ORDER BY path_bytes",
-                (document_sha256,),
-            ).fetchall()
+            return self.conn.execute(sql, params).fetchall()
 
     def add_document_paths(self, seen: Iterable[tuple[str, str, bytes, str | None]]) -> None:
         """Record where documents were seen: (sha256, readable path, exact path bytes, run id)
@@ -256,19 +308,32 @@ class Ledger:
         with self.transaction() as c:
             c.executemany(
                 "INSERT INTO document_paths (document_sha256, path, path_bytes, first_seen, last_seen,"
-                " run_id) VALUES (?,?,?,?,?,?) ON CONFLICT DO UPDATE SET"
+                " run_id) VALUES (?,?,?,?,?,?) ON CONFLICT (document_sha256, path_bytes) DO UPDATE SET"
                 " last_seen = excluded.last_seen, run_id = excluded.run_id, path = excluded.path",
                 rows,
             )
 
-    def query(self, sql: str, params: Iterable[Any] | Mapping[str, Any] = ()) -> list[sqlite3.Row]:
-        """Rows of one statement; ``params`` positional (a sequence) or named (a mapping)."""
+    def query(self, sql: str, params: Iterable[Any] | Mapping[str, Any] = ()) -> list[Any]:
+        """Rows of one statement (SQLite-style SQL, translated on PostgreSQL); ``params``
+        positional (a sequence, ``?``) or named (a mapping, ``:name``). Rows support ``row["col"]``
+        and ``row[0]``. Errors are ``LedgerError``."""
         args: Any = dict(params) if isinstance(params, Mapping) else tuple(params)
+        if self._pg is not None:
+            return self._pg.query(sql, args)
         with self._lock:
             try:
                 return self.conn.execute(sql, args).fetchall()
             except sqlite3.Error as exc:
                 raise LedgerError(f"ledger {self.path}: {exc}") from exc
+
+    def tables(self) -> list[str]:
+        """The names of the ledger's tables (``_migrations`` included), sorted."""
+        if self._pg is not None:
+            sql = ("SELECT table_name FROM information_schema.tables"
+                   " WHERE table_schema = current_schema() AND table_type = 'BASE TABLE'")  # fmt: skip
+        else:
+            sql = "SELECT name FROM sqlite_master WHERE type = 'table'"
+        return sorted(str(r[0]) for r in self._read(sql))
 
     # -- writes -------------------------------------------------------------------------------
     def record(
@@ -300,17 +365,21 @@ class Ledger:
         usage = result.usage
         _register_tier_keys(extractor)
         written: list[str] = []
+        chain_hash = config_hash or extractor.config_hash
         with self.transaction() as c:
+            # two writers of one document by one chain take turns (PostgreSQL; SQLite's write lock
+            # already excludes them): the second supersedes the first. The unique index enforces it.
+            c.lock(f"{result.document_sha256}|{result.schema_hash}|{chain_hash}|{forced_tier or ''}")
             if result.schema_hash not in self._versions_written:
                 c.execute(
-                    "INSERT OR IGNORE INTO schemas (hash, name, json) VALUES (?,?,?)",
+                    "INSERT INTO schemas (hash, name, json) VALUES (?,?,?) ON CONFLICT DO NOTHING",
                     (result.schema_hash, schema.__name__, canonical_json(json_schema(schema))),
                 )
                 written.append(result.schema_hash)
             for tier in extractor.tiers:
                 if tier.template.hash not in self._versions_written:
                     c.execute(
-                        "INSERT OR IGNORE INTO prompts (hash, origin, source) VALUES (?,?,?)",
+                        "INSERT INTO prompts (hash, origin, source) VALUES (?,?,?) ON CONFLICT DO NOTHING",
                         (tier.template.hash, tier.template.origin, tier.template.source),
                     )
                     written.append(tier.template.hash)
@@ -322,25 +391,25 @@ class Ledger:
                 (result.document_sha256, path, size, doc_type or "text",
                  text if self.store_text else None, now),
             )  # fmt: skip
+            # the earlier final extractions of this document by this chain are no longer current: before
+            # the new one goes in, as the unique index (0006_current_unique) allows one current row
+            older = [r[0] for r in c.execute(
+                "UPDATE extractions SET superseded_by = ? WHERE document_sha256 = ? AND schema_hash = ?"
+                " AND config_hash = ? AND forced_tier IS ? AND status IN ('ok', 'failed')"
+                " AND superseded_by IS NULL AND id != ? RETURNING id",
+                (ext_id, result.document_sha256, result.schema_hash, chain_hash, forced_tier, ext_id),
+            ).fetchall()]  # fmt: skip
             c.execute(
                 "INSERT INTO extractions (id, run_id, document_sha256, path, schema_hash,"
                 " config_hash, status, tier, outcome, value_json, error, n_attempts,"
                 " prompt_tokens, completion_tokens, cost_usd, latency_s, created_at, forced_tier)"
                 " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (ext_id, run_id, result.document_sha256, path, result.schema_hash,
-                 config_hash or extractor.config_hash, "ok" if result.ok else "failed", result.tier,
+                 chain_hash, "ok" if result.ok else "failed", result.tier,
                  result.outcome.value, value_json, result.error,
                  len(result.attempts), usage.prompt_tokens, usage.completion_tokens,
                  result.cost_usd, result.latency_s, now, forced_tier),
             )  # fmt: skip
-            # the earlier final extractions of this document by this chain are no longer current
-            older = [r[0] for r in c.execute(
-                "UPDATE extractions SET superseded_by = ? WHERE document_sha256 = ? AND schema_hash = ?"
-                " AND config_hash = ? AND forced_tier IS ? AND status IN ('ok', 'failed')"
-                " AND superseded_by IS NULL AND id != ? RETURNING id",
-                (ext_id, result.document_sha256, result.schema_hash, config_hash or extractor.config_hash,
-                 forced_tier, ext_id),
-            ).fetchall()]  # fmt: skip
             if older:
                 stale = [(x,) for x in older]
                 c.executemany("UPDATE attempts SET current = 0 WHERE extraction_id = ?", stale)
@@ -355,7 +424,7 @@ class Ledger:
                   a.fingerprint)
                  for a, follows in zip(result.attempts, _follows(result.attempts), strict=True)],
             )
-            _rollups.apply(c, ext_id)  # the report's sums, in this transaction
+            _rollups.apply(c, ext_id, self.engine)  # the report's sums, in this transaction
             # which model answered: written when first seen by this writer, then at most once a minute
             served = {}
             for a in result.attempts:
@@ -365,9 +434,9 @@ class Ledger:
             if served:
                 c.executemany(
                     "INSERT INTO served_models (tier, model, served_model, fingerprint, first_seen,"
-                    " last_seen) VALUES (?,?,?,?,?,?) ON CONFLICT DO UPDATE SET"
-                    " first_seen = MIN(first_seen, excluded.first_seen),"
-                    " last_seen = MAX(last_seen, excluded.last_seen)",
+                    " last_seen) VALUES (?,?,?,?,?,?) ON CONFLICT (tier, model, served_model, fingerprint)"
+                    " DO UPDATE SET first_seen = MIN(served_models.first_seen, excluded.first_seen),"
+                    " last_seen = MAX(served_models.last_seen, excluded.last_seen)",
                     [(*key, at, at) for key, at in served.items()],
                 )
         self._versions_written.update(written)  # only once the transaction has committed
@@ -392,8 +461,8 @@ class Ledger:
     ) -> str:  # fmt: skip
         """A document that could not be read: a per-document error, no attempts."""
         ext_id = new_id()
-        with self.transaction():
-            self.conn.execute(
+        with self.transaction() as tx:
+            tx.execute(
                 "INSERT INTO extractions (id, run_id, document_sha256, path, schema_hash,"
                 " config_hash, status, outcome, error, created_at)"
                 " VALUES (?,?,?,?,?,?, 'error', ?,?,?)",
@@ -405,8 +474,8 @@ class Ledger:
     # -- eval -------------------------------------------------------------------------------------
     def record_eval_item(self, run_id: str, gold_id: str, document_sha256: str | None, path: str | None,
                          expected: dict[str, Any]) -> None:  # fmt: skip
-        with self.transaction():
-            self.conn.execute(
+        with self.transaction() as tx:
+            tx.execute(
                 "INSERT OR REPLACE INTO eval_items (run_id, gold_id, document_sha256, path, expected_json)"
                 " VALUES (?,?,?,?,?)",
                 (run_id, gold_id, document_sha256, path, json.dumps(expected, ensure_ascii=False)),
@@ -415,15 +484,15 @@ class Ledger:
     def record_eval_result(self, run_id: str, gold_id: str, tier: str, extraction_id: str, reused: bool,
                            scores: Iterable[Any]) -> None:  # fmt: skip
         """Which extraction answered a gold item for a tier, and its field scores (one transaction)."""
-        with self.transaction():
-            self.conn.execute(
+        with self.transaction() as tx:
+            tx.execute(
                 "INSERT OR REPLACE INTO eval_results (run_id, gold_id, tier, extraction_id, reused)"
                 " VALUES (?,?,?,?,?)",
                 (run_id, gold_id, tier, extraction_id, int(reused)),
             )
-            self.conn.execute("DELETE FROM eval_scores WHERE run_id = ? AND gold_id = ? AND tier = ?",
-                              (run_id, gold_id, tier))  # fmt: skip
-            self.conn.executemany(
+            tx.execute("DELETE FROM eval_scores WHERE run_id = ? AND gold_id = ? AND tier = ?",
+                       (run_id, gold_id, tier))  # fmt: skip
+            tx.executemany(
                 "INSERT INTO eval_scores (run_id, gold_id, tier, extraction_id, field, expected_json,"
                 " got_json, result) VALUES (?,?,?,?,?,?,?,?)",
                 [(run_id, gold_id, tier, extraction_id, sc.field, _json_or_none(sc.expected),
@@ -431,8 +500,19 @@ class Ledger:
             )  # fmt: skip
 
     def integrity_check(self) -> str:
-        with self._lock:
-            return str(self.conn.execute("PRAGMA integrity_check").fetchone()[0])
+        """``"ok"``, or what is wrong. SQLite: ``PRAGMA integrity_check``. PostgreSQL (which
+        checks its own pages): every migration applied and at most one current final extraction
+        per key, read through the partial unique index."""
+        if self._pg is None:
+            with self._lock:
+                return str(self.conn.execute("PRAGMA integrity_check").fetchone()[0])
+        from ._migrations import PG_MIGRATIONS
+
+        applied = {r[0] for r in self._pg.query("SELECT name FROM _migrations", ())}
+        missing = [name for name, _ in PG_MIGRATIONS if name not in applied]
+        if missing:
+            return f"migrations not applied: {', '.join(missing)}"
+        return "ok"
 
 
 def _json_or_none(v: Any) -> str | None:

@@ -1,13 +1,20 @@
-"""Named, forward-only migrations, applied in order when a ledger is opened.
+"""Named, forward-only migrations, applied in order when a ledger is opened: one list per engine.
 
-Never edit or reorder a migration that has shipped: add a new one.
+Never edit or reorder a migration that has shipped: add a new one, to BOTH lists, under the same
+name (``MIGRATIONS`` for SQLite, ``PG_MIGRATIONS`` for PostgreSQL). Both are written in SQLite's
+DDL; on PostgreSQL each passes ``_dialect.ddl_to_postgres`` (``REAL`` -> ``DOUBLE PRECISION``,
+``BLOB`` -> ``BYTEA``, ``a IS b`` -> ``IS NOT DISTINCT FROM``, ...). A migration whose SQL is the same
+on both engines is one constant added to both lists (as ``0006_current_unique``). PostgreSQL's list
+starts with the whole schema as SQLite has it after ``0005_document_paths``, in one migration.
 """
 
 from __future__ import annotations
 
 import sqlite3
+from typing import Any
 
 from . import _rollups
+from ._dialect import ddl_to_postgres
 
 MIGRATIONS: list[tuple[str, str]] = [
     (
@@ -231,9 +238,208 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX document_paths_path ON document_paths(path);
         """,
     ),
-    _rollups.MIGRATION,  # the report's sums per hour (see _rollups)
 ]
 
+
+# One current final extraction per (document, schema, chain config, forced tier), enforced by the
+# database: a partial unique index. Ledgers written before it are first put right (an older current
+# row that a newer one should have superseded is marked so; its attempts stop counting as current).
+CURRENT_UNIQUE = """
+        UPDATE extractions SET superseded_by = (
+            SELECT MAX(t.id) FROM extractions t
+            WHERE t.document_sha256 = extractions.document_sha256 AND t.schema_hash = extractions.schema_hash
+              AND t.config_hash = extractions.config_hash AND t.forced_tier IS extractions.forced_tier
+              AND t.status IN ('ok', 'failed') AND t.superseded_by IS NULL AND t.id > extractions.id
+        ) WHERE status IN ('ok', 'failed') AND superseded_by IS NULL AND EXISTS (
+            SELECT 1 FROM extractions t
+            WHERE t.document_sha256 = extractions.document_sha256 AND t.schema_hash = extractions.schema_hash
+              AND t.config_hash = extractions.config_hash AND t.forced_tier IS extractions.forced_tier
+              AND t.status IN ('ok', 'failed') AND t.superseded_by IS NULL AND t.id > extractions.id
+        );
+        UPDATE attempts SET current = 0 WHERE current = 1 AND extraction_id IN (
+            SELECT id FROM extractions WHERE superseded_by IS NOT NULL);
+        CREATE UNIQUE INDEX extractions_current
+            ON extractions(document_sha256, schema_hash, config_hash, COALESCE(forced_tier, ''))
+            WHERE status IN ('ok', 'failed') AND superseded_by IS NULL;
+"""
+MIGRATIONS.append(("0006_current_unique", CURRENT_UNIQUE))
+MIGRATIONS.append(_rollups.MIGRATION)  # the report's sums per hour and day (see _rollups)
+
+# PostgreSQL: the schema as SQLite has it after 0005 (every table, column and index), then the same
+# named migrations as SQLite from 0006 on.
+PG_INITIAL = """
+        CREATE TABLE runs (
+            id TEXT PRIMARY KEY,
+            kind TEXT NOT NULL,
+            config_hash TEXT,
+            config_json TEXT,
+            schema_hash TEXT,
+            extractkit_version TEXT,
+            started_at REAL NOT NULL,
+            ended_at REAL,
+            status TEXT NOT NULL,
+            n_documents INTEGER DEFAULT 0,
+            n_ok INTEGER DEFAULT 0,
+            n_failed INTEGER DEFAULT 0,
+            n_errors INTEGER DEFAULT 0,
+            n_skipped INTEGER DEFAULT 0,
+            n_resumed INTEGER DEFAULT 0,
+            owner_pid INTEGER,
+            owner_host TEXT,
+            owner_start TEXT
+        );
+        CREATE INDEX runs_running ON runs(owner_host) WHERE status = 'running';
+        CREATE TABLE documents (
+            sha256 TEXT PRIMARY KEY,
+            path TEXT,
+            size BIGINT,
+            type TEXT,
+            text TEXT,
+            first_seen REAL NOT NULL
+        );
+        CREATE TABLE schemas (
+            hash TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            json TEXT NOT NULL
+        );
+        CREATE TABLE prompts (
+            hash TEXT PRIMARY KEY,
+            origin TEXT,
+            source TEXT NOT NULL
+        );
+        CREATE TABLE extractions (
+            id TEXT PRIMARY KEY,
+            run_id TEXT REFERENCES runs(id),
+            document_sha256 TEXT,
+            path TEXT,
+            schema_hash TEXT NOT NULL,
+            config_hash TEXT NOT NULL,
+            status TEXT NOT NULL,
+            tier TEXT,
+            outcome TEXT,
+            value_json TEXT,
+            error TEXT,
+            n_attempts INTEGER NOT NULL DEFAULT 0,
+            prompt_tokens BIGINT NOT NULL DEFAULT 0,
+            completion_tokens BIGINT NOT NULL DEFAULT 0,
+            cost_usd REAL,
+            latency_s REAL,
+            created_at REAL NOT NULL,
+            forced_tier TEXT,
+            superseded_by TEXT
+        );
+        CREATE INDEX extractions_run ON extractions(run_id);
+        CREATE INDEX extractions_forced
+            ON extractions(document_sha256, schema_hash, config_hash, forced_tier, status);
+        CREATE INDEX extractions_created ON extractions(created_at);
+        CREATE TABLE attempts (
+            id TEXT PRIMARY KEY,
+            extraction_id TEXT NOT NULL REFERENCES extractions(id),
+            run_id TEXT,
+            tier TEXT NOT NULL,
+            model TEXT NOT NULL,
+            number INTEGER NOT NULL,
+            outcome TEXT NOT NULL,
+            error TEXT,
+            errors_json TEXT,
+            prompt_tokens BIGINT NOT NULL DEFAULT 0,
+            completion_tokens BIGINT NOT NULL DEFAULT 0,
+            cached_tokens BIGINT NOT NULL DEFAULT 0,
+            cost_usd REAL,
+            latency_s REAL,
+            started_at REAL,
+            finish_reason TEXT,
+            status_code INTEGER,
+            prompt_hash TEXT,
+            schema_hash TEXT,
+            output TEXT,
+            follows TEXT,
+            won INTEGER,
+            current INTEGER,
+            served_model TEXT,
+            fingerprint TEXT
+        );
+        CREATE INDEX attempts_extraction ON attempts(extraction_id);
+        CREATE INDEX attempts_tier ON attempts(tier, outcome);
+        CREATE TABLE served_models (
+            tier TEXT NOT NULL,
+            model TEXT NOT NULL,
+            served_model TEXT NOT NULL,
+            fingerprint TEXT NOT NULL,
+            first_seen REAL NOT NULL,
+            last_seen REAL NOT NULL,
+            PRIMARY KEY (tier, model, served_model, fingerprint)
+        );
+        CREATE TABLE eval_items (
+            run_id TEXT NOT NULL REFERENCES runs(id),
+            gold_id TEXT NOT NULL,
+            document_sha256 TEXT,
+            path TEXT,
+            expected_json TEXT NOT NULL,
+            PRIMARY KEY (run_id, gold_id)
+        );
+        CREATE INDEX eval_items_document ON eval_items(document_sha256);
+        CREATE TABLE eval_results (
+            run_id TEXT NOT NULL REFERENCES runs(id),
+            gold_id TEXT NOT NULL,
+            tier TEXT NOT NULL,
+            extraction_id TEXT NOT NULL REFERENCES extractions(id),
+            reused INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (run_id, gold_id, tier)
+        );
+        CREATE TABLE eval_scores (
+            run_id TEXT NOT NULL REFERENCES runs(id),
+            gold_id TEXT NOT NULL,
+            tier TEXT NOT NULL,
+            extraction_id TEXT REFERENCES extractions(id),
+            field TEXT NOT NULL,
+            expected_json TEXT,
+            got_json TEXT,
+            result TEXT NOT NULL
+        );
+        CREATE INDEX eval_scores_run ON eval_scores(run_id, tier, field);
+        CREATE TABLE finetune_jobs (
+            id TEXT PRIMARY KEY,
+            created_at REAL NOT NULL,
+            updated_at REAL,
+            base_url TEXT,
+            base_model TEXT NOT NULL,
+            suffix TEXT,
+            seed BIGINT,
+            n_epochs INTEGER,
+            training_file TEXT,
+            validation_file TEXT,
+            manifest_json TEXT,
+            status TEXT NOT NULL,
+            fine_tuned_model TEXT,
+            trained_tokens BIGINT,
+            error TEXT
+        );
+        CREATE TABLE finetune_events (
+            id TEXT PRIMARY KEY,
+            job_id TEXT NOT NULL REFERENCES finetune_jobs(id),
+            created_at REAL,
+            level TEXT,
+            message TEXT
+        );
+        CREATE INDEX finetune_events_job ON finetune_events(job_id, created_at);
+        CREATE TABLE document_paths (
+            document_sha256 TEXT NOT NULL,
+            path TEXT NOT NULL,
+            path_bytes BLOB NOT NULL,
+            first_seen REAL NOT NULL,
+            last_seen REAL NOT NULL,
+            run_id TEXT,
+            PRIMARY KEY (document_sha256, path_bytes)
+        );
+        CREATE INDEX document_paths_path ON document_paths(path);
+"""
+
+PG_MIGRATIONS: list[tuple[str, str]] = [
+    ("0001_initial", PG_INITIAL),
+    ("0006_current_unique", CURRENT_UNIQUE),
+    _rollups.MIGRATION,
+]
 
 def migrate(conn: sqlite3.Connection) -> list[str]:
     """Apply the migrations this database lacks; return their names.
@@ -278,3 +484,41 @@ def _pending(done: set[str]) -> list[str]:
 def _statements(sql: str) -> list[str]:
     lines = [line.split("--", 1)[0] for line in sql.splitlines()]
     return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+
+
+# -- PostgreSQL ----------------------------------------------------------------------------------
+
+PG_LOCK_KEY = "extractkit.migrate"  # pg_advisory_xact_lock(hashtext(this)) while migrating
+
+
+def migrate_postgres(conn: Any) -> list[str]:
+    """Apply the PostgreSQL migrations this database lacks (``conn``: a psycopg connection in
+    autocommit mode); return their names.
+
+    Safe when many processes open one fresh database at once: everything runs in one transaction
+    under ``pg_advisory_xact_lock``, and what is applied is read again inside it, so exactly one
+    connection applies each migration and the others, waiting on the lock, find it done. An
+    up-to-date database costs one read and takes no lock."""
+    if not _pg_pending(_pg_applied(conn)):
+        return []
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (PG_LOCK_KEY,))
+        conn.execute("CREATE TABLE IF NOT EXISTS _migrations"
+                     " (name TEXT PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)")  # fmt: skip
+        applied = _pg_pending(_pg_applied(conn))
+        sql = dict(PG_MIGRATIONS)
+        for name in applied:
+            for statement in _statements(ddl_to_postgres(sql[name])):
+                conn.execute(statement)
+            conn.execute("INSERT INTO _migrations (name, applied_at) VALUES (%s, EXTRACT(EPOCH FROM now()))",
+                         (name,))  # fmt: skip
+    return applied
+
+
+def _pg_applied(conn: Any) -> set[str]:
+    exists = conn.execute("SELECT to_regclass('_migrations') IS NOT NULL").fetchone()[0]
+    return {row[0] for row in conn.execute("SELECT name FROM _migrations")} if exists else set()
+
+
+def _pg_pending(done: set[str]) -> list[str]:
+    return [name for name, _ in PG_MIGRATIONS if name not in done]

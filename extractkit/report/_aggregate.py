@@ -399,19 +399,20 @@ def check_scope_exists(ledger: Ledger, scope: Scope) -> None:
     if scope.run_id:
         found = ledger.query("SELECT kind FROM runs WHERE id = ? LIMIT 1", [scope.run_id])
         if not found:
-            raise ConfigError(f"no such run in {ledger.path}: {scope.run_id}")
+            raise ConfigError(f"no such run in {ledger.target}: {scope.run_id}")
         if found[0]["kind"] == "eval":
             raise ConfigError(f"run {scope.run_id} is an eval run (each tier forced alone, not the chain): "
                               f"show it with `extractkit eval --run {scope.run_id}`")  # fmt: skip
     if scope.config_hash and not ledger.query(
         "SELECT 1 FROM extractions WHERE config_hash LIKE ? LIMIT 1", [scope.config_hash + "%"]
     ):
-        raise ConfigError(f"no such chain config in {ledger.path}: {scope.config_hash} (no config hash "
+        raise ConfigError(f"no such chain config in {ledger.target}: {scope.config_hash} (no config hash "
                           "or prefix of one)")  # fmt: skip
     if scope.schema and not ledger.query(
         "SELECT 1 FROM schemas WHERE name = ? OR hash LIKE ? LIMIT 1", [scope.schema, scope.schema + "%"]
     ):
-        raise ConfigError(f"no such schema in {ledger.path}: {scope.schema} (no schema name or hash prefix)")
+        raise ConfigError(f"no such schema in {ledger.target}: {scope.schema} (no schema name or hash "
+                          "prefix)")  # fmt: skip
 
 
 @dataclass
