@@ -8,12 +8,15 @@ full-scan report (``USE_ROLLUPS = False``, SQLite: the report before the rollups
 scan of the attempts table. Target: <= 2 s on both engines.
 
     python -m benchmarks.bench_report [--size tiny|1m|full]
+
+``EXTRACTKIT_BENCH_ENGINES=sqlite`` (or ``postgresql``) measures one engine only.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import os
 import random
 import tempfile
 import time
@@ -117,8 +120,13 @@ def generate(ledger: Ledger, n_attempts: int) -> int:
             c.executemany(f"INSERT INTO attempts ({', '.join(ATTEMPT_COLUMNS)})"
                           f" VALUES ({', '.join('?' * len(ATTEMPT_COLUMNS))})", attempts)  # fmt: skip
     ledger.finish_run(run, "done", n_documents=n)
-    ledger.query("ANALYZE")
+    analyze(ledger)
     return made
+
+
+def analyze(ledger: Ledger) -> None:
+    with ledger.transaction() as tx:
+        tx.execute("ANALYZE")
 
 
 def _copy(ledger: Ledger, table: str, columns: tuple[str, ...], data: list[tuple[Any, ...]]) -> None:
@@ -126,8 +134,8 @@ def _copy(ledger: Ledger, table: str, columns: tuple[str, ...], data: list[tuple
     buf = io.StringIO()
     for row in data:
         buf.write("\t".join("\\N" if v is None else str(v) for v in row) + "\n")
-    with ledger.transaction() as c, c.cursor().copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as cp:
-        cp.write(buf.getvalue())
+    with ledger.transaction() as tx, tx._conn.cursor().copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as cp:
+        cp.write(buf.getvalue())  # the PgTx's psycopg connection: COPY has no SQLite counterpart
 
 
 def measure(ledger: Ledger, name: str, full_scan: bool) -> dict[str, Any]:
@@ -180,23 +188,31 @@ def rows_for(m: dict[str, Any], made: int) -> list[dict[str, Any]]:
     return out
 
 
-def main() -> None:
-    ns, size = args(__doc__.split("\n\n")[0], SIZES)
-    results, table = {}, []
+def sqlite_run(attempts: int, results: dict[str, Any], table: list[dict[str, Any]]) -> None:
     with tempfile.TemporaryDirectory() as tmp, Ledger(Path(tmp) / "ledger.sqlite3") as ledger:
         t0 = time.perf_counter()
-        made = generate(ledger, size["attempts"])
+        made = generate(ledger, attempts)
         gen = time.perf_counter() - t0
         t0 = time.perf_counter()
         rebuild_rollups(ledger)
         built = time.perf_counter() - t0
+        analyze(ledger)
         results["sqlite"] = {
             **measure(ledger, "SQLite", full_scan=True),
             "generate_s": gen,
             "rebuild_s": built,
         }
         table += rows_for(results["sqlite"], made)
-    pg = _postgres()
+
+
+def main() -> None:
+    ns, size = args(__doc__.split("\n\n")[0], SIZES)
+    engines = os.environ.get("EXTRACTKIT_BENCH_ENGINES", "sqlite,postgresql").split(",")
+    results: dict[str, Any] = {}
+    table: list[dict[str, Any]] = []
+    if "sqlite" in engines:
+        sqlite_run(size["attempts"], results, table)
+    pg = _postgres() if "postgresql" in engines else "not asked for"
     if isinstance(pg, str):
         results["postgresql"] = {"skipped": pg}
     else:
@@ -208,6 +224,7 @@ def main() -> None:
                 t0 = time.perf_counter()
                 rebuild_rollups(ledger)
                 built = time.perf_counter() - t0
+                analyze(ledger)
                 results["postgresql"] = {**measure(ledger, "PostgreSQL", full_scan=False), "generate_s": gen,
                                          "rebuild_s": built}  # fmt: skip
                 table += rows_for(results["postgresql"], made)

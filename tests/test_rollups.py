@@ -73,11 +73,12 @@ def build(ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
 
     # the baseline window, a month before; every document once, by chain a
     batch("old", a, NOW - 30 * DAY - 1800, range(0, 60), 97.0)
+    # one document every 3 hours for 7.5 days: whole days in between (batches in time order, as one
+    # clock writes them: ids and times agree)
+    batch("spread", a, NOW - 19 * DAY - 1234, range(300, 360), 3 * HOUR + 17)
     # the days before the recent window's edge (NOW - 7 days), across it, by chain b (unpriced fine-tuned
     # never runs in b; few-shot unpriced here)
     batch("edge", b, NOW - 7 * DAY - 2 * HOUR, range(100, 160), 211.0, costs={"few_shot": None})
-    # one document every 3 hours for 7.5 days, across the recent window's edge: whole days in between
-    batch("spread", a, NOW - 11 * DAY - 1234, range(300, 360), 3 * HOUR + 17)
     # reruns: documents of the first run, again by chain a, now resolved, across an hour's edge
     batch("rerun", a, NOW - 3 * DAY - 1000, range(0, 30), 61.0, path_of=lambda k: "few")
     # one run that extracts some documents twice (superseded within the run) and new ones

@@ -109,6 +109,12 @@ SELECT r.hour, r.{gone} AS gone FROM rollup_documents r
 WHERE {keys} AND r.n > 0 AND r.hour >= ? AND r.hour <= ?
 GROUP BY r.hour, r.{gone} HAVING SUM(r.n) > 0"""
 
+# unresolved documents per hour, the latest first: where the most recent examples are
+ROLLUP_FAILED_HOURS = """
+SELECT r.hour, SUM(r.n) AS n FROM rollup_documents r
+WHERE {keys} AND {where} AND r.status = 'failed'
+GROUP BY r.hour ORDER BY r.hour DESC"""
+
 # the first and last hours each (config, tier)'s attempts started in (its first and last use)
 ROLLUP_ATTEMPT_SPANS = """
 SELECT r.config, r.tier, MIN(r.ahour) AS lo, MAX(r.ahour) AS hi FROM rollup_attempts r
@@ -202,11 +208,21 @@ def exact_extractions_sql(ranges: str, member: str) -> str:
     return EXACT_EXTRACTIONS.format(columns=columns, ranges=ranges, member=member)
 
 
-# the most recent documents no tier resolved (ids sort by time)
+# the most recent documents no tier resolved (ids sort by time), ``{since}``: created from a time on
+# (the hours the rollups show holding at least that many: bounded by the extractions_created index)
 UNRESOLVED_EXAMPLES = """
 SELECT e.path, e.document_sha256, e.outcome, e.error FROM extractions e
-WHERE e.status = 'failed' AND {member}
-ORDER BY e.id DESC LIMIT 20"""
+WHERE e.status = 'failed'{since} AND {member}
+ORDER BY e.id DESC LIMIT ?"""
+
+# ``ledger.DOCUMENT_ERRORS`` read from the unreadable documents alone (the partial index
+# ``extractions_errors``), whatever the scope's filters (a run's index would read all its extractions)
+DOCUMENT_ERRORS_BOUNDED = """
+WITH errors AS MATERIALIZED (SELECT * FROM extractions WHERE status = 'error')
+SELECT e.outcome, COUNT(*) AS n FROM errors e WHERE e.id IN (
+    SELECT MAX(e.id) FROM errors e WHERE {where}
+    GROUP BY COALESCE('sha256:' || e.document_sha256, 'path:' || e.path))
+GROUP BY e.outcome ORDER BY n DESC, e.outcome"""
 
 CHAINS = """
 SELECT DISTINCT r.config_hash, r.config_json FROM runs r

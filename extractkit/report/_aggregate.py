@@ -64,7 +64,7 @@ from ._model import (
     ValueCount,
     Window,
 )
-from ._rollup import percentile_of, read_parts, scope_member
+from ._rollup import EXAMPLES, percentile_of, read_parts, scope_member
 from ._stats import Z99, percentile, two_proportion_z, wilson
 from ._verdict import FINE_TUNED, Economics, Verdict, headline_sentence, marginal_verdict
 
@@ -484,12 +484,14 @@ def read_rows_rollup(ledger: Ledger, scope: Scope, windows: dict[str, float]) ->
                   for tier, c in counts.items()}  # fmt: skip
     member, member_params = scope_member(scope)
     values = field_values(ledger, scope, run, groups, documents, member, member_params)
-    examples = [dict(r) for r in run("unresolved_examples", rq.UNRESOLVED_EXAMPLES.format(member=member),
-                                     member_params)]  # fmt: skip
+    bounded = parts.examples_from is not None
+    sql = rq.UNRESOLVED_EXAMPLES.format(member=member, since=" AND e.created_at >= ?" if bounded else "")
+    params = [*([parts.examples_from] if bounded else []), *member_params, EXAMPLES]
+    examples = [dict(r) for r in run("unresolved_examples", sql, params)]
     version_stats, version_pairs = versions_rows_rollup(run, docs, chains, groups, parts.by_config, member,
                                                         member_params)  # fmt: skip
     where, params = scope.where()
-    errors = run("document_errors", DOCUMENT_ERRORS.format(where=where), params)
+    errors = run("document_errors", rq.DOCUMENT_ERRORS_BOUNDED.format(where=where), params)
     document_errors = {r["outcome"]: r["n"] for r in errors}
     return _Rows(
         docs=docs, chains=chains, groups=groups, attempt_latency=[], doc_latency=[], served=served,

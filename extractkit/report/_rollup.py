@@ -31,6 +31,7 @@ from ..ledger import (
 
 HOUR = ROLLUP_HOUR
 DAY_HOURS = 24
+EXAMPLES = 20  # unresolved documents shown
 WINDOWS = (("r", "recent_since", "recent_until"), ("b", "baseline_since", "baseline_until"))
 q = rollup_queries
 
@@ -47,6 +48,7 @@ class Parts:
         default_factory=dict
     )  # (tier, outcome, loc, ungrounded)
     edges: list[int] = field(default_factory=list)
+    examples_from: float | None = None  # the most recent unresolved documents were created from then on
 
 
 def percentile_of(buckets: dict[int, list[float]] | None, p: float) -> float | None:
@@ -265,6 +267,15 @@ def read_parts(ledger: Any, scope: Any, windows: dict[str, float], run: Any) -> 
     # 2. the first and last hours with documents (the report's first and last times)
     if whole:
         edges.update((min(whole), max(whole)))
+    # the most recent unresolved documents: from the latest whole hour on that holds enough of them
+    whole_rows = q.rollup_where("r", since=since, until=until, run=by_run)
+    sql = q.ROLLUP_FAILED_HOURS.format(keys=keys, where=whole_rows)
+    failed, examples_from = 0, None
+    for r in run("rollup_failed_hours", sql, key_params):
+        failed += int(r["n"])
+        if failed >= EXAMPLES:
+            examples_from = float(int(r["hour"]) * HOUR)
+            break
     # 3. per chain config and tier, the hours of its first and last attempts; hours cut by drift windows
     # (over every whole row, the edges' too: an edge hour holding a tier's first attempts is read exactly)
     where = q.rollup_where("r", since=since, until=until, run=by_run)
@@ -311,7 +322,9 @@ def read_parts(ledger: Any, scope: Any, windows: dict[str, float], run: Any) -> 
         acc.attempts(
             run("edge_attempts", q.EXACT_ATTEMPTS.format(ranges=ranges, member=member), params), config_of
         )
-    return acc.parts(sorted(edges))
+    out = acc.parts(sorted(edges))
+    out.examples_from = examples_from
+    return out
 
 
 def scope_member(scope: Any) -> tuple[str, list[Any]]:
