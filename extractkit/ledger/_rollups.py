@@ -27,6 +27,10 @@ and, per table, the rest of the key:
   error was ``ungrounded`` -> errors, counted from ``attempts.errors_json`` in Python at write time
   (outcomes in ``FIELD_ERROR_OUTCOMES``).
 
+Each table has a daily twin (``*_daily``, the same sums per day; in ``rollup_attempts_daily`` the
+started hour is the first hour of the day), so a report over months reads days, and hours only on
+the days at its edges.
+
 Superseded extractions are *moved*, not deleted: when a newer final extraction of the same document
 and chain is recorded, the older one's sums are subtracted under its old key and added under its
 new ``gone`` (and ``gone_run`` when the new one is of the same run), in the same transaction. So

@@ -2,13 +2,16 @@
 
 The scope is split into hours. Whole hours inside it are read from the rollup rows; the hours at its
 edges are read from the plain tables, row by row, with the same membership and the same arithmetic
-(``ledger._rollups.Sums``' rules), so the sum of both is what a full scan of the scope reads. The
-edges (``Edges``): the hours holding ``--since`` and ``--until`` (unless they fall on a whole hour),
-the hours whose documents were superseded within the ``--until`` hour, the first and last hour with
-documents in scope (the report's first and last times), the hours whose attempts were the first or
-the last of each chain config's tier (first and last use), and the hours whose attempts started in an
-hour that a drift window's edge cuts. So every number is exact except latency percentiles, read from
+(``ledger._rollups.Sums``' rules), so the sum of both is what a full scan of the scope reads. Whole
+days come from the daily twins, except the days that hold an edge or attempts started on a day a
+drift window's edge cuts (read hour by hour). The edges: the hours holding ``--since`` and
+``--until`` (unless they fall on a whole hour), the hours whose documents were superseded within the
+``--until`` hour, the first and last hour with documents in scope (the report's first and last
+times), the hours whose attempts were the first or the last of each chain config's tier (first and
+last use), and the hours whose attempts started in an hour that a drift window's edge cuts. So every number is exact except latency percentiles, read from
 buckets (within a factor ``RATIO``, exact where a bucket's values are equal, see ``_rollups.bucket``).
+First and last times (documents, each tier's attempts) come from the edges alone: the hours that
+hold them are edges by construction, so the rollup rows carry no times.
 """
 
 from __future__ import annotations
