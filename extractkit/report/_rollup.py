@@ -9,7 +9,8 @@ drift window's edge cuts (read hour by hour). The edges: the hours holding ``--s
 ``--until`` hour, the first and last hour with documents in scope (the report's first and last
 times), the hours whose attempts were the first or the last of each chain config's tier (first and
 last use), and the hours whose attempts started in an hour that a drift window's edge cuts. So
-every number is exact except latency percentiles, read from buckets (within a factor ``RATIO``, exact where a bucket's values are equal, see ``_rollups.bucket``).
+every number is exact except latency percentiles, read from buckets (within a factor ``RATIO``,
+exact where a bucket's values are equal, see ``_rollups.bucket``).
 First and last times (documents, each tier's attempts) come from the edges alone: the hours that
 hold them are edges by construction, so the rollup rows carry no times.
 """
