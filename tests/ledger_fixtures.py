@@ -8,7 +8,7 @@ twice). Each attempt costs the tier's fixed price, so every total can be worked 
 from __future__ import annotations
 
 from extractkit import Attempt, Extractor, FewShot, FineTuned, Outcome, Result, Usage, ZeroShot
-from extractkit.ledger import Ledger
+from extractkit.ledger import Ledger, rebuild_rollups
 
 from .conftest import Invoice
 
@@ -80,4 +80,5 @@ def populate(
         with ledger.transaction() as tx:  # either engine
             tx.execute("UPDATE extractions SET created_at = ? WHERE run_id = ?", (created_at, run))
             tx.execute("UPDATE attempts SET started_at = ? WHERE run_id = ?", (created_at - 1, run))
+        rebuild_rollups(ledger)  # the report's sums follow edits that bypass Ledger.record
     return ex

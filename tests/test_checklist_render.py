@@ -104,7 +104,7 @@ def test_cli_by_prompt_target_and_errors(tmp_path):
     data = json.loads(out.stdout)
     assert data["checklist"]["target_success"] == 0.98 and data["checklist"]["min_version_documents"] == 41
     assert data["checklist"]["items"][0]["answer"] == "not_enough_evidence"
-    assert {q["name"] for q in data["queries"]} >= {"version_stats", "version_pairs"}
+    assert {q["name"] for q in data["queries"]} >= {"rollup_attempts", "version_pairs"}
     out = cli("report", "--ledger", lp, "--by", "checklist", "--csv", str(tmp_path / "c.csv"))
     assert out.returncode == 0 and (tmp_path / "c.csv").read_text().startswith("key,question,answer,detail")
     bad = cli("report", "--ledger", lp, "--by", "model")

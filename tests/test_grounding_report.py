@@ -70,4 +70,4 @@ def test_the_report_shows_the_most_often_ungrounded_fields_per_tier(mock_api, sc
     print_report(report, Console(file=out, width=200))
     assert note in out.getvalue()
     assert "zero_shot: date (12), issuer (4)" in report_html(report)
-    assert any(q["name"] == "ungrounded_fields" for q in report["queries"])
+    assert any(q["name"] in ("ungrounded_fields", "rollup_fields") for q in report["queries"])

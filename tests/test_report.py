@@ -34,10 +34,17 @@ DAY = 86_400.0
 NOW = 1_800_000_000.0
 
 
-@pytest.fixture
-def ledger(tmp_path):
-    with Ledger(tmp_path / "ledger.sqlite3") as lg:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger(request, tmp_path):
+    """The same tests on both engines (issue 17: the report reads the same on PostgreSQL)."""
+    target = tmp_path / "ledger.sqlite3" if request.param == "sqlite" else request.getfixturevalue("pg_url")
+    with Ledger(target) as lg:
         yield lg
+
+
+def sqlite_only(ledger):
+    if ledger.engine != "sqlite":
+        pytest.skip("the full scan and plain sqlite3 clients read SQLite files")
 
 
 def tier(report, name):
@@ -256,24 +263,27 @@ def test_drift_flags_a_price_change_under_the_same_name(ledger):
 
 
 def test_every_query_reruns_in_plain_sqlite(ledger, request):
-    populate(ledger, {"zero": 50, "few": 20, "ft": 30})
+    sqlite_only(ledger)
+    populate(ledger, {"zero": 50, "few": 20, "ft": 30}, created_at=NOW - 3 * DAY)
+    populate(ledger, {"zero": 5}, created_at=NOW - DAY, prefix="n")
     r = build_report(ledger, as_of=NOW)
     con = sqlite3.connect(ledger.path)  # a plain connection: the queries, in order, as recorded
     request.addfinalizer(con.close)
-    names = []
+    names, documents, attempts = [], 0, 0
     for q in r["queries"]:
-        rows = con.execute(q["sql"], q["params"]).fetchall()
+        cur = con.execute(q["sql"], q["params"])
+        cols = [d[0] for d in cur.description]
+        rows = [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
         names.append(q["name"])
-        if q["name"] == "documents":  # grouped by day, config, schema, tier, status, outcome
-            assert sum(row[6] for row in rows) == r["totals"]["documents"] == 100
-        if q["name"] == "attempts":  # grouped rows; the report's per-tier numbers are their sums
-            assert sum(row[2] for row in rows) == sum(t["attempts"] for t in r["tiers"]) == 260
-    assert {"documents", "attempts", "attempt_latency_current", "document_latency"} <= set(names)
+        if q["name"] in ("rollup_documents", "edge_extractions"):  # whole hours, and the hours at the edges
+            documents += sum(row.get("n", 1) for row in rows)
+        if q["name"] in ("rollup_attempts", "edge_attempts"):
+            attempts += sum(row.get("n", 1) for row in rows)
+    assert documents == r["totals"]["documents"] == 105
+    assert attempts == sum(t["attempts"] for t in r["tiers"]) == 265
+    assert {"rollup_documents", "rollup_attempts", "rollup_latency", "edge_extractions"} <= set(names)
     json.dumps(r)  # all of it is JSON
-    # a filtered scope materialises its latest extractions first; the queries still replay in order
     r2 = build_report(ledger, Scope(schema="Invoice"), as_of=NOW)
-    names = [q["name"] for q in r2["queries"]]
-    assert names.index("latest_table") + 1 == names.index("latest") < names.index("documents")
     con2 = sqlite3.connect(ledger.path)
     request.addfinalizer(con2.close)
     for q in r2["queries"]:
@@ -286,17 +296,24 @@ def strip_queries(r):
 
 
 def test_all_query_plans_give_the_same_report(ledger, monkeypatch):
-    """Unfiltered, the report reads the current-extraction flags the ledger keeps; filtered, it
+    """The full scan reads the current-extraction flags the ledger keeps unfiltered; filtered, it
     materialises the scope's latest extractions and joins, scanning the attempts by index over
-    most of a big ledger or from the scope's extractions otherwise. Same numbers every way, with
-    reruns (superseded extractions) and eval's forced extractions in the ledger."""
+    most of a big ledger or from the scope's extractions otherwise; the rollups read per-hour sums
+    and the hours at the edges. Same numbers every way, with reruns (superseded extractions) and
+    eval's forced extractions in the ledger."""
     from .ledger_fixtures import COSTS, result
+    from .test_report_compat import differences
+
+    sqlite_only(ledger)
 
     ex = populate(ledger, {"none": 10}, created_at=NOW - 3 * DAY, prefix="r")
     populate(ledger, {"zero": 50, "few": 20, "ft": 30, "none": 7}, created_at=NOW - DAY)
     populate(ledger, {"few": 10}, extractor=ex, created_at=NOW - DAY, prefix="r")  # reruns now succeed
     ledger.record(ex, result(ex, "ft", "fffe", COSTS), forced_tier="fine_tuned", config_hash=ex.tier_hashes["fine_tuned"])
     assert ledger.query("SELECT COUNT(*) FROM extractions WHERE superseded_by IS NOT NULL")[0][0] == 10
+    rollups = build_report(ledger, as_of=NOW)
+    assert "rollup_attempts" in [q["name"] for q in rollups["queries"]]
+    monkeypatch.setattr("extractkit.report._aggregate.USE_ROLLUPS", False)
     current = build_report(ledger, as_of=NOW)
     assert "a.current = 1" in next(q["sql"] for q in current["queries"] if q["name"] == "attempts")
     monkeypatch.setattr("extractkit.report._aggregate.USE_CURRENT", False)
@@ -306,6 +323,7 @@ def test_all_query_plans_give_the_same_report(ledger, monkeypatch):
     assert "INDEXED BY attempts_tier CROSS JOIN" in next(q["sql"] for q in driven["queries"] if q["name"] == "attempts")
     assert "INDEXED BY" not in next(q["sql"] for q in small["queries"] if q["name"] == "attempts")
     assert strip_queries(driven) == strip_queries(small) == strip_queries(current)
+    assert differences(strip_queries(rollups), strip_queries(current)) == []
     assert current["totals"]["documents"] == 117 and current["totals"]["ok"] == 110
     # a run filter over most of the ledger reads the flags in place too, unless one of its
     # extractions was superseded (then it materialises): the same numbers as materialised
@@ -318,6 +336,9 @@ def test_all_query_plans_give_the_same_report(ledger, monkeypatch):
         assert ("latest" not in names) is in_place, scope
         monkeypatch.setattr("extractkit.report._aggregate.USE_CURRENT", False)
         assert strip_queries(fast) == strip_queries(build_report(ledger, scope, as_of=NOW)), scope
+        monkeypatch.setattr("extractkit.report._aggregate.USE_ROLLUPS", True)
+        assert differences(strip_queries(build_report(ledger, scope, as_of=NOW)), strip_queries(fast)) == [], scope
+        monkeypatch.setattr("extractkit.report._aggregate.USE_ROLLUPS", False)
     assert fast["totals"]["documents"] == 107
 
 
@@ -336,7 +357,7 @@ def cli(*args, **kw):
 def test_report_cli_formats_and_errors(tmp_path, ledger):
     populate(ledger, {"zero": 50, "few": 20, "ft": 30})
     ledger.close()
-    lp = str(ledger.path)
+    lp = str(ledger.target)
     term = cli("report", "--ledger", lp, "--failure-cost", "2", "--training-cost", "50")
     assert term.returncode == 0, term.stderr
     assert "Keep fine_tuned" in term.stdout and "break-even after 84 documents" in term.stdout

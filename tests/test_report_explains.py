@@ -99,7 +99,7 @@ def test_field_failure_table_names_fields_outcomes_and_rejected_values(mock_api,
     report = build_report(ledger, scope)
     ff = report["field_failures"]
     assert ff["rows"] == EXPECTED and ff["values_hidden"] is None
-    assert any(q["name"] == "field_failures" for q in report["queries"])
+    assert any(q["name"] == "rollup_fields" for q in report["queries"])
     text = terminal(report)
     assert "fields that failed most often" in text
     assert "'Globex Ltd' (2)" in text and "'abc' (2)" in text and SECRET not in text

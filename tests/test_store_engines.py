@@ -221,7 +221,7 @@ def test_0006_puts_right_an_older_ledger_with_two_current_rows(tmp_path, monkeyp
             tx.execute("UPDATE attempts SET current = 1 WHERE extraction_id = ?", (first,))
     monkeypatch.undo()
     with Ledger(path) as ledger:
-        assert ledger.applied[:1] == ["0006_current_unique"]  # later migrations follow it
+        assert ledger.applied[:2] == ["0006_current_unique", "0007_rollups"]  # later migrations follow
         rows = ledger.query("SELECT id, superseded_by FROM extractions ORDER BY id")
         assert [tuple(r) for r in rows] == [(first, second), (second, None)]
         assert ledger.query("SELECT COUNT(*) FROM attempts WHERE extraction_id = ? AND current = 1",

@@ -1,5 +1,6 @@
 """The ledger: runs, documents, extractions and attempts, in SQLite or PostgreSQL (one ``Ledger``)."""
 
+from . import _report_rollups as rollup_queries
 from ._dialect import POSTGRES, SQLITE, Dialect
 from ._ledger import DEFAULT_PATH, ENV_VAR, SERVED_REFRESH_S, Ledger, default_path, new_id, scrub
 from ._limits import CHANNEL, Grant, LimitStore, Pause, limit_store
@@ -24,6 +25,16 @@ from ._reads import (
     TrainingRow,
     UnfinishedExtraction,
 )
+from ._rollups import HOUR as ROLLUP_HOUR
+from ._rollups import NOT_GONE
+from ._rollups import RATIO as ROLLUP_RATIO
+from ._rollups import bucket as rollup_bucket
+from ._rollups import ensure as ensure_rollups
+from ._rollups import field_errors as rollup_field_errors
+from ._rollups import hour_of as rollup_hour_of
+from ._rollups import json_value as rollup_json_value
+from ._rollups import loc_value as rollup_loc_value
+from ._rollups import rebuild as rebuild_rollups
 
 __all__ = [
     "CHANNEL",
@@ -32,6 +43,9 @@ __all__ = [
     "ENV_VAR",
     "EVAL_SQL",
     "MIGRATIONS",
+    "NOT_GONE",
+    "ROLLUP_HOUR",
+    "ROLLUP_RATIO",
     "PAIRS_CUT",
     "PG_MIGRATIONS",
     "POSTGRES",
@@ -60,6 +74,7 @@ __all__ = [
     "UnfinishedExtraction",
     "WorkQueue",
     "default_path",
+    "ensure_rollups",
     "field_failures_sql",
     "is_url",
     "limit_store",
@@ -67,5 +82,12 @@ __all__ = [
     "migrate",
     "migrate_postgres",
     "new_id",
+    "rebuild_rollups",
+    "rollup_bucket",
+    "rollup_field_errors",
+    "rollup_hour_of",
+    "rollup_json_value",
+    "rollup_loc_value",
+    "rollup_queries",
     "scrub",
 ]

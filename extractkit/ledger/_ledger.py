@@ -27,6 +27,7 @@ from .. import _redact
 from .._errors import LedgerError
 from .._results import TRANSIENT_OUTCOMES, VALIDATION_OUTCOMES, Attempt, Outcome, Result
 from .._schema import canonical_json, json_schema
+from . import _rollups
 from ._dialect import POSTGRES, SQLITE, Dialect
 from ._migrations import migrate
 from ._owner import is_gone, this_process
@@ -429,6 +430,7 @@ class Ledger(LedgerReads):
                   a.fingerprint)
                  for a, follows in zip(result.attempts, _follows(result.attempts), strict=True)],
             )
+            _rollups.apply(c, ext_id, self.engine)  # the report's sums, in this transaction
             # which model answered: written when first seen by this writer, then at most once a minute
             served = {}
             for a in result.attempts:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
+from . import _rollups
 from ._dialect import ddl_to_postgres
 from ._limits import SHARED_LIMITS, SHARED_LIMITS_PG
 from ._queue import WORK_QUEUE
@@ -264,6 +265,7 @@ CURRENT_UNIQUE = """
             WHERE status IN ('ok', 'failed') AND superseded_by IS NULL;
 """
 MIGRATIONS.append(("0006_current_unique", CURRENT_UNIQUE))
+MIGRATIONS.append(_rollups.MIGRATION)  # the report's sums per hour and day (see _rollups)
 # The shared work queue (ledger/_queue.py) is PostgreSQL's alone (claims with FOR UPDATE SKIP LOCKED,
 # leases on the database's clock): on SQLite the name is recorded, so both lists name the same steps.
 MIGRATIONS.append(("0008_work_queue", "-- PostgreSQL only: see ledger/_queue.py"))
@@ -455,6 +457,7 @@ MIGRATIONS.append(("0010_eval_order", EVAL_ORDER_SQLITE))
 PG_MIGRATIONS: list[tuple[str, str]] = [
     ("0001_initial", PG_INITIAL),
     ("0006_current_unique", CURRENT_UNIQUE),
+    _rollups.MIGRATION,
     ("0008_work_queue", WORK_QUEUE),
     ("0009_shared_limits", SHARED_LIMITS_PG),
     ("0010_eval_order", EVAL_ORDER),

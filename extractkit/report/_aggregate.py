@@ -32,9 +32,13 @@ from ..ledger import (
     VERSION_STATS,
     VERSION_STATS_CURRENT,
     Ledger,
+    ensure_rollups,
     field_failures_sql,
     new_id,
+    rollup_field_errors,
+    rollup_json_value,
 )
+from ..ledger import rollup_queries as rq
 from ..local import accuracy_note, ran_locally
 from ._checklist import MIN_VERSION_DOCUMENTS, check_options, checklist_of, tiers_with_several, versions_of
 from ._format import first_line, money
@@ -60,6 +64,7 @@ from ._model import (
     ValueCount,
     Window,
 )
+from ._rollup import EXAMPLES, percentile_of, read_parts, scope_member
 from ._stats import Z99, percentile, two_proportion_z, wilson
 from ._verdict import FINE_TUNED, Economics, Verdict, headline_sentence, marginal_verdict
 
@@ -283,24 +288,38 @@ def field_path(loc: Any) -> str:
     return out or "(root)"
 
 
-def field_failures(rows_by_tier: dict[str, list[dict[str, Any]]], order: list[str],
-                   values_allowed: bool) -> FieldFailures:  # fmt: skip
+def field_failures(rows_by_tier: dict[str, list[dict[str, Any]]], order: list[str], values_allowed: bool,
+                   values_by_tier: dict[str, list[dict[str, Any]]] | None = None,
+                   ) -> FieldFailures:  # fmt: skip
     """Step 5, the per-field failure table: per tier (chain order) and field, most failures first, how
     many times its value failed validation and how many times it was ungrounded, and the values
-    rejected most often (each passed through ``redact``; None when values are not shown)."""
+    rejected most often (each passed through ``redact``; None when values are not shown).
+    ``values_by_tier``: the rejected values apart from the counts (``rows_by_tier`` then counts only)."""
     fields: dict[tuple[str, str], dict[str, Any]] = {}
     withheld = False
+
+    def value(f: dict[str, Any], r: dict[str, Any], n: int) -> bool:
+        if r["shown"] and r["value"] is not None:
+            v = redact(first_line(str(r["value"]), FIELD_VALUE_CHARS))
+            f["values"][v] = f["values"].get(v, 0) + n
+        elif not r["shown"]:
+            f["withheld"] = True
+            return True
+        return False
+
     for tier, rows in rows_by_tier.items():
         for r in rows:
             key = (tier, field_path(r["loc"]))
             f = fields.setdefault(key, {"tier": tier, "field": key[1], "validation": 0, "ungrounded": 0,
                                         "values": {}, "withheld": False})  # fmt: skip
             f["ungrounded" if r["ungrounded"] else "validation"] += r["n"]
-            if r["shown"] and r["value"] is not None:
-                value = redact(first_line(str(r["value"]), FIELD_VALUE_CHARS))
-                f["values"][value] = f["values"].get(value, 0) + r["n"]
-            elif not r["shown"]:
-                f["withheld"] = withheld = True
+            if values_by_tier is None:
+                withheld = value(f, r, r["n"]) or withheld
+    for tier, rows in (values_by_tier or {}).items():
+        for r in rows:
+            found = fields.get((tier, field_path(r["loc"])))
+            if found is not None:
+                withheld = value(found, r, r["n"]) or withheld
     rank = {t: i for i, t in enumerate(order)}
     out = []
     for f in fields.values():
@@ -380,19 +399,20 @@ def check_scope_exists(ledger: Ledger, scope: Scope) -> None:
     if scope.run_id:
         found = ledger.query("SELECT kind FROM runs WHERE id = ? LIMIT 1", [scope.run_id])
         if not found:
-            raise ConfigError(f"no such run in {ledger.path}: {scope.run_id}")
+            raise ConfigError(f"no such run in {ledger.target}: {scope.run_id}")
         if found[0]["kind"] == "eval":
             raise ConfigError(f"run {scope.run_id} is an eval run (each tier forced alone, not the chain): "
                               f"show it with `extractkit eval --run {scope.run_id}`")  # fmt: skip
     if scope.config_hash and not ledger.query(
         "SELECT 1 FROM extractions WHERE config_hash LIKE ? LIMIT 1", [scope.config_hash + "%"]
     ):
-        raise ConfigError(f"no such chain config in {ledger.path}: {scope.config_hash} (no config hash "
+        raise ConfigError(f"no such chain config in {ledger.target}: {scope.config_hash} (no config hash "
                           "or prefix of one)")  # fmt: skip
     if scope.schema and not ledger.query(
         "SELECT 1 FROM schemas WHERE name = ? OR hash LIKE ? LIMIT 1", [scope.schema, scope.schema + "%"]
     ):
-        raise ConfigError(f"no such schema in {ledger.path}: {scope.schema} (no schema name or hash prefix)")
+        raise ConfigError(f"no such schema in {ledger.target}: {scope.schema} (no schema name or hash "
+                          "prefix)")  # fmt: skip
 
 
 @dataclass
@@ -414,10 +434,139 @@ class _Rows:
     queries: list[dict[str, Any]]
     version_stats: list[dict[str, Any]] = field(default_factory=list)  # per (config, tier, outcome)
     version_pairs: list[dict[str, Any]] = field(default_factory=list)  # documents two configs shared
+    values: dict[str, list[dict[str, Any]]] | None = None  # rejected values apart from the counts (rollups)
+    latency: dict[str, dict[int, list[float]]] | None = None  # rollups: buckets per tier ('' documents)
 
 
 def read_rows(ledger: Ledger, scope: Scope, windows: dict[str, float]) -> _Rows:
-    """Step 1, the scope: every query the report needs, run once, kept with its SQL."""
+    """Step 1, the scope: every query the report needs, run once, kept with its SQL. From the
+    rollups (``read_rows_rollup``) unless USE_ROLLUPS is off (then ``read_rows_full``)."""
+    if USE_ROLLUPS:
+        return read_rows_rollup(ledger, scope, windows)
+    return read_rows_full(ledger, scope, windows)
+
+
+USE_ROLLUPS = True  # False: the full scan of the scope's attempts (SQLite only), the rollups' reference
+DRIVEN_VALUES_MIN = 50_000  # below this many documents in scope, rejected values come from its extractions
+
+
+def read_rows_rollup(ledger: Ledger, scope: Scope, windows: dict[str, float]) -> _Rows:
+    """Step 1 from the rollups: the scope's sums (``_rollup.read_parts``: whole hours from the rollup
+    tables, the hours at the edges from the plain tables), then the few bounded reads of the plain
+    tables the sums cannot answer: chain configs, served models, the most recent unresolved
+    documents, rejected values (a sample, as before), unreadable documents, paired comparisons."""
+    ensure_rollups(ledger)  # once, on a ledger written before the rollups
+    queries: list[dict[str, Any]] = []
+
+    def run(name: str, sql: str, params: Sequence[Any]) -> list[Any]:
+        queries.append({"name": name, "sql": sql.strip(), "params": list(params)})
+        return ledger.query(sql, list(params))
+
+    parts = read_parts(ledger, scope, windows, run)
+    docs, groups = parts.docs, parts.groups
+    documents = sum(r["n"] for r in docs)
+    configs = sorted({r["config_hash"] for r in docs})
+    chains = _chains(run("chains", rq.CHAINS.format(marks=rq.marks(configs)), configs)) if configs else {}
+    served = [dict(r) for r in run("served_models", SQL["served_models"], ())]
+    ungrounded: dict[str, dict[Any, int]] = {}
+    counts: dict[str, dict[tuple[Any, int], int]] = {}
+    for (tier, outcome, loc, grounded), n in parts.fields.items():
+        c = counts.setdefault(tier, {})
+        c[(loc, grounded)] = c.get((loc, grounded), 0) + n
+        if outcome == "ungrounded" and grounded:
+            ungrounded.setdefault(tier, {})[loc] = ungrounded.get(tier, {}).get(loc, 0) + n
+    ungrounded_fields = {
+        tier: [FieldCount(field=_field(loc), n=n)
+               for loc, n in sorted(locs.items(), key=lambda kv: (-kv[1], str(kv[0])))[:5]]
+        for tier, locs in sorted(ungrounded.items())
+    }  # fmt: skip
+    field_rows = {tier: [{"loc": loc, "ungrounded": u, "n": n} for (loc, u), n in c.items()]
+                  for tier, c in counts.items()}  # fmt: skip
+    member, member_params = scope_member(scope)
+    values = field_values(ledger, scope, run, groups, documents, member, member_params)
+    bounded = parts.examples_from is not None
+    sql = rq.UNRESOLVED_EXAMPLES.format(member=member, since=" AND e.created_at >= ?" if bounded else "")
+    params = [*([parts.examples_from] if bounded else []), *member_params, EXAMPLES]
+    examples = [dict(r) for r in run("unresolved_examples", sql, params)]
+    version_stats, version_pairs = versions_rows_rollup(run, docs, chains, groups, parts.by_config, member,
+                                                        member_params)  # fmt: skip
+    where, params = scope.where()
+    errors = run("document_errors", rq.DOCUMENT_ERRORS_BOUNDED.format(where=where), params)
+    document_errors = {r["outcome"]: r["n"] for r in errors}
+    return _Rows(
+        docs=docs, chains=chains, groups=groups, attempt_latency=[], doc_latency=[], served=served,
+        ungrounded_fields=ungrounded_fields, field_rows=field_rows, examples=examples,
+        document_errors=document_errors, store_text=ledger.store_text, queries=queries,
+        sampled=Sampled(attempt_latency_every=1, document_latency_every=1),
+        version_stats=version_stats, version_pairs=version_pairs, latency=parts.latency, values=values,
+    )  # fmt: skip
+
+
+def field_values(ledger: Ledger, scope: Scope, run: Any, groups: Rows, documents: int, member: str,
+                 member_params: list[Any]) -> dict[str, list[dict[str, Any]]]:  # fmt: skip
+    """The rejected values of the field table: per tier and outcome whose errors name fields, its
+    most recent FIELD_SAMPLE attempts in scope (by the (tier, outcome) index); in a small scope that
+    an index reaches (a run, a time window), any of its attempts, read from its extractions."""
+    failing = sorted({(g["tier"], g["outcome"]) for g in groups if g["outcome"] in FIELD_OUTCOMES})
+    if not failing:
+        return {}
+    show = bool(ledger.store_text)
+    rows: list[dict[str, Any]] = []
+    if documents < DRIVEN_VALUES_MIN and (scope.run_id or scope.since is not None or scope.until is not None):
+        sql = rq.field_values_driven_sql(member, show)
+        rows = run("field_values", sql, [*member_params, FIELD_SAMPLE * len(failing)])
+    else:
+        current = scope == Scope()
+        recent = "a.rowid" if getattr(ledger, "engine", "sqlite") == "sqlite" else "a.id"
+        sql = rq.field_values_sql(current=current, member=member, recent=recent, show=show)
+        for tier, outcome in failing:
+            params = [tier, outcome, *([] if current else member_params), FIELD_SAMPLE]
+            rows += run("field_values", sql, params)
+    counts: dict[tuple[str, str, Any], int] = {}  # (tier, errors_json, shown) -> attempts
+    for r in rows:
+        key = (r["tier"], r["errors_json"], r["shown"])
+        counts[key] = counts.get(key, 0) + 1
+    out: dict[str, list[dict[str, Any]]] = {}
+    for (tier, errors_json, shown), n in counts.items():  # each distinct error list parsed once
+        for err in rollup_field_errors(errors_json):
+            out.setdefault(tier, []).append({
+                "loc": rollup_json_value(err.get("loc")), "shown": shown, "n": n,
+                "value": rollup_json_value(err.get("input")) if shown else None,
+            })  # fmt: skip
+    return out
+
+
+def versions_rows_rollup(run: Any, docs: Rows, chains: dict[str, Rows], groups: Rows, by_config: Rows,
+                         member: str, member_params: list[Any]) -> tuple[Rows, Rows]:  # fmt: skip
+    """``versions_rows`` from the rollups: the per-config sums are already read (``by_config``)."""
+    configs = {r["config_hash"] for r in docs}
+    in_scope = {h: ts for h, ts in chains.items() if h in configs}
+    several = tiers_with_several(in_scope)
+    recorded = configs <= set(in_scope)
+    holder = {t["name"]: h for h, ts in sorted(in_scope.items(), reverse=True) for t in ts}
+    if len(configs) <= 1 or (recorded and not several):
+        one = next(iter(configs), "")
+        return [{**g, "config_hash": holder.get(g["tier"], one)} for g in groups], []
+    if recorded:
+        stats = [r for r in by_config if r["tier"] in several]
+        stats += [{**g, "config_hash": holder[g["tier"]]} for g in groups if g["tier"] not in several]
+    else:
+        stats = list(by_config)
+    if not several:
+        return stats, []
+    sample, params = "", list(member_params)
+    if sum(r["n"] for r in docs) > PAIR_SAMPLE:
+        cut = run("pairs_cut", rq.PAIRS_CUT_ANY, [PAIR_SAMPLE])
+        if cut:
+            sample = " AND l.document_sha256 <= ?"
+            params.append(cut[0]["cut"])
+    sql = rq.PAIRS.format(latest=rq.scope_latest(member), sample=sample, marks=rq.marks(several))
+    return stats, [dict(r) for r in run("version_pairs", sql, [*params, *several])]
+
+
+def read_rows_full(ledger: Ledger, scope: Scope, windows: dict[str, float]) -> _Rows:
+    """Step 1 by a scan of the scope's extractions and attempts (SQLite), as before the rollups: the
+    reference the rollups are tested against, and the benchmark's baseline."""
     q = _Runner(ledger, scope)
     try:
         docs = q("documents")
@@ -522,10 +671,20 @@ def totals_of(rows: _Rows) -> Totals:
         prompt_tokens=_i(t["prompt_tokens"]), completion_tokens=_i(t["completion_tokens"]),
         cost_usd=chain_cost,
         cost_per_valid_usd=chain_cost / valid if chain_cost is not None and valid else None,
-        latency_p50_s=percentile(rows.doc_latency, 0.5),  # of a sample beyond SAMPLE documents
-        latency_p95_s=percentile(rows.doc_latency, 0.95),
+        latency_p50_s=_percentile(rows, "", 0.5),
+        latency_p95_s=_percentile(rows, "", 0.95),
         first_at=t["first_at"], last_at=t["last_at"], configs=_i(t["configs"]), schemas=_i(t["schemas"]),
     )  # fmt: skip
+
+
+def _percentile(
+    rows: _Rows, tier: str, p: float, latencies: dict[str, list[float]] | None = None
+) -> float | None:
+    """A latency percentile of one tier ('' for documents): from the rollups' buckets, else of the
+    values read (a sample beyond SAMPLE)."""
+    if rows.latency is not None:
+        return percentile_of(rows.latency.get(tier), p)
+    return percentile(rows.doc_latency if not tier else (latencies or {}).get(tier, []), p)
 
 
 def unresolved_of(rows: _Rows, totals: Totals) -> Unresolved:
@@ -628,8 +787,8 @@ def tier_stats(per: dict[str, _TierSums], rows: _Rows, documents: int) -> tuple[
             cost_per_valid_usd=cost / t.resolved if cost is not None and t.resolved else None,
             first_attempt_at=t.first_started if seen else None,
             last_attempt_at=t.last_started if seen else None,
-            latency_p50_s=percentile(latencies.get(t.tier, []), 0.5),
-            latency_p95_s=percentile(latencies.get(t.tier, []), 0.95),
+            latency_p50_s=_percentile(rows, t.tier, 0.5, latencies),
+            latency_p95_s=_percentile(rows, t.tier, 0.95, latencies),
             ungrounded_fields=tuple(rows.ungrounded_fields.get(t.tier, [])),  # most often rejected first
         ))  # fmt: skip
     return tuple(out)
@@ -727,7 +886,7 @@ def read_report(
         served_models=tuple(ServedModel(**r) for r in served),
         trend=trend(rows.docs),
         sampled=rows.sampled,
-        field_failures=field_failures(rows.field_rows, [t.tier for t in tiers], rows.store_text),
+        field_failures=field_failures(rows.field_rows, [t.tier for t in tiers], rows.store_text, rows.values),
         versions=versions,
         checklist=checklist,
         notes=notes(tiers, economics, local=local_tiers(rows), chains=len(rows.chains)),
@@ -958,8 +1117,8 @@ def _document_totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "unpriced": sum(r["unpriced"] for r in rows),
         "prompt_tokens": sum(r["prompt_tokens"] for r in rows),
         "completion_tokens": sum(r["completion_tokens"] for r in rows),
-        "first_at": min(firsts) if firsts else None,
-        "last_at": max(lasts) if lasts else None,
+        "first_at": min(firsts) if firsts and math.isfinite(min(firsts)) else None,
+        "last_at": max(lasts) if lasts and math.isfinite(max(lasts)) else None,
         "configs": len({r["config_hash"] for r in rows}),
         "schemas": len({r["schema_hash"] for r in rows}),
     }
