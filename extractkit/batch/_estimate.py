@@ -228,7 +228,7 @@ async def estimate(
         )
         for t in extractor.tiers
     ]  # fmt: skip
-    result = Estimate(tiers=tiers, ledger=str(ledger.path) if ledger is not None else None, max_cost=max_cost)
+    result = Estimate(tiers=tiers, ledger=ledger.target if ledger is not None else None, max_cost=max_cost)
     unlisted: list[OSError] = []
     files = walk(list(paths), include, on_error=unlisted.append)
     first_path: dict[str, str] = {}  # sha256 -> the path that would send it
