@@ -12,6 +12,7 @@ import asyncio
 import functools
 import json
 import os
+import re
 import secrets
 import socket
 import sqlite3
@@ -176,6 +177,7 @@ class Ledger(LedgerReads):
                 raise
             return
         self.engine, self.dialect = "sqlite", SQLITE
+        _refuse_other_databases(str(target))
         if str(target).startswith(("postgresql:/", "postgres:/")):  # Path("postgresql://h/db") lost a slash
             raise LedgerError(f"{target} is not a file but a postgresql:// URL that went through Path(): "
                               "pass the URL as a string (Ledger.target, not Ledger.path)")  # fmt: skip
@@ -519,6 +521,23 @@ class Ledger(LedgerReads):
         if missing:
             return f"migrations not applied: {', '.join(missing)}"
         return "ok"
+
+
+_OTHER_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_LIBPQ_KEYWORDS = re.compile(r"(^|\s)(host|hostaddr|dbname|user|password|port|sslmode|service)\s*=")
+
+
+def _refuse_other_databases(target: str) -> None:
+    """A ledger is a SQLite file or a ``postgresql://`` URL: anything else that names a database
+    (``mysql://...``, a libpq keyword string ``host=... password=...``) is refused instead of
+    becoming a file of that name. The target is not repeated: it may hold a password."""
+    if _OTHER_URL.match(target):
+        scheme = target.split("://", 1)[0]
+        raise LedgerError(f"a ledger is a SQLite file path or a postgresql:// URL, not a {scheme}:// URL")
+    if _LIBPQ_KEYWORDS.search(target):
+        raise LedgerError("the ledger looks like a libpq connection string (host=... dbname=...): "
+                          "give it as a postgresql://user@host/db URL, with the password in ~/.pgpass "
+                          "or $PGPASSWORD")  # fmt: skip
 
 
 def _json_or_none(v: Any) -> str | None:

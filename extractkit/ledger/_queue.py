@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from .. import _redact
 from .._errors import LedgerError
 from ._pg import mask
 
@@ -132,6 +133,14 @@ def _pool(url: str) -> Any:
     except ImportError as exc:  # pragma: no cover - the postgres extra is missing
         raise LedgerError("a PostgreSQL work queue needs psycopg: pip install 'extractkit[postgres]'") \
             from exc
+    import psycopg
+
+    try:  # one direct connection first: a wrong URL fails at once with the server's reason, where
+        # the pool would retry for its whole timeout and then say only that it timed out
+        psycopg.connect(url, connect_timeout=10).close()
+    except psycopg.Error as exc:
+        raise LedgerError(f"cannot open the work queue at {mask(url)}: {_redact.redact(str(exc).strip())}") \
+            from None
     kwargs = {"autocommit": True, "row_factory": dict_row}
     pool = ConnectionPool(url, min_size=1, max_size=2, kwargs=kwargs, open=False, name="extractkit-queue")
     try:
