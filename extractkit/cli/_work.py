@@ -230,6 +230,8 @@ def worker(
             err.print(f"[yellow]stopped[/]: {plural(w.summary.released, 'document')} put back in the queue; "
                       "finished documents are kept", highlight=False)  # fmt: skip
             raise typer.Exit(EXIT_INTERRUPTED) from None
+        if summary.batch.documents == 0:  # nothing for this chain: say why rather than exit 0 quietly
+            _nothing_for_this_chain(queue, extractor)
     finally:
         if hasattr(limiter, "close"):
             limiter.close()  # a shared one gives back the budget it did not spend
@@ -296,6 +298,21 @@ def status(
             table.add_row(w["id"], w["state"], str(w["in_flight"]), str(w["done"]), str(w["failed"]),
                           f"{w['per_minute']:.1f}", f"{w['last_seen_s']:.0f}s ago")  # fmt: skip
         out.print(table)
+
+
+def _nothing_for_this_chain(queue: Any, extractor: Any) -> None:
+    """A worker that found nothing to do while documents of other chains wait was most likely
+    started with another config than they were enqueued with: a ConfigError (exit 2) saying so."""
+    mine = (extractor.schema_hash, extractor.config_hash)
+    others = sum(int(ch["waiting"]) + int(ch["claimed"]) for ch in queue.status()["chains"]
+                 if (ch["schema_hash"], ch["config_hash"]) != mine)  # fmt: skip
+    if others:
+        raise ConfigError(
+            f"nothing is queued for this worker's schema ({extractor.schema.__name__}) and chain config "
+            f"({extractor.config_hash[:12]}), but {plural(others, 'document')} of other chains "
+            "wait: start the worker with the config they were enqueued with (-c), or enqueue with "
+            "this one (extractkit status --json lists the chains)"
+        )
 
 
 def extract_shared(
