@@ -42,9 +42,12 @@ def ledger(request, tmp_path):
         yield lg
 
 
-def sqlite_only(ledger):
-    if ledger.engine != "sqlite":
-        pytest.skip("the full scan and plain sqlite3 clients read SQLite files")
+@pytest.fixture
+def sqlite_ledger(tmp_path):
+    """SQLite alone: for the tests that read the file with sqlite3 or compare with the full scan,
+    which runs on SQLite only (not parametrised rather than skipped on PostgreSQL)."""
+    with Ledger(tmp_path / "ledger.sqlite3") as lg:
+        yield lg
 
 
 def tier(report, name):
@@ -262,8 +265,8 @@ def test_drift_flags_a_price_change_under_the_same_name(ledger):
 # -- reproducible with plain SQL, and the other formats ------------------------------------------
 
 
-def test_every_query_reruns_in_plain_sqlite(ledger, request):
-    sqlite_only(ledger)
+def test_every_query_reruns_in_plain_sqlite(sqlite_ledger, request):
+    ledger = sqlite_ledger
     populate(ledger, {"zero": 50, "few": 20, "ft": 30}, created_at=NOW - 3 * DAY)
     populate(ledger, {"zero": 5}, created_at=NOW - DAY, prefix="n")
     r = build_report(ledger, as_of=NOW)
@@ -295,7 +298,7 @@ def strip_queries(r):
     return {k: v for k, v in r.items() if k != "queries"}
 
 
-def test_all_query_plans_give_the_same_report(ledger, monkeypatch):
+def test_all_query_plans_give_the_same_report(sqlite_ledger, monkeypatch):
     """The full scan reads the current-extraction flags the ledger keeps unfiltered; filtered, it
     materialises the scope's latest extractions and joins, scanning the attempts by index over
     most of a big ledger or from the scope's extractions otherwise; the rollups read per-hour sums
@@ -304,7 +307,7 @@ def test_all_query_plans_give_the_same_report(ledger, monkeypatch):
     from .ledger_fixtures import COSTS, result
     from .test_report_compat import differences
 
-    sqlite_only(ledger)
+    ledger = sqlite_ledger
 
     ex = populate(ledger, {"none": 10}, created_at=NOW - 3 * DAY, prefix="r")
     populate(ledger, {"zero": 50, "few": 20, "ft": 30, "none": 7}, created_at=NOW - DAY)
