@@ -47,17 +47,34 @@ def source(table: str, keys: tuple[str, str], hours: str, days: str) -> str:
     )
 
 
+def _in_view(alias: str, *, until: float | None, run: bool) -> list[str]:
+    """Rows in the scope's view: not empty (rows emptied by superseding stay, at zero), and never
+    superseded (no ``until``) or superseded in an hour that starts at or after ``until``, by the
+    whole ledger (``gone``) or, with a run, by that run (``gone_run``)."""
+    gone = f"{alias}.{'gone_run' if run else 'gone'}"
+    return [f"{alias}.n > 0",
+            f"{gone} = {NOT_GONE}" if until is None else f"{gone} >= {math.ceil(until / HOUR)}"]  # fmt: skip
+
+
+def _first_whole_day(since: float) -> int:
+    """The first hour of the first whole day at or after ``since``."""
+    return math.ceil(math.ceil(since / HOUR) / DAY_HOURS) * DAY_HOURS
+
+
+def _end_of_whole_days(until: float) -> int:
+    """The first hour of the day ``until`` falls in: whole days end there."""
+    return math.floor(math.floor(until / HOUR) / DAY_HOURS) * DAY_HOURS
+
+
 def day_where(
     alias: str, *, since: float | None, until: float | None, run: bool, partial: Iterable[int]
 ) -> str:
     """Daily rows wholly inside the scope (see ``rollup_where``), outside the ``partial`` days."""
-    gone = f"{alias}.{'gone_run' if run else 'gone'}"
-    out = [f"{alias}.n > 0"]
-    out.append(f"{gone} = {NOT_GONE}" if until is None else f"{gone} >= {math.ceil(until / HOUR)}")
+    out = _in_view(alias, until=until, run=run)
     if since is not None:
-        out.append(f"{alias}.hour >= {math.ceil(math.ceil(since / HOUR) / DAY_HOURS) * DAY_HOURS}")
+        out.append(f"{alias}.hour >= {_first_whole_day(since)}")
     if until is not None:
-        out.append(f"{alias}.hour < {math.floor(math.floor(until / HOUR) / DAY_HOURS) * DAY_HOURS}")
+        out.append(f"{alias}.hour < {_end_of_whole_days(until)}")
     days = sorted(set(partial))
     if days:
         out.append(f"{alias}.hour / {DAY_HOURS} NOT IN {in_list(days)}")
@@ -72,9 +89,9 @@ def partial_hours(alias: str, *, since: float | None, until: float | None, parti
     if days:
         out.append(f"{alias}.hour / {DAY_HOURS} IN {in_list(days)}")
     if since is not None:
-        out.append(f"{alias}.hour < {math.ceil(math.ceil(since / HOUR) / DAY_HOURS) * DAY_HOURS}")
+        out.append(f"{alias}.hour < {_first_whole_day(since)}")
     if until is not None:
-        out.append(f"{alias}.hour >= {math.floor(math.floor(until / HOUR) / DAY_HOURS) * DAY_HOURS}")
+        out.append(f"{alias}.hour >= {_end_of_whole_days(until)}")
     return "(" + (" OR ".join(out) or "1 = 0") + ")"
 
 
@@ -90,9 +107,7 @@ def rollup_where(alias: str, *, since: float | None, until: float | None, run: b
     ``exclude`` (read exactly instead): created in an hour that starts at or after ``since`` and ends
     by ``until``; never superseded (no ``until``), or superseded in an hour that starts at or after
     ``until``, by the whole ledger (``gone``) or, with a run, by that run (``gone_run``)."""
-    gone = f"{alias}.{'gone_run' if run else 'gone'}"
-    out = [f"{alias}.n > 0"]  # rows emptied by superseding stay, at zero
-    out.append(f"{gone} = {NOT_GONE}" if until is None else f"{gone} >= {math.ceil(until / HOUR)}")
+    out = _in_view(alias, until=until, run=run)
     if since is not None:
         out.append(f"{alias}.hour >= {math.ceil(since / HOUR)}")
     if until is not None:
