@@ -5,7 +5,8 @@ script answers both the live path and the batch path.
 Endpoints (under ``/v1``): ``POST /files`` (multipart, ``purpose=batch``; the JSON Lines are
 validated as OpenAI validates them: a ``custom_id`` unique in the file, ``method`` POST, a ``url``,
 a ``body`` naming a ``model``, one model per file, at most ``max_lines`` lines and ``max_bytes``
-bytes: HTTP 400 otherwise), ``GET /files/{id}``, ``GET /files/{id}/content``, ``POST /batches``
+bytes: HTTP 400 otherwise), ``GET /files`` (``purpose``), ``GET /files/{id}``,
+``GET /files/{id}/content``, ``POST /batches``
 (``input_file_id``, ``endpoint``, ``completion_window``), ``GET /batches/{id}``,
 ``POST /batches/{id}/cancel``, ``GET /batches`` (``limit``, ``after``).
 
@@ -393,6 +394,10 @@ class FakeBatchServer:
                 return 200, self._create_batch(body)
             if method == "GET" and path == "/v1/batches":
                 return 200, self._list(query)
+            if method == "GET" and path == "/v1/files":  # an unfinished upload's file is found again here
+                purpose = query.get("purpose", [None])[0]
+                files = [f.to_json() for f in self.files.values() if purpose in (None, f.purpose)]
+                return 200, {"object": "list", "data": files, "has_more": False}
             m = re.fullmatch(r"/v1/files/([\w-]+)(/content)?", path)
             if m and method == "GET":
                 f = self.files.get(m.group(1))

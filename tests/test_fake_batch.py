@@ -32,6 +32,23 @@ def jsonl(lines: list[dict[str, Any]]) -> bytes:
     return "".join(json.dumps(x) + "\n" for x in lines).encode()
 
 
+_OPEN: list[openai.OpenAI] = []
+
+
+def sdk(base_url: str, api_key: str = "k") -> openai.OpenAI:
+    """The real client against a fake (closed after the test)."""
+    c = openai.OpenAI(api_key=api_key, base_url=base_url, max_retries=0, timeout=10)
+    _OPEN.append(c)
+    return c
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    yield
+    while _OPEN:
+        _OPEN.pop().close()
+
+
 @pytest.fixture
 def server() -> Iterator[FakeBatchServer]:
     with FakeBatchServer(echo_invoice_responder, api_key="sk-test") as s:
@@ -39,10 +56,8 @@ def server() -> Iterator[FakeBatchServer]:
 
 
 @pytest.fixture
-def client(server: FakeBatchServer) -> Iterator[openai.OpenAI]:
-    c = openai.OpenAI(api_key="sk-test", base_url=server.base_url, max_retries=0, timeout=10)
-    yield c
-    c.close()
+def client(server: FakeBatchServer) -> openai.OpenAI:
+    return sdk(server.base_url, "sk-test")
 
 
 def submit(client: openai.OpenAI, lines: list[dict[str, Any]]) -> Any:
@@ -84,6 +99,7 @@ def test_upload_create_poll_download(server: FakeBatchServer, client: openai.Ope
     )
     assert args == {"issuer": "Acme 3", "total": 3.0}  # the responder answered this line's body
     assert server.requests == [x["body"] for x in lines]  # each line's body, once, in input order
+    assert [x.id for x in client.files.list(purpose="batch")] == [f.id]  # outputs are batch_output
     methods = [(m, p) for m, p, _ in server.calls]
     assert ("POST", "/v1/files") in methods and ("POST", "/v1/batches") in methods
 
@@ -92,9 +108,9 @@ def test_one_responder_drives_live_and_batch() -> None:
     """The same scripted responder answers a live request and a batch line identically."""
     body = request_lines(1)[0]["body"]
     with FakeLLMServer(echo_invoice_responder) as live, FakeBatchServer(echo_invoice_responder) as fake:
-        c = openai.OpenAI(api_key="k", base_url=live.base_url, max_retries=0)
+        c = sdk(live.base_url, "k")
         live_answer = c.chat.completions.create(**body).model_dump()
-        b = openai.OpenAI(api_key="k", base_url=fake.base_url, max_retries=0)
+        b = sdk(fake.base_url, "k")
         batch = submit(b, request_lines(1))
         fake.finish()
         (line,) = read_lines(b, b.batches.retrieve(batch.id).output_file_id)
@@ -107,7 +123,7 @@ def test_one_responder_drives_live_and_batch() -> None:
 
 def test_advance_on_poll_reaches_the_end_without_steps() -> None:
     with FakeBatchServer(echo_invoice_responder, advance_on_poll=1) as fake:
-        c = openai.OpenAI(api_key="k", base_url=fake.base_url, max_retries=0)
+        c = sdk(fake.base_url, "k")
         batch = submit(c, request_lines(3))
         statuses = []
         for _ in range(10):
@@ -129,7 +145,7 @@ def test_partial_error_file_from_the_responder() -> None:
         return 200, completion({"issuer": "x", "total": 1}), {}
 
     with FakeBatchServer(responder) as fake:
-        c = openai.OpenAI(api_key="k", base_url=fake.base_url, max_retries=0)
+        c = sdk(fake.base_url, "k")
         batch = submit(c, request_lines(4))
         fake.finish()
         done = c.batches.retrieve(batch.id)
@@ -230,7 +246,7 @@ def test_list_batches(server: FakeBatchServer, client: openai.OpenAI) -> None:
 )
 def test_upload_rejects_bad_files(lines: list[dict[str, Any]], code: str) -> None:
     with FakeBatchServer(echo_invoice_responder, max_lines=3) as fake:
-        c = openai.OpenAI(api_key="k", base_url=fake.base_url, max_retries=0)
+        c = sdk(fake.base_url, "k")
         with pytest.raises(openai.BadRequestError) as info:
             c.files.create(file=("bad.jsonl", jsonl(lines)), purpose="batch")
         assert info.value.code == code
@@ -239,10 +255,10 @@ def test_upload_rejects_bad_files(lines: list[dict[str, Any]], code: str) -> Non
 
 def test_upload_rejects_oversized_files_and_wrong_keys() -> None:
     with FakeBatchServer(echo_invoice_responder, max_bytes=100, api_key="sk-right") as fake:
-        c = openai.OpenAI(api_key="sk-right", base_url=fake.base_url, max_retries=0)
+        c = sdk(fake.base_url, "sk-right")
         with pytest.raises(openai.BadRequestError, match="at most 100"):
             c.files.create(file=("big.jsonl", jsonl(request_lines(3))), purpose="batch")
-        wrong = openai.OpenAI(api_key="sk-wrong", base_url=fake.base_url, max_retries=0)
+        wrong = sdk(fake.base_url, "sk-wrong")
         with pytest.raises(openai.AuthenticationError):
             wrong.batches.list()
         with pytest.raises(openai.NotFoundError):
