@@ -29,6 +29,8 @@ reaches the end without a clock). The lines run (the responder is called) on lea
 - ``shuffle=True`` (the default): output and error lines in a seeded random order, never the
   input order (matched by ``custom_id``, as with the real API).
 
+``ScriptedResponder`` scripts the replies per (document marker, model), in order, for both fakes.
+
 Everything is recorded: ``.requests`` holds each request body the responder was asked to answer
 (the same meaning as ``FakeLLMServer.requests``), ``.calls`` each HTTP call (method, path, JSON
 body or form fields), ``.batches`` and ``.files`` the server's state.
@@ -190,6 +192,50 @@ def _form_fields(content_type: str, body: bytes) -> dict[str, tuple[str | None, 
             payload = part.get_payload(decode=True)
             out[str(name)] = (part.get_filename(), payload if isinstance(payload, bytes) else b"")
     return out
+
+
+Reply = tuple[int, dict[str, Any], dict[str, str]]
+
+
+class ScriptedResponder:
+    """One script for both fakes: ``script[(marker, model)]`` is the replies, in order, to the
+    requests for that model whose messages contain ``marker`` (a string unique to one document);
+    the last reply repeats once the list is used up. Call counts per key are in ``.calls``, so a
+    test can check that the live path and the batch path asked the same questions. A request no
+    key matches gets a 400 naming it (a script error shows up as an outcome, not a hang).
+    ``marker(body)``: the request's marker found directly (one lookup per request: for scripts of
+    thousands of documents); by default each key's marker is searched for in the messages."""
+
+    def __init__(
+        self,
+        script: dict[tuple[str, str], list[Reply]],
+        marker: Callable[[dict[str, Any]], str | None] | None = None,
+    ):
+        self.script = script
+        self.marker = marker
+        self.calls: dict[tuple[str, str], int] = dict.fromkeys(script, 0)
+        self.lock = threading.Lock()
+
+    def key(self, body: dict[str, Any]) -> tuple[str, str] | None:
+        model = body.get("model", "")
+        if self.marker is not None:
+            found = (self.marker(body) or "", model)
+            return found if found in self.script else None
+        text = json.dumps(body.get("messages", []), ensure_ascii=False)
+        for marker, m in self.script:
+            if m == model and (marker in text or json.dumps(marker, ensure_ascii=False)[1:-1] in text):
+                return marker, m
+        return None
+
+    def __call__(self, body: dict[str, Any]) -> Reply:
+        key = self.key(body)
+        if key is None:
+            return 400, error_body(f"no scripted reply for model {body.get('model')!r}"), {}
+        with self.lock:
+            n = self.calls[key]
+            self.calls[key] = n + 1
+        replies = self.script[key]
+        return replies[min(n, len(replies) - 1)]
 
 
 class FakeBatchServer:

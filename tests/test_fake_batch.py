@@ -14,7 +14,7 @@ import openai
 import pytest
 
 from .fakes import FakeLLMServer, completion, echo_invoice_responder, error_body
-from .fakes_batch import BatchPlan, FakeBatchServer
+from .fakes_batch import BatchPlan, FakeBatchServer, Reply, ScriptedResponder
 
 URL: Final = "/v1/chat/completions"
 
@@ -288,3 +288,56 @@ def test_async_client_and_a_planner() -> None:
 
     with FakeBatchServer(echo_invoice_responder, advance_on_poll=1, planner=planner) as fake:
         assert asyncio.run(main(fake)) == ["completed:0", "expired:1"]
+
+
+def test_one_script_answers_both_paths_in_the_same_order() -> None:
+    """A ScriptedResponder replays its script per (document, model) to whichever fake asks."""
+    bad = completion({"issuer": "Acme 0", "total": "abc"})
+    good = completion({"issuer": "Acme 0", "total": 0.0})
+    limited: Reply = (429, error_body("Rate limit reached", "rate_limit_exceeded", "requests"), {})
+
+    def script() -> ScriptedResponder:
+        return ScriptedResponder({
+            ("Acme 0\n", "gpt-4o-mini"): [(200, bad, {}), (200, good, {})],
+            ("Acme 1\n", "gpt-4o-mini"): [limited, (200, good, {})],
+        })  # fmt: skip
+
+    lines = request_lines(2)
+    live_script, batch_script = script(), script()
+    with FakeLLMServer(live_script) as live, FakeBatchServer(batch_script) as fake:
+        c = sdk(live.base_url)
+        live_seen = []
+        for _ in range(2):
+            for line in lines:
+                try:
+                    live_seen.append(c.chat.completions.create(**line["body"]).choices[0].message.tool_calls)
+                except openai.RateLimitError:
+                    live_seen.append("429")
+        b = sdk(fake.base_url)
+        batch_seen = []
+        for wave in range(2):
+            batch = submit(b, [dict(x, custom_id=f"{x['custom_id']}-w{wave}") for x in lines])
+            fake.finish()
+            done = b.batches.retrieve(batch.id)
+            got = {x["custom_id"]: x for x in read_lines(b, done.output_file_id)}
+            got.update(
+                {x["custom_id"]: x for x in read_lines(b, done.error_file_id)} if done.error_file_id else {}
+            )
+            for x in lines:
+                r = got[f"{x['custom_id']}-w{wave}"]["response"]
+                batch_seen.append(
+                    "429" if r["status_code"] == 429 else openai.types.chat.ChatCompletion.model_validate(
+                        r["body"]).choices[0].message.tool_calls
+                )  # fmt: skip
+        assert live_seen == batch_seen
+        assert live_seen[1] == "429" and live_seen[3] != "429"
+        assert (
+            live_script.calls
+            == batch_script.calls
+            == {("Acme 0\n", "gpt-4o-mini"): 2, ("Acme 1\n", "gpt-4o-mini"): 2}
+        )
+        fast = ScriptedResponder({("doc-7", "m"): [(200, good, {})]}, marker=lambda body: body.get("user"))
+        assert fast({"model": "m", "user": "doc-7"})[0] == 200 and fast({"model": "m", "user": "x"})[0] == 400
+        unscripted = request_lines(1, model="gpt-4o")
+        with pytest.raises(openai.BadRequestError, match="no scripted reply"):
+            c.chat.completions.create(**unscripted[0]["body"])
