@@ -42,7 +42,7 @@ def test_a_rerun_makes_the_earlier_attempts_not_current_on_both_engines(ledger_t
 
 def test_recording_on_postgresql_waits_for_few_answers(pg_url, monkeypatch):
     """One extraction's statements go out pipelined: the client waits on the socket far less
-    often than once per statement and result (68 waits for these two records before, 50 now;
+    often than once per statement and result (68 waits for these two records before, 51 now;
     the rollups' reads still wait for their answers)."""
     psycopg = pytest.importorskip("psycopg")
     ex = chain()
