@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
-from typer.core import TyperGroup
+from typer.core import TyperGroup, TyperOption
 
 from .. import __version__
 from .._errors import ExtractkitError, RunError
@@ -43,9 +43,38 @@ def _is_psycopg(exc: BaseException) -> bool:
     return type(exc).__module__.split(".")[0] in ("psycopg", "psycopg_pool")
 
 
+def reflow(text: str) -> str:
+    """A docstring's paragraphs as one line each, so `--help` wraps them to the terminal instead of
+    keeping the source's line breaks (typer's rich help keeps them after the first paragraph).
+    A paragraph starting with ``\\b`` is kept as it is (click's "no rewrap" mark)."""
+    import inspect
+
+    paragraphs = inspect.cleandoc(text).split("\n\n")
+    return "\n\n".join(p if p.startswith("\b") else " ".join(x.strip() for x in p.splitlines())
+                       for p in paragraphs)  # fmt: skip
+
+
+def _flag_type(self: Any, ctx: Any) -> str | None:
+    """No `<bool>` after a flag (`--version`, `--help`, `--json`) in the help: it takes no value."""
+    if getattr(self, "is_flag", False) and self.metavar is None:
+        return None
+    return _option_type(self, ctx)
+
+
+_option_type = TyperOption.display_type_rich
+TyperOption.display_type_rich = _flag_type  # type: ignore[method-assign]
+
+
 class _Group(TyperGroup):
     """Every subcommand (and sub-app) runs inside this invoke, so every ExtractkitError and OSError
-    that escapes a command ends here instead of as a traceback."""
+    that escapes a command ends here instead of as a traceback. Each command's help is reflowed
+    (``reflow``)."""
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        cmd = super().get_command(ctx, cmd_name)
+        if cmd is not None and cmd.help:
+            cmd.help = reflow(cmd.help)
+        return cmd
 
     def invoke(self, ctx: Any) -> Any:
         import sqlite3
