@@ -205,4 +205,3 @@ def test_extract_force_on_a_shared_ledger_says_why_and_what_to_do(here, pg_url):
         assert done.returncode == 2
         assert "change the chain" in " ".join(done.stderr.split())
         assert len(server.requests) == 0
-

@@ -133,6 +133,22 @@ def _money(v: float | None) -> str:
     return "unknown" if v is None else f"${v:.6f}"
 
 
+def _narrow_table(title: str | None = None) -> Table:
+    """A table that shows its values whole in 80 columns: no box lines between columns."""
+    from rich import box
+
+    return Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1), collapse_padding=True)
+
+
+def _cost(v: float | None) -> str:
+    """A cost short enough for a table cell (the report has the exact figure)."""
+    if v is None:
+        return "unknown"
+    if 0 < v < 0.0001:
+        return "<$0.0001"
+    return f"${v:.4f}" if v < 100 else f"${v:,.0f}"
+
+
 @app.command()
 def version() -> None:
     """Print the extractkit version."""
@@ -323,12 +339,12 @@ def _run_batch(runner: Any, ledger: Any, paths: list[Any], as_json: bool, total:
 
 
 def _print_summary(summary: Any, ledger: Any, details: dict[str, str] | None = None) -> None:
-    table = Table(title=f"batch {summary.run_id} ({summary.status})")
+    table = _narrow_table(f"batch {summary.run_id} ({summary.status})")
     for col in ("documents", "ok", "failed", "errors", "skipped", "resumed", "attempts", "cost"):
-        table.add_column(col, justify="right")
+        table.add_column(col, justify="right", no_wrap=True)
     table.add_row(*(str(x) for x in (summary.documents, summary.ok, summary.failed,
                   summary.errors, summary.skipped + summary.special, summary.resumed,
-                  summary.attempts)), _money(summary.cost_usd))  # fmt: skip
+                  summary.attempts)), _cost(summary.cost_usd))  # fmt: skip
     out.print(table)
     notes = [f"{n} {what}" for n, what in (
         (summary.retried, "sent again (last result transient or, with --retry-failed, invalid)"),

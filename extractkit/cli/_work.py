@@ -17,11 +17,20 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from .._errors import ConfigError
 from .._words import plural
-from ._app import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNREACHABLE, app, err, out
+from ._app import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_UNREACHABLE,
+    _cost,
+    _narrow_table,
+    app,
+    err,
+    out,
+)
 from ._ledger_opt import ConfigOpt
 
 SharedLedgerOpt = Annotated[
@@ -289,22 +298,6 @@ def _worker_summary(summary: Any, reasons: dict[str, str], as_json: bool) -> Non
     if len(b.failed_paths) > SHOWN_FAILED:
         out.print(f"  ... and {len(b.failed_paths) - SHOWN_FAILED} more: extractkit status --failed lists "
                   "every failed document with its reason", highlight=False, soft_wrap=True)  # fmt: skip
-
-
-def _narrow_table(title: str | None = None) -> Table:
-    """A table that shows its values whole in 80 columns: no box lines between columns."""
-    from rich import box
-
-    return Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1), collapse_padding=True)
-
-
-def _cost(v: float | None) -> str:
-    """A cost short enough for a table cell (the report has the exact figure)."""
-    if v is None:
-        return "unknown"
-    if 0 < v < 0.0001:
-        return "<$0.0001"
-    return f"${v:.4f}" if v < 100 else f"${v:,.0f}"
 
 
 @app.command()
