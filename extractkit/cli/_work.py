@@ -48,8 +48,7 @@ def shared_ledger_url(ledger: str | None, cfg: Any) -> str:
     """The PostgreSQL URL of the shared ledger (``_ledger_opt.ledger_choice``: --ledger,
     $EXTRACTKIT_LEDGER, [ledger] url or path). A SQLite file is a ConfigError that says which
     one was found and how to give a PostgreSQL one."""
-    from ..ledger import ENV_VAR
-    from ..ledger._ledger import _refuse_other_databases
+    from ..ledger import ENV_VAR, refuse_other_databases
     from ._ledger_opt import ledger_choice
 
     choice = ledger_choice(ledger, cfg)
@@ -58,7 +57,7 @@ def shared_ledger_url(ledger: str | None, cfg: Any) -> str:
     # the value as given (a Path() of "mysql://u:pw@h/db" lost a slash): another database's URL or a
     # libpq keyword string is refused as the ledger refuses it, without repeating it (a password)
     raw = ledger if ledger else os.environ.get(ENV_VAR) or str(choice.path)
-    _refuse_other_databases(raw)
+    refuse_other_databases(raw)
     raise ConfigError(
         f"a shared work queue needs a PostgreSQL ledger: {choice.path} ({choice.source}) is a SQLite file; "
         f"pass --ledger postgresql://user@host/db, set ${ENV_VAR} or [ledger] url (on one machine "
