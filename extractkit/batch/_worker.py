@@ -280,6 +280,7 @@ class Worker:
         self._stopping = True
 
     def _sink(self, job: Job, r: DocResult, summary: BatchSummary) -> None:
+        self.summary.batch = summary  # the runner's own: what was finished survives a cancelled run
         claimed = job.input
         if isinstance(claimed, ClaimedJob):
             self._marks.append(finished(claimed, r))
