@@ -182,14 +182,13 @@ def test_report_names_what_it_cannot_show_and_why_one_tier_ran(tmp_path, ledger_
     assert future.returncode == 0 and "No extraction by a chain in this scope" in future.stdout
 
 
-async def test_leaving_aextract_many_early_inside_async_with_marks_the_run_interrupted(tmp_path):
+async def test_leaving_aextract_many_early_inside_async_with_marks_the_run_interrupted(tmp_path, ledger_target):
     """`break` out of `async for ... in extractor.aextract_many(...)` inside `async with extractor`:
     closing the extractor stops the batch while its ledger is open (the run was left `running`, and
     a traceback "Cannot operate on a closed database" came at exit)."""
     import asyncio
-    import sqlite3
 
-    from extractkit import Extractor, ZeroShot
+    from extractkit import Extractor, Ledger, ZeroShot
 
     from .conftest import Invoice
 
@@ -199,7 +198,7 @@ async def test_leaving_aextract_many_early_inside_async_with_marks_the_run_inter
         time.sleep(0.3)
         return echo_invoice_responder(body)
 
-    path = tmp_path / "l.sqlite3"
+    path = ledger_target
     with FakeLLMServer(answer) as server:
         async with Extractor(Invoice, tiers=[ZeroShot(model="gpt-4o-mini", base_url=server.base_url)],
                              ledger=path) as ex:  # fmt: skip
@@ -207,9 +206,8 @@ async def test_leaving_aextract_many_early_inside_async_with_marks_the_run_inter
             async for _item in ex.aextract_many(texts, concurrency=2):
                 break
         await asyncio.sleep(0)
-    con = sqlite3.connect(path)
-    runs = con.execute("SELECT kind, status FROM runs WHERE kind = 'batch'").fetchall()
-    con.close()
+    with Ledger(path) as ledger:
+        runs = [tuple(r) for r in ledger.query("SELECT kind, status FROM runs WHERE kind = 'batch'")]
     assert runs == [("batch", "interrupted")]
 
 
