@@ -383,8 +383,10 @@ def _i(x: Any) -> int:
 
 
 def _chains(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Each chain config's tiers, by config hash in hash order (the query's rows come in whatever
+    order the engine's DISTINCT leaves them: PostgreSQL's is not SQLite's)."""
     chains = {}
-    for r in rows:
+    for r in sorted(rows, key=lambda r: (str(r["config_hash"]), str(r["config_json"]))):
         try:
             chains[r["config_hash"]] = json.loads(r["config_json"]).get("tiers", [])
         except (TypeError, ValueError, AttributeError):
@@ -467,7 +469,9 @@ def read_rows_rollup(ledger: Ledger, scope: Scope, windows: dict[str, float]) ->
     documents = sum(r["n"] for r in docs)
     configs = sorted({r["config_hash"] for r in docs})
     chains = _chains(run("chains", rq.CHAINS.format(marks=rq.marks(configs)), configs)) if configs else {}
-    served = [dict(r) for r in run("served_models", SQL["served_models"], ())]
+    # in code points (ORDER BY tier follows the database's collation: PostgreSQL's may put "backup" first)
+    served = sorted((dict(r) for r in run("served_models", SQL["served_models"], ())),
+                    key=lambda r: (r["tier"], r["first_seen"]))  # fmt: skip
     ungrounded: dict[str, dict[Any, int]] = {}
     counts: dict[str, dict[tuple[Any, int], int]] = {}
     for (tier, outcome, loc, grounded), n in parts.fields.items():
@@ -767,7 +771,10 @@ def tier_stats(per: dict[str, _TierSums], rows: _Rows, documents: int) -> tuple[
     for r in rows.attempt_latency:
         latencies.setdefault(r["tier"], []).append(r["latency_s"])
     kinds = {t["name"]: t.get("kind") for tiers in rows.chains.values() for t in tiers}
-    rank = {name: i for ts in rows.chains.values() for i, name in enumerate(x["name"] for x in ts)}
+    rank: dict[str, int] = {}  # after every tier it follows in any config (not in the last config read)
+    for ts in rows.chains.values():
+        for i, x in enumerate(ts):
+            rank[x["name"]] = max(rank.get(x["name"], i), i)
     out = []
     for t in sorted(per.values(), key=lambda t: (rank.get(t.tier, len(rank)), -t.reached, t.tier)):
         lo, hi = wilson(t.resolved, t.reached)
