@@ -199,8 +199,8 @@ KEEP = os.environ.get("EXTRACTKIT_BENCH_KEEP")
 def _kept(ledger: Ledger) -> int | None:
     """The attempts of a kept ledger that was completely built (its run finished), else None."""
     done = ledger.query("SELECT COUNT(*) AS n FROM runs WHERE status = 'done'")
-    if not done or not done[0]["n"]:
-        return None
+    if not done or not done[0]["n"] or not ledger.query("SELECT 1 AS x FROM rollup_documents_daily LIMIT 1"):
+        return None  # not generated, or its rollups not rebuilt (interrupted): built again
     return int(ledger.query("SELECT COUNT(*) AS n FROM attempts")[0]["n"])
 
 
@@ -209,6 +209,8 @@ def _build(ledger: Ledger, attempts: int) -> tuple[int, float | None, float | No
     made = _kept(ledger) if KEEP else None
     if made is not None:
         return made, None, None
+    if KEEP and ledger.query("SELECT 1 AS x FROM runs LIMIT 1"):  # a half-built kept ledger
+        raise SystemExit(f"{ledger.target}: an interrupted build; delete it (or its database) and run again")
     t0 = time.perf_counter()
     made = generate(ledger, attempts)
     gen = time.perf_counter() - t0
