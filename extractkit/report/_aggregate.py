@@ -486,8 +486,8 @@ def read_rows_rollup(ledger: Ledger, scope: Scope, windows: dict[str, float]) ->
     }  # fmt: skip
     field_rows = {tier: [{"loc": loc, "ungrounded": u, "n": n} for (loc, u), n in c.items()]
                   for tier, c in counts.items()}  # fmt: skip
-    member, member_params = scope_member(scope)
-    values = field_values(ledger, scope, run, groups, documents, member, member_params)
+    member, member_params = scope_member(scope, parts.run_current)
+    values = field_values(ledger, scope, run, groups, documents, member, member_params, parts.run_current)
     bounded = parts.examples_from is not None
     sql = rq.UNRESOLVED_EXAMPLES.format(member=member, since=" AND e.created_at >= ?" if bounded else "")
     params = [*([parts.examples_from] if bounded else []), *member_params, EXAMPLES]
@@ -507,7 +507,8 @@ def read_rows_rollup(ledger: Ledger, scope: Scope, windows: dict[str, float]) ->
 
 
 def field_values(ledger: Ledger, scope: Scope, run: Any, groups: Rows, documents: int, member: str,
-                 member_params: list[Any]) -> dict[str, list[dict[str, Any]]]:  # fmt: skip
+                 member_params: list[Any], run_current: bool = False,
+                 ) -> dict[str, list[dict[str, Any]]]:  # fmt: skip
     """The rejected values of the field table: per tier and outcome whose errors name fields, its
     most recent FIELD_SAMPLE attempts in scope (by the (tier, outcome) index); in a small scope that
     an index reaches (a run, a time window), any of its attempts, read from its extractions."""
@@ -520,11 +521,13 @@ def field_values(ledger: Ledger, scope: Scope, run: Any, groups: Rows, documents
         sql = rq.field_values_driven_sql(member, show)
         rows = run("field_values", sql, [*member_params, FIELD_SAMPLE * len(failing)])
     else:
-        current = scope == Scope()
+        by_run = run_current and scope == Scope(run_id=scope.run_id)  # a run all current: by the flags
+        current = scope == Scope() or by_run
         recent = "a.rowid" if getattr(ledger, "engine", "sqlite") == "sqlite" else "a.id"
-        sql = rq.field_values_sql(current=current, member=member, recent=recent, show=show)
+        sql = rq.field_values_sql(current=current, member=member, recent=recent, show=show, run=by_run)
         for tier, outcome in failing:
-            params = [tier, outcome, *([] if current else member_params), FIELD_SAMPLE]
+            own = [scope.run_id] if by_run else [] if current else member_params
+            params = [tier, outcome, *own, FIELD_SAMPLE]
             rows += run("field_values", sql, params)
     counts: dict[tuple[str, str, Any], int] = {}  # (tier, errors_json, shown) -> attempts
     for r in rows:
