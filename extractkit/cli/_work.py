@@ -177,6 +177,9 @@ def worker(
                                          "document stays this worker's without a heartbeat (sent every "
                                          "third of it); a dead worker's documents go to the others after "
                                          "it.")] = 60.0,
+    outage_limit: Annotated[float, typer.Option("--outage-limit", min=0, metavar="SECONDS", help="How long "
+                                                "to wait for the ledger's database to come back (a restart, "
+                                                "a failover) before stopping with exit 1.")] = 60.0,
     rpm: Annotated[float | None, typer.Option(min=1, help="Requests/minute limit.")] = None,
     tpm: Annotated[float | None, typer.Option(min=1, help="Tokens/minute limit.")] = None,
     retry_failed: Annotated[bool, typer.Option(help="Send again documents whose last result in the ledger "
@@ -208,7 +211,7 @@ def worker(
         w = Worker(extractor, led, queue, concurrency=concurrency or cfg.batch.concurrency, lease_s=lease,
                    wait=wait, retry_failed=retry_failed, max_bytes=cfg.batch.max_bytes,
                    max_chars=cfg.batch.max_chars, max_cost=ceiling,
-                   limiter=limiter)  # fmt: skip
+                   limiter=limiter, outage_limit_s=outage_limit)  # fmt: skip
         if not as_json:
             err.print(f"worker {w.worker_id} on {queue.target}", highlight=False)
 
