@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,6 +45,18 @@ def here(tmp_path, monkeypatch) -> Path:
     return tmp_path
 
 
+def progress(url: str, worker: subprocess.Popen, done: int, what: str) -> None:
+    """Wait until ``done`` documents are done, failing at once if the worker has exited."""
+
+    def check() -> bool:
+        if worker.poll() is not None:
+            out, err = worker.communicate()
+            raise AssertionError(f"the worker exited {worker.returncode} before {what}: {err}")
+        return totals(url)["done"] >= done
+
+    wait_for(check, what=what)
+
+
 def no_noise(stderr: str) -> None:
     for word in NOISE:
         assert word not in stderr, stderr
@@ -62,10 +75,9 @@ def test_a_worker_rides_out_a_server_restart(here, private_pg):
         assert queued.returncode == 0, queued.stderr
         w = start(here, "worker", "-c", str(cfg), "--ledger", url, "--concurrency", "4", "--lease", "5",
                   "--json")  # fmt: skip
-        wait_for(lambda: totals(url)["done"] >= 4, what="the first documents")
+        progress(url, w, 4, "the first documents")
         private_pg.ctl("restart", "-m", "fast")
-        assert w.poll() is None, w.communicate()  # still working after the restart
-        wait_for(lambda: totals(url)["done"] >= 12, what="documents after the restart")
+        progress(url, w, 12, "documents after the restart")
         private_pg.ctl("stop", "-m", "fast")
         time.sleep(POOL_TIMEOUT_S + 2)  # claims, marks and writes fail meanwhile
         private_pg.ctl("start")
@@ -97,7 +109,7 @@ def test_a_worker_stops_with_exit_1_after_its_outage_limit_and_loses_nothing(her
         assert cli(here, "enqueue", str(docs), "-c", str(cfg), "--ledger", url).returncode == 0
         w = start(here, "worker", "-c", str(cfg), "--ledger", url, "--concurrency", "2", "--lease", "3",
                   "--outage-limit", "2")  # fmt: skip
-        wait_for(lambda: totals(url)["done"] >= 2, what="the first documents")
+        progress(url, w, 2, "the first documents")
         private_pg.ctl("stop", "-m", "fast")
         try:
             _, stderr = w.communicate(timeout=120)
@@ -216,3 +228,61 @@ def test_outage_retries_then_gives_up_on_one_clock():
     with pytest.raises(LedgerUnavailable):
         short.call(down)
     assert calls["n"] == 1  # given up: tried once
+
+
+def _timed(ex, doc: str):
+    """A result of the ledger fixtures whose attempts have start times, as the chain's have."""
+    import dataclasses
+
+    from .ledger_fixtures import COSTS, result
+
+    res = result(ex, "few", doc, COSTS)
+    attempts = [dataclasses.replace(a, started_at=1_700_000_000.125 + i) for i, a in enumerate(res.attempts)]
+    return dataclasses.replace(res, attempts=attempts)
+
+
+def test_a_write_whose_commit_went_unanswered_is_not_written_twice(pg_url):
+    """``ResilientLedger.arecord``: a write that failed before its COMMIT is sent again (written
+    once); one whose COMMIT was sent and got no answer (``commit_unknown``) is looked up first,
+    and found, is not written again: one extraction, its attempts once."""
+    import asyncio
+
+    import psycopg
+
+    from extractkit import LedgerError
+    from extractkit.ledger import Ledger, Outage, ResilientLedger
+
+    from .ledger_fixtures import chain
+
+    ex = chain()
+    with Ledger(pg_url) as ledger:
+        calls: list[str] = []
+
+        class Flaky:
+            def __getattr__(self, name: str):
+                return getattr(ledger, name)
+
+            async def arecord(self, extractor, result, **kwargs):
+                calls.append(result.document_sha256)
+                first = calls.count(result.document_sha256) == 1
+                lost = psycopg.OperationalError("server closed the connection unexpectedly")
+                if first and result.document_sha256.endswith("ab"):  # committed, answer lost
+                    await ledger.arecord(extractor, result, **kwargs)
+                    err = LedgerError("ledger x: server closed the connection unexpectedly")
+                    err.commit_unknown = True  # type: ignore[attr-defined]
+                    raise err from lost
+                if first:  # failed before its COMMIT: nothing written
+                    raise LedgerError("ledger x: terminating connection") from lost
+                return await ledger.arecord(extractor, result, **kwargs)
+
+        said: list[str] = []
+        resilient = ResilientLedger(Flaky(), Outage(30, notify=said.append))
+        for doc in ("ab", "cd"):
+            ext_id = asyncio.run(resilient.arecord(ex, _timed(ex, doc), text=f"doc {doc}"))
+            sha = f"{doc:0>64}"[-64:]
+            rows = ledger.query("SELECT id FROM extractions WHERE document_sha256 = ?", (sha,))
+            assert [r[0] for r in rows] == [ext_id], doc
+            assert ledger.query("SELECT COUNT(*) FROM attempts a JOIN extractions e ON e.id = a.extraction_id"
+                                " WHERE e.document_sha256 = ?", (sha,))[0][0] == 3  # fmt: skip
+        assert calls.count(f"{'ab':0>64}") == 1 and calls.count(f"{'cd':0>64}") == 2
+        assert said.count("ledger unreachable, retrying...") == 2

@@ -260,7 +260,7 @@ class ResilientLedger:
         """The id of the extraction ``result`` if the ledger already holds it, else None."""
         attempts = list(getattr(result, "attempts", ()) or ())
         first = attempts[0] if attempts else None
-        if first is None or getattr(first, "started_at", None) is None:
+        if first is None or not getattr(first, "started_at", None):
             return None  # nothing to tell it apart by: sending it again supersedes, never duplicates
         rows = self._ledger.query(_WRITTEN, (result.document_sha256, result.schema_hash,
                                              config_hash or extractor.config_hash, first.number,
