@@ -465,8 +465,9 @@ PG_MIGRATIONS: list[tuple[str, str]] = [
 ]
 
 # The Batch API's waves (ledger/_waves.py): jobs, items and the constraints that make a wave part
-# built once and a document in flight once per chain; which way each attempt went (live | batch).
-BATCH_WAVES_MIGRATION = ("0011_batch_waves", BATCH_WAVES + ATTEMPT_VIA)
+# built once and a document in flight once per chain; which way each attempt went (live | batch);
+# the report's sums by way (rollup_ways, filled from rollup_documents: every older row was live).
+BATCH_WAVES_MIGRATION = ("0011_batch_waves", BATCH_WAVES + ATTEMPT_VIA + _rollups.WAYS)
 MIGRATIONS.append(BATCH_WAVES_MIGRATION)
 PG_MIGRATIONS.append(BATCH_WAVES_MIGRATION)
 
