@@ -116,6 +116,18 @@ async def _cap_body(response: httpx.Response) -> None:
         response.stream = _CappedStream(response.stream, limit, response.status_code)
 
 
+class _Cookies(httpx.Cookies):
+    """The client's cookie jar as httpx keeps it, except that an answer without a cookie header
+    (every provider answer, in practice) skips the standard library's cookie-jar pass that httpx
+    makes on each response (a few percent of a request's CPU); one that sets a cookie is stored
+    exactly as before."""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        headers = response.headers
+        if "set-cookie" in headers or "set-cookie2" in headers:
+            super().extract_cookies(response)
+
+
 def make_client(tier: Any, *, local_url: str | None = None) -> openai.AsyncOpenAI:
     """The tier's client. ``local_url``: the local server's URL, for a local tier, when the
     caller has started it (``Extractor`` does, off the event loop); else it is started here."""
@@ -124,6 +136,7 @@ def make_client(tier: Any, *, local_url: str | None = None) -> openai.AsyncOpenA
         http_client = openai.DefaultAioHttpClient(event_hooks=hooks)
     else:
         http_client = openai.DefaultAsyncHttpxClient(event_hooks=hooks)
+    http_client._cookies = _Cookies(http_client.cookies.jar)  # the same (empty) jar
     base_url = tier.base_url
     if tier.is_local:
         from .local import local_base_url

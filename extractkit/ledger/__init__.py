@@ -3,8 +3,10 @@
 from . import _report_rollups as rollup_queries
 from ._dialect import POSTGRES, SQLITE, Dialect
 from ._ledger import DEFAULT_PATH, ENV_VAR, SERVED_REFRESH_S, Ledger, default_path, new_id, scrub
+from ._ledger import _refuse_other_databases as refuse_other_databases
 from ._limits import CHANNEL, Grant, LimitStore, Pause, limit_store
 from ._migrations import MIGRATIONS, PG_MIGRATIONS, migrate, migrate_postgres
+from ._outage import OUTAGE_LIMIT_S, Outage, ResilientLedger, is_transient
 from ._pg import Row, is_url, mask
 from ._protocol import RecordingLedger
 from ._queries import (
@@ -47,6 +49,10 @@ from ._waves import (
 )
 
 __all__ = [
+    "OUTAGE_LIMIT_S",
+    "Outage",
+    "ResilientLedger",
+    "is_transient",
     "CHANNEL",
     "DEFAULT_PATH",
     "DOCUMENT_ERRORS",
@@ -95,6 +101,7 @@ __all__ = [
     "ensure_rollups",
     "field_failures_sql",
     "is_url",
+    "refuse_other_databases",
     "limit_store",
     "mask",
     "migrate",

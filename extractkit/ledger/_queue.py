@@ -30,7 +30,7 @@ from typing import Any
 
 from .. import _redact
 from .._errors import LedgerError
-from ._pg import mask
+from ._pg import mask, pool_options
 
 RATE_WINDOW_S = 300  # status: a worker's rate is over its documents finished in the last 5 minutes
 STATES = ("waiting", "claimed", "done", "failed")
@@ -142,7 +142,8 @@ def _pool(url: str) -> Any:
         raise LedgerError(f"cannot open the work queue at {mask(url)}: {_redact.redact(str(exc).strip())}") \
             from None
     kwargs = {"autocommit": True, "row_factory": dict_row}
-    pool = ConnectionPool(url, min_size=1, max_size=2, kwargs=kwargs, open=False, name="extractkit-queue")
+    pool = ConnectionPool(url, min_size=1, max_size=2, kwargs=kwargs, open=False, name="extractkit-queue",
+                          **pool_options())  # fmt: skip
     try:
         pool.open(wait=True, timeout=30)
     except Exception as exc:
@@ -175,13 +176,21 @@ class WorkQueue:
 
     @contextmanager
     def _tx(self) -> Iterator[Any]:
+        """One transaction on a pooled connection; every psycopg or pool error leaves as a
+        ``LedgerError`` caused by it (``_outage.is_transient`` tells a lost server from a bug).
+        Every statement of the queue is safe to send again after a lost connection: a claim
+        not committed claimed nothing (one committed unanswered is a lease nobody renews: the job
+        is claimed again when it runs out, see ``heartbeat``); heartbeats, marks and releases
+        set states, not counts."""
         import psycopg
+        from psycopg_pool import PoolTimeout
 
         try:
             with self._pool.connection() as conn, conn.transaction():
                 yield conn
-        except psycopg.Error as exc:
-            raise LedgerError(f"work queue {self.target}: {exc}") from exc
+        except (psycopg.Error, PoolTimeout) as exc:
+            text = _redact.redact(" ".join(str(exc).split()) or type(exc).__name__)
+            raise LedgerError(f"work queue {self.target}: {text}") from exc
 
     def install(self) -> None:
         import psycopg
@@ -287,15 +296,24 @@ class WorkQueue:
                            doc_type=r["doc_type"], attempts=r["attempts"], reclaimed=r["re"])
                 for r in rows]  # fmt: skip
 
-    def heartbeat(self, worker_id: str, lease_s: float) -> int:
-        """Extend the lease of every job ``worker_id`` holds; returns how many it holds."""
+    def heartbeat(self, worker_id: str, lease_s: float, job_ids: Sequence[int] | None = None) -> int:
+        """Extend the lease of every job ``worker_id`` holds (only of ``job_ids`` when given: the
+        ones it knows it holds, so a claim whose answer was lost in an outage is not kept alive
+        by its heartbeats); returns how many were extended."""
         with self._tx() as c:
             c.execute("UPDATE work_workers SET seen_at = now() WHERE id = %s", (worker_id,))
-            cur = c.execute(
-                "UPDATE work_queue SET lease_until = now() + make_interval(secs => %s)"
-                " WHERE worker_id = %s AND state = 'claimed'",
-                (lease_s, worker_id),
-            )
+            if job_ids is None:
+                cur = c.execute(
+                    "UPDATE work_queue SET lease_until = now() + make_interval(secs => %s)"
+                    " WHERE worker_id = %s AND state = 'claimed'",
+                    (lease_s, worker_id),
+                )
+            else:
+                cur = c.execute(
+                    "UPDATE work_queue SET lease_until = now() + make_interval(secs => %s)"
+                    " WHERE worker_id = %s AND state = 'claimed' AND id = ANY(%s)",
+                    (lease_s, worker_id, list(job_ids)),
+                )
             return cur.rowcount
 
     def finish(self, worker_id: str, results: Sequence[Finished]) -> int:
@@ -365,10 +383,13 @@ class WorkQueue:
         return {r["document_sha256"]: r["state"] for r in rows}
 
     # -- status -------------------------------------------------------------------------------
-    def status(self, *, window_s: float = RATE_WINDOW_S) -> dict[str, Any]:
+    def status(self, *, window_s: float = RATE_WINDOW_S, all_workers: bool = False) -> dict[str, Any]:
         """Totals by state (``expired``: claimed jobs whose lease has run out, waiting to be
-        claimed again), per schema and config, and per worker with its rate over ``window_s``
-        (workers stopped or silent for longer than that are left out)."""
+        claimed again), per schema and config, and per worker. A running worker's rate is over
+        its documents finished in the last ``window_s``; a stopped or lost one's is frozen at what
+        it did over the time it was active (documents / (last heartbeat or stop - start)).
+        Workers stopped or silent for longer than ``window_s`` are counted in ``hidden_workers``
+        (``stopped``, ``lost``) instead of listed, unless ``all_workers``."""
         with self._tx() as c:
             totals = c.execute(
                 "SELECT count(*) FILTER (WHERE state = 'done') AS done,"
@@ -389,6 +410,7 @@ class WorkQueue:
                 "SELECT w.id, w.host, w.pid, w.concurrency, w.lease_s, w.started_at, w.seen_at, w.stopped_at,"
                 " extract(epoch FROM now() - w.seen_at) AS seen_ago_s,"
                 " extract(epoch FROM least(now() - w.started_at, make_interval(secs => %(win)s))) AS span_s,"
+                " extract(epoch FROM coalesce(w.stopped_at, w.seen_at) - w.started_at) AS active_s,"
                 " s.in_flight, s.done, s.failed, s.recent FROM work_workers w CROSS JOIN LATERAL ("
                 "  SELECT count(*) FILTER (WHERE q.state = 'claimed') AS in_flight,"
                 "  count(*) FILTER (WHERE q.state = 'done') AS done,"
@@ -396,10 +418,18 @@ class WorkQueue:
                 "  count(*) FILTER (WHERE q.state IN ('done', 'failed')"
                 "   AND q.finished_at >= now() - make_interval(secs => %(win)s)) AS recent"
                 "  FROM work_queue q WHERE q.worker_id = w.id) s"
-                " WHERE coalesce(w.stopped_at, w.seen_at) >= now() - make_interval(secs => %(win)s)"
+                " WHERE %(all)s"
+                "  OR coalesce(w.stopped_at, w.seen_at) >= now() - make_interval(secs => %(win)s)"
                 " ORDER BY w.started_at",
-                {"win": window_s},
+                {"win": window_s, "all": all_workers},
             ).fetchall()
+            hidden = c.execute(
+                "SELECT count(*) FILTER (WHERE stopped_at IS NOT NULL) AS stopped,"
+                " count(*) FILTER (WHERE stopped_at IS NULL) AS lost FROM work_workers"
+                " WHERE NOT %(all)s"
+                "  AND coalesce(stopped_at, seen_at) < now() - make_interval(secs => %(win)s)",
+                {"win": window_s, "all": all_workers},
+            ).fetchone()
         out_workers = []
         for w in workers:
             if w["stopped_at"] is not None:
@@ -408,16 +438,35 @@ class WorkQueue:
                 state = "lost"  # no heartbeat for longer than its lease: its jobs are reclaimed
             else:
                 state = "running"
-            span = max(float(w["span_s"] or 0.0), 1.0)
+            if state == "running":
+                rate = w["recent"] * 60.0 / max(float(w["span_s"] or 0.0), 1.0)
+            else:  # frozen: what it did while it ran, however long ago that was
+                rate = (w["done"] + w["failed"]) * 60.0 / max(float(w["active_s"] or 0.0), 1.0)
             out_workers.append({
                 "id": w["id"], "host": w["host"], "pid": w["pid"], "state": state,
                 "concurrency": w["concurrency"], "in_flight": w["in_flight"], "done": w["done"],
-                "failed": w["failed"], "per_minute": round(w["recent"] * 60.0 / span, 1),
+                "failed": w["failed"], "per_minute": round(rate, 1),
+                "active_s": round(float(w["active_s"] or 0.0), 1),
                 "last_seen_s": round(float(w["seen_ago_s"]), 1),
             })  # fmt: skip
         return {
             "totals": {k: int(v) for k, v in totals.items()},
             "chains": [dict(r) for r in chains],
             "workers": out_workers,
+            "hidden_workers": {k: int(v) for k, v in hidden.items()},
             "rate_window_s": window_s,
         }
+
+    def failures(self, *, limit: int = 100) -> tuple[int, list[dict[str, Any]]]:
+        """(how many jobs ended failed, the ``limit`` most recent of them): each with its
+        document's source, sha256, chain, the result's status and outcome and the reason the
+        worker recorded (the error ``extract`` prints), newest first."""
+        with self._tx() as c:
+            total = c.execute("SELECT count(*) AS n FROM work_queue WHERE state = 'failed'").fetchone()["n"]
+            rows = c.execute(
+                "SELECT source, document_sha256, schema_hash, config_hash, result_status, outcome, error,"
+                " worker_id, finished_at FROM work_queue WHERE state = 'failed'"
+                " ORDER BY finished_at DESC NULLS LAST, id DESC LIMIT %s",
+                (limit,),
+            ).fetchall()
+        return int(total), [dict(r) for r in rows]
