@@ -14,8 +14,9 @@ What is redacted: every value registered with ``register`` (a tier's API key whe
 ``$OPENAI_API_KEY``, the variable a tier names in ``api_key_env``, the store credentials in the
 environment when a document URI is read), whatever its shape, and anything that looks like a key
 or a token (``sk-...``, ``Bearer ...``), registered or not, and the credentials a URL can carry:
-a password (``scheme://user:password@host``) and a presigned URL's signature, credential and
-token parameters (``X-Amz-Signature=...``, ``sig=...``). ``redact_uri`` is the form a document
+a password (``scheme://user:password@host``; one in the query, ``?password=...``, becomes ``***``
+as the ledger's printed name has it) and a presigned URL's signature, credential and token
+parameters (``X-Amz-Signature=...``, ``sig=...``). ``redact_uri`` is the form a document
 URI is stored and shown in.
 Values shorter than ``MIN_SECRET_CHARS`` are not registered: redacting them would eat ordinary
 words (the local server's placeholder key is ``"local"``). A key cut short by a length limit
@@ -43,8 +44,12 @@ _PATTERN = re.compile(PATTERN_SOURCE)
 _URL_PASSWORD = re.compile(r"(?<=://)([^/\s:@?#]*):(?!\*+@)[^/\s@?#]+@")  # "user:***@" is masked already
 _URL_SECRET_PARAM = re.compile(
     r"(?i)([?&](?:x-amz-signature|x-amz-credential|x-amz-security-token|x-goog-signature|x-goog-credential"
-    r"|signature|sig|awsaccesskeyid|token|access_token|sas|secret|password|api_key|apikey|key)=)[A-Za-z0-9%._~+/=-]+"
+    r"|signature|sig|awsaccesskeyid|token|access_token|sas|secret|api_key|apikey|key)=)[A-Za-z0-9%._~+/=-]+"
 )
+# a password in the query (``postgresql://u@h/db?password=...``) is masked as the ledger's name
+# masks one in the user info (``ledger._pg.mask``): ``***``, one style for a URL's password
+URL_PASSWORD_MASK = "***"
+_URL_PASSWORD_PARAM = re.compile(r"(?i)([?&](?:password|passwd|pwd)=)(?!\*\*\*(?:[&#\s]|$))[^&#\s]+")
 _NOT_SECRETS = frozenset({"local", "unused", "EMPTY", "none", "dummy"})
 
 _lock = threading.Lock()
@@ -91,7 +96,10 @@ def redact(text: str) -> str:
 
 def _url_secrets(text: str) -> str:
     text = _URL_PASSWORD.sub(rf"\1:{REDACTED}@", text)
-    return _URL_SECRET_PARAM.sub(rf"\1{REDACTED}", text) if "=" in text else text
+    if "=" not in text:
+        return text
+    text = _URL_PASSWORD_PARAM.sub(rf"\1{URL_PASSWORD_MASK}", text)
+    return _URL_SECRET_PARAM.sub(rf"\1{REDACTED}", text)
 
 
 def redact_uri(uri: str) -> str:

@@ -258,7 +258,7 @@ class Worker:
             raise ConfigError(f"the lease must be at least 1 second, got {lease_s}")
         self.runner = BatchRunner(extractor, ledger, concurrency=concurrency, retry_failed=retry_failed,
                                   max_bytes=max_bytes, max_chars=max_chars, max_cost=max_cost,
-                                  limiter=limiter, freeze_gc=False)  # fmt: skip
+                                  limiter=limiter, freeze_gc=True)  # fmt: skip
         self.extractor = extractor
         self.ledger = ledger
         self.queue = queue
@@ -280,6 +280,7 @@ class Worker:
         self._stopping = True
 
     def _sink(self, job: Job, r: DocResult, summary: BatchSummary) -> None:
+        self.summary.batch = summary  # the runner's own: what was finished survives a cancelled run
         claimed = job.input
         if isinstance(claimed, ClaimedJob):
             self._marks.append(finished(claimed, r))

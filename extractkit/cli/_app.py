@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
-from typer.core import TyperGroup
+from typer.core import TyperGroup, TyperOption
 
 from .. import __version__
 from .._errors import ExtractkitError, RunError
@@ -43,9 +43,38 @@ def _is_psycopg(exc: BaseException) -> bool:
     return type(exc).__module__.split(".")[0] in ("psycopg", "psycopg_pool")
 
 
+def reflow(text: str) -> str:
+    """A docstring's paragraphs as one line each, so `--help` wraps them to the terminal instead of
+    keeping the source's line breaks (typer's rich help keeps them after the first paragraph).
+    A paragraph starting with ``\\b`` is kept as it is (click's "no rewrap" mark)."""
+    import inspect
+
+    paragraphs = inspect.cleandoc(text).split("\n\n")
+    return "\n\n".join(p if p.startswith("\b") else " ".join(x.strip() for x in p.splitlines())
+                       for p in paragraphs)  # fmt: skip
+
+
+def _flag_type(self: Any, ctx: Any) -> str | None:
+    """No `<bool>` after a flag (`--version`, `--help`, `--json`) in the help: it takes no value."""
+    if getattr(self, "is_flag", False) and self.metavar is None:
+        return None
+    return _option_type(self, ctx)
+
+
+_option_type = TyperOption.display_type_rich
+TyperOption.display_type_rich = _flag_type  # type: ignore[method-assign]
+
+
 class _Group(TyperGroup):
     """Every subcommand (and sub-app) runs inside this invoke, so every ExtractkitError and OSError
-    that escapes a command ends here instead of as a traceback."""
+    that escapes a command ends here instead of as a traceback. Each command's help is reflowed
+    (``reflow``)."""
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        cmd = super().get_command(ctx, cmd_name)
+        if cmd is not None and cmd.help:
+            cmd.help = reflow(cmd.help)
+        return cmd
 
     def invoke(self, ctx: Any) -> Any:
         import sqlite3
@@ -102,6 +131,22 @@ def fail_usage(message: str) -> typer.Exit:
 
 def _money(v: float | None) -> str:
     return "unknown" if v is None else f"${v:.6f}"
+
+
+def _narrow_table(title: str | None = None) -> Table:
+    """A table that shows its values whole in 80 columns: no box lines between columns."""
+    from rich import box
+
+    return Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1), collapse_padding=True)
+
+
+def _cost(v: float | None) -> str:
+    """A cost short enough for a table cell (the report has the exact figure)."""
+    if v is None:
+        return "unknown"
+    if 0 < v < 0.0001:
+        return "<$0.0001"
+    return f"${v:.4f}" if v < 100 else f"${v:,.0f}"
 
 
 @app.command()
@@ -294,12 +339,12 @@ def _run_batch(runner: Any, ledger: Any, paths: list[Any], as_json: bool, total:
 
 
 def _print_summary(summary: Any, ledger: Any, details: dict[str, str] | None = None) -> None:
-    table = Table(title=f"batch {summary.run_id} ({summary.status})")
+    table = _narrow_table(f"batch {summary.run_id} ({summary.status})")
     for col in ("documents", "ok", "failed", "errors", "skipped", "resumed", "attempts", "cost"):
-        table.add_column(col, justify="right")
+        table.add_column(col, justify="right", no_wrap=True)
     table.add_row(*(str(x) for x in (summary.documents, summary.ok, summary.failed,
                   summary.errors, summary.skipped + summary.special, summary.resumed,
-                  summary.attempts)), _money(summary.cost_usd))  # fmt: skip
+                  summary.attempts)), _cost(summary.cost_usd))  # fmt: skip
     out.print(table)
     notes = [f"{n} {what}" for n, what in (
         (summary.retried, "sent again (last result transient or, with --retry-failed, invalid)"),

@@ -10,17 +10,27 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from .._errors import ConfigError
 from .._words import plural
-from ._app import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNREACHABLE, _money, app, err, out
+from ._app import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_UNREACHABLE,
+    _cost,
+    _narrow_table,
+    app,
+    err,
+    out,
+)
 from ._ledger_opt import ConfigOpt
 
 SharedLedgerOpt = Annotated[
@@ -38,12 +48,16 @@ def shared_ledger_url(ledger: str | None, cfg: Any) -> str:
     """The PostgreSQL URL of the shared ledger (``_ledger_opt.ledger_choice``: --ledger,
     $EXTRACTKIT_LEDGER, [ledger] url or path). A SQLite file is a ConfigError that says which
     one was found and how to give a PostgreSQL one."""
-    from ..ledger import ENV_VAR
+    from ..ledger import ENV_VAR, refuse_other_databases
     from ._ledger_opt import ledger_choice
 
     choice = ledger_choice(ledger, cfg)
     if choice.is_url:
         return str(choice.path)
+    # the value as given (a Path() of "mysql://u:pw@h/db" lost a slash): another database's URL or a
+    # libpq keyword string is refused as the ledger refuses it, without repeating it (a password)
+    raw = ledger if ledger else os.environ.get(ENV_VAR) or str(choice.path)
+    refuse_other_databases(raw)
     raise ConfigError(
         f"a shared work queue needs a PostgreSQL ledger: {choice.path} ({choice.source}) is a SQLite file; "
         f"pass --ledger postgresql://user@host/db, set ${ENV_VAR} or [ledger] url (on one machine "
@@ -68,8 +82,8 @@ def open_shared(ledger: str | None, cfg: Any) -> tuple[Any, Any]:
 
 def run_cancellable(coro: Any, first_signal: Any = None) -> Any:
     """``asyncio.run(coro)``; SIGTERM and Ctrl-C cancel it (so a worker puts back what it holds)
-    and raise KeyboardInterrupt here. ``first_signal``: called on the first signal instead (a
-    graceful stop); the second one cancels."""
+    and raise KeyboardInterrupt here. ``first_signal(signum)``: called on the first signal instead
+    (a graceful stop); the second one cancels."""
 
     async def main() -> Any:
         task = asyncio.ensure_future(coro)
@@ -79,7 +93,7 @@ def run_cancellable(coro: Any, first_signal: Any = None) -> Any:
         def stop(signum: int) -> None:
             stopped.append(signum)
             if first_signal is not None and len(stopped) == 1:
-                first_signal()
+                first_signal(signum)
             else:
                 task.cancel()
 
@@ -193,70 +207,65 @@ def worker(
     document (unless --wait). SIGTERM or Ctrl-C: no new claims, the documents in flight finish, the
     rest is put back at once (a second signal stops at once, putting back the ones in flight too);
     a worker killed outright has its documents taken over by the others when its lease runs out.
-    Exit codes: 0 done, 1 some documents failed, 2 usage or config, 3 the provider stopped answering,
-    130 stopped by a signal.
+
+    Exit codes: 0 done (also a --wait worker stopped by SIGTERM: its normal stop); 1 some documents
+    failed (extractkit status --failed lists them) or --max-cost was reached; 2 usage or config
+    (also: only other chains' documents are waiting); 3 the provider stopped answering; 130
+    stopped by Ctrl-C, or by SIGTERM with documents left undone.
     """
-    from ..batch import Worker, limiter_for
+    from ..batch import Worker, open_limiter
     from ._build import build
 
     extractor, cfg = build(Path(config) if config else None, schema)
     led, queue = open_shared(ledger, cfg)
-    # the limits are the organisation's: shared with every process on this ledger (ledger/_limits.py)
-    limiter = limiter_for(led, rpm or cfg.batch.rpm, tpm or cfg.batch.tpm)
+    reasons: dict[str, str] = {}  # path -> why it was not extracted, as `extract` prints it
+    signals: list[int] = []
+
+    def on_result(r: Any, _s: Any) -> None:
+        if r.status != "ok":
+            reasons[r.path] = r.error or r.outcome or r.status
+
     try:
-        ceiling = max_cost if max_cost is not None else cfg.batch.max_cost
-        w = Worker(extractor, led, queue, concurrency=concurrency or cfg.batch.concurrency, lease_s=lease,
-                   wait=wait, retry_failed=retry_failed, max_bytes=cfg.batch.max_bytes,
-                   max_chars=cfg.batch.max_chars, max_cost=ceiling,
-                   limiter=limiter)  # fmt: skip
-        if not as_json:
-            err.print(f"worker {w.worker_id} on {queue.target}", highlight=False)
+        # the limits are the organisation's: shared with every process on this ledger (ledger/_limits.py)
+        with open_limiter(led, rpm or cfg.batch.rpm, tpm or cfg.batch.tpm) as limiter:
+            ceiling = max_cost if max_cost is not None else cfg.batch.max_cost
+            w = Worker(extractor, led, queue, concurrency=concurrency or cfg.batch.concurrency, lease_s=lease,
+                       wait=wait, retry_failed=retry_failed, max_bytes=cfg.batch.max_bytes,
+                       max_chars=cfg.batch.max_chars, max_cost=ceiling, limiter=limiter,
+                       on_result=on_result)  # fmt: skip
+            if not as_json:
+                err.print(f"worker {w.worker_id} on {queue.target}", highlight=False)
 
-        async def run() -> Any:
-            async with extractor:
-                return await w.run()
+            async def run() -> Any:
+                async with extractor:
+                    return await w.run()
 
-        signalled: list[bool] = []
+            def graceful(signum: int) -> None:  # the first SIGTERM / Ctrl-C: what was paid for is kept
+                signals.append(signum)
+                w.stop()
+                err.print("[yellow]stopping[/]: no new document is claimed; the documents in flight finish "
+                          "(SIGTERM or Ctrl-C again stops at once)", highlight=False)  # fmt: skip
 
-        def graceful() -> None:  # the first SIGTERM / Ctrl-C: what was paid for is finished and kept
-            signalled.append(True)
-            w.stop()
-            err.print("[yellow]stopping[/]: no new document is claimed; the documents in flight finish "
-                      "(SIGTERM or Ctrl-C again stops at once)", highlight=False)  # fmt: skip
-
-        try:
-            summary = run_cancellable(run(), graceful)
-        except KeyboardInterrupt:
-            err.print(f"[yellow]stopped[/]: {plural(w.summary.released, 'document')} put back in the queue; "
-                      "finished documents are kept", highlight=False)  # fmt: skip
-            raise typer.Exit(EXIT_INTERRUPTED) from None
-        if summary.batch.documents == 0:  # nothing for this chain: say why rather than exit 0 quietly
-            _nothing_for_this_chain(queue, extractor)
+            try:
+                summary = run_cancellable(run(), graceful)
+            except KeyboardInterrupt:  # the second signal: what finished is still worth a summary
+                _worker_summary(w.summary, reasons, as_json)
+                err.print(f"[yellow]stopped[/]: {plural(w.summary.released, 'document')} put back in the "
+                          "queue; finished documents are kept", highlight=False)  # fmt: skip
+                raise typer.Exit(EXIT_INTERRUPTED) from None
+            if summary.batch.documents == 0 and not signals:  # nothing for this chain: say why
+                _nothing_for_this_chain(queue, extractor)
     finally:
-        if hasattr(limiter, "close"):
-            limiter.close()  # a shared one gives back the budget it did not spend
         queue.close()
         led.close()
     b = summary.batch
-    if as_json:
-        print(json.dumps(summary.to_dict(), indent=2))
-    else:
-        rate = b.documents / summary.elapsed_s if summary.elapsed_s > 0 else 0.0
-        table = Table(title=f"worker {summary.worker_id} ({b.status})")
-        cols = ("documents", "ok", "failed", "errors", "resumed", "reclaimed", "attempts", "cost", "docs/s")
-        for col in cols:
-            table.add_column(col, justify="right")
-        table.add_row(*(str(x) for x in (b.documents, b.ok, b.failed, b.errors, b.resumed, summary.reclaimed,
-                                          b.attempts)), _money(b.cost_usd), f"{rate:.1f}")  # fmt: skip
-        out.print(table)
-        for p in b.failed_paths[:20]:
-            out.print(f"  not extracted: {p}", highlight=False, markup=False)
-        if len(b.failed_paths) > 20:
-            out.print(f"  ... and {len(b.failed_paths) - 20} more (extractkit status)", highlight=False)
-    if signalled:
+    _worker_summary(summary, reasons, as_json)
+    if signals:
         err.print(f"[yellow]stopped[/]: {plural(summary.released, 'document')} put back in the queue; "
                   "finished documents are kept", highlight=False)  # fmt: skip
-        raise typer.Exit(EXIT_INTERRUPTED)
+        # a supervisor stops a --wait worker with SIGTERM: its normal end, unless work was left undone
+        if not (wait and signals[0] == signal.SIGTERM and summary.released == 0 and not b.error):
+            raise typer.Exit(EXIT_INTERRUPTED)
     if b.error:
         err.print("[bold red]error:[/]", end=" ")
         err.print(b.error, highlight=False, markup=False, soft_wrap=True)
@@ -264,54 +273,121 @@ def worker(
     raise typer.Exit(EXIT_FAILED if b.failed_paths else EXIT_OK)
 
 
+SHOWN_FAILED = 20  # `not extracted:` lines a worker prints; `extractkit status --failed` lists them all
+
+
+def _worker_summary(summary: Any, reasons: dict[str, str], as_json: bool) -> None:
+    """A worker's summary: one table that fits 80 columns, then each document not extracted
+    with the reason ``extract`` prints for it."""
+    b = summary.batch
+    if as_json:
+        print(json.dumps(summary.to_dict(), indent=2))
+        return
+    rate = b.documents / summary.elapsed_s if summary.elapsed_s > 0 else 0.0
+    table = _narrow_table(f"worker {summary.worker_id} ({b.status})")
+    for col in ("docs", "ok", "failed", "errors", "resumed", "reclaimed", "attempts", "cost", "docs/s"):
+        table.add_column(col, justify="right", no_wrap=True)
+    table.add_row(*(str(x) for x in (b.documents, b.ok, b.failed, b.errors, b.resumed, summary.reclaimed,
+                                      b.attempts)), _cost(b.cost_usd), f"{rate:.1f}")  # fmt: skip
+    out.print(table)
+    for p in b.failed_paths[:SHOWN_FAILED]:
+        why = reasons.get(p)
+        out.print(f"  not extracted: {p}: {why}" if why else f"  not extracted: {p}", highlight=False,
+                  markup=False, soft_wrap=True)  # fmt: skip
+    if len(b.failed_paths) > SHOWN_FAILED:
+        out.print(f"  ... and {len(b.failed_paths) - SHOWN_FAILED} more: extractkit status --failed lists "
+                  "every failed document with its reason", highlight=False, soft_wrap=True)  # fmt: skip
+
+
 @app.command()
 def status(
     config: ConfigOpt = None,
     ledger: SharedLedgerOpt = None,
+    failed: Annotated[bool, typer.Option("--failed", help="List the documents whose job failed, with the "
+                                         "reason (newest first; --limit of them).")] = False,
+    limit: Annotated[int, typer.Option(min=1, help="With --failed: how many to list.")] = 100,
+    all_workers: Annotated[bool, typer.Option("--all", help="List every worker, also those stopped or "
+                                              "silent for more than 5 minutes.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """The shared queue: done, in flight, failed, waiting; each worker with its rate.
+    """The shared queue: done, in flight, failed, waiting, per chain; each worker with its rate.
 
     Example: extractkit status --ledger postgresql://me@db/extractkit --json
 
     `expired` counts documents whose worker stopped sending heartbeats: the next worker to claim
-    takes them over.
+    takes them over. A running worker's rate is over the last 5 minutes; a stopped or lost
+    worker's is what it did while it ran. --failed lists the failed documents with their reason.
+
+    Exit codes: 0 shown, 2 usage or config, or the ledger cannot be opened.
     """
     from ..ledger import WorkQueue
     from ._ledger_opt import load_cli_config
 
     cfg = load_cli_config(Path(config) if config else None, required=False)
     with WorkQueue(shared_ledger_url(ledger, cfg)) as queue:
-        data = queue.status()
+        data = queue.status(all_workers=all_workers)
+        if failed:
+            n_failed, rows = queue.failures(limit=limit)
+            data["failed"] = {"total": n_failed, "documents": [
+                {"source": r["source"], "sha256": r["document_sha256"], "schema_hash": r["schema_hash"],
+                 "config_hash": r["config_hash"], "status": r["result_status"], "outcome": r["outcome"],
+                 "error": r["error"], "worker": r["worker_id"], "finished_at": r["finished_at"]}
+                for r in rows]}  # fmt: skip
     if as_json:
         print(json.dumps(data, indent=2, default=str))
         return
     t = data["totals"]
     out.print(f"done {t['done']}  in flight {t['in_flight']}  failed {t['failed']}  waiting {t['waiting']}  "
-              f"expired leases {t['expired']}  (reclaimed so far: {t['reclaims']})",
-              highlight=False)  # fmt: skip
+              f"expired leases {t['expired']}  reclaimed so far {t['reclaims']}",
+              highlight=False, soft_wrap=True)  # fmt: skip
+    for ch in data["chains"]:  # one line per chain: a worker claims only its own config's
+        out.print(f"  chain {_chain(ch)}: done {ch['done']}  in flight {ch['claimed']}  failed {ch['failed']}"
+                  f"  waiting {ch['waiting']}", highlight=False, soft_wrap=True)  # fmt: skip
     if data["workers"]:
-        table = Table(title=f"workers (rate over the last {data['rate_window_s'] // 60:g} minutes)")
-        for col in ("worker", "state", "in flight", "done", "failed", "docs/min", "last seen"):
-            table.add_column(col, justify="left" if col in ("worker", "state") else "right")
+        table = _narrow_table(f"workers (a running one's rate: last {data['rate_window_s'] // 60:g} minutes)")
+        for col in ("worker", "state", "held", "done", "failed", "docs/min", "seen"):
+            table.add_column(col, justify="left" if col in ("worker", "state") else "right",
+                             no_wrap=col != "worker", overflow="fold")  # fmt: skip
         for w in data["workers"]:
             table.add_row(w["id"], w["state"], str(w["in_flight"]), str(w["done"]), str(w["failed"]),
                           f"{w['per_minute']:.1f}", f"{w['last_seen_s']:.0f}s ago")  # fmt: skip
         out.print(table)
+    hidden = data.get("hidden_workers") or {}
+    older = [plural(n, f"{what} worker") for what, n in hidden.items() if n]
+    if older:
+        out.print(f"and {' and '.join(older)} not seen for more than {data['rate_window_s'] // 60:g} minutes "
+                  "(--all lists them)", highlight=False, soft_wrap=True)  # fmt: skip
+    if failed:
+        f = data["failed"]
+        out.print(f"{plural(f['total'], 'failed document')}" + (f" (the {len(f['documents'])} newest)"
+                  if f["total"] > len(f["documents"]) else "") + (":" if f["total"] else ""),
+                  highlight=False)  # fmt: skip
+        for d in f["documents"]:
+            why = d["error"] or d["outcome"] or d["status"]
+            out.print(f"  {d['source']}: {why}", highlight=False, markup=False, soft_wrap=True)
+
+
+def _chain(ch: dict[str, Any]) -> str:
+    """A chain as `extractkit status` and the worker name it: schema hash / config hash (16 hex)."""
+    return f"{str(ch['schema_hash'])[:16]}/{str(ch['config_hash'])[:16]}"
 
 
 def _nothing_for_this_chain(queue: Any, extractor: Any) -> None:
     """A worker that found nothing to do while documents of other chains wait was most likely
-    started with another config than they were enqueued with: a ConfigError (exit 2) saying so."""
+    started with another config than they were enqueued with: a ConfigError (exit 2) naming the
+    chains that wait and this worker's own."""
     mine = (extractor.schema_hash, extractor.config_hash)
-    others = sum(int(ch["waiting"]) + int(ch["claimed"]) for ch in queue.status()["chains"]
-                 if (ch["schema_hash"], ch["config_hash"]) != mine)  # fmt: skip
+    others = [ch for ch in queue.status()["chains"] if (ch["schema_hash"], ch["config_hash"]) != mine
+              and int(ch["waiting"]) + int(ch["claimed"])]  # fmt: skip
     if others:
+        n = sum(int(ch["waiting"]) + int(ch["claimed"]) for ch in others)
+        which = ", ".join(f"{int(ch['waiting']) + int(ch['claimed'])} for {_chain(ch)}" for ch in others)
+        own = _chain({"schema_hash": mine[0], "config_hash": mine[1]})
         raise ConfigError(
-            f"nothing is queued for this worker's schema ({extractor.schema.__name__}) and chain config "
-            f"({extractor.config_hash[:12]}), but {plural(others, 'document')} of other chains "
-            "wait: start the worker with the config they were enqueued with (-c), or enqueue with "
-            "this one (extractkit status --json lists the chains)"
+            f"nothing is queued for this worker's chain {own} "
+            f"(schema {extractor.schema.__name__}), but {plural(n, 'document')} of other chains "
+            f"wait ({which}; schema hash/config hash): start the worker with the config they were "
+            "enqueued with (-c), or enqueue with this one (extractkit status shows the chains)"
         )
 
 
@@ -326,15 +402,22 @@ def extract_shared(
     ``--out`` has one line per document of PATHS, as on SQLite. Returns the exit code.
     ``--force`` is refused: every worker would have to extract those documents again, and a
     queued job does not carry that yet."""
-    from ..batch import DocResult, Worker, aenqueue, limiter_for
+    from contextlib import ExitStack
+
+    from ..batch import DocResult, Worker, aenqueue, open_limiter
     from ._app import _print_summary
 
     if force:
-        raise ConfigError("--force is not supported with a shared (PostgreSQL) ledger yet: the documents "
-                          "would be extracted again only by this process's worker; use a SQLite ledger "
-                          "for a forced rerun")  # fmt: skip
+        raise ConfigError(
+            "--force is not supported on a shared (PostgreSQL) ledger: a queued job does not carry "
+            "`extract again`, so any other worker claiming one would resume the result already in "
+            "the ledger instead of paying for a new one. To extract documents again, change the chain "
+            "(a new prompt, example or model is a new config: its documents are queued and sent anew), "
+            "or use --retry-failed for those that failed validation"
+        )  # fmt: skip
     led, queue = open_shared(ledger, cfg)
-    limiter = limiter_for(led, rpm, tpm)  # shared with every process on this ledger
+    closing = ExitStack()
+    limiter = closing.enter_context(open_limiter(led, rpm, tpm))  # shared with every process on this ledger
     lines: dict[str, DocResult] = {}
     out = None
     try:
@@ -399,8 +482,7 @@ def extract_shared(
     finally:
         if out is not None:
             out.close()
-        if hasattr(limiter, "close"):
-            limiter.close()  # a shared one gives back the budget it did not spend
+        closing.close()  # a shared limiter gives back the budget it did not spend
         queue.close()
         led.close()
     if b.error:

@@ -3,6 +3,7 @@
 from . import _report_rollups as rollup_queries
 from ._dialect import POSTGRES, SQLITE, Dialect
 from ._ledger import DEFAULT_PATH, ENV_VAR, SERVED_REFRESH_S, Ledger, default_path, new_id, scrub
+from ._ledger import _refuse_other_databases as refuse_other_databases
 from ._limits import CHANNEL, Grant, LimitStore, Pause, limit_store
 from ._migrations import MIGRATIONS, PG_MIGRATIONS, migrate, migrate_postgres
 from ._pg import Row, is_url, mask
@@ -77,6 +78,7 @@ __all__ = [
     "ensure_rollups",
     "field_failures_sql",
     "is_url",
+    "refuse_other_databases",
     "limit_store",
     "mask",
     "migrate",

@@ -365,10 +365,13 @@ class WorkQueue:
         return {r["document_sha256"]: r["state"] for r in rows}
 
     # -- status -------------------------------------------------------------------------------
-    def status(self, *, window_s: float = RATE_WINDOW_S) -> dict[str, Any]:
+    def status(self, *, window_s: float = RATE_WINDOW_S, all_workers: bool = False) -> dict[str, Any]:
         """Totals by state (``expired``: claimed jobs whose lease has run out, waiting to be
-        claimed again), per schema and config, and per worker with its rate over ``window_s``
-        (workers stopped or silent for longer than that are left out)."""
+        claimed again), per schema and config, and per worker. A running worker's rate is over
+        its documents finished in the last ``window_s``; a stopped or lost one's is frozen at what
+        it did over the time it was active (documents / (last heartbeat or stop - start)).
+        Workers stopped or silent for longer than ``window_s`` are counted in ``hidden_workers``
+        (``stopped``, ``lost``) instead of listed, unless ``all_workers``."""
         with self._tx() as c:
             totals = c.execute(
                 "SELECT count(*) FILTER (WHERE state = 'done') AS done,"
@@ -389,6 +392,7 @@ class WorkQueue:
                 "SELECT w.id, w.host, w.pid, w.concurrency, w.lease_s, w.started_at, w.seen_at, w.stopped_at,"
                 " extract(epoch FROM now() - w.seen_at) AS seen_ago_s,"
                 " extract(epoch FROM least(now() - w.started_at, make_interval(secs => %(win)s))) AS span_s,"
+                " extract(epoch FROM coalesce(w.stopped_at, w.seen_at) - w.started_at) AS active_s,"
                 " s.in_flight, s.done, s.failed, s.recent FROM work_workers w CROSS JOIN LATERAL ("
                 "  SELECT count(*) FILTER (WHERE q.state = 'claimed') AS in_flight,"
                 "  count(*) FILTER (WHERE q.state = 'done') AS done,"
@@ -396,10 +400,18 @@ class WorkQueue:
                 "  count(*) FILTER (WHERE q.state IN ('done', 'failed')"
                 "   AND q.finished_at >= now() - make_interval(secs => %(win)s)) AS recent"
                 "  FROM work_queue q WHERE q.worker_id = w.id) s"
-                " WHERE coalesce(w.stopped_at, w.seen_at) >= now() - make_interval(secs => %(win)s)"
+                " WHERE %(all)s"
+                "  OR coalesce(w.stopped_at, w.seen_at) >= now() - make_interval(secs => %(win)s)"
                 " ORDER BY w.started_at",
-                {"win": window_s},
+                {"win": window_s, "all": all_workers},
             ).fetchall()
+            hidden = c.execute(
+                "SELECT count(*) FILTER (WHERE stopped_at IS NOT NULL) AS stopped,"
+                " count(*) FILTER (WHERE stopped_at IS NULL) AS lost FROM work_workers"
+                " WHERE NOT %(all)s"
+                "  AND coalesce(stopped_at, seen_at) < now() - make_interval(secs => %(win)s)",
+                {"win": window_s, "all": all_workers},
+            ).fetchone()
         out_workers = []
         for w in workers:
             if w["stopped_at"] is not None:
@@ -408,16 +420,35 @@ class WorkQueue:
                 state = "lost"  # no heartbeat for longer than its lease: its jobs are reclaimed
             else:
                 state = "running"
-            span = max(float(w["span_s"] or 0.0), 1.0)
+            if state == "running":
+                rate = w["recent"] * 60.0 / max(float(w["span_s"] or 0.0), 1.0)
+            else:  # frozen: what it did while it ran, however long ago that was
+                rate = (w["done"] + w["failed"]) * 60.0 / max(float(w["active_s"] or 0.0), 1.0)
             out_workers.append({
                 "id": w["id"], "host": w["host"], "pid": w["pid"], "state": state,
                 "concurrency": w["concurrency"], "in_flight": w["in_flight"], "done": w["done"],
-                "failed": w["failed"], "per_minute": round(w["recent"] * 60.0 / span, 1),
+                "failed": w["failed"], "per_minute": round(rate, 1),
+                "active_s": round(float(w["active_s"] or 0.0), 1),
                 "last_seen_s": round(float(w["seen_ago_s"]), 1),
             })  # fmt: skip
         return {
             "totals": {k: int(v) for k, v in totals.items()},
             "chains": [dict(r) for r in chains],
             "workers": out_workers,
+            "hidden_workers": {k: int(v) for k, v in hidden.items()},
             "rate_window_s": window_s,
         }
+
+    def failures(self, *, limit: int = 100) -> tuple[int, list[dict[str, Any]]]:
+        """(how many jobs ended failed, the ``limit`` most recent of them): each with its
+        document's source, sha256, chain, the result's status and outcome and the reason the
+        worker recorded (the error ``extract`` prints), newest first."""
+        with self._tx() as c:
+            total = c.execute("SELECT count(*) AS n FROM work_queue WHERE state = 'failed'").fetchone()["n"]
+            rows = c.execute(
+                "SELECT source, document_sha256, schema_hash, config_hash, result_status, outcome, error,"
+                " worker_id, finished_at FROM work_queue WHERE state = 'failed'"
+                " ORDER BY finished_at DESC NULLS LAST, id DESC LIMIT %s",
+                (limit,),
+            ).fetchall()
+        return int(total), [dict(r) for r in rows]
