@@ -16,6 +16,7 @@ import pytest
 from extractkit import LedgerError
 from extractkit.ledger import MIGRATIONS, PG_MIGRATIONS, POSTGRES, SQLITE, Ledger, mask
 from extractkit.ledger._dialect import ddl_to_postgres, to_postgres
+from extractkit.ledger._migrations import BATCH_WAVES_MIGRATION
 
 N_PROCESSES = 8
 
@@ -211,7 +212,8 @@ def test_0006_puts_right_an_older_ledger_with_two_current_rows(tmp_path, monkeyp
     from .ledger_fixtures import COSTS, chain, result
 
     path = tmp_path / "old.sqlite3"
-    monkeypatch.setattr("extractkit.ledger._migrations.MIGRATIONS", MIGRATIONS[:5])
+    # a ledger at 0005, with the columns today's record writes (0011_batch_waves: attempts.via ...)
+    monkeypatch.setattr("extractkit.ledger._migrations.MIGRATIONS", [*MIGRATIONS[:5], BATCH_WAVES_MIGRATION])
     ex = chain()
     with Ledger(path) as old:
         first = old.record(ex, result(ex, "few", "abc", COSTS))

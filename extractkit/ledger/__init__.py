@@ -36,6 +36,16 @@ from ._rollups import hour_of as rollup_hour_of
 from ._rollups import json_value as rollup_json_value
 from ._rollups import loc_value as rollup_loc_value
 from ._rollups import rebuild as rebuild_rollups
+from ._waves import (
+    BatchItem,
+    BatchJob,
+    ItemOutcome,
+    NewBatchItem,
+    NewBatchJob,
+    WaveRow,
+    attempts_from_json,
+    attempts_to_json,
+)
 
 __all__ = [
     "CHANNEL",
@@ -56,13 +66,18 @@ __all__ = [
     "VERSION_PAIRS",
     "VERSION_STATS",
     "VERSION_STATS_CURRENT",
+    "BatchItem",
+    "BatchJob",
     "ClaimedJob",
     "Dialect",
     "FinetuneEvent",
     "FinetuneJobRecord",
+    "ItemOutcome",
     "EnqueueCounts",
     "Finished",
     "Ledger",
+    "NewBatchItem",
+    "NewBatchJob",
     "QueuedDocument",
     "Grant",
     "Ledger",
@@ -73,7 +88,10 @@ __all__ = [
     "StoredDocument",
     "TrainingRow",
     "UnfinishedExtraction",
+    "WaveRow",
     "WorkQueue",
+    "attempts_from_json",
+    "attempts_to_json",
     "default_path",
     "ensure_rollups",
     "field_failures_sql",

@@ -26,7 +26,7 @@ from typing import Any
 
 from .. import _redact
 from .._errors import LedgerError
-from .._results import TRANSIENT_OUTCOMES, VALIDATION_OUTCOMES, Attempt, Outcome, Result
+from .._results import TRANSIENT_OUTCOMES, VALIDATION_OUTCOMES, Attempt, Outcome, Result, sum_costs
 from .._schema import canonical_json, json_schema
 from . import _rollups
 from ._dialect import POSTGRES, SQLITE, Dialect
@@ -34,6 +34,7 @@ from ._migrations import migrate
 from ._owner import is_gone, this_process
 from ._pg import PgEngine, is_url
 from ._reads import LedgerReads
+from ._waves import LedgerWaves, Wrote
 
 DEFAULT_PATH = Path(".extractkit") / "ledger.sqlite3"
 ENV_VAR = "EXTRACTKIT_LEDGER"
@@ -136,7 +137,7 @@ def _connect(path: Path) -> tuple[sqlite3.Connection, list[str]]:
         pause = min(pause * 2, 0.5)
 
 
-class Ledger(LedgerReads):
+class Ledger(LedgerReads, LedgerWaves):
     """The ledger. ``Ledger("runs.sqlite3")`` (SQLite; ``":memory:"`` for tests) or
     ``Ledger("postgresql://user@host/db")`` (PostgreSQL, shared by many processes and machines);
     no target: ``$EXTRACTKIT_LEDGER``, else ``.extractkit/ledger.sqlite3``. ``store_text=False``
@@ -362,6 +363,32 @@ class Ledger(LedgerReads):
         ``forced_tier`` marks an extraction where one tier ran alone (eval); its ``config_hash`` is
         then that tier's own hash, so reports of the chain leave it out and eval can reuse it.
         """
+        with self.transaction() as c, _pipelined(c):
+            ext_id, wrote = self._write_extraction(
+                c, extractor, result, text=text, run_id=run_id, path=path, size=size, doc_type=doc_type,
+                config_hash=config_hash, forced_tier=forced_tier,
+            )  # fmt: skip
+        self._wrote(wrote)
+        return ext_id
+
+    def _write_extraction(
+        self,
+        c: Any,
+        extractor: Any,
+        result: Result[Any],
+        *,
+        text: str | None = None,
+        run_id: str | None = None,
+        path: str | None = None,
+        size: int | None = None,
+        doc_type: str | None = None,
+        config_hash: str | None = None,
+        forced_tier: str | None = None,
+    ) -> tuple[str, Wrote]:
+        """The body of ``record`` inside the caller's transaction ``c`` (``record``, and
+        ``finish_batch_items`` for a document's final result: one copy of the rules that supersede
+        the earlier extraction and keep the rollups). Returns the extraction id and what to pass
+        to ``_wrote`` once the transaction has committed."""
         schema = extractor.schema
         ext_id = new_id()
         now = time.time()
@@ -374,82 +401,86 @@ class Ledger(LedgerReads):
         _register_tier_keys(extractor)
         written: list[str] = []
         chain_hash = config_hash or extractor.config_hash
-        with self.transaction() as c, _pipelined(c):
-            # two writers of one document by one chain take turns (PostgreSQL; SQLite's write lock
-            # already excludes them): the second supersedes the first. The unique index enforces it.
-            c.lock(f"{result.document_sha256}|{result.schema_hash}|{chain_hash}|{forced_tier or ''}")
-            if result.schema_hash not in self._versions_written:
-                c.execute(
-                    "INSERT INTO schemas (hash, name, json) VALUES (?,?,?) ON CONFLICT DO NOTHING",
-                    (result.schema_hash, schema.__name__, canonical_json(json_schema(schema))),
-                )
-                written.append(result.schema_hash)
-            for tier in extractor.tiers:
-                if tier.template.hash not in self._versions_written:
-                    c.execute(
-                        "INSERT INTO prompts (hash, origin, source) VALUES (?,?,?) ON CONFLICT DO NOTHING",
-                        (tier.template.hash, tier.template.origin, tier.template.source),
-                    )
-                    written.append(tier.template.hash)
+        # two writers of one document by one chain take turns (PostgreSQL; SQLite's write lock
+        # already excludes them): the second supersedes the first. The unique index enforces it.
+        c.lock(f"{result.document_sha256}|{result.schema_hash}|{chain_hash}|{forced_tier or ''}")
+        if result.schema_hash not in self._versions_written:
             c.execute(
-                "INSERT INTO documents (sha256, path, size, type, text, first_seen)"
-                " VALUES (?,?,?,?,?,?) ON CONFLICT(sha256) DO UPDATE SET"
-                " path = COALESCE(excluded.path, documents.path),"
-                " text = COALESCE(documents.text, excluded.text)",
-                (result.document_sha256, path, size, doc_type or "text",
-                 text if self.store_text else None, now),
-            )  # fmt: skip
-            # the earlier final extractions of this document by this chain are no longer current: before
-            # the new one goes in, as the unique index (0006_current_unique) allows one current row
-            older = [r[0] for r in c.execute(
-                "UPDATE extractions SET superseded_by = ? WHERE document_sha256 = ? AND schema_hash = ?"
-                " AND config_hash = ? AND forced_tier IS ? AND status IN ('ok', 'failed')"
-                " AND superseded_by IS NULL AND id != ? RETURNING id",
-                (ext_id, result.document_sha256, result.schema_hash, chain_hash, forced_tier, ext_id),
-            ).fetchall()]  # fmt: skip
-            c.execute(
-                "INSERT INTO extractions (id, run_id, document_sha256, path, schema_hash,"
-                " config_hash, status, tier, outcome, value_json, error, n_attempts,"
-                " prompt_tokens, completion_tokens, cost_usd, latency_s, created_at, forced_tier)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (ext_id, run_id, result.document_sha256, path, result.schema_hash,
-                 chain_hash, "ok" if result.ok else "failed", result.tier,
-                 result.outcome.value, value_json, result.error,
-                 len(result.attempts), usage.prompt_tokens, usage.completion_tokens,
-                 result.cost_usd, result.latency_s, now, forced_tier),
-            )  # fmt: skip
-            if older:
-                stale = [(x,) for x in older]
-                c.executemany("UPDATE attempts SET current = 0 WHERE extraction_id = ?", stale)
-            c.executemany(
-                "INSERT INTO attempts (id, extraction_id, run_id, tier, model, number, outcome,"
-                " error, errors_json, prompt_tokens, completion_tokens, cached_tokens, cost_usd,"
-                " latency_s, started_at, finish_reason, status_code, prompt_hash, schema_hash,"
-                " output, follows, won, current, served_model, fingerprint)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                [(*_attempt_row(new_id(), ext_id, run_id, a, follows),
-                  int(result.ok and a.tier == result.tier), int(forced_tier is None), a.served_model,
-                  a.fingerprint)
-                 for a, follows in zip(result.attempts, _follows(result.attempts), strict=True)],
+                "INSERT INTO schemas (hash, name, json) VALUES (?,?,?) ON CONFLICT DO NOTHING",
+                (result.schema_hash, schema.__name__, canonical_json(json_schema(schema))),
             )
-            _rollups.apply(c, ext_id, self.engine)  # the report's sums, in this transaction
-            # which model answered: written when first seen by this writer, then at most once a minute
-            served = {}
-            for a in result.attempts:
-                key = (a.tier, a.model, a.served_model or "", a.fingerprint or "")
-                if a.served_model and now - self._served_written.get(key, -1e9) >= SERVED_REFRESH_S:
-                    served[key] = a.started_at or now
-            if served:
-                c.executemany(
-                    "INSERT INTO served_models (tier, model, served_model, fingerprint, first_seen,"
-                    " last_seen) VALUES (?,?,?,?,?,?) ON CONFLICT (tier, model, served_model, fingerprint)"
-                    " DO UPDATE SET first_seen = MIN(served_models.first_seen, excluded.first_seen),"
-                    " last_seen = MAX(served_models.last_seen, excluded.last_seen)",
-                    [(*key, at, at) for key, at in served.items()],
+            written.append(result.schema_hash)
+        for tier in extractor.tiers:
+            if tier.template.hash not in self._versions_written:
+                c.execute(
+                    "INSERT INTO prompts (hash, origin, source) VALUES (?,?,?) ON CONFLICT DO NOTHING",
+                    (tier.template.hash, tier.template.origin, tier.template.source),
                 )
-        self._versions_written.update(written)  # only once the transaction has committed
+                written.append(tier.template.hash)
+        c.execute(
+            "INSERT INTO documents (sha256, path, size, type, text, first_seen)"
+            " VALUES (?,?,?,?,?,?) ON CONFLICT(sha256) DO UPDATE SET"
+            " path = COALESCE(excluded.path, documents.path),"
+            " text = COALESCE(documents.text, excluded.text)",
+            (result.document_sha256, path, size, doc_type or "text",
+             text if self.store_text else None, now),
+        )  # fmt: skip
+        # the earlier final extractions of this document by this chain are no longer current: before
+        # the new one goes in, as the unique index (0006_current_unique) allows one current row
+        older = [r[0] for r in c.execute(
+            "UPDATE extractions SET superseded_by = ? WHERE document_sha256 = ? AND schema_hash = ?"
+            " AND config_hash = ? AND forced_tier IS ? AND status IN ('ok', 'failed')"
+            " AND superseded_by IS NULL AND id != ? RETURNING id",
+            (ext_id, result.document_sha256, result.schema_hash, chain_hash, forced_tier, ext_id),
+        ).fetchall()]  # fmt: skip
+        c.execute(
+            "INSERT INTO extractions (id, run_id, document_sha256, path, schema_hash,"
+            " config_hash, status, tier, outcome, value_json, error, n_attempts,"
+            " prompt_tokens, completion_tokens, cost_usd, latency_s, created_at, forced_tier, via,"
+            " live_cost_usd) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (ext_id, run_id, result.document_sha256, path, result.schema_hash,
+             chain_hash, "ok" if result.ok else "failed", result.tier,
+             result.outcome.value, value_json, result.error,
+             len(result.attempts), usage.prompt_tokens, usage.completion_tokens,
+             result.cost_usd, result.latency_s, now, forced_tier, extraction_via(result.attempts),
+             sum_costs([live_cost(a) for a in result.attempts])),
+        )  # fmt: skip
+        if older:
+            stale = [(x,) for x in older]
+            c.executemany("UPDATE attempts SET current = 0 WHERE extraction_id = ?", stale)
+        c.executemany(
+            "INSERT INTO attempts (id, extraction_id, run_id, tier, model, number, outcome,"
+            " error, errors_json, prompt_tokens, completion_tokens, cached_tokens, cost_usd,"
+            " latency_s, started_at, finish_reason, status_code, prompt_hash, schema_hash,"
+            " output, follows, won, current, served_model, fingerprint, via, live_cost_usd)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            [(*_attempt_row(new_id(), ext_id, run_id, a, follows),
+              int(result.ok and a.tier == result.tier), int(forced_tier is None), a.served_model,
+              a.fingerprint, via_of(a), getattr(a, "live_cost_usd", None))
+             for a, follows in zip(result.attempts, _follows(result.attempts), strict=True)],
+        )
+        _rollups.apply(c, ext_id, self.engine)  # the report's sums, in this transaction
+        # which model answered: written when first seen by this writer, then at most once a minute
+        served = {}
+        for a in result.attempts:
+            key = (a.tier, a.model, a.served_model or "", a.fingerprint or "")
+            if a.served_model and now - self._served_written.get(key, -1e9) >= SERVED_REFRESH_S:
+                served[key] = a.started_at or now
+        if served:
+            c.executemany(
+                "INSERT INTO served_models (tier, model, served_model, fingerprint, first_seen,"
+                " last_seen) VALUES (?,?,?,?,?,?) ON CONFLICT (tier, model, served_model, fingerprint)"
+                " DO UPDATE SET first_seen = MIN(served_models.first_seen, excluded.first_seen),"
+                " last_seen = MAX(served_models.last_seen, excluded.last_seen)",
+                [(*key, at, at) for key, at in served.items()],
+            )
+        return ext_id, (written, served, now)
+
+    def _wrote(self, wrote: Wrote) -> None:
+        """What ``_write_extraction`` wrote, remembered once its transaction has committed."""
+        written, served, now = wrote
+        self._versions_written.update(written)
         self._served_written.update(dict.fromkeys(served, now))
-        return ext_id
 
     async def arecord(self, extractor: Any, result: Result[Any], **kwargs: Any) -> str:
         """``record`` on the ledger's writer thread: the event loop goes on with other documents
@@ -571,6 +602,23 @@ def _follows(attempts: list[Attempt]) -> list[str | None]:
         out.append(follows)
         last[a.tier] = a.outcome
     return out
+
+
+def via_of(a: Attempt) -> str:
+    """Which way an attempt went: ``live`` or ``batch`` (the provider's Batch API)."""
+    return str(getattr(a, "via", "live") or "live")
+
+
+def live_cost(a: Attempt) -> float | None:
+    """What an attempt cost, or would have cost, sent live: a batch attempt's ``live_cost_usd``."""
+    return getattr(a, "live_cost_usd", None) if via_of(a) == "batch" else a.cost_usd
+
+
+def extraction_via(attempts: Iterable[Attempt]) -> str:
+    """``live`` or ``batch`` when all of an extraction's attempts went one way, else ``mixed``
+    (no attempts: ``live``)."""
+    ways = {via_of(a) for a in attempts}
+    return ways.pop() if len(ways) == 1 else "mixed" if ways else "live"
 
 
 def _attempt_row(

@@ -17,6 +17,7 @@ from . import _rollups
 from ._dialect import ddl_to_postgres
 from ._limits import SHARED_LIMITS, SHARED_LIMITS_PG
 from ._queue import WORK_QUEUE
+from ._waves import ATTEMPT_VIA, BATCH_WAVES
 
 MIGRATIONS: list[tuple[str, str]] = [
     (
@@ -462,6 +463,13 @@ PG_MIGRATIONS: list[tuple[str, str]] = [
     ("0009_shared_limits", SHARED_LIMITS_PG),
     ("0010_eval_order", EVAL_ORDER),
 ]
+
+# The Batch API's waves (ledger/_waves.py): jobs, items and the constraints that make a wave part
+# built once and a document in flight once per chain; which way each attempt went (live | batch);
+# the report's sums by way (rollup_ways, filled from rollup_documents: every older row was live).
+BATCH_WAVES_MIGRATION = ("0011_batch_waves", BATCH_WAVES + ATTEMPT_VIA + _rollups.WAYS)
+MIGRATIONS.append(BATCH_WAVES_MIGRATION)
+PG_MIGRATIONS.append(BATCH_WAVES_MIGRATION)
 
 def migrate(conn: sqlite3.Connection) -> list[str]:
     """Apply the migrations this database lacks; return their names.

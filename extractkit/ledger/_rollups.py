@@ -25,7 +25,11 @@ and, per table, the rest of the key:
   sum of the values (percentiles from buckets: see ``bucket``);
 - ``rollup_fields``: + tier, outcome, ``loc`` (JSON text of a Pydantic error's loc), whether the
   error was ``ungrounded`` -> errors, counted from ``attempts.errors_json`` in Python at write time
-  (outcomes in ``FIELD_ERROR_OUTCOMES``).
+  (outcomes in ``FIELD_ERROR_OUTCOMES``);
+- ``rollup_ways`` (issue 18): + the way its attempts went (``extractions.via``: live, batch or
+  mixed) -> documents, valid ones, cost (``unpriced`` apart), and what the same attempts cost or
+  would have cost live (``live_cost``; ``live_unpriced`` counts the documents where that is
+  unknown): cost per valid extraction by way, and the Batch API's saving.
 
 Each table has a daily twin (``*_daily``, the same sums per day; in ``rollup_attempts_daily`` the
 started hour is the first hour of the day), so a report over months reads days, and hours only on
@@ -87,7 +91,9 @@ TABLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {  # table -> (key,
                          "completion_tokens", "own", "cost_sq")),
     "rollup_latency": (BASE + ("tier", "bucket"), ("n", "total")),
     "rollup_fields": (BASE + ("tier", "outcome", "loc", "ungrounded"), ("n",)),
+    "rollup_ways": (BASE + ("via",), ("n", "ok", "cost", "unpriced", "live_cost", "live_unpriced")),
 }  # fmt: skip
+ROLLUPS_0007 = ("rollup_documents", "rollup_attempts", "rollup_latency", "rollup_fields")  # its tables
 # Each table has a daily twin (``_daily``): the same rows summed per day (``hour`` holds the day's first
 # hour; in ``rollup_attempts_daily`` ``ahour`` is the first hour of the day the attempt started), so a
 # report reads whole days from the twins and only the days at its edges hour by hour.
@@ -101,20 +107,27 @@ def spec(table: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return TABLES[table.removesuffix(DAILY)]
 
 
-_TEXT = {"run", "config", "schema", "status", "tier", "outcome", "model", "loc"}
-_REAL = {"cost", "cost_sq", "own", "total"}
+_TEXT = {"run", "config", "schema", "status", "tier", "outcome", "model", "loc", "via"}
+_REAL = {"cost", "cost_sq", "own", "total", "live_cost"}
+
+
+def _tables(names: Sequence[str], int_type: str, real_type: str) -> list[str]:
+    """``CREATE TABLE`` of these rollup tables and their daily twins."""
+    out = []
+    for table in [*names, *(t + DAILY for t in names)]:
+        key, sums = spec(table)
+        cols = [f"{c} {'TEXT' if c in _TEXT else int_type} NOT NULL" for c in key]
+        cols += [f"{c} {real_type if c in _REAL else int_type} NOT NULL DEFAULT 0" for c in sums]
+        out.append(f"CREATE TABLE {table} (\n    {', '.join(cols)},\n    PRIMARY KEY ({', '.join(key)}))")
+    return out
 
 
 def ddl(int_type: str = "INTEGER", real_type: str = "REAL") -> str:
     """The 0007_rollups migration, in SQLite's dialect (``_dialect`` writes it for PostgreSQL);
     integers BIGINT (``NOT_GONE`` needs 64 bits). Also an index that keeps the report's count of
-    unreadable documents bounded."""
-    out = []
-    for table in ALL_TABLES:
-        key, sums = spec(table)
-        cols = [f"{c} {'TEXT' if c in _TEXT else int_type} NOT NULL" for c in key]
-        cols += [f"{c} {real_type if c in _REAL else int_type} NOT NULL DEFAULT 0" for c in sums]
-        out.append(f"CREATE TABLE {table} (\n    {', '.join(cols)},\n    PRIMARY KEY ({', '.join(key)}))")
+    unreadable documents bounded. Its tables as they shipped (``ROLLUPS_0007``): later ones come
+    with their own migrations."""
+    out = _tables(ROLLUPS_0007, int_type, real_type)
     out.append(f"CREATE TABLE rollup_state (id {int_type} PRIMARY KEY, built {int_type} NOT NULL)")
     # a ledger with extractions already is built by its first report (``ensure``); a new one is built
     out.append(
@@ -126,6 +139,21 @@ def ddl(int_type: str = "INTEGER", real_type: str = "REAL") -> str:
 
 
 MIGRATION = ("0007_rollups", ddl("BIGINT"))  # both engines (REAL is DOUBLE PRECISION on PostgreSQL)
+
+# rollup_ways (issue 18, part of its migration): every extraction written before was live, so the
+# new tables are filled from rollup_documents (and its twin) as a rebuild would fill them; where the
+# rollups were never built (``rollup_state.built = 0``) the first report's rebuild fills them all.
+_WAYS_FROM_DOCUMENTS = """
+INSERT INTO {ways} (hour, run, config, schema, gone, gone_run, via, n, ok, cost, unpriced, live_cost,
+                    live_unpriced)
+SELECT hour, run, config, schema, gone, gone_run, 'live', SUM(n),
+       SUM(CASE WHEN status = 'ok' THEN n ELSE 0 END), SUM(cost), SUM(unpriced), SUM(cost), SUM(unpriced)
+FROM {documents} GROUP BY hour, run, config, schema, gone, gone_run HAVING SUM(n) != 0"""
+WAYS = ";\n".join([
+    *_tables(["rollup_ways"], "BIGINT", "REAL"),
+    _WAYS_FROM_DOCUMENTS.format(ways="rollup_ways", documents="rollup_documents"),
+    _WAYS_FROM_DOCUMENTS.format(ways="rollup_ways" + DAILY, documents="rollup_documents" + DAILY),
+]) + ";\n"  # fmt: skip
 
 
 def hour_of(t: float | None) -> int:
@@ -209,6 +237,11 @@ class Sums:
                  sign)  # fmt: skip
         if e["latency_s"] is not None:
             self.add("rollup_latency", base + ("", bucket(e["latency_s"])), (1, e["latency_s"]), sign)
+        via = e["via"] or "live"
+        live = cost if via == "live" else e["live_cost_usd"]  # live: what it cost is what it costs live
+        self.add("rollup_ways", base + (via,),
+                 (1, e["status"] == "ok", cost or 0.0, cost is None, live or 0.0, live is None),
+                 sign)  # fmt: skip
 
     def attempt(self, a: Mapping[str, Any], base: tuple[Any, ...], sign: int = 1) -> None:
         cost, tier, outcome = a["cost_usd"], a["tier"], a["outcome"]
@@ -254,7 +287,8 @@ def upsert_sql(table: str) -> str:
 
 EXTRACTION_COLUMNS = ("id, run_id, document_sha256, schema_hash, config_hash, status, tier, outcome,"
                       " cost_usd,"
-                      " prompt_tokens, completion_tokens, latency_s, created_at, forced_tier")  # fmt: skip
+                      " prompt_tokens, completion_tokens, latency_s, created_at, forced_tier, via,"
+                      " live_cost_usd")  # fmt: skip
 ATTEMPT_COLUMNS = ("a.extraction_id, a.tier, a.outcome, a.model, a.number, a.follows, a.cost_usd,"
                    " a.prompt_tokens,"
                    " a.completion_tokens, a.won, a.latency_s, a.started_at,"
