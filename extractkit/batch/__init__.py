@@ -22,6 +22,7 @@ from ._provider import BatchProvider
 from ._runner import BatchRunner, BatchSummary, DocResult
 from ._runner import _load as aload  # load off the event loop (PDF, HTML, large files in a thread)
 from ._sources import URI, is_uri, set_storage_options
+from ._waves import WaveEvent, WaveRunner
 from ._worker import LEASE_S, EnqueueResult, Worker, WorkerSummary, aenqueue
 
 __all__ = [
@@ -43,6 +44,8 @@ __all__ = [
     "Limiter",
     "RateLimiter",
     "Source",
+    "WaveEvent",
+    "WaveRunner",
     "Worker",
     "WorkerSummary",
     "aenqueue",
