@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from extractkit import EscalationPolicy, Extractor, Ledger, Price, RetryPolicy, ZeroShot
-from extractkit._errors import BatchFailed, ConfigError
+from extractkit._errors import BatchFailed, ConfigError, NoDocuments
 from extractkit.batch._provider import METADATA_KEY, BatchProvider
 from extractkit.batch._waves import WaveEvent, WaveRunner
 
@@ -356,3 +356,11 @@ def test_a_wave_in_several_parts(docs: Path, tmp_path: Path) -> None:
         assert all(len(b.lines) <= 2 for b in server.batches.values())
         jobs = ledger.batch_jobs()
         assert len({(j.wave, j.part) for j in jobs}) == len(jobs) == len(server.batches)
+
+
+def test_no_documents_is_refused_before_a_run(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with Ledger(tmp_path / "l.sqlite3") as ledger:
+        with pytest.raises(NoDocuments):
+            run(WaveRunner(chain("http://127.0.0.1:9/v1"), ledger), [tmp_path / "empty"])
+        assert ledger.query("SELECT * FROM runs") == []

@@ -33,10 +33,10 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from openai.types.chat import ChatCompletion
 from pydantic import ValidationError
@@ -55,6 +55,7 @@ from ._loaders import (
     Document,
     Source,
     as_source,
+    count_documents,
     dir_error,
     display_path,
     path_bytes,
@@ -82,10 +83,11 @@ if TYPE_CHECKING:
     from .._chain import Extractor
     from ..ledger import BatchItem, BatchJob, Ledger
 
+T = TypeVar("T")
 INGEST_CHUNK = 500  # items interpreted (in a worker thread) and written (one transaction) at a time
 READ_AHEAD = 8  # documents read at once (discovery, rereading sources on resume)
 ADD_CHUNK = 500  # new items written per transaction
-ERROR_KEEP_CHARS = 1500
+ADOPT_AFTER_S = 300.0  # another running driver's uploaded part, left without a batch this long: adopted
 
 
 @dataclass
@@ -257,6 +259,8 @@ class WaveRunner:
     async def run(self, paths: list[str | os.PathLike[str] | URI]) -> BatchSummary:
         """Extract every document under ``paths``, continuing the waves already in the ledger."""
         ex, L = self.extractor, self.ledger
+        # paths that hold no document: NoDocuments before a run is recorded (as BatchRunner)
+        await asyncio.to_thread(count_documents, list(paths), self.include)
         self._run_id = run_id = L.start_run("batch", ex.describe(), ex.config_hash, ex.schema_hash)
         summary = self._summary = BatchSummary(run_id=run_id)
         if self.out:
@@ -321,7 +325,7 @@ class WaveRunner:
         batch = await p.find_batch(job.input_file_id, since=job.created_at)
         if batch is None:
             batch = await p.create(job.input_file_id, job.id)
-        await asyncio.to_thread(self.ledger.batch_job_submitted, job.id, batch.id)
+        await asyncio.to_thread(self.ledger.batch_job_submitted, job.id, batch.id, batch.status)
         self._wave_event("submitted", job, batch.status, batch)
 
     # -- 2. discover --------------------------------------------------------------------------------
@@ -448,7 +452,7 @@ class WaveRunner:
                 self._spent += sum(a.cost_usd or 0.0 for a in attempts)
                 return self._after_tier(item, doc, [*item.attempts, *attempts], value=value)
 
-        got = await asyncio.gather(*(one(i) for i in items))
+        got = await _all([one(i) for i in items])
         await self._finish([o for o in got if o is not None])
 
     # -- 3b. building and submitting a wave ---------------------------------------------------------
@@ -525,9 +529,11 @@ class WaveRunner:
             nonlocal running
             async with gate:
                 if job.provider_batch_id is None:
-                    if job.status == "uploaded":
+                    # another driver's part between upload and create: created here only once it
+                    # has been left that way for ADOPT_AFTER_S (that driver is gone), never at once
+                    if job.status == "uploaded" and time.time() - job.updated_at > ADOPT_AFTER_S:
                         await self._create(job)
-                    running = True  # building (another driver's): wait for it
+                    running = True  # building or being created by its own driver: wait for it
                     return
                 p = await self._provider(job.tier)
                 batch = await p.retrieve(job.provider_batch_id)
@@ -542,7 +548,7 @@ class WaveRunner:
                 else:
                     running = True
 
-        await asyncio.gather(*(one(j) for j in jobs))
+        await _all([one(j) for j in jobs])
         return running
 
     # -- 3d. ingesting a finished part --------------------------------------------------------------
@@ -704,6 +710,18 @@ class WaveRunner:
             return None
         doc = self._docs[item.document_sha256] = _Doc(got.text, got.path, got.size, got.type)
         return doc
+
+
+async def _all(work: list[Coroutine[Any, Any, T]]) -> list[T]:
+    """``asyncio.gather`` that cancels the rest when one fails (and waits for them to stop)."""
+    tasks = [asyncio.ensure_future(w) for w in work]
+    try:
+        return await asyncio.gather(*tasks)
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 def _parse(out: bytes | None, err: bytes | None, ids: list[str]) -> Results:
