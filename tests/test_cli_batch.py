@@ -129,3 +129,23 @@ def test_worker_and_enqueue_refuse_a_batch_tier() -> None:
     assert tier_vias(chain, None) == {"cheap": "batch", "ft": "live"}
     assert tier_vias(chain, "batch") == {"cheap": "batch", "ft": "batch"}
     refuse_batch_tiers(SimpleNamespace(tiers=[SimpleNamespace(name="ft", via="live")]), "enqueue")
+
+
+def test_nobody_listening_exits_3_naming_the_url(tmp_path: Path) -> None:
+    """As `extract` live: the provider not answering is exit 3 with one `error:` line naming it, the
+    run recorded as provider_unreachable (not a traceback, not exit 1)."""
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    docs = make_docs(tmp_path, 1)
+    cfg = write_config(tmp_path, f"http://127.0.0.1:{port}/v1")
+    ledger = tmp_path / "l.sqlite3"
+    got = cli("extract", str(docs), "-c", str(cfg), "--ledger", str(ledger), "--via", "batch", "--poll", "0")
+    assert got.returncode == 3, got.stdout + got.stderr
+    assert f"127.0.0.1:{port}" in got.stderr and "Traceback" not in got.stderr
+    rows = subprocess.run([sys.executable, "-c", "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]);"
+                           "print(c.execute('select status from runs').fetchall())", str(ledger)],
+                          capture_output=True, text=True)  # fmt: skip
+    assert rows.stdout.strip() == "[('provider_unreachable',)]"

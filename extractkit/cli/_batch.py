@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from .._errors import ConfigError, ProviderUnreachable
+from .._errors import ConfigError
 from .._words import plural
 from ._app import (
     EXIT_FAILED,
@@ -24,7 +24,6 @@ from ._app import (
     _print_summary,
     app,
     err,
-    error_exit,
     fail_usage,
     out,
 )
@@ -105,9 +104,6 @@ def extract_via_batch(
             err.print("[yellow]interrupted[/]: the submitted batches and finished documents are kept in the "
                       "ledger; run the same command again to continue the waves.")  # fmt: skip
             return EXIT_INTERRUPTED
-        except ProviderUnreachable as exc:  # as `extract` live: exit 3, the rest left for a rerun
-            error_exit(exc)
-            return EXIT_UNREACHABLE
         if as_json:
             print(json.dumps(summary.to_dict(), indent=2))
         else:
