@@ -10,6 +10,10 @@ scan of the attempts table. Target: <= 2 s on both engines.
     python -m benchmarks.bench_report [--size tiny|1m|full]
 
 ``EXTRACTKIT_BENCH_ENGINES=sqlite`` (or ``postgresql``) measures one engine only.
+``EXTRACTKIT_BENCH_KEEP=DIR`` keeps the generated ledgers and reuses them in later runs (building 10,000,000
+attempts takes many minutes): the SQLite one as ``DIR/report-SIZE.sqlite3``; on PostgreSQL the database
+``extractkit_bench_report_SIZE`` of the server ``EXTRACTKIT_TEST_POSTGRES_URL`` names (a throwaway server is
+deleted at the end); ``EXTRACTKIT_BENCH_FULL_SCAN=0`` skips the full-scan baseline. A kept ledger ages: ``--since`` 7 days covers a little less of it every hour.
 """
 
 from __future__ import annotations
@@ -189,21 +193,48 @@ def rows_for(m: dict[str, Any], made: int) -> list[dict[str, Any]]:
     return out
 
 
-def sqlite_run(attempts: int, results: dict[str, Any], table: list[dict[str, Any]]) -> None:
-    with tempfile.TemporaryDirectory() as tmp, Ledger(Path(tmp) / "ledger.sqlite3") as ledger:
-        t0 = time.perf_counter()
-        made = generate(ledger, attempts)
-        gen = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        rebuild_rollups(ledger)
-        built = time.perf_counter() - t0
-        analyze(ledger)
-        results["sqlite"] = {
-            **measure(ledger, "SQLite", full_scan=True),
-            "generate_s": gen,
-            "rebuild_s": built,
-        }
-        table += rows_for(results["sqlite"], made)
+KEEP = os.environ.get("EXTRACTKIT_BENCH_KEEP")
+
+
+def _kept(ledger: Ledger) -> int | None:
+    """The attempts of a kept ledger that was completely built (its run finished), else None."""
+    done = ledger.query("SELECT COUNT(*) AS n FROM runs WHERE status = 'done'")
+    if not done or not done[0]["n"] or not ledger.query("SELECT 1 AS x FROM rollup_documents_daily LIMIT 1"):
+        return None  # not generated, or its rollups not rebuilt (interrupted): built again
+    return int(ledger.query("SELECT COUNT(*) AS n FROM attempts")[0]["n"])
+
+
+def _build(ledger: Ledger, attempts: int) -> tuple[int, float | None, float | None]:
+    """(attempts, generate s, rebuild s): a kept ledger is reused as it is (None, None)."""
+    made = _kept(ledger) if KEEP else None
+    if made is not None:
+        return made, None, None
+    if KEEP and ledger.query("SELECT 1 AS x FROM runs LIMIT 1"):  # a half-built kept ledger
+        raise SystemExit(f"{ledger.target}: an interrupted build; delete it (or its database) and run again")
+    t0 = time.perf_counter()
+    made = generate(ledger, attempts)
+    gen = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    rebuild_rollups(ledger)
+    built = time.perf_counter() - t0
+    analyze(ledger)
+    return made, gen, built
+
+
+def sqlite_run(attempts: int, results: dict[str, Any], table: list[dict[str, Any]], size: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        where = Path(KEEP) / f"report-{size}.sqlite3" if KEEP else Path(tmp) / "ledger.sqlite3"
+        if KEEP:
+            where.parent.mkdir(parents=True, exist_ok=True)
+        with Ledger(where) as ledger:
+            _sqlite_measure(ledger, attempts, results, table)
+
+
+def _sqlite_measure(ledger: Ledger, attempts: int, results: dict[str, Any], table: list[dict[str, Any]]) -> None:
+    made, gen, built = _build(ledger, attempts)
+    full_scan = os.environ.get("EXTRACTKIT_BENCH_FULL_SCAN", "1") != "0"
+    results["sqlite"] = {**measure(ledger, "SQLite", full_scan=full_scan), "generate_s": gen, "rebuild_s": built}
+    table += rows_for(results["sqlite"], made)
 
 
 def main() -> None:
@@ -212,26 +243,33 @@ def main() -> None:
     results: dict[str, Any] = {}
     table: list[dict[str, Any]] = []
     if "sqlite" in engines:
-        sqlite_run(size["attempts"], results, table)
+        sqlite_run(size["attempts"], results, table, ns.size)
     pg = _postgres() if "postgresql" in engines else "not asked for"
     if isinstance(pg, str):
         results["postgresql"] = {"skipped": pg}
     else:
         try:
-            with Ledger(pg.new_database()) as ledger:
-                t0 = time.perf_counter()
-                made = generate(ledger, size["attempts"])
-                gen = time.perf_counter() - t0
-                t0 = time.perf_counter()
-                rebuild_rollups(ledger)
-                built = time.perf_counter() - t0
-                analyze(ledger)
+            with Ledger(_pg_database(pg, ns.size)) as ledger:
+                made, gen, built = _build(ledger, size["attempts"])
                 results["postgresql"] = {**measure(ledger, "PostgreSQL", full_scan=False), "generate_s": gen,
                                          "rebuild_s": built}  # fmt: skip
                 table += rows_for(results["postgresql"], made)
         finally:
             pg.stop()
     report("report", ns, table, results)
+
+
+def _pg_database(pg: Any, size: str) -> str:
+    """A fresh database, or with EXTRACTKIT_BENCH_KEEP the kept one (created when absent)."""
+    if not KEEP:
+        return str(pg.new_database())
+    import psycopg
+
+    name = f"extractkit_bench_report_{size}"
+    with psycopg.connect(pg.base_url, autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchall():
+            conn.execute(f'CREATE DATABASE "{name}"')
+    return str(pg.url(name))
 
 
 def _postgres() -> Any:

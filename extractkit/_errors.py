@@ -17,6 +17,7 @@
         ├── ExtractionFailed           every tier failed; carries the Result and every Attempt
         ├── ProviderUnreachable        N consecutive connection failures: nothing more is sent
         ├── LocalModelError            the local model server did not start or died
+        ├── LedgerUnavailable          the shared (PostgreSQL) ledger did not answer for too long
         ├── FinetuneJobError           the provider rejected or failed a fine-tuning job
         └── BatchError                 a Batch API call failed (upload, create, poll, download)
             ├── BatchUnsupported       the provider has no Batch API (no /v1/files): names the URL
@@ -136,6 +137,17 @@ class TrainingDataError(ConfigError):
 
 class FinetuneJobError(RunError):
     """The provider rejected or failed a fine-tuning job (upload, create or the job itself)."""
+
+
+class LedgerUnavailable(RunError):
+    """The shared (PostgreSQL) ledger could not be reached for longer than a worker's outage limit
+    (``worker --outage-limit``): the worker stops. Nothing extracted is lost: what was recorded is
+    in the ledger, and the documents it still held go back to the queue (put back at once if the
+    database answered again, else when their lease runs out). ``.seconds``: how long it was away."""
+
+    def __init__(self, message: str, *, seconds: float):
+        self.seconds = seconds
+        super().__init__(message)
 
 
 class BatchError(RunError):

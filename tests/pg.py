@@ -45,11 +45,12 @@ class Cluster:
     """A running server: ``url(db)`` for a database on it, ``new_database()`` for a fresh one."""
 
     def __init__(self, base_url: str, owned_dir: Path | None = None, bindir: Path | None = None,
-                 as_user: list[str] | None = None) -> None:  # fmt: skip
+                 as_user: list[str] | None = None, opts: str = "") -> None:  # fmt: skip
         self.base_url = base_url.rstrip("/")
         self.owned_dir = owned_dir
         self.bindir = bindir
         self.as_user = as_user or []
+        self.opts = opts  # the server's options, for ``ctl("start")`` after a stop
         self._n = itertools.count()
 
     def url(self, db: str) -> str:
@@ -64,6 +65,16 @@ class Cluster:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
             conn.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)
+
+    def ctl(self, *args: str) -> None:
+        """``pg_ctl ARGS`` on a cluster this process started (``ctl("restart", "-m", "fast")``,
+        ``ctl("stop", "-m", "fast")``, ``ctl("start")``), waiting for it to finish."""
+        if self.owned_dir is None or self.bindir is None:
+            raise RuntimeError("pg_ctl needs a cluster started by the tests, not " + URL_ENV)
+        extra = ["-o", self.opts] if args[:1] == ("start",) else []
+        subprocess.run([*self.as_user, str(self.bindir / "pg_ctl"), "-D", str(self.owned_dir / "data"), "-l",
+                        str(self.owned_dir / "log"), "-w", "-t", "60", *args, *extra], capture_output=True,
+                       check=True, text=True, timeout=120)  # fmt: skip
 
     def stop(self) -> None:
         if self.owned_dir is None or self.bindir is None:
@@ -103,4 +114,4 @@ def start() -> Cluster | str:
         log = (root / "log").read_text() if (root / "log").exists() else ""
         shutil.rmtree(root, ignore_errors=True)
         return f"could not start PostgreSQL: {exc.stderr or exc.stdout} {log[-2000:]}"
-    return Cluster(f"postgresql://postgres@127.0.0.1:{port}/postgres", root, bindir, as_user)
+    return Cluster(f"postgresql://postgres@127.0.0.1:{port}/postgres", root, bindir, as_user, opts)

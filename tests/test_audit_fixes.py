@@ -142,8 +142,17 @@ def test_latency_leaves_out_the_wait_for_the_client_side_rate_limiter(mock_api):
     assert result.latency_s < wall - 1.4  # the 1.5 s in the queue is not the document's latency
 
 
-def test_report_names_what_it_cannot_show_and_why_one_tier_ran(tmp_path):
+def on(cfg: Path, ledger_target: str) -> str:
+    """The project's ledger moved to ``ledger_target`` when that is PostgreSQL; the ledger it names."""
+    if "://" not in ledger_target:
+        return str(cfg.parent / "ledger.sqlite3")
+    cfg.write_text(cfg.read_text().replace('path = "ledger.sqlite3"', f'url = "{ledger_target}"'))
+    return ledger_target
+
+
+def test_report_names_what_it_cannot_show_and_why_one_tier_ran(tmp_path, ledger_target):
     docs, cfg = _project(tmp_path, "")
+    ledger = on(cfg, ledger_target)
     (tmp_path / "ex.jsonl").write_text(json.dumps({"input": "ACME Ltd total 5.00",
                                                    "output": {"issuer": "ACME Ltd", "total": 5.0}}) + "\n")  # fmt: skip
     with FakeLLMServer(echo_invoice_responder) as server:
@@ -164,7 +173,7 @@ def test_report_names_what_it_cannot_show_and_why_one_tier_ran(tmp_path):
     assert "Only zero_shot was needed" in report.stdout and "few_shot never ran" in report.stdout, (
         report.stdout
     )
-    assert f"ledger: {tmp_path / 'ledger.sqlite3'}" in report.stderr
+    assert f"ledger: {ledger}" in report.stderr
     as_eval = _cli("report", "-c", cfg, "--run", eval_run)
     assert as_eval.returncode == 2 and f"extractkit eval --run {eval_run}" in as_eval.stderr
     nosuch = _cli("report", "-c", cfg, "--config-hash", "deadbeef")
@@ -173,14 +182,13 @@ def test_report_names_what_it_cannot_show_and_why_one_tier_ran(tmp_path):
     assert future.returncode == 0 and "No extraction by a chain in this scope" in future.stdout
 
 
-async def test_leaving_aextract_many_early_inside_async_with_marks_the_run_interrupted(tmp_path):
+async def test_leaving_aextract_many_early_inside_async_with_marks_the_run_interrupted(tmp_path, ledger_target):
     """`break` out of `async for ... in extractor.aextract_many(...)` inside `async with extractor`:
     closing the extractor stops the batch while its ledger is open (the run was left `running`, and
     a traceback "Cannot operate on a closed database" came at exit)."""
     import asyncio
-    import sqlite3
 
-    from extractkit import Extractor, ZeroShot
+    from extractkit import Extractor, Ledger, ZeroShot
 
     from .conftest import Invoice
 
@@ -190,7 +198,7 @@ async def test_leaving_aextract_many_early_inside_async_with_marks_the_run_inter
         time.sleep(0.3)
         return echo_invoice_responder(body)
 
-    path = tmp_path / "l.sqlite3"
+    path = ledger_target
     with FakeLLMServer(answer) as server:
         async with Extractor(Invoice, tiers=[ZeroShot(model="gpt-4o-mini", base_url=server.base_url)],
                              ledger=path) as ex:  # fmt: skip
@@ -198,9 +206,8 @@ async def test_leaving_aextract_many_early_inside_async_with_marks_the_run_inter
             async for _item in ex.aextract_many(texts, concurrency=2):
                 break
         await asyncio.sleep(0)
-    con = sqlite3.connect(path)
-    runs = con.execute("SELECT kind, status FROM runs WHERE kind = 'batch'").fetchall()
-    con.close()
+    with Ledger(path) as ledger:
+        runs = [tuple(r) for r in ledger.query("SELECT kind, status FROM runs WHERE kind = 'batch'")]
     assert runs == [("batch", "interrupted")]
 
 
@@ -212,13 +219,14 @@ def test_finetune_export_checks_its_output_folder_first(tmp_path):
     assert proc.returncode == 2 and f"cannot write --out {afile}: not a folder" in proc.stderr, proc.stderr
 
 
-def test_the_report_does_not_say_a_tier_was_needed_when_it_resolved_nothing(tmp_path):
+def test_the_report_does_not_say_a_tier_was_needed_when_it_resolved_nothing(tmp_path, ledger_target):
     import socket
 
     with socket.socket() as s:  # a port nobody listens on: every document ends `connection_error`
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     docs, cfg = _project(tmp_path, f"http://127.0.0.1:{port}/v1", n=2)
+    on(cfg, ledger_target)
     (tmp_path / "ex.jsonl").write_text(json.dumps({"input": "ACME Ltd total 5.00",
                                                    "output": {"issuer": "ACME Ltd", "total": 5.0}}) + "\n")  # fmt: skip
     cfg.write_text(cfg.read_text() + f'[[tiers]]\nkind = "few_shot"\nmodel = "gpt-4o-mini"\n'

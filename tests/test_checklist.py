@@ -35,10 +35,10 @@ def prompt_hash(ex: Extractor[Invoice], tier: str = "zero_shot") -> str:
 
 
 @pytest.fixture
-def five_versions(tmp_path):
+def five_versions(tmp_path, ledger_target):
     """Five prompt versions of zero-shot, each on the same 40 documents: versions 1, 2, 3 and 5
     resolve documents 1-20 (the others go on to the fine-tuned tier), version 4 resolves 1-36."""
-    path = tmp_path / "l.sqlite3"
+    path = ledger_target
     exs = []
     with Ledger(path) as ledger:
         for i in range(1, 6):
@@ -46,7 +46,6 @@ def five_versions(tmp_path):
             counts = {"zero": 36, "ft": 4} if i == 4 else {"zero": 20, "ft": 20}
             populate(ledger, counts, extractor=ex, created_at=NOW - (6 - i) * DAY, prefix="d")
             exs.append(ex)
-        ledger.conn.commit()
     return path, exs
 
 
@@ -105,8 +104,8 @@ def test_too_few_documents_per_version_do_not_count(five_versions):
     assert "--min-version-documents" in item.detail
 
 
-def test_one_prompt_version_the_checklist_says_no(tmp_path):
-    with Ledger(tmp_path / "l.sqlite3") as ledger:
+def test_one_prompt_version_the_checklist_says_no(tmp_path, ledger_target):
+    with Ledger(ledger_target) as ledger:
         populate(ledger, {"zero": 30, "few": 5, "ft": 4, "none": 1}, created_at=NOW - DAY)
         r = read_report(ledger, as_of=NOW, target_success=0.98)
     assert r.versions.comparisons == ()
@@ -129,8 +128,8 @@ def test_one_prompt_version_the_checklist_says_no(tmp_path):
     assert r.verdicts[-1].decision  # the keep / drop arithmetic is still there, unchanged
 
 
-def test_input_pipeline_losing_ten_percent(tmp_path):
-    with Ledger(tmp_path / "l.sqlite3") as ledger:
+def test_input_pipeline_losing_ten_percent(tmp_path, ledger_target):
+    with Ledger(ledger_target) as ledger:
         ex = populate(ledger, {"zero": 88, "none": 2}, created_at=NOW - DAY)
         for i, kind in enumerate(["empty_document"] * 3 + ["unreadable"] * 2 + ["text_too_large"] * 3):
             ledger.record_error(run_id=None, path=f"bad{i}.pdf", kind=kind, message=kind, document_sha256=f"{i:064x}",
@@ -152,8 +151,8 @@ def test_input_pipeline_losing_ten_percent(tmp_path):
     assert "the input pipeline loses 10% of documents" in r.checklist.conclusion
 
 
-def test_gap_below_the_target_fine_tuning_not_needed(tmp_path):
-    with Ledger(tmp_path / "l.sqlite3") as ledger:
+def test_gap_below_the_target_fine_tuning_not_needed(tmp_path, ledger_target):
+    with Ledger(ledger_target) as ledger:
         populate(ledger, {"zero": 190, "few": 9, "ft": 1}, created_at=NOW - DAY)
         r = read_report(ledger, as_of=NOW, target_success=0.95)
         untargeted = read_report(ledger, as_of=NOW)
@@ -172,11 +171,11 @@ def test_gap_below_the_target_fine_tuning_not_needed(tmp_path):
     assert over.answer == "not_enough_evidence" and "straddles" in over.detail
 
 
-def test_significant_gap_and_everything_tried_completes_the_checklist(tmp_path):
+def test_significant_gap_and_everything_tried_completes_the_checklist(tmp_path, ledger_target):
     """Five prompt versions with examples retrieved by similarity, a clean input, and a gap the cheap
     tiers leave significantly short of the target: the checklist is complete, the verdict stands."""
     few = FewShot(model="gpt-4o-mini", api_key="sk-fixture", examples=EXAMPLES, k=2, select="similar")
-    with Ledger(tmp_path / "l.sqlite3") as ledger:
+    with Ledger(ledger_target) as ledger:
         for i in range(1, 6):
             populate(ledger, {"zero": 20, "few": 5, "ft": 12, "none": 3}, extractor=versioned(i, few=few),
                      created_at=NOW - (6 - i) * DAY, prefix=f"v{i}-")  # fmt: skip
@@ -193,9 +192,9 @@ def test_significant_gap_and_everything_tried_completes_the_checklist(tmp_path):
     assert r.checklist.conclusion.endswith(": keep it.")
 
 
-def test_examples_and_k_select_versions_are_compared(tmp_path):
+def test_examples_and_k_select_versions_are_compared(tmp_path, ledger_target):
     """Examples are identified by content (their hash as validated), select fixed vs similar."""
-    with Ledger(tmp_path / "l.sqlite3") as ledger:
+    with Ledger(ledger_target) as ledger:
         fixed = FewShot(model="gpt-4o-mini", api_key="sk-fixture", examples=EXAMPLES[:1], k=1, select="first")
         similar = FewShot(model="gpt-4o-mini", api_key="sk-fixture", examples=EXAMPLES, k=2, select="similar")
         populate(ledger, {"few": 10, "ft": 30}, extractor=versioned(1, few=fixed), created_at=NOW - 2 * DAY)
@@ -210,8 +209,8 @@ def test_examples_and_k_select_versions_are_compared(tmp_path):
     assert retrieval.answer == "yes" and retrieval.numbers == {"similar_documents": 40, "fixed_documents": 40}
 
 
-def test_fixed_examples_say_no_to_retrieval(tmp_path):
-    with Ledger(tmp_path / "l.sqlite3") as ledger:
+def test_fixed_examples_say_no_to_retrieval(tmp_path, ledger_target):
+    with Ledger(ledger_target) as ledger:
         fixed = FewShot(model="gpt-4o-mini", api_key="sk-fixture", examples=EXAMPLES, k=2, select="first")
         populate(
             ledger, {"zero": 20, "few": 10, "ft": 10}, extractor=versioned(1, few=fixed), created_at=NOW - DAY
@@ -234,10 +233,10 @@ def test_run_scope_reads_its_own_versions(five_versions):
     assert [(v.version, v.documents, v.resolved) for v in rows] == [(prompt_hash(exs[3]), 40, 36)]
 
 
-def test_options_out_of_range_are_config_errors(tmp_path):
+def test_options_out_of_range_are_config_errors(tmp_path, ledger_target):
     from extractkit import ConfigError
 
-    with Ledger(tmp_path / "l.sqlite3") as ledger:
+    with Ledger(ledger_target) as ledger:
         with pytest.raises(ConfigError, match="target_success"):
             read_report(ledger, target_success=1.5)
         with pytest.raises(ConfigError, match="min_version_documents"):

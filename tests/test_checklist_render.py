@@ -30,7 +30,6 @@ def five(ledger: Ledger) -> list[str]:
         counts = {"zero": 36, "ft": 4} if i == 4 else {"zero": 20, "ft": 20}
         populate(ledger, counts, extractor=ex, created_at=NOW - (6 - i) * DAY, prefix="d")
         hashes.append(prompt_hash(ex))
-    ledger.conn.commit()
     return hashes
 
 
@@ -40,8 +39,8 @@ def text(report: Report, by: str = "tier") -> str:
     return console.export_text()
 
 
-def test_terminal_compact_and_full(tmp_path):
-    with Ledger(tmp_path / "l.sqlite3") as ledger:
+def test_terminal_compact_and_full(tmp_path, ledger_target):
+    with Ledger(ledger_target) as ledger:
         hashes = five(ledger)
         r = read_report(ledger, as_of=NOW, target_success=0.98)
     default = text(r)
@@ -65,10 +64,10 @@ def test_terminal_compact_and_full(tmp_path):
     assert "versions per tier" not in only
 
 
-def test_json_reads_back_and_csvs(tmp_path):
+def test_json_reads_back_and_csvs(tmp_path, ledger_target):
     from extractkit.report import checklist_csv, versions_csv  # new: here, so the other tests fail alone
 
-    with Ledger(tmp_path / "l.sqlite3") as ledger:
+    with Ledger(ledger_target) as ledger:
         hashes = five(ledger)
         r = read_report(ledger, as_of=NOW)
     data = json.loads(json.dumps(r.to_dict()))
@@ -89,8 +88,8 @@ def test_json_reads_back_and_csvs(tmp_path):
     assert items[-1]["answer"] == "no" and items[-1]["detail"].startswith("The checklist is not complete")
 
 
-def test_cli_by_prompt_target_and_errors(tmp_path):
-    path = tmp_path / "l.sqlite3"
+def test_cli_by_prompt_target_and_errors(tmp_path, ledger_target):
+    path = ledger_target
     with Ledger(path) as ledger:
         hashes = five(ledger)
     lp = str(path)
@@ -115,8 +114,8 @@ def test_cli_by_prompt_target_and_errors(tmp_path):
     assert bad.returncode == 2 and "min_version_documents must be >= 1" in bad.stderr
 
 
-def test_html_sections_in_headless_chromium(tmp_path):
-    with Ledger(tmp_path / "l.sqlite3") as ledger:
+def test_html_sections_in_headless_chromium(tmp_path, ledger_target):
+    with Ledger(ledger_target) as ledger:
         hashes = five(ledger)
         # a version whose instructions look like markup: its hash is shown, never its text
         populate(ledger, {"zero": 1}, extractor=versioned(PAYLOAD), created_at=NOW - DAY, prefix="x")  # type: ignore[arg-type]

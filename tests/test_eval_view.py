@@ -7,7 +7,6 @@ from __future__ import annotations
 import html as html_lib
 import json
 import re
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -25,15 +24,15 @@ from .test_eval import GOLD, eval_chain, responder
 from .test_report_html import run_chromium
 
 
-def run_eval(mock_api: Any, tmp_path: Path, *, store_text: bool = True, gold: list[GoldItem] = GOLD) -> dict:
+def run_eval(mock_api: Any, target: str, *, store_text: bool = True, gold: list[GoldItem] = GOLD) -> dict:
     mock_api.post("/chat/completions").mock(side_effect=responder)
-    with Ledger(tmp_path / "l.sqlite3", store_text=store_text) as ledger:
+    with Ledger(target, store_text=store_text) as ledger:
         s = evaluate(eval_chain(), gold, ledger, concurrency=8)
         return build_eval(ledger, s.run_id)
 
 
-def test_json_has_every_document_with_expected_and_each_tiers_answer(mock_api, tmp_path):
-    ev = run_eval(mock_api, tmp_path)
+def test_json_has_every_document_with_expected_and_each_tiers_answer(mock_api, tmp_path, ledger_target):
+    ev = run_eval(mock_api, ledger_target)
     view = ev["documents_view"]
     assert len(view) == 40 and {d["gold_id"] for d in view} == {str(i) for i in range(40)}
     # worst first: 36-39 (two tiers failed, fine-tuned wrong on total), then 30-35 (two tiers failed)
@@ -56,8 +55,8 @@ def test_json_has_every_document_with_expected_and_each_tiers_answer(mock_api, t
     assert any(q["name"] == "scores" for q in ev["queries"])
 
 
-def test_terminal_lists_the_worst_documents_first_and_says_how_many_more(mock_api, tmp_path):
-    ev = run_eval(mock_api, tmp_path)
+def test_terminal_lists_the_worst_documents_first_and_says_how_many_more(mock_api, tmp_path, ledger_target):
+    ev = run_eval(mock_api, ledger_target)
     console = Console(record=True, width=200)
     print_eval(ev, console)
     text = console.export_text()
@@ -73,8 +72,8 @@ def test_terminal_lists_the_worst_documents_first_and_says_how_many_more(mock_ap
     assert re.search(r"zero_shot: invalid_json: .*\[36, 37, 38, 39, 30 and 5 more\]", text)
 
 
-def test_values_are_hidden_when_the_ledger_keeps_no_text(mock_api, tmp_path):
-    ev = run_eval(mock_api, tmp_path, store_text=False, gold=GOLD[36:])
+def test_values_are_hidden_when_the_ledger_keeps_no_text(mock_api, tmp_path, ledger_target):
+    ev = run_eval(mock_api, ledger_target, store_text=False, gold=GOLD[36:])
     assert ev["values_hidden"] is True and any("store_text = false" in n for n in ev["notes"])
     [first, *_] = ev["documents_view"]
     total = next(f for f in first["fields"] if f["field"] == "total")
@@ -87,7 +86,7 @@ def test_values_are_hidden_when_the_ledger_keeps_no_text(mock_api, tmp_path):
     assert "Firm 36" not in page and "36.50" not in page and "keeps no document text" in page
 
 
-def test_values_pass_the_redaction_boundary_and_stay_text_in_html(mock_api, tmp_path):
+def test_values_pass_the_redaction_boundary_and_stay_text_in_html(mock_api, tmp_path, ledger_target):
     key = "sk-proj-abcdefghijklmnopqrstuvwx"
     gold = [
         GoldItem(
@@ -96,7 +95,7 @@ def test_values_pass_the_redaction_boundary_and_stay_text_in_html(mock_api, tmp_
     ]
     mock_api.post("/chat/completions").mock(side_effect=responder)
     ex = Extractor(Invoice, tiers=[ZeroShot(model="zero-m", base_url=BASE_URL)])
-    with Ledger(tmp_path / "l.sqlite3") as ledger:
+    with Ledger(ledger_target) as ledger:
         ev = build_eval(ledger, evaluate(ex, gold, ledger).run_id)
     [doc] = ev["documents_view"]
     issuer = next(f for f in doc["fields"] if f["field"] == "issuer")
@@ -106,7 +105,7 @@ def test_values_pass_the_redaction_boundary_and_stay_text_in_html(mock_api, tmp_
     assert 'id="documents-wrong"' in page and key not in page
 
 
-def test_cli_json_and_terminal_show_the_documents(tmp_path):
+def test_cli_json_and_terminal_show_the_documents(tmp_path, ledger_target):
     from .fakes import FakeLLMServer, echo_invoice_responder
 
     gold = tmp_path / "gold.jsonl"
@@ -118,7 +117,7 @@ def test_cli_json_and_terminal_show_the_documents(tmp_path):
         cfg = tmp_path / "extractkit.toml"
         cfg.write_text(f'schema = "tests.conftest:Invoice"\n[[tiers]]\nkind = "zero_shot"\nmodel = "gpt-4o-mini"\n'
                        f'base_url = "{server.base_url}"\n')  # fmt: skip
-        args = ("eval", str(gold), "--config", str(cfg), "--ledger", str(tmp_path / "l.db"))
+        args = ("eval", str(gold), "--config", str(cfg), "--ledger", ledger_target)
         proc = cli(*args, "--json", "--html", str(tmp_path / "e.html"))
         assert proc.returncode == 0, proc.stderr
         view = json.loads(proc.stdout)["documents_view"]
@@ -161,8 +160,8 @@ document.getElementById("measure").textContent = JSON.stringify(out);
 </script>"""
 
 
-def test_charts_have_titles_axes_and_uncut_labels_in_chromium(mock_api, tmp_path):
-    page = eval_html(run_eval(mock_api, tmp_path))
+def test_charts_have_titles_axes_and_uncut_labels_in_chromium(mock_api, tmp_path, ledger_target):
+    page = eval_html(run_eval(mock_api, ledger_target))
     # the page itself forbids scripts; a copy without that rule carries the measuring script
     probe = re.sub(r'<meta http-equiv="Content-Security-Policy"[^>]*>', "", page).replace(
         "</body>", MEASURE + "</body>"
@@ -197,9 +196,9 @@ def test_charts_have_titles_axes_and_uncut_labels_in_chromium(mock_api, tmp_path
     assert ticks == ["0%", "25%", "50%", "75%", "100%"]
 
 
-def test_the_eval_page_renders_with_its_scripts_forbidden(mock_api, tmp_path):
+def test_the_eval_page_renders_with_its_scripts_forbidden(mock_api, tmp_path, ledger_target):
     out = tmp_path / "eval.html"
-    out.write_text(eval_html(run_eval(mock_api, tmp_path)), encoding="utf-8")
+    out.write_text(eval_html(run_eval(mock_api, ledger_target)), encoding="utf-8")
     dom = run_chromium(out, "--dump-dom")
     assert dom.returncode == 0, dom.stderr[-2000:]
     assert 'class="chart-title"' in dom.stdout and 'id="documents-wrong"' in dom.stdout
@@ -209,8 +208,8 @@ def test_the_eval_page_renders_with_its_scripts_forbidden(mock_api, tmp_path):
     assert "20 document(s) right on every tier and field" in dom.stdout
 
 
-def test_all_right_says_so_instead_of_an_empty_table(mock_api, tmp_path):
-    ev = run_eval(mock_api, tmp_path, gold=GOLD[:1])
+def test_all_right_says_so_instead_of_an_empty_table(mock_api, tmp_path, ledger_target):
+    ev = run_eval(mock_api, ledger_target, gold=GOLD[:1])
     console = Console(record=True, width=200)
     print_eval(ev, console)
     text = console.export_text()

@@ -370,18 +370,18 @@ def flywheel_responder(request: httpx.Request) -> httpx.Response:
     return httpx.Response(200, json=completion(value, name=name, model=model))
 
 
-def test_report_export_launch_status_eval(mock_api, tmp_path, monkeypatch):
+def test_report_export_launch_status_eval(mock_api, tmp_path, monkeypatch, ledger_target):
     from extractkit.cli import app
 
     monkeypatch.setenv("OPENAI_BASE_URL", BASE_URL)
     monkeypatch.chdir(tmp_path)
-    led = tmp_path / "l.sqlite3"
+    led = ledger_target
     with Ledger(led) as ledger:  # what earlier batches validated
         ex = chain()
         for i in range(100, 140):
             record(ledger, ex, text(i), tier="few_shot")
     cfg = tmp_path / "extractkit.toml"
-    cfg.write_text(f'schema = "tests.conftest:Invoice"\n[ledger]\npath = "{led}"\n\n[[tiers]]\nkind = "zero_shot"\n'
+    cfg.write_text(f'schema = "tests.conftest:Invoice"\n[ledger]\n{"url" if "://" in led else "path"} = "{led}"\n\n[[tiers]]\nkind = "zero_shot"\n'
                    f'model = "gpt-4o-mini"\nbase_url = "{BASE_URL}"\n')  # fmt: skip
     run = CliRunner().invoke
     exported = run(app, ["finetune", "export", "-c", str(cfg), "-o", "ft", "--json"])

@@ -43,9 +43,9 @@ def responder(request: httpx.Request) -> httpx.Response:
 
 
 @pytest.mark.parametrize("scope", [Scope(), Scope(schema="Invoice")], ids=["current", "filtered"])
-def test_the_report_shows_the_most_often_ungrounded_fields_per_tier(mock_api, scope):
+def test_the_report_shows_the_most_often_ungrounded_fields_per_tier(mock_api, scope, ledger_target):
     mock_api.post("/chat/completions").mock(side_effect=responder)
-    ledger = Ledger(":memory:")
+    ledger = Ledger(ledger_target)
     ex = Extractor(Invoice, ledger=ledger, tiers=[
         ZeroShot(model="zero-m", base_url=BASE_URL, max_reasks=1),
         FewShot(model="few-m", base_url=BASE_URL, max_reasks=0,

@@ -92,9 +92,9 @@ EXPECTED = [
 
 
 @pytest.mark.parametrize("scope", [Scope(), Scope(schema="Invoice")], ids=["current", "filtered"])
-def test_field_failure_table_names_fields_outcomes_and_rejected_values(mock_api, scope):
+def test_field_failure_table_names_fields_outcomes_and_rejected_values(mock_api, scope, ledger_target):
     mock_api.post("/chat/completions").mock(side_effect=responder)
-    ledger = Ledger(":memory:")
+    ledger = Ledger(ledger_target)
     extract_six(ledger)
     report = build_report(ledger, scope)
     ff = report["field_failures"]
@@ -114,12 +114,12 @@ def test_field_failure_table_names_fields_outcomes_and_rejected_values(mock_api,
     assert SECRET not in json.dumps(report) + html + report_csv(report) + field_failures_csv(report)
 
 
-def test_no_values_when_the_ledger_keeps_no_text(mock_api, tmp_path):
+def test_no_values_when_the_ledger_keeps_no_text(mock_api, tmp_path, ledger_target):
     from extractkit.report import field_failures_csv
     from extractkit.report._aggregate import VALUES_OFF, VALUES_SOME_OFF
 
     mock_api.post("/chat/completions").mock(side_effect=responder)
-    path = tmp_path / "l.sqlite3"
+    path = ledger_target
     with Ledger(path, store_text=False) as ledger:
         extract_six(ledger)
         off = build_report(ledger)
@@ -143,9 +143,9 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
                           timeout=120)  # fmt: skip
 
 
-def test_field_failures_in_every_cli_format_and_in_a_browser(mock_api, tmp_path):
+def test_field_failures_in_every_cli_format_and_in_a_browser(mock_api, tmp_path, ledger_target):
     mock_api.post("/chat/completions").mock(side_effect=responder)
-    path = tmp_path / "l.sqlite3"
+    path = ledger_target
     with Ledger(path) as ledger:
         extract_six(ledger)
     html, csv_path = tmp_path / "r.html", tmp_path / "r.csv"
@@ -165,8 +165,8 @@ def test_field_failures_in_every_cli_format_and_in_a_browser(mock_api, tmp_path)
 # -- 2. price unknown, not "no valid extraction" ---------------------------------------------------
 
 
-def test_cost_chart_says_price_unknown_for_a_tier_that_resolved_documents():
-    ledger = Ledger(":memory:")
+def test_cost_chart_says_price_unknown_for_a_tier_that_resolved_documents(ledger_target):
+    ledger = Ledger(ledger_target)
     populate(ledger, {"zero": 10, "few": 5, "none": 1}, extractor=chain(("zero_shot", "few_shot")),
              costs={"few_shot": None})  # fmt: skip
     report = build_report(ledger, as_of=NOW)
@@ -181,8 +181,8 @@ def test_cost_chart_says_price_unknown_for_a_tier_that_resolved_documents():
 # -- 3. a training cost belongs to a fine-tuned tier -----------------------------------------------
 
 
-def test_training_cost_is_not_applied_to_a_few_shot_tier():
-    ledger = Ledger(":memory:")
+def test_training_cost_is_not_applied_to_a_few_shot_tier(ledger_target):
+    ledger = Ledger(ledger_target)
     populate(ledger, {"zero": 200, "few": 100, "none": 10}, extractor=chain(("zero_shot", "few_shot")))
     report = build_report(ledger, as_of=NOW, economics=Economics(training_cost=50))
     [v] = report["verdicts"]
@@ -213,11 +213,11 @@ def test_too_few_documents_says_which_number_is_the_minimum_and_which_the_eviden
     assert few.documents_needed == 18 and "so 18 more" in few.sentence and "within that minimum" in few.sentence
 
 
-def test_one_document_is_singular_everywhere():
+def test_one_document_is_singular_everywhere(ledger_target):
     v = marginal_verdict("ft", ["zero"], n=1, rescued=1, spend=0.0, economics=Economics())
     assert "1 of 1 document " in v.sentence and "1 documents" not in v.sentence
     assert any("only 1 document so far" in r for r in v.reasons)
-    ledger = Ledger(":memory:")
+    ledger = Ledger(ledger_target)
     populate(ledger, {"ft": 1})
     report = build_report(ledger, as_of=NOW, economics=Economics(min_documents=1))
     text = terminal(report) + report_html(report)
@@ -233,13 +233,13 @@ def test_one_document_is_singular_everywhere():
 # -- 5. unreadable documents counted once each ------------------------------------------------------
 
 
-def test_an_unreadable_document_met_by_two_runs_counts_once(tmp_path):
+def test_an_unreadable_document_met_by_two_runs_counts_once(tmp_path, ledger_target):
     docs = tmp_path / "docs"
     docs.mkdir()
     (docs / "empty.txt").write_bytes(b"")
     (docs / "also-empty.txt").write_bytes(b"")
     ex = Extractor(Invoice, tiers=[ZeroShot(model="gpt-4o-mini", base_url=BASE_URL, api_key="sk-test-unused")])
-    with Ledger(tmp_path / "l.sqlite3") as ledger:
+    with Ledger(ledger_target) as ledger:
         for _ in range(2):
             asyncio.run(BatchRunner(ex, ledger).run([docs / "empty.txt"]))
         report = build_report(ledger)
@@ -256,8 +256,8 @@ def test_an_unreadable_document_met_by_two_runs_counts_once(tmp_path):
                                               (25, "... and 20 more (--json and --html list the 20 most recent; "
                                                    "the query `unresolved_examples` in --json, without its LIMIT, "
                                                    "lists them all)")])  # fmt: skip
-def test_the_unresolved_list_says_how_many_more_and_where(failed, more):
-    ledger = Ledger(":memory:")
+def test_the_unresolved_list_says_how_many_more_and_where(failed, more, ledger_target):
+    ledger = Ledger(ledger_target)
     populate(ledger, {"zero": 3, "none": failed})
     report = build_report(ledger, as_of=NOW)
     text = terminal(report)

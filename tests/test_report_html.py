@@ -45,8 +45,8 @@ def run_chromium(page: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture
-def page(tmp_path) -> Path:
-    with Ledger(tmp_path / "l.sqlite3") as ledger:
+def page(tmp_path, ledger_target) -> Path:
+    with Ledger(ledger_target) as ledger:
         ex = chain()
         for day in range(3):  # three days, so there is a trend to draw
             populate(ledger, {"zero": 20, "few": 5, "ft": 4, "none": 1}, extractor=ex,
@@ -96,13 +96,13 @@ def test_the_browser_check_would_catch_a_script(tmp_path):
     assert "<title>pwned-by-path</title>" in dom.stdout
 
 
-def test_eval_page_renders_with_charts(mock_api, tmp_path):
+def test_eval_page_renders_with_charts(mock_api, tmp_path, ledger_target):
     from extractkit.evaluate import build_eval, eval_html, evaluate
 
     from .test_eval import GOLD, eval_chain, responder
 
     mock_api.post("/chat/completions").mock(side_effect=responder)
-    with Ledger(tmp_path / "l.sqlite3") as ledger:
+    with Ledger(ledger_target) as ledger:
         s = evaluate(eval_chain(), GOLD[:12], ledger)
         html = eval_html(build_eval(ledger, s.run_id))
     assert "<script" not in html.lower()

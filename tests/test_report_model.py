@@ -44,8 +44,8 @@ REPORT_DIR = Path(report_pkg.__file__).parent
 
 
 @pytest.fixture
-def ledger(tmp_path):
-    with Ledger(tmp_path / "ledger.sqlite3") as lg:
+def ledger(tmp_path, ledger_target):
+    with Ledger(ledger_target) as lg:
         populate(lg, {"zero": 12, "few": 6, "ft": 5, "none": 2}, created_at=NOW - 2 * DAY)
         populate(lg, {"zero": 10, "few": 5, "ft": 4, "none": 1}, created_at=NOW - 12 * DAY, prefix="b")
         yield lg
@@ -133,8 +133,8 @@ def test_bad_report_options_are_config_errors(kwargs, message):
         Economics(**kwargs)
 
 
-def test_cli_bad_report_option_exits_2_through_the_one_handler(tmp_path):
-    path = tmp_path / "l.sqlite3"
+def test_cli_bad_report_option_exits_2_through_the_one_handler(tmp_path, ledger_target):
+    path = ledger_target
     Ledger(path).close()
     res = CliRunner().invoke(app, ["report", "--ledger", str(path), "--failure-cost", "0"])
     assert res.exit_code == 2 and "failure_cost must be > 0" in res.output

@@ -16,7 +16,7 @@ import pytest
 from extractkit import LedgerError
 from extractkit.ledger import MIGRATIONS, PG_MIGRATIONS, POSTGRES, SQLITE, Ledger, mask
 from extractkit.ledger._dialect import ddl_to_postgres, to_postgres
-from extractkit.ledger._migrations import BATCH_WAVES_MIGRATION
+from extractkit.ledger._waves import ATTEMPT_VIA
 
 N_PROCESSES = 8
 
@@ -212,15 +212,18 @@ def test_0006_puts_right_an_older_ledger_with_two_current_rows(tmp_path, monkeyp
     from .ledger_fixtures import COSTS, chain, result
 
     path = tmp_path / "old.sqlite3"
-    # a ledger at 0005, with the columns today's record writes (0011_batch_waves: attempts.via ...)
-    monkeypatch.setattr("extractkit.ledger._migrations.MIGRATIONS", [*MIGRATIONS[:5], BATCH_WAVES_MIGRATION])
+    monkeypatch.setattr("extractkit.ledger._migrations.MIGRATIONS", MIGRATIONS[:5])
     ex = chain()
     with Ledger(path) as old:
+        old.conn.executescript(ATTEMPT_VIA)  # the columns today's record writes (0011), dropped below
         first = old.record(ex, result(ex, "few", "abc", COSTS))
         second = old.record(ex, result(ex, "zero", "abc", COSTS))
         with old.transaction() as tx:  # as a check-then-act race could leave it
             tx.execute("UPDATE extractions SET superseded_by = NULL WHERE id = ?", (first,))
             tx.execute("UPDATE attempts SET current = 1 WHERE extraction_id = ?", (first,))
+        for table in ("attempts", "extractions"):
+            for column in ("via", "live_cost_usd"):
+                old.conn.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
     monkeypatch.undo()
     with Ledger(path) as ledger:
         assert ledger.applied[:2] == ["0006_current_unique", "0007_rollups"]  # later migrations follow

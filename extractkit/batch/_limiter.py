@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
-from .._errors import LedgerError
+from .._errors import LedgerError, LedgerUnavailable
 from .._results import Usage
 
 log = logging.getLogger("extractkit")
@@ -240,6 +240,9 @@ class SharedLimiter:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._background: set[asyncio.Future[Any]] = set()
+        # a worker's ``ledger.Outage``: leases then wait through a database outage on the worker's
+        # clock, quietly (the worker says it once), instead of PATIENCE_S with a warning per try
+        self.outage: Any = None
 
     # -- the Limiter protocol (the default key) -----------------------------------------------------
     @property
@@ -365,17 +368,26 @@ class SharedLimiter:
         adjust, st.adjust = st.adjust - given, 0.0
         delay = 0.1
         deadline = now + PATIENCE_S
+        outage = self.outage
         while True:
             try:
                 grant = await self._db(self.store.reserve, key, amount, adjust=adjust, rpm=self.limits[0],
                                        tpm=self.limits[1])  # fmt: skip
                 break
             except LedgerError as exc:
-                if time.monotonic() + delay > deadline:
+                if outage is not None:
+                    # the worker's clock: past its limit the worker stops itself (its claims and
+                    # heartbeats fail too); the requests waiting here wait, never fail for it
+                    with contextlib.suppress(LedgerUnavailable):
+                        outage.failed(exc)
+                elif time.monotonic() + delay > deadline:
                     raise
-                log.warning("shared rate limit %s: %s (trying again in %.1f s)", key, exc, delay)
+                else:
+                    log.warning("shared rate limit %s: %s (trying again in %.1f s)", key, exc, delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                delay = min(delay * 2, 5.0 if outage is None else outage.max_wait_s)
+        if outage is not None:
+            outage.ok()
         self.leases += 1
         here = time.monotonic()  # the reply's arrival: the database's "now" is at most this late
         paused = here + (grant.paused_until - grant.now) if grant.paused_until > grant.now else 0.0
@@ -439,7 +451,11 @@ class SharedLimiter:
                 st.lease.drop()
                 st.adjust = 0.0
                 if abs(adjust) > _EPS:
-                    self.store.adjust(key, adjust)
+                    try:
+                        self.store.adjust(key, adjust)
+                    except LedgerError as exc:  # the database is away: the budget is not returned,
+                        # which only slows the others until this slice's time has passed
+                        log.debug("shared rate limit %s: unspent budget not returned: %s", key, exc)
         finally:
             if self._listener is not None:
                 self._listener.stop()

@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from .._chain import document_sha256
-from .._errors import ConfigError, DocumentError, ProviderRefused, ProviderUnreachable
+from .._errors import ConfigError, DocumentError, LedgerUnavailable, ProviderRefused, ProviderUnreachable
 from .._redact import redact_json
 from .._results import TRANSIENT_OUTCOMES, VALIDATION_OUTCOMES
 from .._words import plural
@@ -371,7 +371,8 @@ class BatchRunner:
         ex = self.extractor
         retry = False
         if not self.force and self.ledger is not None:
-            row = self.ledger.find_final(doc.sha256, ex.schema_hash, ex.config_hash)
+            # off the loop: a shared ledger may wait out a database outage here (batch/_worker.py)
+            row = await asyncio.to_thread(self.ledger.find_final, doc.sha256, ex.schema_hash, ex.config_hash)
             if row is not None:
                 if retry_reason(row["status"], row["outcome"], retry_failed=self.retry_failed) is None:
                     # a copy, sent by this run (a text has no path)
@@ -396,7 +397,7 @@ class BatchRunner:
             if exc.result is None:  # nothing was sent for this one: leave it unattempted
                 return None
             result = exc.result  # attempts were made and recorded: it has its line like any other
-        except ConfigError:
+        except (ConfigError, LedgerUnavailable):  # misuse; the shared ledger away for too long
             raise
         except Exception as exc:  # a bug must not stop the batch: record it for this document
             msg = f"{doc.path or 'text'}: internal error: {type(exc).__name__}: {exc}"

@@ -22,6 +22,14 @@ worker adds is the queue's side:
 Nothing is lost or paid twice by a crash between recording an extraction and marking its job:
 the job's lease runs out, another worker claims it, and ``find_final`` finds the recorded result
 (resumed, no request sent).
+
+A database outage (a restart, a failover) is ridden out: every call to the queue and the ledger
+(and the shared limiter's leases) is sent again with backoff while the database is away
+(``ledger.Outage``; a lost COMMIT of an extraction is looked up before it is written again), and
+the worker says so in two lines ("ledger unreachable, retrying...", "ledger back after N s").
+Away for longer than ``outage_limit_s``, the worker stops with ``LedgerUnavailable``: what it
+recorded is in the ledger, and the documents it held go back to the queue (at once if the
+database answers by then, otherwise when their lease runs out).
 """
 
 from __future__ import annotations
@@ -36,9 +44,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .._errors import ConfigError, DocumentError, NoDocuments
+from .._errors import ConfigError, DocumentError, LedgerUnavailable, NoDocuments
 from .._results import TRANSIENT_OUTCOMES, VALIDATION_OUTCOMES
-from ..ledger import ClaimedJob, EnqueueCounts, Finished, QueuedDocument, RecordingLedger, WorkQueue, new_id
+from .._words import plural
+from ..ledger import (
+    OUTAGE_LIMIT_S,
+    ClaimedJob,
+    EnqueueCounts,
+    Finished,
+    Outage,
+    QueuedDocument,
+    RecordingLedger,
+    ResilientLedger,
+    WorkQueue,
+    new_id,
+)
 from ._loaders import (
     MAX_BYTES,
     MAX_CHARS,
@@ -201,8 +221,8 @@ class _Feed:
             while not self.buffer:
                 if w._stopping or self.runner._stop is not None or self.runner._over_budget():
                     raise StopAsyncIteration
-                got = await asyncio.to_thread(q.claim, w.worker_id, ex.schema_hash, ex.config_hash,
-                                              w.claim_batch, w.lease_s)  # fmt: skip
+                got = await w.outage.acall(q.claim, w.worker_id, ex.schema_hash, ex.config_hash,
+                                           w.claim_batch, w.lease_s)  # fmt: skip
                 if got:
                     w.summary.claimed += len(got)
                     w.summary.reclaimed += sum(j.reclaimed for j in got)
@@ -211,7 +231,7 @@ class _Feed:
                     break
                 if not w.wait:
                     await w._flush()  # what this worker finished is no longer claimed
-                    waiting, claimed = await asyncio.to_thread(q.pending, ex.schema_hash, ex.config_hash)
+                    waiting, claimed = await w.outage.acall(q.pending, ex.schema_hash, ex.config_hash)
                     if waiting == 0 and claimed <= len(w.held):
                         raise StopAsyncIteration  # nothing left that another worker could give back
                 await asyncio.sleep(w.poll_s)
@@ -253,9 +273,20 @@ class Worker:
         claim_batch: int | None = None,
         poll_s: float = POLL_S,
         worker_id: str | None = None,
+        outage_limit_s: float = OUTAGE_LIMIT_S,
+        on_outage: Callable[[str], None] | None = None,
     ):
         if lease_s < 1:
             raise ConfigError(f"the lease must be at least 1 second, got {lease_s}")
+        if outage_limit_s < 0:
+            raise ConfigError(f"the outage limit must be at least 0 seconds, got {outage_limit_s}")
+        # one clock for the whole worker: a claim, a heartbeat and a write failing in one outage
+        # count against the same limit
+        self.outage = Outage(outage_limit_s, notify=on_outage, target=f"the ledger {queue.target}")
+        if getattr(ledger, "engine", None) == "postgresql":
+            ledger = ResilientLedger(ledger, self.outage)
+        if limiter is not None and hasattr(limiter, "outage"):  # a SharedLimiter: its leases too
+            limiter.outage = self.outage
         self.runner = BatchRunner(extractor, ledger, concurrency=concurrency, retry_failed=retry_failed,
                                   max_bytes=max_bytes, max_chars=max_chars, max_cost=max_cost,
                                   limiter=limiter, freeze_gc=True)  # fmt: skip
@@ -272,6 +303,7 @@ class Worker:
         self.held: set[int] = set()  # claimed, not yet marked in the queue
         self._marks: list[Finished] = []
         self._stopping = False
+        self._fatal: BaseException | None = None  # what stopped the run from a helper loop
         self.summary = WorkerSummary(self.worker_id, BatchSummary(run_id=""))
 
     def stop(self) -> None:
@@ -292,7 +324,7 @@ class Worker:
         if not marks:
             return
         try:
-            n = await asyncio.to_thread(self.queue.finish, self.worker_id, marks)
+            n = await self.outage.acall(self.queue.finish, self.worker_id, marks)
         except BaseException:
             self._marks[:0] = marks  # sent again by the next flush
             raise
@@ -302,45 +334,83 @@ class Worker:
     async def _marker(self) -> None:
         while True:
             await asyncio.sleep(MARK_EVERY_S)
-            try:
-                await self._flush()
-            except Exception as exc:  # the database is away: the marks are kept and sent again
-                log.warning("work queue: marking results failed, will retry: %s", exc)
+            await self._flush()  # through an outage; the marks are kept and sent again
 
     async def _heartbeat(self) -> None:
         while True:
             await asyncio.sleep(self.lease_s / 3)
-            try:
-                await asyncio.to_thread(self.queue.heartbeat, self.worker_id, self.lease_s)
-            except Exception as exc:
-                log.warning("work queue: heartbeat failed, will retry: %s", exc)
+            await self.outage.acall(self.queue.heartbeat, self.worker_id, self.lease_s, sorted(self.held))
+
+    async def _guard(self, helper: Any, main: asyncio.Task[Any]) -> None:
+        """Run a helper loop; the ledger away for too long (or a bug) stops the whole run."""
+        try:
+            await helper
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            if self._fatal is None:
+                self._fatal = exc
+            main.cancel()
 
     async def run(self) -> WorkerSummary:
         """Work until the queue is drained (or, with ``wait``, until cancelled)."""
         loop = asyncio.get_running_loop()
         started = loop.time()
         ex = self.extractor
-        await asyncio.to_thread(self.queue.register, self.worker_id, lease_s=self.lease_s,
+        await self.outage.acall(self.queue.register, self.worker_id, lease_s=self.lease_s,
                                 schema_hash=ex.schema_hash, config_hash=ex.config_hash,
                                 concurrency=self.concurrency)  # fmt: skip
-        helpers = [asyncio.create_task(self._heartbeat()), asyncio.create_task(self._marker())]
+        main = asyncio.ensure_future(self.runner._execute(_Feed(self, self.runner), [], self._sink))
+        helpers = [asyncio.create_task(self._guard(self._heartbeat(), main)),
+                   asyncio.create_task(self._guard(self._marker(), main))]  # fmt: skip
         try:
-            self.summary.batch = await self.runner._execute(_Feed(self, self.runner), [], self._sink)
+            try:
+                self.summary.batch = await main
+            except asyncio.CancelledError:
+                if self._fatal is None:
+                    raise  # cancelled from outside (a second signal), not by a helper that failed
+                raise self._fatal from None
+        except LedgerUnavailable as exc:
+            self._fatal = exc
         finally:
             for t in helpers:
                 t.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
+            if not main.done():
+                main.cancel()
+                await asyncio.gather(main, return_exceptions=True)
             # shielded: a second Ctrl-C must not leave jobs held until their lease runs out
             await asyncio.shield(self._close())
             self.summary.elapsed_s = round(loop.time() - started, 3)
+        if isinstance(self._fatal, LedgerUnavailable):
+            raise self._gave_up(self._fatal)
         return self.summary
 
+    def _gave_up(self, exc: LedgerUnavailable) -> LedgerUnavailable:
+        """The one line a worker that lost the ledger ends with: how long, and where its documents are."""
+        where = []
+        if self.summary.released:
+            where.append(f"{plural(self.summary.released, 'document')} it held put back in the queue")
+        if self.held:
+            where.append(f"{plural(len(self.held), 'document')} it held go back to the queue when their "
+                         f"lease runs out ({self.lease_s:g} s)")  # fmt: skip
+        held = "; ".join(where) or "it held no document"
+        return LedgerUnavailable(
+            f"{exc}. Worker stopped: {held}; everything recorded is kept", seconds=exc.seconds,
+        )  # fmt: skip
+
     async def _close(self) -> None:
+        gone = isinstance(self._fatal, LedgerUnavailable)
         try:
-            await self._flush()
-        finally:
-            if self.held:
-                self.summary.released += await asyncio.to_thread(self.queue.release, self.worker_id,
-                                                                 sorted(self.held))  # fmt: skip
-                self.held.clear()
-            await asyncio.to_thread(self.queue.stop, self.worker_id)
+            try:
+                await self._flush()
+            finally:
+                if self.held:
+                    self.summary.released += await self.outage.acall(self.queue.release, self.worker_id,
+                                                                     sorted(self.held))  # fmt: skip
+                    self.held.clear()
+                await self.outage.acall(self.queue.stop, self.worker_id)
+        except LedgerUnavailable:
+            if not gone:
+                raise
+            # the database is still away: the jobs held stay claimed until their lease runs out

@@ -194,6 +194,9 @@ def worker(
                                          "document stays this worker's without a heartbeat (sent every "
                                          "third of it); a dead worker's documents go to the others after "
                                          "it.")] = 60.0,
+    outage_limit: Annotated[float, typer.Option("--outage-limit", min=0, metavar="SECONDS", help="How long "
+                                                "to wait for the ledger's database to come back (a restart, "
+                                                "a failover) before stopping with exit 1.")] = 60.0,
     rpm: Annotated[float | None, typer.Option(min=1, help="Requests/minute limit.")] = None,
     tpm: Annotated[float | None, typer.Option(min=1, help="Tokens/minute limit.")] = None,
     retry_failed: Annotated[bool, typer.Option(help="Send again documents whose last result in the ledger "
@@ -212,7 +215,8 @@ def worker(
     a worker killed outright has its documents taken over by the others when its lease runs out.
 
     Exit codes: 0 done (also a --wait worker stopped by SIGTERM: its normal stop); 1 some documents
-    failed (extractkit status --failed lists them) or --max-cost was reached; 2 usage or config
+    failed (extractkit status --failed lists them), --max-cost was reached, or the ledger was
+    unreachable for longer than --outage-limit (its documents go back to the queue); 2 usage or config
     (also: only other chains' documents are waiting); 3 the provider stopped answering; 130
     stopped by Ctrl-C, or by SIGTERM with documents left undone.
     """
@@ -238,7 +242,7 @@ def worker(
             w = Worker(extractor, led, queue, concurrency=concurrency or cfg.batch.concurrency, lease_s=lease,
                        wait=wait, retry_failed=retry_failed, max_bytes=cfg.batch.max_bytes,
                        max_chars=cfg.batch.max_chars, max_cost=ceiling, limiter=limiter,
-                       on_result=on_result)  # fmt: skip
+                       outage_limit_s=outage_limit, on_result=on_result)  # fmt: skip
             if not as_json:
                 err.print(f"worker {w.worker_id} on {queue.target}", highlight=False)
 

@@ -1,8 +1,9 @@
-"""Gold files: JSON Lines of ``{"document": path-or-text, "expected": {...}}`` (optional ``"id"``).
+"""Gold files: JSON Lines of ``{"document": path-or-URI-or-text, "expected": {...}}`` (optional ``"id"``).
 
-``document`` is read as a path (relative to the gold file) when it names a file that exists or
-looks like a file name (one line, ending in a known extension); otherwise it is the document's
-text. A path that does not exist is an error on that line, not silently treated as text.
+``document`` is read as a URI (``s3://bucket/key.pdf``, as ``extract`` takes) when it is one; as a
+path (relative to the gold file) when it names a file that exists or looks like a file name (one
+line, ending in a known extension); otherwise it is the document's text. A path that does not exist
+is an error on that line, not silently treated as text.
 """
 
 from __future__ import annotations
@@ -18,14 +19,14 @@ from pydantic import BaseModel
 from .._chain import document_sha256
 from .._errors import DocumentError, GoldError
 from .._files import write_atomic
-from ..batch import TEXT_TYPES, Document, load
+from ..batch import TEXT_TYPES, URI, Document, is_uri, load
 
 
 @dataclass(frozen=True)
 class GoldItem:
     gold_id: str
     expected: dict[str, Any]
-    path: Path | None = None  # a document file
+    path: Path | URI | None = None  # a document file or object
     text: str | None = None  # or the document's text, inline
     line: int = 0
 
@@ -91,6 +92,12 @@ def load_gold(path: str | Path, schema: type[BaseModel] | None = None) -> list[G
         if gold_id in seen:
             raise GoldError(f"{where}: duplicate id {gold_id!r}")
         seen.add(gold_id)
+        if is_uri(doc):  # read when scored, as extract reads it
+            try:
+                items.append(GoldItem(gold_id, expected, path=URI(doc), line=n))
+            except ValueError as exc:
+                raise GoldError(f"{where}: {exc}") from None
+            continue
         candidate = (path.parent / doc).resolve() if not os.path.isabs(doc) else Path(doc)
         if _looks_like_path(doc) or candidate.is_file():
             if not candidate.exists():

@@ -95,7 +95,8 @@ def build_eval(ledger: Ledger, run_id: str, *, economics: Economics | None = Non
         )
 
     fields: dict[str, dict[str, Any]] = {}
-    for r in q("fields"):
+    # in code points, as SQLite sorts (PostgreSQL sorts by the database's collation: "amount" < "IBAN")
+    for r in sorted(q("fields"), key=lambda r: (r["field"], r["tier"])):
         if r["tier"] not in order:
             continue
         p, rec, f1 = prf(int(r["tp"]), int(r["fp"]), int(r["fn"]), int(r["wrong"]))

@@ -31,7 +31,7 @@ from pydantic import BaseModel, ValidationError
 
 from .._errors import DocumentError, TrainingDataError
 from .._schema import schema_hash
-from ..batch import TEXT_TYPES, load
+from ..batch import TEXT_TYPES, as_source, is_uri, load
 from ..evaluate import load_gold
 from ..ledger import Ledger, TrainingRow
 
@@ -92,9 +92,9 @@ def _reread(paths: Sequence[str | None], sha: str) -> str | None:
     for p in paths:
         if not p:
             continue
-        path = Path(p)
+        path = as_source(p)  # a file, or an object (s3://...) as extract read it
         doc_type = TEXT_TYPES.get(path.suffix.lower())
-        if doc_type is None or not path.is_file():
+        if doc_type is None or (isinstance(path, Path) and not path.is_file()):
             continue
         try:
             doc = load(path, doc_type)
@@ -180,8 +180,8 @@ def collect(ledger: Ledger, schema: type[BaseModel], sel: Selection) -> Collecte
                         raise TrainingDataError(f"{where}: no document {sha} in the ledger")
                     text, path = stored.text or "", stored.path
                     stored_paths[sha] = [path]
-            else:  # a path: the document as it is now
-                p = Path(key) if Path(key).is_absolute() else sel.corrections.parent / key
+            else:  # a path or a URI: the document as it is now
+                p = as_source(key) if is_uri(key) or Path(key).is_absolute() else sel.corrections.parent / key
                 doc_type = TEXT_TYPES.get(p.suffix.lower())
                 if doc_type is None:
                     raise TrainingDataError(f"{where}: {key!r} is neither a sha256 nor a supported file")

@@ -6,6 +6,7 @@ from ._ledger import DEFAULT_PATH, ENV_VAR, SERVED_REFRESH_S, Ledger, default_pa
 from ._ledger import _refuse_other_databases as refuse_other_databases
 from ._limits import CHANNEL, Grant, LimitStore, Pause, limit_store
 from ._migrations import MIGRATIONS, PG_MIGRATIONS, migrate, migrate_postgres
+from ._outage import OUTAGE_LIMIT_S, Outage, ResilientLedger, is_transient
 from ._pg import Row, is_url, mask
 from ._protocol import RecordingLedger
 from ._queries import (
@@ -48,6 +49,10 @@ from ._waves import (
 )
 
 __all__ = [
+    "OUTAGE_LIMIT_S",
+    "Outage",
+    "ResilientLedger",
+    "is_transient",
     "CHANNEL",
     "DEFAULT_PATH",
     "DOCUMENT_ERRORS",

@@ -433,33 +433,36 @@ class Ledger(LedgerReads, LedgerWaves):
             " AND superseded_by IS NULL AND id != ? RETURNING id",
             (ext_id, result.document_sha256, result.schema_hash, chain_hash, forced_tier, ext_id),
         ).fetchall()]  # fmt: skip
+        ext_row = (ext_id, run_id, result.document_sha256, path, result.schema_hash,
+                   chain_hash, "ok" if result.ok else "failed", result.tier,
+                   result.outcome.value, value_json, result.error,
+                   len(result.attempts), usage.prompt_tokens, usage.completion_tokens,
+                   result.cost_usd, result.latency_s, now, forced_tier, extraction_via(result.attempts),
+                   sum_costs([live_cost(a) for a in result.attempts]))  # fmt: skip
         c.execute(
             "INSERT INTO extractions (id, run_id, document_sha256, path, schema_hash,"
             " config_hash, status, tier, outcome, value_json, error, n_attempts,"
             " prompt_tokens, completion_tokens, cost_usd, latency_s, created_at, forced_tier, via,"
             " live_cost_usd) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (ext_id, run_id, result.document_sha256, path, result.schema_hash,
-             chain_hash, "ok" if result.ok else "failed", result.tier,
-             result.outcome.value, value_json, result.error,
-             len(result.attempts), usage.prompt_tokens, usage.completion_tokens,
-             result.cost_usd, result.latency_s, now, forced_tier, extraction_via(result.attempts),
-             sum_costs([live_cost(a) for a in result.attempts])),
-        )  # fmt: skip
+            ext_row,
+        )
         if older:
             stale = [(x,) for x in older]
             c.executemany("UPDATE attempts SET current = 0 WHERE extraction_id = ?", stale)
+        att_rows = [(*_attempt_row(new_id(), ext_id, run_id, a, follows),
+                     int(result.ok and a.tier == result.tier), int(forced_tier is None), a.served_model,
+                     a.fingerprint, via_of(a), getattr(a, "live_cost_usd", None))
+                    for a, follows in zip(result.attempts, _follows(result.attempts), strict=True)]
         c.executemany(
             "INSERT INTO attempts (id, extraction_id, run_id, tier, model, number, outcome,"
             " error, errors_json, prompt_tokens, completion_tokens, cached_tokens, cost_usd,"
             " latency_s, started_at, finish_reason, status_code, prompt_hash, schema_hash,"
             " output, follows, won, current, served_model, fingerprint, via, live_cost_usd)"
             " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            [(*_attempt_row(new_id(), ext_id, run_id, a, follows),
-              int(result.ok and a.tier == result.tier), int(forced_tier is None), a.served_model,
-              a.fingerprint, via_of(a), getattr(a, "live_cost_usd", None))
-             for a, follows in zip(result.attempts, _follows(result.attempts), strict=True)],
+            att_rows,
         )
-        _rollups.apply(c, ext_id, self.engine)  # the report's sums, in this transaction
+        # the report's sums, in this transaction (from the rows just written, not read back)
+        _rollups.apply(c, ext_id, self.engine, written=(ext_row, att_rows), superseded=older)
         # which model answered: written when first seen by this writer, then at most once a minute
         served = {}
         for a in result.attempts:

@@ -9,6 +9,7 @@ leaves as a ``LedgerError`` whose text names the ledger with its password masked
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -26,6 +27,22 @@ URL_SCHEMES = ("postgresql://", "postgres://")
 INSTALL_HINT = "pip install 'extractkit[postgres]'"
 CONNECT_TIMEOUT_S = 10
 POOL_MAX = 8  # connections per process: the writer thread, the event loop's reads, a report
+POOL_TIMEOUT_S = 5  # how long a call waits for a pooled connection before PoolTimeout: a server
+# back within it goes unnoticed; a worker's ``Outage`` retries after it (``_outage.py``)
+
+# psycopg and its pool log every connection lost and every reconnection attempt: a worker reports a
+# database outage itself, in two lines (``_outage.Outage``), so their records never reach a terminal
+# through Python's last-resort handler (an application that configures logging still sees them)
+logging.getLogger("psycopg").addHandler(logging.NullHandler())
+
+
+def pool_options() -> dict[str, Any]:
+    """What both pools (the ledger's, the work queue's) share: each connection is checked before it
+    is handed out, so one a restarted server has closed is replaced, not used; and a call waits at
+    most ``POOL_TIMEOUT_S`` for one."""
+    from psycopg_pool import ConnectionPool
+
+    return {"check": ConnectionPool.check_connection, "timeout": POOL_TIMEOUT_S}
 
 
 def is_url(target: object) -> bool:
@@ -172,13 +189,19 @@ class PgEngine:
         self.pool = ConnectionPool(
             url, min_size=1, max_size=POOL_MAX, open=True, configure=_configure, name="extractkit-ledger",
             kwargs={"autocommit": True, "row_factory": _row_factory, "connect_timeout": CONNECT_TIMEOUT_S},
+            **pool_options(),
         )  # fmt: skip
 
-    def error(self, exc: BaseException, what: str = "ledger") -> LedgerError:
+    def error(self, exc: BaseException, what: str = "ledger", *, committing: bool = False) -> LedgerError:
+        """A ``LedgerError`` naming the ledger (password masked). ``committing``: ``exc`` ended the
+        connection while the COMMIT was on its way, so the transaction may or may not have been
+        written (``.commit_unknown``; ``_outage.ResilientLedger`` looks before writing again)."""
         text = " ".join(str(exc).split()) or type(exc).__name__
         if self._secret:
             text = text.replace(self._secret, "***")
-        return LedgerError(f"{what} {self.target}: {_redact.redact(text)}")
+        err = LedgerError(f"{what} {self.target}: {_redact.redact(text)}")
+        err.commit_unknown = committing  # type: ignore[attr-defined]
+        return err
 
     def close(self) -> None:
         self.pool.close()
@@ -208,9 +231,13 @@ class PgEngine:
     def transaction(self) -> Iterator[PgTx]:
         import psycopg
 
+        committing = False
         try:
             with self.pool.connection() as conn, conn.transaction():
                 yield PgTx(self, conn)
+                committing = True  # the body is done: what fails now is the COMMIT
+        except psycopg.OperationalError as exc:
+            raise self.error(exc, committing=committing) from exc
         except psycopg.Error as exc:
             raise self.error(exc) from exc
         except _pool_errors() as exc:

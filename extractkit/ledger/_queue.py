@@ -30,7 +30,7 @@ from typing import Any
 
 from .. import _redact
 from .._errors import LedgerError
-from ._pg import mask
+from ._pg import mask, pool_options
 
 RATE_WINDOW_S = 300  # status: a worker's rate is over its documents finished in the last 5 minutes
 STATES = ("waiting", "claimed", "done", "failed")
@@ -142,7 +142,8 @@ def _pool(url: str) -> Any:
         raise LedgerError(f"cannot open the work queue at {mask(url)}: {_redact.redact(str(exc).strip())}") \
             from None
     kwargs = {"autocommit": True, "row_factory": dict_row}
-    pool = ConnectionPool(url, min_size=1, max_size=2, kwargs=kwargs, open=False, name="extractkit-queue")
+    pool = ConnectionPool(url, min_size=1, max_size=2, kwargs=kwargs, open=False, name="extractkit-queue",
+                          **pool_options())  # fmt: skip
     try:
         pool.open(wait=True, timeout=30)
     except Exception as exc:
@@ -175,13 +176,21 @@ class WorkQueue:
 
     @contextmanager
     def _tx(self) -> Iterator[Any]:
+        """One transaction on a pooled connection; every psycopg or pool error leaves as a
+        ``LedgerError`` caused by it (``_outage.is_transient`` tells a lost server from a bug).
+        Every statement of the queue is safe to send again after a lost connection: a claim
+        not committed claimed nothing (one committed unanswered is a lease nobody renews: the job
+        is claimed again when it runs out, see ``heartbeat``); heartbeats, marks and releases
+        set states, not counts."""
         import psycopg
+        from psycopg_pool import PoolTimeout
 
         try:
             with self._pool.connection() as conn, conn.transaction():
                 yield conn
-        except psycopg.Error as exc:
-            raise LedgerError(f"work queue {self.target}: {exc}") from exc
+        except (psycopg.Error, PoolTimeout) as exc:
+            text = _redact.redact(" ".join(str(exc).split()) or type(exc).__name__)
+            raise LedgerError(f"work queue {self.target}: {text}") from exc
 
     def install(self) -> None:
         import psycopg
@@ -287,15 +296,24 @@ class WorkQueue:
                            doc_type=r["doc_type"], attempts=r["attempts"], reclaimed=r["re"])
                 for r in rows]  # fmt: skip
 
-    def heartbeat(self, worker_id: str, lease_s: float) -> int:
-        """Extend the lease of every job ``worker_id`` holds; returns how many it holds."""
+    def heartbeat(self, worker_id: str, lease_s: float, job_ids: Sequence[int] | None = None) -> int:
+        """Extend the lease of every job ``worker_id`` holds (only of ``job_ids`` when given: the
+        ones it knows it holds, so a claim whose answer was lost in an outage is not kept alive
+        by its heartbeats); returns how many were extended."""
         with self._tx() as c:
             c.execute("UPDATE work_workers SET seen_at = now() WHERE id = %s", (worker_id,))
-            cur = c.execute(
-                "UPDATE work_queue SET lease_until = now() + make_interval(secs => %s)"
-                " WHERE worker_id = %s AND state = 'claimed'",
-                (lease_s, worker_id),
-            )
+            if job_ids is None:
+                cur = c.execute(
+                    "UPDATE work_queue SET lease_until = now() + make_interval(secs => %s)"
+                    " WHERE worker_id = %s AND state = 'claimed'",
+                    (lease_s, worker_id),
+                )
+            else:
+                cur = c.execute(
+                    "UPDATE work_queue SET lease_until = now() + make_interval(secs => %s)"
+                    " WHERE worker_id = %s AND state = 'claimed' AND id = ANY(%s)",
+                    (lease_s, worker_id, list(job_ids)),
+                )
             return cur.rowcount
 
     def finish(self, worker_id: str, results: Sequence[Finished]) -> int:

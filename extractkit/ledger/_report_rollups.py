@@ -124,6 +124,11 @@ SELECT r.hour, r.{gone} AS gone FROM rollup_documents r
 WHERE {keys} AND r.n > 0 AND r.hour >= ? AND r.hour <= ?
 GROUP BY r.hour, r.{gone} HAVING SUM(r.n) > 0"""
 
+# whether any extraction of the scope (a run) was superseded: the rows moved out of the current view
+ROLLUP_RUN_MOVED = f"""
+SELECT 1 AS moved FROM rollup_documents_daily r
+WHERE {{keys}} AND r.n > 0 AND r.gone != {NOT_GONE} LIMIT 1"""
+
 # unresolved documents per hour, the latest first: where the most recent examples are
 ROLLUP_FAILED_HOURS = """
 SELECT r.hour, SUM(r.n) AS n FROM rollup_documents r
@@ -254,14 +259,15 @@ SHOW = ("CASE WHEN EXISTS (SELECT 1 FROM extractions x JOIN documents d ON d.sha
         " WHERE x.id = a.extraction_id AND d.text IS NOT NULL) THEN 1 ELSE 0 END")  # fmt: skip
 
 
-def field_values_sql(*, current: bool, member: str | None, recent: str, show: bool) -> str:
+def field_values_sql(*, current: bool, member: str | None, recent: str, show: bool, run: bool = False) -> str:
     """One tier's (``?``) attempts with one outcome (``?``), the most recent ``?`` of them in scope,
     with their errors (the rejected values shown in the field table). ``current``: the whole
     ledger's current extractions, by the attempts' own flag; otherwise ``member`` (row-level
     membership of their extraction, with its parameters after the tier and outcome). ``recent``:
-    the engine's order of insertion (SQLite's rowid; the id elsewhere)."""
+    the engine's order of insertion (SQLite's rowid; the id elsewhere). ``run`` (with ``current``):
+    of one run (``?``, after the outcome), whose extractions are all current."""
     scope = (
-        "a.current = 1"
+        "a.current = 1" + (" AND a.run_id = ?" if run else "")
         if current
         else f"EXISTS (SELECT 1 FROM extractions e WHERE e.id = a.extraction_id AND {member})"
     )

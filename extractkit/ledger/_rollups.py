@@ -60,6 +60,7 @@ writers lock shared rows in the same order (no deadlock).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import sqlite3
@@ -277,6 +278,7 @@ class Sums:
                 c.executemany(sql, rows[i : i + 50_000])
 
 
+@functools.cache
 def upsert_sql(table: str) -> str:
     key, sums = spec(table)
     cols = key + sums
@@ -323,34 +325,73 @@ def _lock(c: Any, engine: str, exclusive: bool) -> None:
         c.execute(f"SELECT built FROM rollup_state WHERE id = 1 FOR {'UPDATE' if exclusive else 'SHARE'}")
 
 
-def apply(c: Any, extraction_id: str, engine: str = "sqlite") -> None:
+# The rows ``Ledger.record`` inserts, in the order of its INSERTs' columns (``written``)
+WRITTEN_EXTRACTION = ("id", "run_id", "document_sha256", "path", "schema_hash", "config_hash", "status",
+                      "tier", "outcome", "value_json", "error", "n_attempts", "prompt_tokens",
+                      "completion_tokens", "cost_usd", "latency_s", "created_at", "forced_tier", "via",
+                      "live_cost_usd")  # fmt: skip
+WRITTEN_ATTEMPT = ("id", "extraction_id", "run_id", "tier", "model", "number", "outcome", "error",
+                   "errors_json", "prompt_tokens", "completion_tokens", "cached_tokens", "cost_usd",
+                   "latency_s", "started_at", "finish_reason", "status_code", "prompt_hash", "schema_hash",
+                   "output", "follows", "won", "current", "served_model", "fingerprint", "via",
+                   "live_cost_usd")  # fmt: skip
+
+
+def apply(
+    c: Any,
+    extraction_id: str,
+    engine: str = "sqlite",
+    *,
+    written: tuple[Sequence[Any], Sequence[Sequence[Any]]] | None = None,
+    superseded: Sequence[str] | None = None,
+) -> None:
     """Add one newly written extraction to the rollups, and move the earlier extractions of its
     document and chain it supersedes (the whole ledger's, and its run's): call inside the
-    transaction that wrote it, after the write (``Ledger.record``)."""
-    rows = c.execute(
-        f"SELECT {EXTRACTION_COLUMNS} FROM extractions WHERE id = ?", (extraction_id,)
-    ).fetchall()
-    if not rows or rows[0]["forced_tier"] is not None or rows[0]["status"] not in FINAL:
+    transaction that wrote it, after the write (``Ledger.record``).
+
+    ``written``: the extraction's row and its attempts' rows as just inserted (columns
+    ``WRITTEN_EXTRACTION`` and ``WRITTEN_ATTEMPT``), so they are not read back; ``superseded``: the
+    ids of the extractions this one superseded (none: it is the first final extraction of its
+    document and chain, so there is no chain to read). Without them, both are read."""
+    if written is not None:
+        e: Mapping[str, Any] = dict(zip(WRITTEN_EXTRACTION, written[0], strict=True))
+    else:
+        sql = f"SELECT {EXTRACTION_COLUMNS} FROM extractions WHERE id = ?"
+        rows = c.execute(sql, (extraction_id,)).fetchall()
+        if not rows:
+            return
+        e = rows[0]
+    if e["forced_tier"] is not None or e["status"] not in FINAL:
         return
-    e = rows[0]
     _lock(c, engine, exclusive=False)
-    chain = c.execute(CHAIN, (e["document_sha256"], e["schema_hash"], e["config_hash"])).fetchall()
-    before = states([x for x in chain if x["id"] != extraction_id])
-    after = states(chain)
     sums = Sums()
-    for x in chain:
-        old, new = before.get(x["id"]), after[x["id"]]
-        if old == new:
-            continue
-        attempts = c.execute(f"SELECT {ATTEMPT_COLUMNS} FROM attempts a WHERE a.extraction_id = ?",
-                             (x["id"],)).fetchall()  # fmt: skip
-        for state, sign in ((old, -1), (new, 1)):
-            if state is None:
+    if written is not None and superseded is not None and not superseded:
+        # the first final extraction of its document and chain (each one supersedes the current one,
+        # so an earlier one would have been current): only its own sums, under the current key
+        base = base_key(e, (NOT_GONE, NOT_GONE))
+        sums.extraction(e, base)
+        for row in written[1]:
+            a = dict(zip(WRITTEN_ATTEMPT, row, strict=True))
+            if a["outcome"] not in FIELD_OUTCOMES:
+                a["errors_json"] = None  # as ATTEMPT_COLUMNS reads it
+            sums.attempt(a, base)
+    else:
+        chain = c.execute(CHAIN, (e["document_sha256"], e["schema_hash"], e["config_hash"])).fetchall()
+        before = states([x for x in chain if x["id"] != extraction_id])
+        after = states(chain)
+        for x in chain:
+            old, new = before.get(x["id"]), after[x["id"]]
+            if old == new:
                 continue
-            base = base_key(x, state)
-            sums.extraction(x, base, sign)
-            for a in attempts:
-                sums.attempt(a, base, sign)
+            attempts = c.execute(f"SELECT {ATTEMPT_COLUMNS} FROM attempts a WHERE a.extraction_id = ?",
+                                 (x["id"],)).fetchall()  # fmt: skip
+            for state, sign in ((old, -1), (new, 1)):
+                if state is None:
+                    continue
+                base = base_key(x, state)
+                sums.extraction(x, base, sign)
+                for a in attempts:
+                    sums.attempt(a, base, sign)
     try:
         sums.upsert(c)
     except sqlite3.OperationalError as exc:  # a ledger opened by code without 0007_rollups: its

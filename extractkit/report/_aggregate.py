@@ -393,8 +393,10 @@ def _i(x: Any) -> int:
 
 
 def _chains(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Each chain config's tiers, by config hash in hash order (the query's rows come in whatever
+    order the engine's DISTINCT leaves them: PostgreSQL's is not SQLite's)."""
     chains = {}
-    for r in rows:
+    for r in sorted(rows, key=lambda r: (str(r["config_hash"]), str(r["config_json"]))):
         try:
             chains[r["config_hash"]] = json.loads(r["config_json"]).get("tiers", [])
         except (TypeError, ValueError, AttributeError):
@@ -478,7 +480,9 @@ def read_rows_rollup(ledger: Ledger, scope: Scope, windows: dict[str, float]) ->
     documents = sum(r["n"] for r in docs)
     configs = sorted({r["config_hash"] for r in docs})
     chains = _chains(run("chains", rq.CHAINS.format(marks=rq.marks(configs)), configs)) if configs else {}
-    served = [dict(r) for r in run("served_models", SQL["served_models"], ())]
+    # in code points (ORDER BY tier follows the database's collation: PostgreSQL's may put "backup" first)
+    served = sorted((dict(r) for r in run("served_models", SQL["served_models"], ())),
+                    key=lambda r: (r["tier"], r["first_seen"]))  # fmt: skip
     ungrounded: dict[str, dict[Any, int]] = {}
     counts: dict[str, dict[tuple[Any, int], int]] = {}
     for (tier, outcome, loc, grounded), n in parts.fields.items():
@@ -493,8 +497,8 @@ def read_rows_rollup(ledger: Ledger, scope: Scope, windows: dict[str, float]) ->
     }  # fmt: skip
     field_rows = {tier: [{"loc": loc, "ungrounded": u, "n": n} for (loc, u), n in c.items()]
                   for tier, c in counts.items()}  # fmt: skip
-    member, member_params = scope_member(scope)
-    values = field_values(ledger, scope, run, groups, documents, member, member_params)
+    member, member_params = scope_member(scope, parts.run_current)
+    values = field_values(ledger, scope, run, groups, documents, member, member_params, parts.run_current)
     bounded = parts.examples_from is not None
     sql = rq.UNRESOLVED_EXAMPLES.format(member=member, since=" AND e.created_at >= ?" if bounded else "")
     params = [*([parts.examples_from] if bounded else []), *member_params, EXAMPLES]
@@ -515,7 +519,8 @@ def read_rows_rollup(ledger: Ledger, scope: Scope, windows: dict[str, float]) ->
 
 
 def field_values(ledger: Ledger, scope: Scope, run: Any, groups: Rows, documents: int, member: str,
-                 member_params: list[Any]) -> dict[str, list[dict[str, Any]]]:  # fmt: skip
+                 member_params: list[Any], run_current: bool = False,
+                 ) -> dict[str, list[dict[str, Any]]]:  # fmt: skip
     """The rejected values of the field table: per tier and outcome whose errors name fields, its
     most recent FIELD_SAMPLE attempts in scope (by the (tier, outcome) index); in a small scope that
     an index reaches (a run, a time window), any of its attempts, read from its extractions."""
@@ -528,11 +533,13 @@ def field_values(ledger: Ledger, scope: Scope, run: Any, groups: Rows, documents
         sql = rq.field_values_driven_sql(member, show)
         rows = run("field_values", sql, [*member_params, FIELD_SAMPLE * len(failing)])
     else:
-        current = scope == Scope()
+        by_run = run_current and scope == Scope(run_id=scope.run_id)  # a run all current: by the flags
+        current = scope == Scope() or by_run
         recent = "a.rowid" if getattr(ledger, "engine", "sqlite") == "sqlite" else "a.id"
-        sql = rq.field_values_sql(current=current, member=member, recent=recent, show=show)
+        sql = rq.field_values_sql(current=current, member=member, recent=recent, show=show, run=by_run)
         for tier, outcome in failing:
-            params = [tier, outcome, *([] if current else member_params), FIELD_SAMPLE]
+            own = [scope.run_id] if by_run else [] if current else member_params
+            params = [tier, outcome, *own, FIELD_SAMPLE]
             rows += run("field_values", sql, params)
     counts: dict[tuple[str, str, Any], int] = {}  # (tier, errors_json, shown) -> attempts
     for r in rows:
@@ -780,7 +787,10 @@ def tier_stats(per: dict[str, _TierSums], rows: _Rows, documents: int) -> tuple[
     for r in rows.attempt_latency:
         latencies.setdefault(r["tier"], []).append(r["latency_s"])
     kinds = {t["name"]: t.get("kind") for tiers in rows.chains.values() for t in tiers}
-    rank = {name: i for ts in rows.chains.values() for i, name in enumerate(x["name"] for x in ts)}
+    rank: dict[str, int] = {}  # after every tier it follows in any config (not in the last config read)
+    for ts in rows.chains.values():
+        for i, x in enumerate(ts):
+            rank[x["name"]] = max(rank.get(x["name"], i), i)
     out = []
     for t in sorted(per.values(), key=lambda t: (rank.get(t.tier, len(rank)), -t.reached, t.tier)):
         lo, hi = wilson(t.resolved, t.reached)

@@ -55,6 +55,9 @@ class Parts:
     # per way (extractions.via: live | batch | mixed): n, ok, cost, unpriced, live_cost, live_unpriced
     ways: list[dict[str, Any]] = field(default_factory=list)
     examples_from: float | None = None  # the most recent unresolved documents were created from then on
+    # a --run scope whose extractions were never superseded (by any run): its members are the run's
+    # current extractions, read by ``superseded_by IS NULL`` and the attempts' ``current`` flag
+    run_current: bool = False
 
 
 def percentile_of(buckets: dict[int, list[float]] | None, p: float) -> float | None:
@@ -272,6 +275,8 @@ def read_parts(ledger: Any, scope: Any, windows: dict[str, float], run: Any) -> 
     since, until, by_run = scope.since, scope.until, bool(scope.run_id)
     gone = "gone_run" if by_run else "gone"
     keys, key_params = q.key_filters("r", schema=scope.schema, config=scope.config_hash, run=scope.run_id)
+    # 0. a run none of whose extractions was superseded is read row by row as the current view
+    run_current = by_run and not run("rollup_run_moved", q.ROLLUP_RUN_MOVED.format(keys=keys), key_params)
     # 1. the edges of the scope: the hours its bounds cut, and those superseded within the --until hour
     edges: set[int] = set()
     for t in (since, until):
@@ -344,7 +349,7 @@ def read_parts(ledger: Any, scope: Any, windows: dict[str, float], run: Any) -> 
     acc.rollup_ways(read("rollup_ways", "rollup_ways", q.ROLLUP_WAYS))
     # 5. the edges from the plain tables
     if edges:
-        member, member_params = scope_member(scope)
+        member, member_params = scope_member(scope, run_current)
         ranges, range_params = q.hour_ranges(edges)
         params = [*range_params, *member_params]
         config_of = acc.extractions(run("edge_extractions", q.exact_extractions_sql(ranges, member), params))
@@ -353,13 +358,16 @@ def read_parts(ledger: Any, scope: Any, windows: dict[str, float], run: Any) -> 
         )
     out = acc.parts(sorted(edges))
     out.examples_from = examples_from
+    out.run_current = run_current
     return out
 
 
-def scope_member(scope: Any) -> tuple[str, list[Any]]:
-    """The scope's extractions row by row (``ledger.rollup_queries.member_where``) and its parameters."""
+def scope_member(scope: Any, run_current: bool = False) -> tuple[str, list[Any]]:
+    """The scope's extractions row by row (``ledger.rollup_queries.member_where``) and its parameters.
+    ``run_current``: the scope's run has no superseded extraction (``Parts.run_current``), so the
+    latest of each document in the run is its current one (no per-row look for a later one)."""
     where, params = scope.where()
-    member = q.member_where(where, run=bool(scope.run_id), until=scope.until is not None)
+    member = q.member_where(where, run=bool(scope.run_id) and not run_current, until=scope.until is not None)
     return member, [*params, *([scope.until] if scope.until is not None else [])]
 
 
