@@ -149,3 +149,19 @@ def test_nobody_listening_exits_3_naming_the_url(tmp_path: Path) -> None:
                            "print(c.execute('select status from runs').fetchall())", str(ledger)],
                           capture_output=True, text=True)  # fmt: skip
     assert rows.stdout.strip() == "[('provider_unreachable',)]"
+
+
+def test_a_tier_that_says_via_batch_needs_no_flag_and_the_queue_refuses_it(tmp_path: Path) -> None:
+    docs = make_docs(tmp_path, 2)
+    with FakeBatchServer(echo_invoice_responder, advance_on_poll=3) as server:
+        cfg = write_config(tmp_path, server.base_url, extra="[batch]\npoll_s = 0", tier_extra='via = "batch"')
+        ledger = str(tmp_path / "l.sqlite3")
+        got = cli("extract", str(docs), "-c", str(cfg), "--ledger", ledger, "--json")
+        assert got.returncode == 0, got.stderr
+        assert json.loads(got.stdout)["ok"] == 2 and len(creates(server)) == 1
+        live = cli("extract", str(docs), "-c", str(cfg), "--ledger", ledger, "--via", "live", "--json")
+        assert live.returncode == 0 and json.loads(live.stdout)["resumed"] == 2  # the tier's own via wins
+        assert len(creates(server)) == 1
+    for command in (["worker", "-c", str(cfg)], ["enqueue", str(docs), "-c", str(cfg)]):
+        refused = cli(*command, "--ledger", "postgresql://nobody@127.0.0.1:9/none")
+        assert refused.returncode == 2 and 'via = "batch"' in refused.stderr and "--via batch" in refused.stderr
