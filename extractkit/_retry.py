@@ -7,8 +7,8 @@ batch error line: ``classify_status``, ``status_error_message``, the same answer
 SDK's exception), whether the same request may pass if sent again (``is_transient``), how long to
 wait (``retry_delay``), and when the provider counts as down (``CircuitBreaker``).
 
-Validation failures are *not* handled here: those are re-asks, done by instructor inside a tier.
-This module decides what to do when the HTTP call itself fails.
+Validation failures are *not* handled here: those are re-asks (``Steps.decide``, instructor's
+re-ask handler). This module decides what to do when the HTTP call itself fails.
 """
 
 from __future__ import annotations
