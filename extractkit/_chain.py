@@ -136,7 +136,7 @@ class Extractor(Generic[T]):
         self._steps = {
             t.name: Steps(self._bound[t.name], schema_hash=self.schema_hash, retry_policy=self.policy.retry,
                           price=t.price or lookup_price(t.model, self.prices),
-                          batch_price=_batch_price(t, self.prices))  # fmt: skip
+                          batch_price=t.resolved_batch_price(self.prices))  # fmt: skip
             for t in self.tiers
         }
         # tiers and policy are frozen: the chain's identity is computed once
@@ -646,19 +646,6 @@ class Extractor(Generic[T]):
         agen = self.aextract_many(inputs, concurrency=concurrency, rpm=rpm, tpm=tpm, force=force,
                                   retry_failed=retry_failed, include=include)  # fmt: skip
         return _iterate_on(self._sync(), agen)
-
-
-def _batch_price(tier: Tier, prices: Mapping[str, Price] | None) -> Price | None:
-    """The tier's price for batch requests: its own ``batch_price`` when it has one, else the
-    price table's batch price (both from issue 18's pricing; None until they exist: a batch
-    attempt's cost is then unknown, never guessed)."""
-    own = getattr(tier, "batch_price", None)
-    if own is not None:
-        return own  # type: ignore[no-any-return]
-    from . import _pricing
-
-    table = getattr(_pricing, "batch_price", None)
-    return table(tier.model, prices) if table is not None else None  # type: ignore[no-any-return]
 
 
 def _iterate_on(lt: LoopThread, agen: AsyncIterator[Any]) -> Iterator[Any]:

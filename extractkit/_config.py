@@ -17,6 +17,7 @@ that carries a secret is read from the environment too (``headers_env``).
     concurrency = 8
     rpm = 500
     tpm = 200000
+    poll_s = 30                              # --via batch: seconds between polls of open batches
 
     [documents.storage_options.s3]           # fsspec options for s3:// documents (never credentials)
     endpoint_url = "http://127.0.0.1:9000"   # an S3-compatible store (or $AWS_ENDPOINT_URL)
@@ -37,6 +38,8 @@ that carries a secret is read from the environment too (``headers_env``).
     model = "my-gateway-model"               # not in the price table: give its price
     base_url = "https://gateway.example/v1"
     price = { input = 0.15, output = 0.6, cached_input = 0.075 }   # USD per 1M tokens
+    via = "live"                             # or "batch" (the Batch API); unset: --via decides
+    batch_price = { input = 0.075, output = 0.3 }   # its batch requests (default: price x 0.5)
     extra_body = { top_k = 20 }              # merged into every request body
     headers = { "X-Team" = "billing" }       # extra HTTP headers (values never stored)
     headers_env = { "X-Gateway-Key" = "GATEWAY_KEY" }   # header value read from $GATEWAY_KEY
@@ -100,11 +103,17 @@ class TierConfig(BaseModel):
     select: Literal["similar", "first"] = "similar"
     transport: Literal["httpx", "aiohttp"] | None = None
     price: PriceConfig | None = None  # USD per 1M tokens; overrides the price table
+    # how its requests go: "live" or "batch" (the provider's Batch API); unset: the run's --via.
+    # Not part of the chain's identity (the same request either way)
+    via: Literal["live", "batch"] | None = None
+    # USD per 1M tokens for its batch requests; unset: `price` x 0.5 when `price` is set, else the
+    # price table's batch price (half the live price)
+    batch_price: PriceConfig | None = None
     extra_body: dict[str, Any] | None = None  # merged into the request body (part of the identity)
     headers: dict[str, str] | None = None  # extra HTTP headers; values never stored or printed
     headers_env: dict[str, str] | None = None  # header name -> environment variable with its value
 
-    @field_validator("price", mode="wrap")
+    @field_validator("price", "batch_price", mode="wrap")
     @classmethod
     def _price_shape(cls, v: Any, handler: Any) -> PriceConfig | None:
         try:
@@ -125,6 +134,15 @@ class TierConfig(BaseModel):
         if problem:
             raise ValueError(problem)
         return v
+
+    @model_validator(mode="after")
+    def _local_has_no_batch(self) -> TierConfig:
+        from . import local
+
+        if self.via == "batch" and self.base_url is not None and local.is_local(self.base_url):
+            raise ValueError('via = "batch" on a tier with base_url = "local": the bundled local model '
+                             'has no Batch API; set via = "live" (or leave via out)')  # fmt: skip
+        return self
 
     @field_validator("examples")
     @classmethod
@@ -172,6 +190,8 @@ class BatchConfig(BaseModel):
     max_response_bytes: int = Field(4 * 1024 * 1024, ge=1)
     # USD: stop starting documents once the run has spent this much (BatchRunner max_cost, --max-cost)
     max_cost: float | None = Field(None, gt=0)
+    # seconds between two polls of the provider's open batches (extract --via batch)
+    poll_s: float = Field(30.0, ge=0)
 
 
 # option names that carry credentials: refused in [documents] storage_options (the environment has them)
@@ -332,6 +352,12 @@ def build_tiers(config: Config, *, transport: str | None = None) -> list[Any]:
             from ._pricing import Price
 
             kwargs["price"] = Price(**t.price.model_dump())
+        if t.batch_price is not None:
+            from ._pricing import Price
+
+            kwargs["batch_price"] = Price(**t.batch_price.model_dump())
+        if t.via is not None:
+            kwargs["via"] = t.via
         if t.extra_body:
             kwargs["extra_body"] = dict(t.extra_body)
         headers = dict(t.headers or {})

@@ -1,10 +1,17 @@
-"""Price table (USD per 1M tokens) and cost(). An unknown model costs None, never 0."""
+"""Price table (USD per 1M tokens) and cost(). An unknown model costs None, never 0.
+
+Batch prices: the provider's Batch API runs the same requests at half the price
+(``BATCH_DISCOUNT``): ``batch_price(model, overrides)`` is an override under ``"batch:<model>"``
+(``"batch:ft:<base>"`` for any model fine-tuned from ``<base>``, ``"batch:<base>"`` for a dated
+name), else the live price (``lookup_price``: overrides, then the tables) at the discount; an
+unknown model has no batch price (None, never guessed).
+"""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ._results import Usage
 
@@ -63,6 +70,36 @@ def lookup_price(model: str, overrides: Mapping[str, Price] | None = None) -> Pr
     if overrides and base in overrides:
         return overrides[base]
     return PRICES.get(model) or PRICES.get(base)
+
+
+BATCH_DISCOUNT = 0.5  # the Batch API's price as a share of the live price (OpenAI: 50 %)
+BATCH_PREFIX = "batch:"  # an override key for a model's batch price: "batch:gpt-4o-mini"
+
+
+def discounted(price: Price, factor: float = BATCH_DISCOUNT) -> Price:
+    """``price`` with its inference rates (input, output, cached input) times ``factor``; the
+    training rate (fine-tuning jobs, not requests) is left as it is."""
+    return replace(
+        price,
+        input=price.input * factor,
+        output=price.output * factor,
+        cached_input=None if price.cached_input is None else price.cached_input * factor,
+    )
+
+
+def batch_price(model: str, overrides: Mapping[str, Price] | None = None) -> Price | None:
+    """The price of ``model``'s requests sent through the provider's Batch API: an override under
+    ``"batch:<model>"`` (then ``"batch:ft:<base>"`` for a fine-tuned model, ``"batch:<base>"`` for
+    a dated one), else the live price (``lookup_price``, overrides included) times
+    ``BATCH_DISCOUNT``; None when the model's price is unknown (never guessed)."""
+    if overrides:
+        base = base_model(model)
+        keys = [model, f"ft:{base}"] if model.startswith("ft:") else [model, base]
+        for key in keys:
+            if BATCH_PREFIX + key in overrides:
+                return overrides[BATCH_PREFIX + key]
+    live = lookup_price(model, overrides)
+    return discounted(live) if live is not None else None
 
 
 def cost(usage: Usage, price: Price | None) -> float | None:

@@ -17,7 +17,7 @@ from . import _redact, local
 from ._delimiters import RENDER_VERSION
 from ._errors import ConfigError, TemplateError
 from ._examples import Example, ExampleSelector, coerce_examples
-from ._pricing import Price
+from ._pricing import Price, batch_price, discounted
 from ._prompts import PromptTemplate, check_instructions, load_template
 from ._schema import canonical_json, short_hash
 
@@ -79,6 +79,13 @@ class Tier:
     # appended to its system message (see _prompts); part of the prompt's identity
     instructions: str | None = None
     price: Price | None = None  # overrides the price table for this tier
+    # how the tier's requests go: "live" (one HTTP call each) or "batch" (the provider's Batch API,
+    # in waves); None: the run's choice (--via, WaveRunner(via=)). Not part of the tier's identity:
+    # the same request either way, so switching it does not re-extract anything
+    via: str | None = None
+    # the price of its batch requests; None: ``price`` x BATCH_DISCOUNT when ``price`` is set, else
+    # the price table's batch price (``_pricing.batch_price``); not part of the identity either
+    batch_price: Price | None = None
     transport: str = "httpx"  # or "aiohttp" (faster with many requests in flight)
     extra_body: Mapping[str, Any] | None = None  # passed through to the request
     # extra HTTP headers on every request (a gateway's routing or auth header): not part of the
@@ -123,8 +130,24 @@ class Tier:
             object.__setattr__(self, "prompt", template.with_instructions(instructions))
         except TemplateError as exc:
             raise TemplateError(f"tier {self.name}: {exc}") from None
+        if self.via not in (None, "live", "batch"):
+            raise ConfigError(f'tier {self.name}: via must be "live" or "batch", got {self.via!r}')
+        if self.is_local and self.via == "batch":
+            raise ConfigError(f'tier {self.name}: the bundled local model has no Batch API: set via = "live" '
+                              "on it (or leave via out)")  # fmt: skip
         if self.is_local and self.price is None:
             object.__setattr__(self, "price", local.PRICE)
+
+    def resolved_batch_price(self, prices: Mapping[str, Price] | None = None) -> Price | None:
+        """The price of this tier's batch requests: ``batch_price`` when set, else its own ``price``
+        at the batch discount when that is set, else the price table's batch price for its model
+        (``prices``: the extractor's overrides, ``"batch:<model>"`` keys included); None when
+        unknown (a batch attempt's cost is then unknown, never guessed)."""
+        if self.batch_price is not None:
+            return self.batch_price
+        if self.price is not None:
+            return discounted(self.price)
+        return batch_price(self.model, prices)
 
     @property
     def is_local(self) -> bool:
@@ -178,7 +201,8 @@ class Tier:
         A tier bound to a schema adds what only the schema decides (the examples as validated,
         the output bound): ``BoundTier.describe()`` is the tier's identity in ``config_hash``.
         Left out, because they do not change an answer: the API key and ``api_key_env``,
-        ``timeout_s``, ``transport``, ``price``, ``headers`` and file paths (the prompt is
+        ``timeout_s``, ``transport``, ``price``, ``batch_price``, ``via`` (live or batch: the same
+        request either way), ``headers`` and file paths (the prompt is
         identified by its source, examples by their content). ``max_reasks`` is in: it changes
         the final result.
         """

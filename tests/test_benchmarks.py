@@ -16,9 +16,9 @@ from benchmarks.stub_server import FAULT_KINDS
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ["bench_overhead", "bench_throughput", "bench_ratelimit", "bench_resume", "bench_memory",
             "bench_report", "bench_fewshot", "bench_faults", "bench_kill", "bench_workers",
-            "bench_crash", "bench_shared_limit"]  # fmt: skip
+            "bench_crash", "bench_shared_limit", "bench_waves"]  # fmt: skip
 # checks rather than timings: they exit 3 when a check fails (the figures are still written)
-CHECKS = ["bench_faults", "bench_kill"]
+CHECKS = ["bench_faults", "bench_kill", "bench_waves"]
 
 
 @pytest.mark.parametrize("name", [s for s in SCRIPTS if s not in CHECKS])
@@ -69,5 +69,7 @@ def test_check_benchmark_runs_at_tiny_size(name, tmp_path):
         assert isinstance(row["value"], (int, float)), row
     if name == "bench_faults":  # one document per fault kind: each was injected and looked for
         assert {k["fault"] for k in data["faults"] if k["injected"]} == {"none", *FAULT_KINDS}
+    elif name == "bench_waves":  # killed twice (wave 1 submitted, wave 2 mid-ingest), then resumed
+        assert data["kills"][0]["killed"] and data["kills"][-1]["exit"] == 0 and data["waves"]
     else:
         assert data["figures"]["requests_answered"] >= data["settings"]["documents"]

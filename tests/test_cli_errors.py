@@ -124,6 +124,16 @@ COMMANDS: dict[str, dict[str, Cmd | None]] = {
         BAD_OUT: None,
         NO_CONFIG: lambda cfg: ["status", "-c", cfg],
     },
+    "batch status": {
+        BAD_LEDGER: lambda led: ["batch", "status", "--ledger", led],
+        BAD_OUT: None,
+        NO_CONFIG: lambda cfg: ["batch", "status", "-c", cfg],
+    },
+    "batch cancel": {
+        BAD_LEDGER: lambda led: ["batch", "cancel", "-c", "cfg.toml", "--all", "--ledger", led],
+        BAD_OUT: None,
+        NO_CONFIG: lambda cfg: ["batch", "cancel", "--all", "-c", cfg],
+    },
     "examples harvest": {
         BAD_LEDGER: lambda led: ["examples", "harvest", "-c", "cfg.toml", "--ledger", led],
         BAD_OUT: lambda out: ["examples", "harvest", "-c", "cfg.toml", "--ledger", "good.sqlite3", "-o", out],

@@ -180,9 +180,10 @@ def test_a_part_from_building_to_ingested(ledger_target):
         assert ledger.open_batch_jobs() == [] and [j.id for j in ledger.batch_jobs(limit=5)] == [job.id]
         pending = {it.document_sha256[-2:]: it for it in ledger.pending_batch_items(SCHEMA, CONFIG)}
         assert sorted(pending) == ["d0", "d2"] and {it.wave for it in pending.values()} == {2}
-        assert pending["d0"].tier_state_json == '{"reasks": 1}' and pending["d0"].attempts == (
-            dataclasses.replace(first) if type(first) is Attempt else attempts_from_json(attempts_to_json([first]))
-        )
+        assert pending["d0"].tier_state_json == '{"reasks": 1}'
+        assert pending["d0"].attempts == attempts_from_json(attempts_to_json([first]))
+        if type(first) is Attempt:  # Attempt has via / live_cost_usd: they round-trip
+            assert pending["d0"].attempts == (first,)
         assert pending["d2"].tier_state_json == items[2].tier_state_json and pending["d2"].attempts == ()
         assert pending["d2"].source_bytes == b"docs/d2.txt" and pending["d2"].doc_type == "txt"
         assert count(ledger, "SELECT COUNT(*) FROM batch_items WHERE state = 'answered' AND tier_state_json = '{}'") == 2

@@ -293,8 +293,10 @@ def test_max_cost_stops_submitting(docs: Path, tmp_path: Path) -> None:
         done = run(WaveRunner(ex, ledger, poll_s=0, max_cost=10.0), [docs])
         assert done.status == "done" and done.ok == 5
         assert done.cost_usd is not None and 0 < done.cost_usd < 10.0
+        unpriced = Extractor(Invoice, [ZeroShot(model="acme-x", price=price)])
+        unpriced.steps("zero_shot").batch_price = None  # a tier's price now gives its batch price (x 0.5)
         with pytest.raises(ConfigError, match="batch price"):
-            WaveRunner(Extractor(Invoice, [ZeroShot(model="acme-x", price=price)]), ledger, max_cost=1.0)
+            WaveRunner(unpriced, ledger, max_cost=1.0)
 
 
 def test_a_request_over_the_context_is_recorded_not_sent(tmp_path: Path) -> None:

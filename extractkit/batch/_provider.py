@@ -153,6 +153,11 @@ class BatchProvider:
                     raise BatchError(
                         f"{what}: {_short(big)}", url=self.url, status_code=big.status_code
                     ) from None
+                if tries >= self.policy.max_attempts and _retry.is_connection_failure(exc):
+                    raise ProviderUnreachable(  # as live: nobody answered, exit 3, a rerun continues
+                        f"{what}: the provider at {self.url} did not answer {plural(tries, 'try', 'tries')}: "
+                        f"{_short(exc)}", url=self.url, failures=tries,
+                    ) from None  # fmt: skip
                 if not _transient(exc) or tries >= self.policy.max_attempts:
                     raise BatchError(
                         f"{what} at {self.url} failed after {plural(tries, 'try', 'tries')}: {_short(exc)}",

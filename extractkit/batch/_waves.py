@@ -42,7 +42,7 @@ from openai.types.chat import ChatCompletion
 from pydantic import ValidationError
 
 from .. import _retry
-from .._errors import ConfigError, DocumentError
+from .._errors import ConfigError, DocumentError, ProviderRefused, ProviderUnreachable
 from .._results import Attempt, Result
 from .._steps import Answer, Failure, NextKind, TierState
 from ..ledger import ItemOutcome, NewBatchItem, NewBatchJob
@@ -75,7 +75,7 @@ from ._provider import (
     request_counts,
     write_parts,
 )
-from ._runner import STOPPED_MAX_COST, BatchSummary, DocResult, _load, retry_reason
+from ._runner import STOPPED, STOPPED_MAX_COST, BatchSummary, DocResult, _load, retry_reason
 
 if TYPE_CHECKING:
     from openai.types import Batch
@@ -278,6 +278,12 @@ class WaveRunner:
                     " submitted (the documents left are pending in the ledger); run the same command again"
                     " to continue them"
                 )
+        except ProviderUnreachable as exc:  # as BatchRunner: a summary naming the URL, not a traceback
+            status, summary.provider_url = STOPPED, exc.url
+            said = str(exc) if exc.url in str(exc) else f"provider unreachable at {exc.url}: {exc}"
+            refused = isinstance(exc, ProviderRefused)
+            when = "once the key is right" if refused else "when the provider answers"
+            summary.error = f"{said}; stopped: the waves are kept in the ledger; run the same command {when}"
         except Exception:
             status = "failed"
             raise

@@ -190,6 +190,15 @@ def extract(
                                    "before each document: the documents already in flight (up to "
                                    "--concurrency) finish and may pass it. Every tier needs a known price.")
     ] = None,
+    via: Annotated[
+        str | None, typer.Option("--via", metavar="live|batch", help="How tiers without their own `via` "
+                                 "send: live (default) or batch (the provider's Batch API, in waves, at its "
+                                 "batch price; a rerun continues the waves). See `extractkit batch status`.")
+    ] = None,
+    poll: Annotated[
+        float | None, typer.Option("--poll", min=0, metavar="SECONDS", help="With batch tiers: seconds "
+                                   "between polls of the open batches (default 30).")
+    ] = None,
 ) -> None:
     """Extract from every document under PATHS; record every attempt in the ledger.
 
@@ -212,6 +221,9 @@ def extract(
     from ._ledger_opt import ledger_choice, open_ledger
 
     extractor, cfg = build(config, schema, resolve_keys=not dry_run)  # a dry run needs no key
+    from ._batch import extract_via_batch, tier_vias
+
+    vias = tier_vias(extractor, via)  # per tier: its own `via`, else --via, else live
     sources = [as_source(p) for p in paths]  # scheme://... is a URI (s3://bucket/prefix)
     for p in sources:
         if not isinstance(p, URI) and not p.exists() and not p.is_symlink():
@@ -228,6 +240,12 @@ def extract(
                                  max_cost=max_cost, as_json=as_json))  # fmt: skip
     if out_path is not None:
         check_writable(out_path)  # before a run is started: never leave a run `running`
+    if "batch" in vias.values():  # the wave driver (either ledger engine; no work queue)
+        raise typer.Exit(extract_via_batch(
+            extractor, cfg, ledger_path, sources, vias=vias, out_path=out_path, force=force,
+            retry_failed=retry_failed, include=include, as_json=as_json, max_cost=max_cost,
+            concurrency=concurrency, poll_s=poll,
+        ))  # fmt: skip
     if ledger_choice(ledger_path, cfg).is_url:  # a shared ledger: enqueue, then one local worker
         from ._work import extract_shared
 

@@ -156,6 +156,9 @@ def enqueue(
     from ._build import build
 
     extractor, cfg = build(Path(config) if config else None, schema, resolve_keys=False)
+    from ._batch import refuse_batch_tiers
+
+    refuse_batch_tiers(extractor, "enqueue")
     from ..batch import URI, as_source
 
     sources = [as_source(p) for p in paths]  # scheme://... is a URI (s3://bucket/prefix)
@@ -231,6 +234,9 @@ def worker(
     from ._build import build
 
     extractor, cfg = build(Path(config) if config else None, schema)
+    from ._batch import refuse_batch_tiers
+
+    refuse_batch_tiers(extractor, "worker")
     led, queue = open_shared(ledger, cfg, outage_limit_s=outage_limit)
     reasons: dict[str, str] = {}  # path -> why it was not extracted, as `extract` prints it
     signals: list[int] = []

@@ -175,6 +175,12 @@ def window_case(windows: dict[str, float]) -> str:
             f" WHEN r.ahour >= {b0} AND r.ahour + r.span <= {b1} THEN 'b' ELSE '' END")  # fmt: skip
 
 
+# per way (live | batch | mixed): documents, valid ones, cost and what they cost or would have cost live
+ROLLUP_WAYS = """
+SELECT r.via, SUM(r.n) AS n, SUM(r.ok) AS ok, SUM(r.cost) AS cost, SUM(r.unpriced) AS unpriced,
+       SUM(r.live_cost) AS live_cost, SUM(r.live_unpriced) AS live_unpriced FROM {source} r
+GROUP BY r.via HAVING SUM(r.n) > 0"""
+
 ROLLUP_LATENCY = """
 SELECT r.tier, r.bucket, SUM(r.n) AS n, SUM(r.total) AS total FROM {source} r
 GROUP BY r.tier, r.bucket HAVING SUM(r.n) > 0"""

@@ -62,6 +62,7 @@ from ._model import (
     Unresolved,
     UnresolvedExample,
     ValueCount,
+    Way,
     Window,
 )
 from ._rollup import EXAMPLES, percentile_of, read_parts, scope_member
@@ -161,6 +162,15 @@ SELECT CAST(created_at / 86400 AS INTEGER) AS day, config_hash, schema_hash, tie
 FROM {latest} GROUP BY 1, 2, 3, 4, 5, 6""",
     "ledger_extractions": """
 SELECT COUNT(*) AS n FROM extractions""",
+    # per way (live | batch | mixed): the rollups' rule (``ledger._rollups.Sums.extraction``)
+    "ways": """
+SELECT w.via, COUNT(*) AS n, TOTAL(w.status = 'ok') AS ok, TOTAL(w.cost_usd) AS cost,
+       TOTAL(w.cost_usd IS NULL) AS unpriced, TOTAL(w.live) AS live_cost,
+       TOTAL(w.live IS NULL) AS live_unpriced
+FROM (SELECT COALESCE(e.via, 'live') AS via, l.status, l.cost_usd,
+             CASE WHEN COALESCE(e.via, 'live') = 'live' THEN l.cost_usd ELSE e.live_cost_usd END AS live
+      FROM {latest} l JOIN extractions e ON e.id = l.id) w
+GROUP BY w.via ORDER BY w.via""",
     "served_models": """
 SELECT tier, model, served_model, fingerprint, first_seen, last_seen FROM served_models
 ORDER BY tier, first_seen""",
@@ -438,6 +448,7 @@ class _Rows:
     version_pairs: list[dict[str, Any]] = field(default_factory=list)  # documents two configs shared
     values: dict[str, list[dict[str, Any]]] | None = None  # rejected values apart from the counts (rollups)
     latency: dict[str, dict[int, list[float]]] | None = None  # rollups: buckets per tier ('' documents)
+    ways: list[dict[str, Any]] = field(default_factory=list)  # per way: n, ok, cost, unpriced, live_cost, ...
 
 
 def read_rows(ledger: Ledger, scope: Scope, windows: dict[str, float]) -> _Rows:
@@ -503,6 +514,7 @@ def read_rows_rollup(ledger: Ledger, scope: Scope, windows: dict[str, float]) ->
         document_errors=document_errors, store_text=ledger.store_text, queries=queries,
         sampled=Sampled(attempt_latency_every=1, document_latency_every=1),
         version_stats=version_stats, version_pairs=version_pairs, latency=parts.latency, values=values,
+        ways=parts.ways,
     )  # fmt: skip
 
 
@@ -609,6 +621,7 @@ def read_rows_full(ledger: Ledger, scope: Scope, windows: dict[str, float]) -> _
             for r in q.run("field_failures", field_sql, {**p, "limit": limit, "with_values": with_values}):
                 field_rows.setdefault(r["tier"], []).append(r)
         examples = q("unresolved_examples")
+        ways = q("ways")
         version_stats, version_pairs = versions_rows(q, docs, chains, groups)
     finally:
         q.close()
@@ -621,7 +634,7 @@ def read_rows_full(ledger: Ledger, scope: Scope, windows: dict[str, float]) -> _
         served=served, ungrounded_fields=ungrounded_fields, field_rows=field_rows, examples=examples,
         document_errors=document_errors, store_text=ledger.store_text, queries=q.queries,
         sampled=Sampled(attempt_latency_every=k_att, document_latency_every=k_doc),
-        version_stats=version_stats, version_pairs=version_pairs,
+        version_stats=version_stats, version_pairs=version_pairs, ways=ways,
     )  # fmt: skip
 
 
@@ -883,6 +896,7 @@ def read_report(
     checklist = checklist_of(tiers, totals, unresolved, rows.document_errors, rescue, verdicts, versions,
                              economics, target_success)  # fmt: skip
     return Report(
+        **ways_of(rows.ways),
         scope=ReportScope(**scope.__dict__, as_of=now),
         economics=economics,
         totals=totals,
@@ -902,6 +916,35 @@ def read_report(
         notes=notes(tiers, economics, local=local_tiers(rows), chains=len(rows.chains)),
         queries=tuple(Query(**x) for x in rows.queries),
     )
+
+
+def ways_of(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Cost per valid extraction by way (live / batch / mixed) and the Batch API's saving: what the
+    batch and mixed documents' attempts would have cost live minus what they cost (None when a
+    price is unknown), and their cost as a share of that. Nothing when no attempt went by batch:
+    a live-only report is as before."""
+    if not any(r["via"] != "live" and r["n"] for r in rows):
+        return {}
+    ways = []
+    for r in sorted(rows, key=lambda r: WAY_ORDER.get(r["via"], len(WAY_ORDER))):
+        n, ok = _i(r["n"]), _i(r["ok"])
+        if not n:
+            continue
+        cost = None if r["unpriced"] else float(r["cost"])
+        ways.append(Way(via=r["via"], documents=n, ok=ok, cost_usd=cost,
+                        cost_per_valid_usd=cost / ok if cost is not None and ok else None,
+                        live_cost_usd=None if r["live_unpriced"] else float(r["live_cost"])))  # fmt: skip
+    batched = [w for w in ways if w.via != "live"]
+    saving = ratio = None
+    if all(w.cost_usd is not None and w.live_cost_usd is not None for w in batched):
+        spent = sum(w.cost_usd or 0.0 for w in batched)
+        live = sum(w.live_cost_usd or 0.0 for w in batched)
+        saving = round(live - spent, 10)
+        ratio = spent / live if live else None
+    return {"ways": tuple(ways), "saving_usd": saving, "saving_ratio": ratio}
+
+
+WAY_ORDER = {"live": 0, "batch": 1, "mixed": 2}
 
 
 class ReportOptions(TypedDict, total=False):

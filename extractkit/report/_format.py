@@ -48,3 +48,12 @@ def short_version(version: str) -> str:
     """A version as a sentence or the terminal shows it: a hash's first 12 characters, a setting
     (``k=3 select=similar``) or a placeholder as it is."""
     return version if " " in version or "(" in version else version[:12]
+
+
+def saving_line(saving: float | None, ratio: float | None) -> str:
+    """The Batch API's saving in words: what the batch attempts would have cost live minus what they
+    cost, and their cost as a share of the live price."""
+    if saving is None:
+        return "saving by batch: unknown (a price is missing)"
+    share = f" ({ratio:.0%} of the live price)" if ratio is not None else ""
+    return f"saving by batch: {money(saving)}{share}"

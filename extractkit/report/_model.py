@@ -21,6 +21,8 @@
     ├── versions: Versions              per tier, each prompt / examples / k-select version, compared
     ├── checklist: Checklist            the cheap things, tried or not, before the fine-tuned verdict
     ├── notes: (str, ...)
+    ├── ways: (Way, ...)                by way (live / batch / mixed): only when batch attempts exist
+    ├── saving_usd, saving_ratio        what the Batch API saved (only then too)
     └── queries: (Query, ...)           every SQL query run, with its parameters
 
 Pydantic (already a dependency) rather than dataclasses: one ``model_dump`` gives the JSON form
@@ -298,9 +300,22 @@ class Query(Value):
     params: tuple[Any, ...] | dict[str, Any]  # positional or named, as the query takes them
 
 
-class Report(Value):
+class Way(Value):
+    """The documents in scope whose attempts went one way: ``live``, ``batch`` (the provider's Batch
+    API) or ``mixed`` (some of each, e.g. a batch tier then a live one)."""
+
+    via: str
+    documents: int
+    ok: int
+    cost_usd: float | None  # None when some attempt had no price
+    cost_per_valid_usd: float | None
+    live_cost_usd: float | None  # what the same attempts cost, or would have cost, live; None: unknown
+
+
+class Report(Sparse):
     """Everything ``extractkit report`` shows. ``to_dict()`` is the ``--json`` output (before
-    redaction); ``Report.from_dict`` reads it back."""
+    redaction); ``Report.from_dict`` reads it back. ``ways``, ``saving_usd`` and ``saving_ratio``
+    are there only when the scope holds batch attempts (a live-only report is as before)."""
 
     scope: ReportScope
     economics: Economics
@@ -320,6 +335,11 @@ class Report(Value):
     checklist: Checklist
     notes: tuple[str, ...]
     queries: tuple[Query, ...]
+    ways: tuple[Way, ...] = ()  # live, batch, mixed (those with documents)
+    # what the batch and mixed documents' attempts would have cost live minus what they cost
+    # (None: a price unknown), and what they cost as a share of that
+    saving_usd: float | None = None
+    saving_ratio: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The report as plain data (lists and dicts), the keys the ``--json`` output has."""

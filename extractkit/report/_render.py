@@ -18,7 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .._words import plural
-from ._format import count, first_line, money, pct, per_valid, secs, short_version, when
+from ._format import count, first_line, money, pct, per_valid, saving_line, secs, short_version, when
 from ._model import Checklist, Report, Unresolved, ValueCount, Versions
 from ._verdict import Verdict
 
@@ -158,6 +158,22 @@ def print_versions(versions: Versions, console: Console) -> None:
     console.print(pairs)
 
 
+def print_ways(report: Report, console: Console) -> None:
+    """Cost per valid extraction by way (live / batch / mixed) and the saving: only when some
+    attempts went by the Batch API."""
+    if not report.ways:
+        return
+    table = Table(title="by way (live requests or the provider's Batch API)", title_justify="left",
+                  box=box.SIMPLE_HEAD)  # fmt: skip
+    for c in ("way", "documents", "valid", "cost", "per valid", "at live prices"):
+        table.add_column(c, justify="left" if c == "way" else "right", no_wrap=True)
+    for w in report.ways:
+        table.add_row(Text(w.via), str(w.documents), str(w.ok), money(w.cost_usd),
+                      per_valid(w.cost_per_valid_usd, w.ok, "-"), money(w.live_cost_usd))  # fmt: skip
+    console.print(table)
+    console.print(saving_line(report.saving_usd, report.saving_ratio), markup=False, highlight=False)
+
+
 def print_report(data: Report | dict[str, Any], console: Console, by: str = "tier") -> None:
     """The report in the terminal (a Report, or its plain data as ``--json`` prints it). ``by``:
     ``prompt`` shows the prompt versions in full, then the checklist; ``checklist`` the checklist alone."""
@@ -235,6 +251,7 @@ def print_report(data: Report | dict[str, Any], console: Console, by: str = "tie
         more = unresolved_more(un, TERMINAL_UNRESOLVED)
         if more:
             console.print(f"  {more}", markup=False, highlight=False)
+    print_ways(report, console)
     print_field_failures(report, console)
     print_document_errors(report, console)
     econ = report.economics

@@ -52,6 +52,8 @@ class Parts:
         default_factory=dict
     )  # (tier, outcome, loc, ungrounded)
     edges: list[int] = field(default_factory=list)
+    # per way (extractions.via: live | batch | mixed): n, ok, cost, unpriced, live_cost, live_unpriced
+    ways: list[dict[str, Any]] = field(default_factory=list)
     examples_from: float | None = None  # the most recent unresolved documents were created from then on
     # a --run scope whose extractions were never superseded (by any run): its members are the run's
     # current extractions, read by ``superseded_by IS NULL`` and the attempts' ``current`` flag
@@ -82,6 +84,18 @@ class _Acc:
         self.att: dict[tuple[str, str, str], dict[str, Any]] = {}
         self.latency: dict[str, dict[int, list[float]]] = {}
         self.fields: dict[tuple[str, str, Any, int], int] = {}
+        self.ways: dict[str, dict[str, Any]] = {}
+
+    def way(self, via: str, n: int, ok: int, cost: float, unpriced: int, live_cost: float,
+            live_unpriced: int) -> None:  # fmt: skip
+        w = self.ways.setdefault(via, {"via": via, "n": 0, "ok": 0, "cost": 0.0, "unpriced": 0,
+                                       "live_cost": 0.0, "live_unpriced": 0})  # fmt: skip
+        w["n"] += n
+        w["ok"] += ok
+        w["cost"] += cost
+        w["unpriced"] += unpriced
+        w["live_cost"] += live_cost
+        w["live_unpriced"] += live_unpriced
 
     def doc(self, key: tuple[Any, ...], n: int, cost: float, unpriced: int, prompt: int, completion: int,
             first: float, last: float) -> None:  # fmt: skip
@@ -155,6 +169,11 @@ class _Acc:
                 g[f"{p}_cost"] += float(r["cost"])
                 g[f"{p}_cost_sq"] += float(r["cost_sq"])
 
+    def rollup_ways(self, rows: list[Any]) -> None:
+        for r in rows:
+            self.way(r["via"], int(r["n"]), int(r["ok"]), float(r["cost"]), int(r["unpriced"]),
+                     float(r["live_cost"]), int(r["live_unpriced"]))  # fmt: skip
+
     def rollup_latency(self, rows: list[Any]) -> None:
         for r in rows:
             self.bucket(r["tier"], int(r["bucket"]), int(r["n"]), float(r["total"]))
@@ -177,6 +196,10 @@ class _Acc:
                      int(e["completion_tokens"] or 0), t, t)  # fmt: skip
             if e["latency_s"] is not None:
                 self.bucket("", rollup_bucket(e["latency_s"]), 1, e["latency_s"])
+            via = e["via"] or "live"  # the rollups' rule (``_rollups.Sums.extraction``)
+            live = cost if via == "live" else e["live_cost_usd"]
+            self.way(via, 1, int(e["status"] == "ok"), cost or 0.0, int(cost is None), live or 0.0,
+                     int(live is None))  # fmt: skip
         return config_of
 
     def attempts(self, rows: Any, config_of: dict[str, str]) -> None:
@@ -243,8 +266,9 @@ class _Acc:
         by_config.sort(key=lambda r: (r["config_hash"], r["tier"], r["outcome"]))
         for g in out + by_config:
             g["models"] = ",".join(sorted(m for m in g["models"] if m))
+        ways = [w for _, w in sorted(self.ways.items()) if w["n"]]
         return Parts(docs=docs, groups=out, by_config=by_config, latency=self.latency, fields=self.fields,
-                     edges=edges)  # fmt: skip
+                     edges=edges, ways=ways)  # fmt: skip
 
 
 def _dicts(rows: Any) -> list[dict[str, Any]]:
@@ -334,6 +358,7 @@ def read_parts(ledger: Any, scope: Any, windows: dict[str, float], run: Any) -> 
     acc.rollup_attempts(read("rollup_attempts", "rollup_attempts", q.ROLLUP_ATTEMPTS))
     acc.rollup_latency(read("rollup_latency", "rollup_latency", q.ROLLUP_LATENCY))
     acc.rollup_fields(read("rollup_fields", "rollup_fields", q.ROLLUP_FIELDS))
+    acc.rollup_ways(read("rollup_ways", "rollup_ways", q.ROLLUP_WAYS))
     # 5. the edges from the plain tables
     if edges:
         member, member_params = scope_member(scope, run_current)

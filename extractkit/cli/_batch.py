@@ -1,0 +1,260 @@
+"""`extractkit extract --via batch` (the run) and `extractkit batch status | cancel`: the chain
+through the provider's Batch API in waves (``batch/_waves.py``), its state in the ledger
+(``ledger/_waves.py``). Errors go through the one handler (``_app.error_exit``)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from .._errors import ConfigError
+from .._words import plural
+from ._app import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_UNREACHABLE,
+    _narrow_table,
+    _print_summary,
+    app,
+    err,
+    fail_usage,
+    out,
+)
+from ._ledger_opt import ConfigOpt, LedgerOpt
+
+WAYS = ("live", "batch")
+DEFAULT_POLL_S = 30.0
+
+batch_app = typer.Typer(help="The provider's Batch API waves of `extract --via batch`: status, cancel.",
+                        no_args_is_help=True)  # fmt: skip
+app.add_typer(batch_app, name="batch")
+
+
+def tier_vias(extractor: Any, via: str | None) -> dict[str, str]:
+    """How each tier runs: its own ``via`` (config), else ``via`` (--via), else live."""
+    if via is not None and via not in WAYS:
+        raise fail_usage(f'--via must be "live" or "batch", got {via!r}')
+    return {t.name: getattr(t, "via", None) or via or "live" for t in extractor.tiers}
+
+
+def batch_tiers(extractor: Any) -> list[str]:
+    """The tiers whose config says ``via = "batch"``."""
+    return [t.name for t in extractor.tiers if getattr(t, "via", None) == "batch"]
+
+
+def refuse_batch_tiers(extractor: Any, command: str) -> None:
+    """`worker` / `enqueue`: the work queue sends live; a tier set to batch is a usage error."""
+    names = batch_tiers(extractor)
+    if names:
+        raise fail_usage(
+            f"`extractkit {command}` sends every request live (the work queue has no Batch API waves), "
+            f"and {plural(len(names), 'tier', 'tiers').split(' ', 1)[1]} {', '.join(map(repr, names))} "
+            f"{'say' if len(names) > 1 else 'says'} via = \"batch\": "
+            "run `extractkit extract DOCS -c CONFIG --via batch` instead, or set via = \"live\""
+        )
+
+
+def extract_via_batch(
+    extractor: Any, cfg: Any, ledger_path: str | None, sources: list[Any], *, vias: dict[str, str],
+    out_path: Path | None, force: bool, retry_failed: bool, include: list[str] | None, as_json: bool,
+    max_cost: float | None, concurrency: int | None, poll_s: float | None,
+) -> int:  # fmt: skip
+    """`extract --via batch`: the WaveRunner on the ledger (SQLite or PostgreSQL: no work queue);
+    the same --out lines, summary and exit codes as `extract`."""
+    from ..batch import WaveRunner
+    from ._ledger_opt import open_ledger
+
+    poll = poll_s if poll_s is not None else getattr(cfg.batch, "poll_s", DEFAULT_POLL_S)
+    with open_ledger(ledger_path, cfg) as ledger:
+        runner = WaveRunner(
+            extractor, ledger, via="batch", tier_via=vias, poll_s=poll,
+            concurrency=concurrency or cfg.batch.concurrency, force=force, retry_failed=retry_failed,
+            out=out_path, include=include, max_cost=max_cost, max_bytes=cfg.batch.max_bytes,
+            max_chars=cfg.batch.max_chars,
+        )  # fmt: skip
+        details: dict[str, str] = {}
+
+        def on_result(r: Any, s: Any) -> None:
+            if r.status != "ok":
+                details[r.path] = r.error or r.outcome or r.status
+            if not as_json:
+                err.print(f"{r.status:6} {r.tier or r.outcome or '':16} {r.path}", highlight=False)
+
+        def on_wave(e: Any) -> None:
+            if not as_json and e.event in ("submitted", "ingested"):
+                err.print(f"wave {e.wave} part {e.part} ({e.tier}, {plural(e.lines, 'line')}): {e.event} "
+                          f"[{e.status}] {e.provider_batch_id or ''}", highlight=False)  # fmt: skip
+
+        runner.on_result, runner.on_wave = on_result, on_wave
+
+        async def run() -> Any:
+            async with extractor:
+                return await runner.run(list(sources))
+
+        try:
+            summary = asyncio.run(run())
+        except KeyboardInterrupt:
+            err.print("[yellow]interrupted[/]: the submitted batches and finished documents are kept in the "
+                      "ledger; run the same command again to continue the waves.")  # fmt: skip
+            return EXIT_INTERRUPTED
+        if as_json:
+            print(json.dumps(summary.to_dict(), indent=2))
+        else:
+            _print_summary(summary, ledger, details)
+        if summary.error:
+            err.print("[bold red]error:[/]", end=" ")
+            err.print(summary.error, highlight=False, markup=False, soft_wrap=True)
+            return EXIT_FAILED if summary.status == "stopped_max_cost" else EXIT_UNREACHABLE
+        return EXIT_OK if not summary.failed_paths else EXIT_FAILED
+
+
+def _chain_keys(config: Path | None, schema: str | None) -> tuple[Any, Any, Any]:
+    """(extractor or None, cfg or None, (schema_hash, config_hash) or (None, None)): the chain of
+    -c CONFIG (or ./extractkit.toml), else every chain of the ledger."""
+    from ._build import build
+    from ._ledger_opt import DEFAULT_CONFIG
+
+    if config is None and not DEFAULT_CONFIG.is_file():
+        return None, None, (None, None)
+    extractor, cfg = build(config, schema, resolve_keys=False)
+    return extractor, cfg, (extractor.schema_hash, extractor.config_hash)
+
+
+def _iso(t: float | None) -> str | None:
+    return None if t is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+def _part(job: Any) -> dict[str, Any]:
+    d = dataclasses.asdict(job)
+    d["provider_batch_id"] = job.provider_batch_id
+    for k in ("created_at", "submitted_at", "ended_at", "ingested_at", "updated_at"):
+        d[k] = _iso(d[k])
+    return d
+
+
+@batch_app.command("status")
+def status(
+    config: ConfigOpt = None,
+    schema: Annotated[str | None, typer.Option(help="module:Model, overrides the config.")] = None,
+    ledger_path: LedgerOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show the Batch API waves in the ledger: per wave and part, the tier, model, status, lines,
+    completed and failed (as the provider counts them), documents, provider batch id and times.
+
+    Example: extractkit batch status -c extractkit.toml
+
+    With a config (-c, or ./extractkit.toml) only its chain's waves; without, every chain's.
+    """
+    from ._ledger_opt import open_ledger
+
+    _, cfg, (schema_hash, config_hash) = _chain_keys(config, schema)
+    with open_ledger(ledger_path, cfg, must_exist=True) as ledger:
+        waves = ledger.wave_summary(schema_hash, config_hash)
+        jobs = sorted(ledger.batch_jobs(schema_hash=schema_hash, config_hash=config_hash),
+                      key=lambda j: (j.schema_hash, j.config_hash, j.wave, j.part))  # fmt: skip
+        target = ledger.target
+    if as_json:
+        doc = {
+            "ledger": str(target),
+            "waves": [dict(dataclasses.asdict(w), tiers=list(w.tiers), created_at=_iso(w.created_at),
+                           ended_at=_iso(w.ended_at)) for w in waves],  # fmt: skip
+            "parts": [_part(j) for j in jobs],
+            "open_parts": sum(1 for j in jobs if j.status != "ingested"),
+        }
+        print(json.dumps(doc, indent=2))
+        raise typer.Exit(EXIT_OK)
+    if not waves:
+        out.print(f"no batch waves in {target}" + (" for this chain" if schema_hash else ""), highlight=False)
+        raise typer.Exit(EXIT_OK)
+    table = _narrow_table("waves")
+    for col in ("wave", "tiers", "parts", "open", "lines", "completed", "failed", "docs", "pending", "unrun"):
+        table.add_column(col, justify="left" if col == "tiers" else "right")
+    for w in waves:
+        table.add_row(str(w.wave), ",".join(w.tiers), str(w.parts), str(w.open_parts), str(w.lines),
+                      str(w.completed), str(w.failed), str(w.documents), str(w.pending + w.sent),
+                      str(w.unrun))  # fmt: skip
+    out.print(table)
+    for j in jobs:  # one line per part: ids and times do not fit a table in 80 columns
+        when = (("submitted", j.submitted_at), ("ended", j.ended_at))
+        times = ", ".join(f"{k} {_iso(v)}" for k, v in when if v)
+        line = (f"wave {j.wave} part {j.part}: {j.tier} ({j.model}) {j.status}, {plural(j.n_lines, 'line')}, "
+                f"{j.n_completed} completed, {j.n_failed} failed, "
+                f"batch {j.provider_batch_id or '-'}")  # fmt: skip
+        out.print(line + (f"; {times}" if times else ""), highlight=False, markup=False, soft_wrap=True)
+    out.print(f"ledger: {target}", highlight=False)
+
+
+@batch_app.command("cancel")
+def cancel(
+    config: ConfigOpt = None,
+    schema: Annotated[str | None, typer.Option(help="module:Model, overrides the config.")] = None,
+    ledger_path: LedgerOpt = None,
+    wave: Annotated[int | None, typer.Option("--wave", min=1, help="Cancel this wave's open batches.")] = (
+        None
+    ),
+    all_: Annotated[bool, typer.Option("--all", help="Cancel every open batch of the chain.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Cancel the config's open provider batches (a wave, or all). The next `extract --via batch`
+    with the same config reads what they answered and sends the lines they did not run again, in
+    the next wave.
+
+    Example: extractkit batch cancel -c extractkit.toml --all
+    """
+    from ..batch import BatchProvider
+    from ._build import build
+    from ._ledger_opt import open_ledger
+
+    if (wave is None) == (not all_):
+        raise fail_usage("say which batches to cancel: --wave N or --all")
+    extractor, cfg = build(config, schema)  # the keys: the provider is called
+    cancelled: list[dict[str, Any]] = []
+    with open_ledger(ledger_path, cfg, must_exist=True) as ledger:
+        jobs = [j for j in ledger.open_batch_jobs(extractor.schema_hash, extractor.config_hash)
+                if wave is None or j.wave == wave]  # fmt: skip
+        if wave is not None and not jobs:
+            raise ConfigError(f"wave {wave} has no open batch for this chain "
+                              "(`extractkit batch status` lists them)")  # fmt: skip
+
+        async def run() -> None:
+            async with extractor:
+                providers: dict[str, BatchProvider] = {}
+                for job in jobs:
+                    row = {"wave": job.wave, "part": job.part, "tier": job.tier,
+                           "provider_batch_id": job.provider_batch_id, "was": job.status}  # fmt: skip
+                    if job.provider_batch_id is None or job.terminal:
+                        row["status"] = job.status  # nothing to cancel at the provider (not created / ended)
+                        cancelled.append(row)
+                        continue
+                    p = providers.get(job.tier)
+                    if p is None:
+                        client = await extractor._client(extractor.tier(job.tier))
+                        p = providers[job.tier] = BatchProvider(client, retry_policy=extractor.policy.retry,
+                                                                breaker=extractor._breaker)  # fmt: skip
+                    batch = await p.retrieve(job.provider_batch_id)
+                    if batch.status not in ("completed", "failed", "expired", "cancelled", "cancelling"):
+                        batch = await p.cancel(job.provider_batch_id)
+                    await asyncio.to_thread(ledger.batch_job_polled, job.id, batch.status)
+                    row["status"] = batch.status
+                    cancelled.append(row)
+
+        asyncio.run(run())
+    if as_json:
+        print(json.dumps({"parts": cancelled}, indent=2))
+    elif not cancelled:
+        out.print("no open batch for this chain", highlight=False)
+    else:
+        for r in cancelled:
+            out.print(f"wave {r['wave']} part {r['part']} ({r['tier']}) {r['provider_batch_id'] or '-'}: "
+                      f"{r['was']} -> {r['status']}", highlight=False)  # fmt: skip
+        out.print("run the same `extractkit extract --via batch` again: it reads what the cancelled batches "
+                  "answered and sends the rest in the next wave", highlight=False)  # fmt: skip
+    raise typer.Exit(EXIT_OK)
