@@ -5,6 +5,9 @@ from importlib.metadata import version as _version
 
 from ._chain import EscalationPolicy, Extractor
 from ._errors import (
+    BatchError,
+    BatchFailed,
+    BatchUnsupported,
     ConfigError,
     DocumentError,
     ExamplesError,
@@ -39,6 +42,9 @@ except _PackageNotFoundError:  # pragma: no cover - running from a source tree
 
 __all__ = [
     "Attempt",
+    "BatchError",
+    "BatchFailed",
+    "BatchUnsupported",
     "ConfigError",
     "DocumentError",
     "EscalationPolicy",

@@ -33,9 +33,10 @@ from pydantic import BaseModel
 from . import _retry
 from ._errors import ConfigError, DocumentError, ExtractionFailed, ProviderUnreachable
 from ._llm import MAX_RESPONSE_BYTES, TierCall, make_client
-from ._pricing import Price
+from ._pricing import Price, lookup_price
 from ._results import FAILURE_OUTCOMES, Attempt, Outcome, Result
 from ._schema import canonical_json, check_schema, schema_hash, short_hash
+from ._steps import Steps
 from ._sync import LoopThread
 from ._tiers import BoundTier, Tier
 from .ledger import Ledger, RecordingLedger, is_url
@@ -130,6 +131,14 @@ class Extractor(Generic[T]):
         self.schema_hash = schema_hash(self.schema)
         # examples are validated and indexed once, here, not per call
         self._bound = {t.name: BoundTier(t, self.schema) for t in self.tiers}
+        # each tier's attempt steps (request, interpretation, re-ask / retry rules), shared by
+        # the live transport (TierCall) and the batch waves
+        self._steps = {
+            t.name: Steps(self._bound[t.name], schema_hash=self.schema_hash, retry_policy=self.policy.retry,
+                          price=t.price or lookup_price(t.model, self.prices),
+                          batch_price=_batch_price(t, self.prices))  # fmt: skip
+            for t in self.tiers
+        }
         # tiers and policy are frozen: the chain's identity is computed once
         self.config_hash = short_hash(canonical_json(self.describe()))
         # a tier run alone (eval) is identified by itself, not by the chain around it
@@ -156,6 +165,11 @@ class Extractor(Generic[T]):
             "tiers": [self._bound[t.name].describe() for t in self.tiers],  # examples by content
             "escalate_on": sorted(o.value for o in self.policy.escalate_on),
         }
+
+    def steps(self, name: str) -> Steps:
+        """The attempt steps of tier ``name`` (``_steps.Steps``): what the batch waves drive."""
+        self.tier(name)  # a ConfigError naming the tiers when there is none by that name
+        return self._steps[name]
 
     def tier(self, name: str) -> Tier:
         for t in self.tiers:
@@ -348,17 +362,7 @@ class Extractor(Generic[T]):
         unreachable: ProviderUnreachable | None = None
         waited = 0.0  # in the client-side rate limiter's queue: the run's pacing, not this document's latency
         for tier in tiers:
-            call = TierCall(
-                self._bound[tier.name],
-                await self._client(tier),
-                text,
-                retry_policy=self.policy.retry,
-                schema_hash=self.schema_hash,
-                prices=self.prices,
-                limiter=limiter,
-                breaker=self._breaker,
-                max_response_bytes=self.max_response_bytes,
-            )
+            call = await self._tier_call(tier, text, limiter)
             try:
                 got = await call.run()
             except ProviderUnreachable as exc:
@@ -390,6 +394,43 @@ class Extractor(Generic[T]):
             document_sha256=document_sha256(text),
         )
         return result, unreachable
+
+    async def _tier_call(self, tier: Tier, text: str, limiter: Limiter | None) -> TierCall:
+        return TierCall(
+            self._bound[tier.name],
+            await self._client(tier),
+            text,
+            retry_policy=self.policy.retry,
+            schema_hash=self.schema_hash,
+            limiter=limiter,
+            breaker=self._breaker,
+            max_response_bytes=self.max_response_bytes,
+            steps=self._steps[tier.name],
+        )
+
+    async def arun_tier(
+        self, name: str, text: str, limiter: Limiter | None = None
+    ) -> tuple[T | None, list[Attempt]]:
+        """Tier ``name`` alone on ``text`` over HTTP, as the chain runs it: its value (None when
+        the tier failed) and its attempts, numbered from 1. Nothing is recorded and the chain's
+        escalation is not applied (``policy.should_escalate(attempts[-1])`` says whether the next
+        tier would run): the batch waves run a ``via = "live"`` tier this way. Raises
+        ``ProviderUnreachable`` (``ProviderRefused``) as ``aextract`` does, its ``.result``
+        holding the attempts made before it (not recorded)."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be str, got {type(text).__name__}")
+        call = await self._tier_call(self.tier(name), text, limiter)
+        started = time.perf_counter()
+        try:
+            value = await call.run()
+        except ProviderUnreachable as exc:
+            result: Result[T] = Result(
+                value=None, tier=None, attempts=list(call.attempts), schema_hash=self.schema_hash,
+                latency_s=round(max(0.0, time.perf_counter() - started - call.waited_s), 6),
+                document_sha256=document_sha256(text),
+            )  # fmt: skip
+            raise type(exc)(str(exc), url=exc.url, failures=exc.failures, result=result) from exc
+        return value, call.attempts  # type: ignore[return-value]
 
     async def _finish(
         self,
@@ -605,6 +646,19 @@ class Extractor(Generic[T]):
         agen = self.aextract_many(inputs, concurrency=concurrency, rpm=rpm, tpm=tpm, force=force,
                                   retry_failed=retry_failed, include=include)  # fmt: skip
         return _iterate_on(self._sync(), agen)
+
+
+def _batch_price(tier: Tier, prices: Mapping[str, Price] | None) -> Price | None:
+    """The tier's price for batch requests: its own ``batch_price`` when it has one, else the
+    price table's batch price (both from issue 18's pricing; None until they exist: a batch
+    attempt's cost is then unknown, never guessed)."""
+    own = getattr(tier, "batch_price", None)
+    if own is not None:
+        return own  # type: ignore[no-any-return]
+    from . import _pricing
+
+    table = getattr(_pricing, "batch_price", None)
+    return table(tier.model, prices) if table is not None else None  # type: ignore[no-any-return]
 
 
 def _iterate_on(lt: LoopThread, agen: AsyncIterator[Any]) -> Iterator[Any]:

@@ -18,7 +18,10 @@
         ├── ProviderUnreachable        N consecutive connection failures: nothing more is sent
         ├── LocalModelError            the local model server did not start or died
         ├── LedgerUnavailable          the shared (PostgreSQL) ledger did not answer for too long
-        └── FinetuneJobError           the provider rejected or failed a fine-tuning job
+        ├── FinetuneJobError           the provider rejected or failed a fine-tuning job
+        └── BatchError                 a Batch API call failed (upload, create, poll, download)
+            ├── BatchUnsupported       the provider has no Batch API (no /v1/files): names the URL
+            └── BatchFailed            the provider failed a batch (.batch_id, .errors)
 
 Misuse errors are raised before any request is sent. ``ExtractionFailed`` is raised by
 ``Extractor.extract`` only when the extractor was built with ``raise_on_failure=True``;
@@ -145,3 +148,32 @@ class LedgerUnavailable(RunError):
     def __init__(self, message: str, *, seconds: float):
         self.seconds = seconds
         super().__init__(message)
+
+
+class BatchError(RunError):
+    """A Batch API call (upload, create, retrieve, cancel, list, download) failed for good: a
+    refused request, an answer that is not what the endpoint returns, or transient failures that
+    outlasted the retry policy. ``.url`` is the provider's base URL, ``.status_code`` the HTTP
+    status (None: no answer). The message is redacted."""
+
+    def __init__(self, message: str, *, url: str = "", status_code: int | None = None):
+        self.url = url
+        self.status_code = status_code
+        super().__init__(message)
+
+
+class BatchUnsupported(BatchError):
+    """The provider at ``url`` has no Batch API (HTTP 404 on its files endpoint): run the tier
+    with ``via = "live"`` instead."""
+
+
+class BatchFailed(BatchError):
+    """The provider failed a batch (status ``failed``: its input was refused in validation).
+    ``.batch_id``: the provider's id; ``.errors``: its ``errors.data`` (redacted dicts:
+    ``code``, ``message``, ``line``). A batch failed only for a token or rate limit is not an
+    error: its lines go to the next wave."""
+
+    def __init__(self, message: str, *, batch_id: str, errors: list[dict[str, Any]], url: str = ""):
+        self.batch_id = batch_id
+        self.errors = list(errors)
+        super().__init__(message, url=url)

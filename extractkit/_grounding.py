@@ -280,9 +280,10 @@ _CURRENT: ContextVar[SourceIndex | None] = ContextVar("extractkit_grounding_sour
 
 
 @contextmanager
-def grounding_source(text: str) -> Iterator[SourceIndex]:
-    """Validate Grounded fields against ``text`` inside this block (indexed once)."""
-    index = SourceIndex(text)
+def grounding_source(text: str | SourceIndex) -> Iterator[SourceIndex]:
+    """Validate Grounded fields against ``text`` inside this block (indexed once; an index
+    already built is used as it is)."""
+    index = text if isinstance(text, SourceIndex) else SourceIndex(text)
     token = _CURRENT.set(index)
     try:
         yield index

@@ -49,7 +49,9 @@ _URL_SECRET_PARAM = re.compile(
 # a password in the query (``postgresql://u@h/db?password=...``) is masked as the ledger's name
 # masks one in the user info (``ledger._pg.mask``): ``***``, one style for a URL's password
 URL_PASSWORD_MASK = "***"
-_URL_PASSWORD_PARAM = re.compile(r"(?i)([?&](?:password|passwd|pwd)=)(?!\*\*\*(?:[&#\s]|$))[^&#\s]+")
+_URL_PASSWORD_PARAM = re.compile(
+    r"(?i)([?&](?:password|passwd|pwd)=)(?!\*\*\*(?:[&#\s]|:\s|$))[^&#\s]+?(?=[&#\s]|:\s|:$|$)"
+)  # up to the URL's end: "...?password=pw: reason" keeps its ": " (a URL never holds a bare space)
 _NOT_SECRETS = frozenset({"local", "unused", "EMPTY", "none", "dummy"})
 
 _lock = threading.Lock()

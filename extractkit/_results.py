@@ -85,6 +85,8 @@ class Attempt:
     output: str | None = None  # what the model returned (bounded), for debugging
     served_model: str | None = None  # the model the provider says answered (e.g. a dated snapshot)
     fingerprint: str | None = None  # the provider's system_fingerprint, when it sends one
+    via: str = "live"  # how the request went: "live" (one HTTP call) or "batch" (a Batch API line)
+    live_cost_usd: float | None = None  # batch only: what the same tokens cost live (the saving)
 
     @property
     def ok(self) -> bool:

@@ -1,19 +1,21 @@
 """Retry policy for transient API failures: small pure functions, constants in one place.
 
-tenacity drives the loop (``_llm.TierCall._create``); these functions decide what it does:
+The attempt steps (``_steps.Steps.decide``) and the live transport (``_llm.TierCall``) use them:
 what an exception from the HTTP call means (``classify``, by the exception types in its chain of
-causes, never by message text), whether the same request may pass if sent again
-(``is_transient``), how long to wait (``retry_delay``), and when the provider counts as down
-(``CircuitBreaker``).
+causes, never by message text), what an HTTP error status means when no exception was raised (a
+batch error line: ``classify_status``, ``status_error_message``, the same answers as for the
+SDK's exception), whether the same request may pass if sent again (``is_transient``), how long to
+wait (``retry_delay``), and when the provider counts as down (``CircuitBreaker``).
 
-Validation failures are *not* handled here: those are re-asks, done by instructor inside a tier.
-This module decides what to do when the HTTP call itself fails.
+Validation failures are *not* handled here: those are re-asks (``Steps.decide``, instructor's
+re-ask handler). This module decides what to do when the HTTP call itself fails.
 """
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
+import json
 import random
 import socket
 import ssl
@@ -135,12 +137,43 @@ def retry_delay(
     return backoff_delay(attempt, policy, rand)
 
 
-def is_context_overflow(exc: BaseException) -> bool:
-    if not isinstance(exc, openai.APIStatusError) or exc.status_code not in (400, 413):
+def _overflow_said(status: int, code: object, message: str, body: object) -> bool:
+    if status not in (400, 413):
         return False
-    code = getattr(exc, "code", None)
-    text = f"{code} {exc.message} {getattr(exc, 'body', '')}".lower()
+    text = f"{code} {message} {body}".lower()
     return any(marker in text for marker in CONTEXT_OVERFLOW_MARKERS)
+
+
+def is_context_overflow(exc: BaseException) -> bool:
+    if not isinstance(exc, openai.APIStatusError):
+        return False
+    return _overflow_said(exc.status_code, getattr(exc, "code", None), exc.message, getattr(exc, "body", ""))
+
+
+def status_error_message(status: int, body: object) -> tuple[str, object]:
+    """The message and the error body of the SDK's ``APIStatusError`` for an HTTP error reply
+    whose body is ``body`` (its JSON value, or its text; None: empty), built as the openai client
+    builds them (``_make_status_error_from_response``): a batch error line is described exactly
+    as the same reply on the live path."""
+    value: object = body
+    if body is None or isinstance(body, (str, bytes)):
+        text = (body.decode("utf-8", "replace") if isinstance(body, bytes) else body or "").strip()
+        try:
+            value = json.loads(text)
+        except ValueError:
+            return text or f"Error code: {status}", text
+    data = value.get("error", value) if isinstance(value, Mapping) else value
+    return f"Error code: {status} - {value}", data
+
+
+def classify_status(status: int, body: object) -> Outcome:
+    """``classify`` for an HTTP error reply known by its status and body (a batch error line):
+    the outcome the live path records for the same reply."""
+    if status == 429:
+        return Outcome.RATE_LIMITED
+    message, data = status_error_message(status, body)
+    code = data.get("code") if isinstance(data, dict) else None
+    return Outcome.CONTEXT_OVERFLOW if _overflow_said(status, code, message, data) else Outcome.API_ERROR
 
 
 def causes(exc: BaseException) -> Iterator[BaseException]:

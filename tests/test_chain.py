@@ -374,7 +374,7 @@ def test_document_longer_than_context_is_not_sent(mock_api):
 def test_tokens_are_counted_only_when_the_bytes_could_overflow(mock_api, monkeypatch):
     """A prompt has at most one token per UTF-8 byte: a document that fits by that bound is sent
     without tokenizing; one whose bytes exceed the window is counted, and sent when it fits."""
-    import extractkit._llm as llm
+    import extractkit._steps as llm
 
     route = mock_api.post("/chat/completions").mock(return_value=ok())
     counted = []

@@ -18,9 +18,11 @@ from ._loaders import (
 )
 from ._loaders import _kind as doc_type_of  # a file's type by its suffix, SPECIAL for a FIFO/device
 from ._many import ItemResult, aextract_many
+from ._provider import BatchProvider
 from ._runner import BatchRunner, BatchSummary, DocResult
 from ._runner import _load as aload  # load off the event loop (PDF, HTML, large files in a thread)
 from ._sources import URI, is_uri, set_storage_options
+from ._waves import WaveEvent, WaveRunner
 from ._worker import LEASE_S, EnqueueResult, Worker, WorkerSummary, aenqueue
 
 __all__ = [
@@ -31,6 +33,7 @@ __all__ = [
     "SPECIAL",
     "TEXT_TYPES",
     "URI",
+    "BatchProvider",
     "BatchRunner",
     "BatchSummary",
     "DocResult",
@@ -41,6 +44,8 @@ __all__ = [
     "Limiter",
     "RateLimiter",
     "Source",
+    "WaveEvent",
+    "WaveRunner",
     "Worker",
     "WorkerSummary",
     "aenqueue",

@@ -98,6 +98,7 @@ class EnqueueResult:
     unreadable: list[tuple[str, DocumentError]] = field(default_factory=list)
     skipped: int = 0
     shas: dict[str, str] = field(default_factory=dict)
+    given: dict[str, str] = field(default_factory=dict)  # queued source -> the path as it was given
 
     @property
     def documents(self) -> int:
@@ -142,9 +143,13 @@ async def aenqueue(
             except DocumentError as exc:
                 return display_path(path), exc
         # a URI is queued as its text (source_bytes None: a worker opens it with as_source); a local
-        # path as its exact bytes
-        raw = None if isinstance(path, URI) else os.fsencode(path)
-        return QueuedDocument(doc.sha256, doc.path, raw, doc.type, doc.size)
+        # path as its exact bytes, made absolute: a worker in another directory (or on another
+        # machine mounting the same path) must find it
+        if isinstance(path, URI):
+            return QueuedDocument(doc.sha256, doc.path, None, doc.type, doc.size)
+        absolute = Path(os.path.abspath(path))
+        result.given[display_path(absolute)] = doc.path
+        return QueuedDocument(doc.sha256, display_path(absolute), os.fsencode(absolute), doc.type, doc.size)
 
     async def flush(batch: list[tuple[Source, str]]) -> None:
         read_ = await asyncio.gather(*(read(p, t) for p, t in batch))

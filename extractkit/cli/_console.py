@@ -22,6 +22,13 @@ class RedactingConsole(Console):
     rendered text is redacted again before it is written (renderables built elsewhere, such as
     ``Text`` objects and tables)."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if "soft_wrap" not in kwargs and not self.is_terminal:
+            # written to a file or a pipe: one message, one line (grep, log parsers); a terminal
+            # wraps long lines itself. Tables keep their width.
+            self.soft_wrap = True
+
     def render_str(self, text: str, **kwargs: Any) -> Text:
         return super().render_str(redact(text), **kwargs)
 

@@ -9,6 +9,7 @@ in one line when given a SQLite file (one machine needs no queue: ``extractkit e
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import signal
@@ -65,19 +66,28 @@ def shared_ledger_url(ledger: str | None, cfg: Any) -> str:
     )
 
 
-def open_shared(ledger: str | None, cfg: Any) -> tuple[Any, Any]:
-    """(the PostgreSQL ``Ledger``, its ``WorkQueue``): both the caller's to close."""
-    from ..ledger import Ledger, WorkQueue
+def open_shared(ledger: str | None, cfg: Any, *, outage_limit_s: float | None = None) -> tuple[Any, Any]:
+    """(the PostgreSQL ``Ledger``, its ``WorkQueue``): both the caller's to close.
+    ``outage_limit_s`` (a worker's): a database that is down (refusing connections, starting up)
+    is waited for that long, as during a run, then ``LedgerUnavailable`` (exit 1); a wrong
+    password or a missing database still fails at once."""
+    from ..ledger import Ledger, Outage, WorkQueue, mask
 
     url = shared_ledger_url(ledger, cfg)
     store_text = cfg.ledger.store_text if cfg is not None else True
-    led = Ledger(url, store_text=store_text)
-    try:
-        queue = WorkQueue(url)
-    except BaseException:
-        led.close()
-        raise
-    return led, queue
+
+    def opened() -> tuple[Any, Any]:
+        led = Ledger(url, store_text=store_text)
+        try:
+            queue = WorkQueue(url)
+        except BaseException:
+            led.close()
+            raise
+        return led, queue
+
+    if outage_limit_s is None:
+        return opened()
+    return Outage(outage_limit_s, target=f"the ledger {mask(url)}").call(opened)
 
 
 def run_cancellable(coro: Any, first_signal: Any = None) -> Any:
@@ -221,7 +231,7 @@ def worker(
     from ._build import build
 
     extractor, cfg = build(Path(config) if config else None, schema)
-    led, queue = open_shared(ledger, cfg)
+    led, queue = open_shared(ledger, cfg, outage_limit_s=outage_limit)
     reasons: dict[str, str] = {}  # path -> why it was not extracted, as `extract` prints it
     signals: list[int] = []
 
@@ -263,7 +273,7 @@ def worker(
         queue.close()
         led.close()
     b = summary.batch
-    _worker_summary(summary, reasons, as_json)
+    _worker_summary(summary, reasons, as_json, stopped=bool(signals))
     if signals:
         err.print(f"[yellow]stopped[/]: {plural(summary.released, 'document')} put back in the queue; "
                   "finished documents are kept", highlight=False)  # fmt: skip
@@ -280,15 +290,17 @@ def worker(
 SHOWN_FAILED = 20  # `not extracted:` lines a worker prints; `extractkit status --failed` lists them all
 
 
-def _worker_summary(summary: Any, reasons: dict[str, str], as_json: bool) -> None:
+def _worker_summary(summary: Any, reasons: dict[str, str], as_json: bool, *, stopped: bool = False) -> None:
     """A worker's summary: one table that fits 80 columns, then each document not extracted
-    with the reason ``extract`` prints for it."""
+    with the reason ``extract`` prints for it. ``stopped``: by a signal (its run ended early, not
+    "done")."""
     b = summary.batch
     if as_json:
         print(json.dumps(summary.to_dict(), indent=2))
         return
     rate = b.documents / summary.elapsed_s if summary.elapsed_s > 0 else 0.0
-    table = _narrow_table(f"worker {summary.worker_id} ({b.status})")
+    state = "stopped" if stopped and b.status == "done" else b.status
+    table = _narrow_table(f"worker {summary.worker_id} ({state})")
     for col in ("docs", "ok", "failed", "errors", "resumed", "reclaimed", "attempts", "cost", "docs/s"):
         table.add_column(col, justify="right", no_wrap=True)
     table.add_row(*(str(x) for x in (b.documents, b.ok, b.failed, b.errors, b.resumed, summary.reclaimed,
@@ -429,7 +441,11 @@ def extract_shared(
             out_path.parent.mkdir(parents=True, exist_ok=True)
             out = out_path.open("w", encoding="utf-8", errors="backslashreplace")
 
+        given: dict[str, str] = {}  # queued (absolute) path -> as given on the command line
+
         def write(r: DocResult) -> None:
+            if r.path in given:
+                r = dataclasses.replace(r, path=given[r.path])
             lines[r.path] = r
             if out is not None:
                 out.write(r.to_json() + "\n")
@@ -448,6 +464,7 @@ def extract_shared(
                                         retry_failed=retry_failed, max_bytes=cfg.batch.max_bytes,
                                         max_chars=cfg.batch.max_chars, ledger=led)  # fmt: skip
                 mine.update(queued.shas)
+                given.update(queued.given)
                 return queued, await w.run()
 
         try:
@@ -465,6 +482,7 @@ def extract_shared(
             b.add(r)
             write(r)
         for path, sha in queued.shas.items():  # done elsewhere (another worker, an earlier run)
+            path = given.get(path, path)
             if path in lines:
                 continue
             row = led.find_final(sha, extractor.schema_hash, extractor.config_hash)

@@ -46,6 +46,19 @@ OUTAGE_LIMIT_S = 60.0  # default: how long a worker waits for the ledger to come
 _TRANSIENT_SQLSTATES = ("08", "57P01", "57P02", "57P03")
 
 
+# a connection refused by a server that is up, for a reason another try will not change (a FATAL
+# other than these), or a host name that does not resolve: a mistake in the URL, not an outage
+_SERVER_AWAY = ("the database system is starting up", "the database system is shutting down",
+                "the database system is in recovery mode", "the database system is not yet accepting",
+                "terminating connection", "too many clients", "too many connections")  # fmt: skip
+
+
+def _refused_for_good(message: str) -> bool:
+    if "could not translate host name" in message or "failed to resolve host" in message:
+        return True
+    return "FATAL:" in message and not any(s in message for s in _SERVER_AWAY)
+
+
 def is_transient(exc: BaseException) -> bool:
     """True when ``exc`` (or what it wraps: a ``LedgerError`` carries the psycopg error as its
     cause) is the database being unreachable, which a later attempt may get past: psycopg's
@@ -65,6 +78,10 @@ def is_transient(exc: BaseException) -> bool:
             return True
         if isinstance(e, psycopg.Error):
             state = getattr(e, "sqlstate", None) or ""
+            if isinstance(e, psycopg.OperationalError) and not state:
+                # a failed connection carries no SQLSTATE: the server's FATAL reason tells a server
+                # away (starting up, shutting down) from a wrong password or a missing database
+                return not _refused_for_good(str(e))
             # not IntegrityError, ProgrammingError, DataError...: retrying will not help
             return isinstance(e, psycopg.OperationalError) or state.startswith(_TRANSIENT_SQLSTATES)
         e = e.__cause__ or e.__context__
@@ -240,9 +257,11 @@ class ResilientLedger:
 
         while True:
             try:
-                found = await self.outage.acall(lookup_or_none)
-                if found is not None:
-                    return found
+                if unknown:  # only then is there anything to look up (a call that touches no
+                    # database must not tell the outage clock the database is back)
+                    found = await self.outage.acall(lookup_or_none)
+                    if found is not None:
+                        return found
                 ext_id: str = await self._ledger.arecord(extractor, result, **kwargs)
             except LedgerUnavailable:
                 raise

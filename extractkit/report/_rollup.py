@@ -166,6 +166,7 @@ class _Acc:
 
     # -- from the plain tables (the edges) ---------------------------------------------------
     def extractions(self, rows: list[Any]) -> dict[str, str]:
+        rows = _dicts(rows)
         config_of = {}
         for e in rows:
             config_of[e["id"]] = e["config_hash"]
@@ -180,6 +181,7 @@ class _Acc:
 
     def attempts(self, rows: Any, config_of: dict[str, str]) -> None:
         w = self.windows
+        rows = _dicts(rows)
         for a in rows:
             g = self.group((config_of[a["extraction_id"]], a["tier"], a["outcome"]))
             cost = a["cost_usd"]
@@ -243,6 +245,16 @@ class _Acc:
             g["models"] = ",".join(sorted(m for m in g["models"] if m))
         return Parts(docs=docs, groups=out, by_config=by_config, latency=self.latency, fields=self.fields,
                      edges=edges)  # fmt: skip
+
+
+def _dicts(rows: Any) -> list[dict[str, Any]]:
+    """The edge rows as plain dicts: read by name a dozen times each, and a dict's lookup is far
+    cheaper than an engine row's (a PostgreSQL ``Row`` resolves every name in Python)."""
+    rows = list(rows)
+    if not rows:
+        return []
+    keys = list(rows[0].keys())
+    return [dict(zip(keys, r, strict=True)) for r in rows]
 
 
 def read_parts(ledger: Any, scope: Any, windows: dict[str, float], run: Any) -> Parts:

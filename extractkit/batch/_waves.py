@@ -1,0 +1,766 @@
+"""The wave driver: the whole chain through the provider's Batch API, in waves.
+
+Wave 1 is the first attempt of every pending document at the first tier, in as many batch files
+(parts) as the limits need (one (tier, model) per file, ``MAX_LINES`` lines, ``MAX_PART_BYTES``
+bytes). Each answer is read exactly as the live path reads it, by the same steps
+(``_steps.Steps``: ``build_request`` / ``interpret`` / ``decide``); the driver only moves
+documents between waves: a re-ask or a transient failure (a 429 / 5xx line, an expired line) goes
+to the next wave at the same tier, a tier that ends goes on to the next tier when
+``EscalationPolicy.should_escalate`` says so, and everything else is final and recorded. A tier
+with ``via = "live"`` runs its pending documents live (``Extractor.arun_tier``) between waves.
+No re-ask, retry or escalation rule lives here.
+
+Durable: every step is a row of the ledger (``batch_jobs``, ``batch_items``, ``LedgerWaves``)
+written before the next one starts, so a driver killed anywhere and run again continues:
+
+- a part is a row before its file is uploaded (UNIQUE (chain, wave, part): never built twice);
+  a row still ``building`` (no file id recorded) is dropped and its documents pending again;
+- an ``uploaded`` part (file id recorded, no batch id) is looked up among the provider's batches
+  (``find_batch``) before it is created: a create whose answer was lost is not made twice;
+- a submitted part is polled; a finished one is ingested item by item, each item's next step
+  written in the same transaction that closes it (a second ingest skips what the first wrote).
+
+Nothing CPU-heavy runs on the event loop: parts are written and measured in a worker thread,
+output files parsed and interpreted in one, in chunks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Coroutine, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, TypeVar
+
+from openai.types.chat import ChatCompletion
+from pydantic import ValidationError
+
+from .. import _retry
+from .._errors import ConfigError, DocumentError
+from .._results import Attempt, Result
+from .._steps import Answer, Failure, NextKind, TierState
+from ..ledger import ItemOutcome, NewBatchItem, NewBatchJob
+from ._estimate import check_max_cost
+from ._loaders import (
+    MAX_BYTES,
+    MAX_CHARS,
+    SPECIAL,
+    URI,
+    Document,
+    Source,
+    as_source,
+    count_documents,
+    dir_error,
+    display_path,
+    path_bytes,
+    walk,
+)
+from ._provider import (
+    MAX_LINES,
+    MAX_PART_BYTES,
+    TERMINAL,
+    BatchProvider,
+    LineResult,
+    Part,
+    Results,
+    batch_errors,
+    check_readable,
+    parse_results,
+    request_counts,
+    write_parts,
+)
+from ._runner import STOPPED_MAX_COST, BatchSummary, DocResult, _load, retry_reason
+
+if TYPE_CHECKING:
+    from openai.types import Batch
+
+    from .._chain import Extractor
+    from ..ledger import BatchItem, BatchJob, Ledger
+
+T = TypeVar("T")
+INGEST_CHUNK = 500  # items interpreted (in a worker thread) and written (one transaction) at a time
+READ_AHEAD = 8  # documents read at once (discovery, rereading sources on resume)
+ADD_CHUNK = 500  # new items written per transaction
+ADOPT_AFTER_S = 300.0  # another running driver's uploaded part, left without a batch this long: adopted
+
+
+@dataclass
+class WaveEvent:
+    """What ``on_wave`` is told: a part was submitted, polled or ingested (``event``)."""
+
+    event: str  # submitted | polled | ingested | stopped
+    wave: int
+    part: int
+    tier: str
+    status: str
+    lines: int
+    completed: int = 0
+    failed: int = 0
+    provider_batch_id: str | None = None
+
+
+@dataclass
+class _Doc:
+    text: str
+    path: str
+    size: int
+    doc_type: str
+    paths: list[str] = field(default_factory=list)  # other paths with the same content, this run
+
+
+def _completion(body: Any) -> ChatCompletion | None:
+    """A batch line's body as a chat completion, or None when it is not one."""
+    if not isinstance(body, dict) or not isinstance(body.get("choices"), list):
+        return None
+    try:
+        return ChatCompletion.model_validate(body)
+    except ValidationError:
+        from openai._models import construct_type
+
+        return construct_type(type_=ChatCompletion, value=body)  # type: ignore[return-value]
+
+
+def line_answer(line: LineResult, started_at: float, latency_s: float) -> Answer:
+    """One output / error line as the ``Answer`` the steps read (either transport's shape)."""
+    if line.answered:
+        response = _completion(line.body)
+        if response is not None:
+            return Answer(response=response, started_at=started_at, latency_s=latency_s, via="batch")
+        head = json.dumps(line.body)[:200]  # as the live path reads a 200 that is not a completion
+        failure = Failure.from_exception(
+            _retry.NotACompletion(f"HTTP 200 with a body that is not a chat completion: {head!r}")
+        )
+    elif line.status_code is not None:
+        failure = Failure.from_status(line.status_code, line.body)
+    else:
+        failure = Failure.not_run(line.error_code or "no_response", line.error_message or "not run")
+    return Answer(response=None, failure=failure, started_at=started_at, latency_s=latency_s, via="batch")
+
+
+class WaveRunner:
+    """Runs every document under some paths through ``extractor``'s chain in waves of the
+    provider's Batch API, recording into ``ledger`` (a ``Ledger``: SQLite or PostgreSQL).
+
+    ``via``: how a tier without its own ``via`` runs ("batch" or "live"); ``tier_via``: per tier
+    name, overrides the tier's own (``{"fine_tuned": "live"}``). ``poll_s``: seconds
+    between polls of the open batches. ``concurrency``: documents at once on a live tier (and
+    polls at once). ``force`` / ``retry_failed`` / ``out`` / ``include`` / ``max_bytes`` /
+    ``max_chars`` / ``on_result``: as ``BatchRunner``. ``max_cost`` (USD): before each part is
+    submitted, this run's spend plus the part's worst case at the batch price is compared with
+    it; over it, nothing more is submitted (open batches are still polled and ingested) and the
+    run ends ``stopped_max_cost``. ``on_wave(WaveEvent)``: progress. ``part_lines`` /
+    ``part_bytes``: the limits of one input file.
+    """
+
+    def __init__(
+        self,
+        extractor: Extractor[Any],
+        ledger: Ledger,
+        *,
+        via: str = "batch",
+        tier_via: Mapping[str, str] | None = None,
+        poll_s: float = 30.0,
+        concurrency: int = 8,
+        force: bool = False,
+        retry_failed: bool = False,
+        out: str | Path | None = None,
+        include: list[str] | None = None,
+        max_cost: float | None = None,
+        on_result: Callable[[DocResult, BatchSummary], None] | None = None,
+        on_wave: Callable[[WaveEvent], None] | None = None,
+        max_bytes: int = MAX_BYTES,
+        max_chars: int = MAX_CHARS,
+        part_lines: int = MAX_LINES,
+        part_bytes: int = MAX_PART_BYTES,
+        max_download_bytes: int | None = None,
+    ):
+        names = [t.name for t in extractor.tiers]
+        for where, way in [("via", via), *((f"tier_via[{k!r}]", v) for k, v in (tier_via or {}).items())]:
+            if way not in ("batch", "live"):
+                raise ConfigError(f'{where} must be "batch" or "live", got {way!r}')
+        unknown = sorted(set(tier_via or {}) - set(names))
+        if unknown:
+            raise ConfigError(f"tier_via names no tier {unknown}; the tiers are {names}")
+        if concurrency < 1:
+            raise ConfigError(f"concurrency must be at least 1, got {concurrency}")
+        if poll_s < 0:
+            raise ConfigError(f"poll_s must be >= 0, got {poll_s}")
+        check_max_cost(extractor, max_cost)
+        self.extractor = extractor
+        self.ledger = ledger
+        self.via = via
+        self.poll_s = poll_s
+        self.concurrency = concurrency
+        self.force = force
+        self.retry_failed = retry_failed
+        self.out = Path(out) if out else None
+        self.include = include
+        self.max_cost = max_cost
+        self.on_result = on_result
+        self.on_wave = on_wave
+        self.max_bytes, self.max_chars = max_bytes, max_chars
+        self.part_lines, self.part_bytes = part_lines, part_bytes
+        self.max_download_bytes = max_download_bytes
+        self.tier_names = [t.name for t in extractor.tiers]
+        given = dict(tier_via or {})
+        self.vias = {t.name: given.get(t.name) or getattr(t, "via", None) or via for t in extractor.tiers}
+        for t in extractor.tiers:
+            if self.vias[t.name] == "batch" and t.is_local:
+                raise ConfigError(f'tier {t.name!r}: a local model has no Batch API: set via = "live" on it')
+        self.steps = {t.name: extractor.steps(t.name) for t in extractor.tiers}
+        for t in extractor.tiers:  # a ceiling needs what every batch attempt costs (never a guess)
+            if (
+                max_cost is not None
+                and self.vias[t.name] == "batch"
+                and self.steps[t.name].batch_price is None
+            ):
+                raise ConfigError(
+                    f"max_cost needs the batch price of every tier sent by batch, and tier {t.name!r} (model"
+                    f" {t.model}) has none: set `batch_price` on the tier (USD per 1M tokens)"
+                )
+        self._providers: dict[str, BatchProvider] = {}
+        self._docs: dict[str, _Doc] = {}  # this run's documents in flight, by sha256
+        self._gone: set[str] = set()  # documents whose source could not be read again (left for later)
+        self._lock = threading.Lock()  # parts are ingested in worker threads, several at once
+        self._reading = asyncio.Semaphore(READ_AHEAD)  # sources read again at once (a resumed run)
+        self._spent = 0.0
+        self._cost_stopped = False
+        self._out: IO[str] | None = None
+        self._summary = BatchSummary(run_id="")
+        self._run_id = ""
+
+    # -- set-up -----------------------------------------------------------------------------------
+    async def _provider(self, tier_name: str) -> BatchProvider:
+        p = self._providers.get(tier_name)
+        if p is None:
+            ex = self.extractor
+            client = await ex._client(ex.tier(tier_name))
+            kwargs: dict[str, Any] = {"retry_policy": ex.policy.retry, "breaker": ex._breaker}
+            if self.max_download_bytes is not None:
+                kwargs["max_download_bytes"] = self.max_download_bytes
+            p = self._providers[tier_name] = BatchProvider(client, **kwargs)
+        return p
+
+    @property
+    def _keys(self) -> tuple[str, str]:
+        return self.extractor.schema_hash, self.extractor.config_hash
+
+    def _next_tier(self, name: str) -> str | None:
+        i = self.tier_names.index(name)
+        return self.tier_names[i + 1] if i + 1 < len(self.tier_names) else None
+
+    # -- the run ----------------------------------------------------------------------------------
+    async def run(self, paths: list[str | os.PathLike[str] | URI]) -> BatchSummary:
+        """Extract every document under ``paths``, continuing the waves already in the ledger."""
+        ex, L = self.extractor, self.ledger
+        # paths that hold no document: NoDocuments before a run is recorded (as BatchRunner)
+        await asyncio.to_thread(count_documents, list(paths), self.include)
+        self._run_id = run_id = L.start_run("batch", ex.describe(), ex.config_hash, ex.schema_hash)
+        summary = self._summary = BatchSummary(run_id=run_id)
+        if self.out:
+            self.out.parent.mkdir(parents=True, exist_ok=True)
+            self._out = self.out.open("w", encoding="utf-8", errors="backslashreplace")
+        status = "interrupted"
+        try:
+            await self._resume()
+            await self._discover(paths)
+            await self._drive()
+            status = STOPPED_MAX_COST if self._cost_stopped else "done"
+            if self._cost_stopped:
+                summary.error = (
+                    f"max cost ${self.max_cost:g} reached: this run spent ${self._spent:.6f}; no more batches"
+                    " submitted (the documents left are pending in the ledger); run the same command again"
+                    " to continue them"
+                )
+        except Exception:
+            status = "failed"
+            raise
+        finally:
+            summary.status = status
+            if self._out is not None:
+                self._out.close()
+                self._out = None
+            L.finish_run(run_id, status, n_documents=summary.documents, n_ok=summary.ok,
+                         n_failed=summary.failed, n_errors=summary.errors,
+                         n_skipped=summary.skipped + summary.special, n_resumed=summary.resumed)  # fmt: skip
+        return summary
+
+    def _emit(self, r: DocResult) -> None:
+        self._summary.add(r)
+        if self._out is not None:
+            self._out.write(r.to_json() + "\n")
+            self._out.flush()
+        if self.on_result is not None:
+            self.on_result(r, self._summary)
+
+    def _wave_event(self, event: str, job: Any, status: str | None = None, batch: Any = None) -> None:
+        if self.on_wave is None:
+            return
+        counts = request_counts(batch) if batch is not None else {}
+        self.on_wave(WaveEvent(event=event, wave=job.wave, part=job.part, tier=job.tier,
+                               status=status or job.status, lines=job.n_lines,
+                               completed=counts.get("completed", 0), failed=counts.get("failed", 0),
+                               provider_batch_id=getattr(batch, "id", None) or job.provider_batch_id,
+                               ))  # fmt: skip
+
+    # -- 1. resume ----------------------------------------------------------------------------------
+    async def _resume(self) -> None:
+        """Parts left by a killed run: ``building`` ones dropped (their documents pending again),
+        ``uploaded`` ones found among the provider's batches or created now."""
+        await asyncio.to_thread(self.ledger.drop_building_jobs, *self._keys)
+        for job in await asyncio.to_thread(self.ledger.open_batch_jobs, *self._keys):
+            if job.status == "uploaded" and job.provider_batch_id is None:
+                await self._create(job)
+
+    async def _create(self, job: BatchJob) -> None:
+        """Start the batch of an uploaded part, unless its create went through before a kill."""
+        p = await self._provider(job.tier)
+        assert job.input_file_id is not None
+        batch = await p.find_batch(job.input_file_id, since=job.created_at)
+        if batch is None:
+            batch = await p.create(job.input_file_id, job.id)
+        await asyncio.to_thread(self.ledger.batch_job_submitted, job.id, batch.id, batch.status)
+        self._wave_event("submitted", job, batch.status, batch)
+
+    # -- 2. discover --------------------------------------------------------------------------------
+    async def _discover(self, paths: list[str | os.PathLike[str] | URI]) -> None:
+        """Walk and read the documents; those without a final result (or whose result is to be
+        retried, see ``retry_reason``) and not already in a wave join the first unbuilt wave at
+        the first tier."""
+        ex, L = self.extractor, self.ledger
+        unlisted: list[DocumentError] = []
+        files = await asyncio.to_thread(
+            lambda: list(walk(paths, self.include, on_error=lambda exc: unlisted.append(dir_error(exc))))
+        )
+        in_flight = await asyncio.to_thread(L.in_flight, *self._keys)
+        wave = await asyncio.to_thread(L.next_wave, *self._keys)
+        first = self.tier_names[0]
+        gate = asyncio.Semaphore(READ_AHEAD)
+        todo_docs: list[tuple[Source, Document]] = []
+
+        async def read(path: Source, doc_type: str) -> tuple[Source, Any]:
+            async with gate:
+                try:
+                    return path, await _load(path, doc_type, self.max_bytes, self.max_chars)
+                except DocumentError as exc:
+                    return path, exc
+
+        todo = []
+        for path, doc_type in files:
+            if doc_type is None:
+                self._summary.skipped += 1
+            elif doc_type == SPECIAL:
+                self._summary.special += 1
+                self._summary.special_paths.append(display_path(path))
+            else:
+                todo.append(read(path, doc_type))
+        for exc in unlisted:
+            self._emit(self._error(exc, exc.path or "?"))
+        got_all = await asyncio.gather(*todo)
+        seen = [
+            (d.sha256, d.path, path_bytes(p), self._run_id)
+            for p, d in got_all
+            if not isinstance(d, DocumentError)
+        ]
+        if seen:
+            await asyncio.to_thread(L.add_document_paths, seen)
+        for path, got in got_all:
+            if isinstance(got, DocumentError):
+                self._emit(self._error(got, display_path(path)))
+                continue
+            doc = got
+            if doc.sha256 in self._docs:  # identical content: shares the first path's result
+                self._docs[doc.sha256].paths.append(doc.path)
+                continue
+            if not self.force:
+                row = L.find_final(doc.sha256, ex.schema_hash, ex.config_hash)
+                if row is not None:
+                    if retry_reason(row["status"], row["outcome"], retry_failed=self.retry_failed) is None:
+                        self._emit(_from_ledger(doc.path, doc.sha256, row))
+                        continue
+                    self._summary.retried += 1
+            self._docs[doc.sha256] = _Doc(doc.text, doc.path, doc.size, doc.type)
+            if doc.sha256 in in_flight:
+                continue  # already in a wave (a killed run's): its result comes from there
+            todo_docs.append((path, doc))
+        steps = self.steps[first]
+
+        def items(chunk: list[tuple[Source, Document]]) -> list[NewBatchItem]:
+            # the first request of each (prompt, examples, schema): CPU work, in a worker thread
+            return [NewBatchItem(
+                document_sha256=doc.sha256, schema_hash=ex.schema_hash, config_hash=ex.config_hash,
+                wave=wave, tier=first, tier_state_json=steps.start(doc.text).to_json(), run_id=self._run_id,
+                source=doc.path, source_bytes=None if isinstance(path, URI) else os.fsencode(path),
+                path=doc.path, size=doc.size, doc_type=doc.type,
+            ) for path, doc in chunk]  # fmt: skip
+
+        for i in range(0, len(todo_docs), ADD_CHUNK):
+            new = await asyncio.to_thread(items, todo_docs[i : i + ADD_CHUNK])
+            await asyncio.to_thread(L.add_batch_items, new)
+
+    def _error(self, exc: DocumentError, path: str) -> DocResult:
+        ex = self.extractor
+        self.ledger.record_error(run_id=self._run_id, path=path, kind=exc.kind, message=str(exc),
+                                 schema_hash=ex.schema_hash, config_hash=ex.config_hash)  # fmt: skip
+        return DocResult(path=path, status="error", outcome=exc.kind, error=str(exc))
+
+    # -- 3. the waves -------------------------------------------------------------------------------
+    async def _drive(self) -> None:
+        """Until nothing is pending or open: submit a wave of every pending batch-tier item, run
+        the live-tier ones, poll the open parts and ingest the finished ones. A wave is built
+        only when the previous one is ingested (every part)."""
+        L = self.ledger
+        while True:
+            open_jobs = await asyncio.to_thread(L.open_batch_jobs, *self._keys)
+            if open_jobs:
+                if await self._poll(open_jobs):
+                    await asyncio.sleep(self.poll_s)
+                continue
+            pending = await asyncio.to_thread(L.pending_batch_items, *self._keys)
+            pending = [i for i in pending if i.document_sha256 not in self._gone]
+            live = [i for i in pending if self.vias[i.tier] == "live"]
+            batch = [i for i in pending if self.vias[i.tier] == "batch"]
+            if batch and not self._cost_stopped:
+                await self._build_wave(batch)
+            if live:
+                await self._run_live(live)
+            elif not batch or self._cost_stopped:
+                opened = await asyncio.to_thread(L.open_batch_jobs, *self._keys)
+                if not opened:
+                    self._summary.unattempted += len(batch)  # left pending: a later run sends them
+                    return
+
+    # -- 3a. live tiers -----------------------------------------------------------------------------
+    async def _run_live(self, items: list[BatchItem]) -> None:
+        """A ``via = "live"`` tier's pending documents, run live (``Extractor.arun_tier``, the
+        live path's own loop), ``concurrency`` at a time; then the chain's escalation."""
+        gate = asyncio.Semaphore(self.concurrency)
+        limiter = self.extractor.limiter
+
+        async def one(item: BatchItem) -> ItemOutcome | None:
+            async with gate:
+                doc = await self._document(item)
+                if doc is None:
+                    return None
+                value, attempts = await self.extractor.arun_tier(item.tier, doc.text, limiter)
+                self._spent += sum(a.cost_usd or 0.0 for a in attempts)
+                return self._after_tier(item, doc, [*item.attempts, *attempts], value=value)
+
+        got = await _all([one(i) for i in items])
+        await self._finish([o for o in got if o is not None])
+
+    # -- 3b. building and submitting a wave ---------------------------------------------------------
+    async def _build_wave(self, items: list[BatchItem]) -> None:
+        """One wave: every pending batch-tier item, in parts written (and measured) in a worker
+        thread, each part recorded before its file is uploaded and its batch created."""
+        wave = await asyncio.to_thread(self.ledger.next_wave, *self._keys)
+        overflows: list[tuple[BatchItem, TierState, str]] = []
+        models = {t.name: t.model for t in self.extractor.tiers}
+
+        def lines() -> Iterator[tuple[str, str, str, dict[str, Any]]]:
+            for item in items:
+                state = TierState.from_json(item.tier_state_json)
+                req = self.steps[item.tier].build_request(state)
+                if req.overflow is not None:
+                    overflows.append((item, state, req.overflow))
+                    continue
+                yield item.tier, models[item.tier], item.id, req.body
+
+        with tempfile.TemporaryDirectory(prefix="extractkit-wave-") as tmp:
+            parts = await asyncio.to_thread(write_parts, lines(), tmp, max_lines=self.part_lines,
+                                            max_bytes=self.part_bytes)  # fmt: skip
+            if overflows:  # recorded as the live path records them: nothing sent
+                read = await asyncio.gather(*(self._document(item) for item, _, _ in overflows))
+                rows = [(*row, doc) for row, doc in zip(overflows, read, strict=True) if doc is not None]
+                await self._finish(await asyncio.to_thread(self._overflowed, rows))
+            for n, part in enumerate(parts):
+                if self._over_budget(part):
+                    break
+                await self._submit(wave, n, part)
+
+    def _over_budget(self, part: Part) -> bool:
+        """Whether submitting ``part`` could take this run's spend past ``max_cost``."""
+        if self.max_cost is not None and not self._cost_stopped:  # noqa: SIM102
+            if self._spent + self._worst_case(part) > self.max_cost:
+                self._cost_stopped = True
+        return self._cost_stopped
+
+    def _worst_case(self, part: Part) -> float:
+        """What a part can cost at most at the batch price: its request bytes (a token covers at
+        least one byte) plus every line's output bound."""
+        steps = self.steps[part.tier]
+        price = steps.batch_price or steps.price
+        if price is None:
+            return 0.0
+        tokens_out = steps.max_tokens * len(part.item_ids)
+        return (part.n_bytes * price.input + tokens_out * price.output) / 1_000_000
+
+    async def _submit(self, wave: int, n: int, part: Part) -> None:
+        ex, L = self.extractor, self.ledger
+        p = await self._provider(part.tier)
+        new = NewBatchJob(schema_hash=ex.schema_hash, config_hash=ex.config_hash, wave=wave, part=n,
+                          tier=part.tier, model=part.model, endpoint=p.url, run_id=self._run_id)  # fmt: skip
+        job = await asyncio.to_thread(L.create_batch_job, new, part.item_ids)
+        if job is None:
+            return  # another driver built this part (it is polled as an open part) or took its items
+        if job.n_lines != len(part.item_ids):  # some items were taken meanwhile: send only the part's own
+            taken = {i.id for i in await asyncio.to_thread(L.job_items, job.id)}
+            await asyncio.to_thread(_keep_lines, part, taken)
+        file_id = await p.upload(part.path, name=f"{job.id}.jsonl")
+        if not await asyncio.to_thread(L.batch_job_uploaded, job.id, file_id, part.n_bytes):
+            return  # dropped meanwhile as stale: its items are pending again, no batch for it
+        batch = await p.create(file_id, job.id)
+        await asyncio.to_thread(L.batch_job_submitted, job.id, batch.id, batch.status)
+        self._wave_event("submitted", job, batch.status, batch)
+
+    # -- 3c. polling --------------------------------------------------------------------------------
+    async def _poll(self, jobs: list[BatchJob]) -> bool:
+        """Poll every open part once, ingest the finished ones; whether any is still running."""
+        gate = asyncio.Semaphore(self.concurrency)
+        running = False
+
+        async def one(job: BatchJob) -> None:
+            nonlocal running
+            async with gate:
+                if job.provider_batch_id is None:
+                    # another driver's part between upload and create: created here only once it
+                    # has been left that way for ADOPT_AFTER_S (that driver is gone), never at once
+                    if job.status == "uploaded" and time.time() - job.updated_at > ADOPT_AFTER_S:
+                        await self._create(job)
+                    running = True  # building or being created by its own driver: wait for it
+                    return
+                p = await self._provider(job.tier)
+                batch = await p.retrieve(job.provider_batch_id)
+                if batch.status != job.status or batch.status in TERMINAL:
+                    await asyncio.to_thread(
+                        self.ledger.batch_job_polled, job.id, batch.status, request_counts(batch),
+                        batch.output_file_id, batch.error_file_id, batch_errors(batch) or None,
+                    )  # fmt: skip
+                self._wave_event("polled", job, batch.status, batch)
+                if batch.status in TERMINAL:
+                    await self._ingest(job, batch)
+                else:
+                    running = True
+
+        await _all([one(j) for j in jobs])
+        return running
+
+    # -- 3d. ingesting a finished part --------------------------------------------------------------
+    async def _ingest(self, job: BatchJob, batch: Batch) -> None:
+        """Read a finished part's lines back: each answered or failed line through the steps
+        (``interpret`` / ``decide``) to its next wave or its final result; lines not run (a
+        cancelled batch, lines in neither file) to the next wave as they were."""
+        L, p = self.ledger, await self._provider(job.tier)
+        items = await asyncio.to_thread(L.job_items, job.id)
+        next_wave = max([job.wave, *(i.wave for i in items)]) + 1
+        failed = p.failure(batch)
+        if batch.status == "failed":  # nothing ran: every line goes to the next wave
+            await asyncio.to_thread(L.unrun_batch_items, job.id, next_wave)
+            await asyncio.to_thread(L.batch_job_ingested, job.id)
+            self._wave_event("ingested", job, batch.status, batch)
+            if failed is not None:
+                raise failed
+            return
+        out = await p.download(batch.output_file_id) if batch.output_file_id else None
+        err = await p.download(batch.error_file_id) if batch.error_file_id else None
+        results = await asyncio.to_thread(_parse, out, err, [i.id for i in items])
+        del out, err
+        started = float(batch.created_at)
+        ended = _ended_at(batch)
+        latency = max(0.0, ended - started) if ended else 0.0
+        ran = [it for it in items if _ran(results.lines.get(it.id))]
+        for i in range(0, len(ran), INGEST_CHUNK):
+            chunk = ran[i : i + INGEST_CHUNK]
+            read = await asyncio.gather(*(self._document(it) for it in chunk))
+            docs = {it.id: doc for it, doc in zip(chunk, read, strict=True)}
+            outcomes = await asyncio.to_thread(self._interpret_chunk, chunk, docs, results, started, latency,
+                                               next_wave)  # fmt: skip
+            await self._finish(outcomes)
+        await asyncio.to_thread(L.unrun_batch_items, job.id, next_wave)
+        await asyncio.to_thread(L.batch_job_ingested, job.id)
+        self._wave_event("ingested", job, batch.status, batch)
+
+    def _interpret_chunk(
+        self, items: list[BatchItem], docs: dict[str, _Doc | None], results: Results, started: float,
+        latency: float, next_wave: int,
+    ) -> list[ItemOutcome]:  # fmt: skip
+        """Sync, in a worker thread: each line read by the steps, and what follows it."""
+        out: list[ItemOutcome] = []
+        for item in items:
+            doc = docs.get(item.id)
+            if doc is None:
+                continue  # its source is gone (recorded as an error): left to the next run
+            steps = self.steps[item.tier]
+            state = TierState.from_json(item.tier_state_json)
+            it = steps.interpret(state, line_answer(results.lines[item.id], started, latency), doc.text)
+            with self._lock:
+                self._spent += it.attempt.cost_usd or 0.0
+            nxt = steps.decide(state, it)
+            attempts = [*item.attempts, nxt.apply(it.attempt)]
+            if nxt.kind is NextKind.DONE:
+                out.append(self._final(item, doc, attempts, nxt.value))
+            elif nxt.kind in (NextKind.REASK, NextKind.RETRY):  # the next wave, same tier
+                assert nxt.state is not None
+                out.append(ItemOutcome(item.id, next_item=item.next(
+                    wave=next_wave, tier_state_json=nxt.state.to_json(), attempts=attempts)))  # fmt: skip
+            else:
+                out.append(self._after_tier(item, doc, attempts, value=None, wave=next_wave))
+        return out
+
+    def _overflowed(self, rows: list[tuple[BatchItem, TierState, str, _Doc]]) -> list[ItemOutcome]:
+        """Requests that do not fit the context: recorded as the live path records them (an
+        attempt, nothing sent), then the tier ends."""
+        out = []
+        for item, state, why, doc in rows:
+            steps = self.steps[item.tier]
+            answer = Answer(failure=Failure.context_overflow(why), started_at=time.time(), via="batch")
+            it = steps.interpret(state, answer, doc.text)
+            nxt = steps.decide(state, it)
+            out.append(self._after_tier(item, doc, [*item.attempts, nxt.apply(it.attempt)], value=None))
+        return out
+
+    def _after_tier(
+        self, item: BatchItem, doc: _Doc, attempts: list[Attempt], *, value: Any, wave: int | None = None
+    ) -> ItemOutcome:
+        """A tier ended: its value, else the next tier when the chain's policy escalates on the
+        tier's last attempt (``EscalationPolicy.should_escalate``), else the final failure."""
+        if value is not None:
+            return self._final(item, doc, attempts, value)
+        mine = [a for a in attempts if a.tier == item.tier]
+        nxt = self._next_tier(item.tier)
+        if nxt is not None and self.extractor.policy.should_escalate(mine[-1] if mine else None):
+            state = self.steps[nxt].start(doc.text)
+            return ItemOutcome(item.id, next_item=item.next(
+                wave=wave if wave is not None else item.wave + 1, tier=nxt, tier_state_json=state.to_json(),
+                attempts=attempts))  # fmt: skip
+        return self._final(item, doc, attempts, None)
+
+    def _final(self, item: BatchItem, doc: _Doc, attempts: list[Attempt], value: Any) -> ItemOutcome:
+        result: Result[Any] = Result(
+            value=value, tier=item.tier if value is not None else None, attempts=list(attempts),
+            latency_s=round(sum(a.latency_s for a in attempts), 6), schema_hash=self.extractor.schema_hash,
+            document_sha256=item.document_sha256,
+        )  # fmt: skip
+        record = {"text": doc.text, "run_id": self._run_id, "path": doc.path or item.path, "size": doc.size,
+                  "doc_type": doc.doc_type}  # fmt: skip
+        return ItemOutcome(item.id, result=result, record=record)
+
+    async def _finish(self, outcomes: list[ItemOutcome]) -> None:
+        """Write the outcomes (one transaction per chunk), then report the final ones."""
+        for i in range(0, len(outcomes), INGEST_CHUNK):
+            chunk = outcomes[i : i + INGEST_CHUNK]
+            await asyncio.to_thread(self.ledger.finish_batch_items, self.extractor, chunk)
+            for o in chunk:
+                if o.result is not None:
+                    self._report(o.result, dict(o.record))
+
+    def _report(self, result: Result[Any], record: dict[str, Any]) -> None:
+        sha = result.document_sha256
+        doc = self._docs.pop(sha, None)
+        for a in result.attempts:
+            if not a.ok:
+                self._summary.tier_failures[a.tier] += 1
+        usage = result.usage
+        r = DocResult(
+            path=record.get("path") or "", status="ok" if result.ok else "failed", sha256=sha,
+            tier=result.tier,
+            value=result.value.model_dump(mode="json") if result.value is not None else None,
+            outcome=result.outcome.value, error=result.error, attempts=len(result.attempts),
+            prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
+            cost_usd=result.cost_usd, result=result,
+        )  # fmt: skip
+        self._emit(r)
+        for other in doc.paths if doc is not None else ():
+            self._emit(dataclasses.replace(r, path=other, duplicate_of=r.path, attempts=0, prompt_tokens=0,
+                                           completion_tokens=0, cost_usd=0.0, result=None))  # fmt: skip
+
+    # -- documents ----------------------------------------------------------------------------------
+    async def _document(self, item: BatchItem) -> _Doc | None:
+        """The item's document text: this run's copy, else its source read again (a resumed run,
+        the sha256 checked); a source that is gone or changed is recorded as an error (None) and
+        its item left for a later run."""
+        doc = self._docs.get(item.document_sha256)
+        if doc is not None:
+            return doc
+        if item.document_sha256 in self._gone:
+            return None
+        async with self._reading:
+            return await self._reread(item)
+
+    async def _reread(self, item: BatchItem) -> _Doc | None:
+        path: Source = (
+            Path(os.fsdecode(item.source_bytes))
+            if item.source_bytes is not None
+            else as_source(item.source or "")
+        )
+        try:
+            got = await _load(path, item.doc_type or "txt", self.max_bytes, self.max_chars)
+            if got.sha256 != item.document_sha256:
+                said = f"{got.path}: its text has changed since it was sent in a batch wave (left out)"
+                raise DocumentError(said, path=got.path, kind="changed")
+        except DocumentError as exc:
+            self._gone.add(item.document_sha256)
+            self._emit(self._error(exc, item.path or display_path(path)))
+            return None
+        doc = self._docs[item.document_sha256] = _Doc(got.text, got.path, got.size, got.type)
+        return doc
+
+
+async def _all(work: list[Coroutine[Any, Any, T]]) -> list[T]:
+    """``asyncio.gather`` that cancels the rest when one fails (and waits for them to stop)."""
+    tasks = [asyncio.ensure_future(w) for w in work]
+    try:
+        return await asyncio.gather(*tasks)
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+def _parse(out: bytes | None, err: bytes | None, ids: list[str]) -> Results:
+    results = parse_results(out, err, ids)
+    check_readable(out, results, "output")
+    check_readable(err, results, "error")
+    return results
+
+
+def _keep_lines(part: Part, keep: set[str]) -> None:
+    """Rewrite a part's file with only the lines of ``keep`` (sync: a worker thread)."""
+    kept: list[bytes] = []
+    with open(part.path, "rb") as fh:
+        for raw in fh:
+            if json.loads(raw)["custom_id"] in keep:
+                kept.append(raw)
+    part.path.write_bytes(b"".join(kept))
+    part.item_ids = [i for i in part.item_ids if i in keep]
+    part.n_bytes = sum(len(x) for x in kept)
+
+
+def _ran(line: LineResult | None) -> bool:
+    """Whether a line was run (an attempt): one in neither file, or cancelled before it ran, was not."""
+    return line is not None and line.error_code != "batch_cancelled"
+
+
+def _ended_at(batch: Batch) -> float | None:
+    for name in ("completed_at", "expired_at", "cancelled_at", "failed_at", "finalizing_at"):
+        v = getattr(batch, name, None)
+        if v:
+            return float(v)
+    return None
+
+
+def _from_ledger(path: str, sha: str, row: Any) -> DocResult:
+    return DocResult(
+        path=path, status=row["status"], sha256=sha, tier=row["tier"],
+        value=json.loads(row["value_json"]) if row["value_json"] else None,
+        outcome=row["outcome"], error=row["error"], attempts=row["n_attempts"],
+        prompt_tokens=row["prompt_tokens"], completion_tokens=row["completion_tokens"],
+        cost_usd=row["cost_usd"], resumed=True,
+    )  # fmt: skip
