@@ -165,3 +165,56 @@ def test_a_tier_that_says_via_batch_needs_no_flag_and_the_queue_refuses_it(tmp_p
     for command in (["worker", "-c", str(cfg)], ["enqueue", str(docs), "-c", str(cfg)]):
         refused = cli(*command, "--ledger", "postgresql://nobody@127.0.0.1:9/none")
         assert refused.returncode == 2 and 'via = "batch"' in refused.stderr and "--via batch" in refused.stderr
+
+
+def test_a_live_run_leaves_documents_in_flight_in_a_wave_alone(tmp_path: Path) -> None:
+    """A batch run killed while its wave waits at the provider, then the same command without
+    `--via batch`: the documents in flight are not sent live (they would be paid and recorded
+    twice); `--via batch` then finishes them, one extraction each (the second audit of issue 18)."""
+    docs = make_docs(tmp_path)
+    with FakeBatchServer(echo_invoice_responder, advance_on_poll=0) as server:
+        cfg = write_config(tmp_path, server.base_url)
+        ledger = str(tmp_path / "l.sqlite3")
+        args = ["extract", str(docs), "-c", str(cfg), "--ledger", ledger]
+        env = dict(os.environ, OPENAI_API_KEY="sk-fake", EXTRACTKIT_LEDGER="")
+        proc = subprocess.Popen([sys.executable, "-m", "extractkit", *args, "--via", "batch", "--poll", "0.1"],
+                                cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        try:
+            deadline = time.monotonic() + 120
+            while not server.batches and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert server.batches, "no batch created"
+            time.sleep(0.5)  # its submission recorded
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        live = cli(*args)
+        assert live.returncode == 1, live.stderr
+        shown = live.stdout + live.stderr
+        assert live.stderr.count("in_batch") == 3 and "in flight in a Batch API wave" in shown, shown
+        assert not [c for c in server.calls if c[1].endswith("/chat/completions")]  # nothing sent live
+        server.advance_on_poll = 3
+        again = cli(*args, "--via", "batch", "--poll", "0", "--json")
+        assert again.returncode == 0, again.stderr
+        assert json.loads(again.stdout)["ok"] == 3
+    rows = subprocess.run([sys.executable, "-c", "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]);"
+                           "print(c.execute('select count(*), count(distinct document_sha256) from extractions"
+                           " where status = \\'ok\\'').fetchall())", ledger],
+                          capture_output=True, text=True)  # fmt: skip
+    assert rows.stdout.strip() == "[(3, 3)]", rows.stdout + rows.stderr
+
+
+def test_dry_run_via_batch_prices_batch_tiers_at_the_batch_price(tmp_path: Path) -> None:
+    """`--dry-run --via batch` estimates what the waves would cost: the batch price (half the live
+    one for gpt-4o-mini), not the live price (the second audit of issue 18)."""
+    docs = make_docs(tmp_path)
+    cfg = write_config(tmp_path, "http://127.0.0.1:9/v1")
+    ledger = str(tmp_path / "l.sqlite3")
+
+    def worst(*via: str) -> float:
+        done = cli("extract", str(docs), "-c", str(cfg), "--ledger", ledger, "--dry-run", "--json", *via)
+        assert done.returncode == 0, done.stderr
+        return float(json.loads(done.stdout)["worst_case_usd"])
+
+    live, batch = worst(), worst("--via", "batch")
+    assert live > 0 and batch == pytest.approx(live / 2, rel=1e-6)

@@ -103,10 +103,10 @@ def test_the_terminal_and_html_reports_show_the_ways(ways_ledger):
     assert rows["live"] == ["2", "2", "$0.002", "$0.001", "$0.002"]
     assert rows["batch"] == ["5", "4", "$0.0165", "$0.004125", "$0.033"]
     assert rows["mixed"] == ["1", "1", "$0.013", "$0.013", "$0.016"]
-    assert "saving by batch: $0.0195 (60% of the live price)" in text
+    assert "saving by batch: $0.0195 (they cost 60% of their live price)" in text
     html = report_html(data)
     assert "<h2>By way</h2>" in html and 'id="ways"' in html
-    assert "<td>$0.004125</td>" in html and "saving by batch: $0.0195 (60% of the live price)" in html
+    assert "<td>$0.004125</td>" in html and "saving by batch: $0.0195 (they cost 60% of their live price)" in html
 
 
 def test_the_rollups_give_the_full_scan_ways(tmp_path, monkeypatch):

@@ -213,16 +213,20 @@ async def estimate(
     max_chars: int = MAX_CHARS,
     max_cost: float | None = None,
     workers: int = WORKERS,
+    vias: dict[str, str] | None = None,
 ) -> Estimate:
     """What ``BatchRunner(extractor, ledger, ...).run(paths)`` would send, estimated; nothing is
     sent and nothing is written. ``ledger``: an open ``Ledger`` to find resumed documents in, or
-    None (every readable document would be sent)."""
+    None (every readable document would be sent). ``vias``: tier -> "live" | "batch" (a tier sent
+    by the provider's Batch API is priced at its batch price, ``Tier.resolved_batch_price``)."""
     from .._llm import TOKEN_SAFETY
     from ._runner import _load, retry_reason
 
     tiers = [
         TierEstimate(
-            name=t.name, model=t.model, price=tier_price(extractor, t),
+            name=t.name, model=t.model,
+            price=(t.resolved_batch_price(getattr(extractor, "prices", None))
+                   if (vias or {}).get(t.name) == "batch" else tier_price(extractor, t)),
             max_output_tokens=extractor._bound[t.name].max_tokens, max_reasks=t.max_reasks,
             context_window=extractor._bound[t.name].context_window,
         )

@@ -79,6 +79,10 @@ STOPPED = "provider_unreachable"  # the run status when the provider stopped ans
 STOPPED_MAX_COST = "stopped_max_cost"  # the run status when its spend reached max_cost
 
 
+IN_BATCH = ("in flight in a Batch API wave of this chain, not sent live (it would be paid twice): "
+            "`extract --via batch` continues it (`extractkit batch status`)")
+
+
 def retry_reason(status: str, outcome: str | None, *, retry_failed: bool = False) -> str | None:
     """Why a document with this final ledger result is sent again, or None to reuse it."""
     if status != "failed":
@@ -291,6 +295,7 @@ class BatchRunner:
         # document's DocResult to the end of the run doubled the peak memory of a 100,000-document
         # batch; nothing here grows with the number of documents
         self._seen: dict[str, asyncio.Future[DocResult | None]] = {}
+        self._in_batch: set[str] = set()  # this chain's documents in flight in Batch API waves
         self._paths: list[tuple[str, str, bytes, str | None]] = []
 
     def _over_budget(self) -> bool:
@@ -381,6 +386,9 @@ class BatchRunner:
                                           row["path"])  # fmt: skip
                     return self._from_ledger(doc, row)
                 retry = True
+        if doc.sha256 in self._in_batch:
+            return DocResult(path=doc.path, status="error", sha256=doc.sha256, outcome="in_batch",
+                             error=IN_BATCH)  # fmt: skip
         if self._stop is not None or self._over_budget():
             return None
         summary.retried += retry
@@ -478,6 +486,11 @@ class BatchRunner:
             run_id = self.ledger.start_run("batch", ex.describe(), ex.config_hash, ex.schema_hash)
         summary = BatchSummary(run_id=run_id)
         self._stop, self._seen, self._paths = None, {}, []
+        # documents of this chain in flight in the Batch API's waves (`extract --via batch`): sent
+        # live too they would be paid twice and recorded twice when their wave is read
+        in_flight = getattr(self.ledger, "in_flight", None)
+        if in_flight is not None:
+            self._in_batch = await asyncio.to_thread(in_flight, ex.schema_hash, ex.config_hash)
         self._spent, self._cost_stopped = 0.0, False
 
         def emit(job: Job, r: DocResult) -> None:

@@ -237,7 +237,7 @@ def extract(
 
         raise typer.Exit(run_dry(extractor, cfg, sources, ledger_choice(ledger_path, cfg).path,
                                  include=include, force=force, retry_failed=retry_failed,
-                                 max_cost=max_cost, as_json=as_json))  # fmt: skip
+                                 max_cost=max_cost, as_json=as_json, vias=vias))  # fmt: skip
     if out_path is not None:
         check_writable(out_path)  # before a run is started: never leave a run `running`
     if "batch" in vias.values():  # the wave driver (either ledger engine; no work queue)

@@ -23,7 +23,7 @@ def _usd(v: float | None) -> str:
 
 def dry_run(extractor: Any, cfg: Any, paths: list[Any], ledger_path: str | Path | None, *,
             include: list[str] | None, force: bool, retry_failed: bool, max_cost: float | None,
-            as_json: bool) -> int:  # fmt: skip
+            as_json: bool, vias: dict[str, str] | None = None) -> int:  # fmt: skip
     """Estimate and print; returns the exit code (0). Sends nothing; the ledger, when it exists, is
     only read (to show resumed documents); a ledger that does not exist is not created."""
     from ..batch import check_max_cost, estimate
@@ -36,7 +36,7 @@ def dry_run(extractor: Any, cfg: Any, paths: list[Any], ledger_path: str | Path 
         est = asyncio.run(estimate(
             extractor, list(paths), ledger=ledger, include=include, force=force,
             retry_failed=retry_failed, max_bytes=cfg.batch.max_bytes, max_chars=cfg.batch.max_chars,
-            max_cost=max_cost,
+            max_cost=max_cost, vias=vias,
         ))  # fmt: skip
     finally:
         if ledger is not None:

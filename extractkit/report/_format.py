@@ -52,8 +52,10 @@ def short_version(version: str) -> str:
 
 def saving_line(saving: float | None, ratio: float | None) -> str:
     """The Batch API's saving in words: what the batch attempts would have cost live minus what they
-    cost, and their cost as a share of the live price."""
+    cost, and what the batch and mixed documents cost as a share of their live price (so a
+    saving of 40 % reads "cost 60 % of their live price", never "60 % of the live price" beside
+    the saving, which read as the saving's share)."""
     if saving is None:
         return "saving by batch: unknown (a price is missing)"
-    share = f" ({ratio:.0%} of the live price)" if ratio is not None else ""
+    share = f" (they cost {ratio:.0%} of their live price)" if ratio is not None else ""
     return f"saving by batch: {money(saving)}{share}"
