@@ -42,7 +42,7 @@ from openai.types import Batch, FileObject
 
 from .. import _redact, _retry
 from .._errors import BatchError, BatchFailed, BatchUnsupported, ProviderUnreachable
-from .._llm import _BODY_CAP, _within
+from .._llm import _BODY_CAP, _read_capped, _within
 from .._words import plural
 
 T = TypeVar("T")
@@ -215,17 +215,7 @@ class BatchProvider:
 
         async def fetch() -> bytes:
             async with self.client.files.with_streaming_response.content(file_id) as resp:
-                declared = resp.headers.get("content-length", "")
-                if declared.isdigit() and int(declared) > cap:
-                    raise _retry.ResponseTooLarge(cap, 0, resp.status_code)
-                chunks: list[bytes] = []
-                size = 0
-                async for chunk in resp.iter_bytes():
-                    size += len(chunk)
-                    if size > cap:
-                        raise _retry.ResponseTooLarge(cap, size, resp.status_code)
-                    chunks.append(chunk)
-                return b"".join(chunks)
+                return await _read_capped(resp.http_response, cap)  # the live path's capped read
 
         return await self._call(f"download {file_id}", fetch, timeout_s=self.download_timeout_s, cap=cap + 1)
 
