@@ -345,6 +345,11 @@ def _run_batch(runner: Any, ledger: Any, paths: list[Any], as_json: bool, total:
         err.print("[yellow]interrupted[/]: finished documents are kept in the ledger; "
                   "run the same command again to resume.")  # fmt: skip
         return EXIT_INTERRUPTED
+    return finish_extract(summary, ledger, details, as_json)
+
+
+def finish_extract(summary: Any, ledger: Any, details: dict[str, str] | None, as_json: bool) -> int:
+    """An extract run's summary (a table, or JSON) and its exit code: live and `--via batch` alike."""
     if as_json:
         print(json.dumps(summary.to_dict(), indent=2))
     else:

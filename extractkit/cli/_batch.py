@@ -16,15 +16,13 @@ import typer
 from .._errors import ConfigError
 from .._words import plural
 from ._app import (
-    EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_OK,
-    EXIT_UNREACHABLE,
     _narrow_table,
-    _print_summary,
     app,
     err,
     fail_usage,
+    finish_extract,
     out,
 )
 from ._ledger_opt import ConfigOpt, LedgerOpt
@@ -104,15 +102,7 @@ def extract_via_batch(
             err.print("[yellow]interrupted[/]: the submitted batches and finished documents are kept in the "
                       "ledger; run the same command again to continue the waves.")  # fmt: skip
             return EXIT_INTERRUPTED
-        if as_json:
-            print(json.dumps(summary.to_dict(), indent=2))
-        else:
-            _print_summary(summary, ledger, details)
-        if summary.error:
-            err.print("[bold red]error:[/]", end=" ")
-            err.print(summary.error, highlight=False, markup=False, soft_wrap=True)
-            return EXIT_FAILED if summary.status == "stopped_max_cost" else EXIT_UNREACHABLE
-        return EXIT_OK if not summary.failed_paths else EXIT_FAILED
+        return finish_extract(summary, ledger, details, as_json)
 
 
 def _chain_keys(config: Path | None, schema: str | None) -> tuple[Any, Any, Any]:
