@@ -42,9 +42,10 @@ from openai.types.chat import ChatCompletion
 from pydantic import ValidationError
 
 from .. import _retry
-from .._errors import ConfigError, DocumentError, ProviderRefused, ProviderUnreachable
-from .._results import Attempt, Result
+from .._errors import BatchError, ConfigError, DocumentError, ProviderRefused, ProviderUnreachable
+from .._results import TRANSIENT_OUTCOMES, VALIDATION_OUTCOMES, Attempt, Result
 from .._steps import Answer, Failure, NextKind, TierState
+from .._words import plural
 from ..ledger import ItemOutcome, NewBatchItem, NewBatchJob
 from ._estimate import check_max_cost
 from ._loaders import (
@@ -231,6 +232,7 @@ class WaveRunner:
         self._reading = asyncio.Semaphore(READ_AHEAD)  # sources read again at once (a resumed run)
         self._spent = 0.0
         self._cost_stopped = False
+        self._cost_blocked: tuple[int, Part, float] | None = None  # (wave, part, worst case) over max_cost
         self._out: IO[str] | None = None
         self._summary = BatchSummary(run_id="")
         self._run_id = ""
@@ -273,11 +275,11 @@ class WaveRunner:
             await self._drive()
             status = STOPPED_MAX_COST if self._cost_stopped else "done"
             if self._cost_stopped:
-                summary.error = (
-                    f"max cost ${self.max_cost:g} reached: this run spent ${self._spent:.6f}; no more batches"
-                    " submitted (the documents left are pending in the ledger); run the same command again"
-                    " to continue them"
-                )
+                summary.error = await self._max_cost_said()
+        except BatchError as exc:  # a 404 (no Batch API), a page that is not JSON, a failed batch:
+            status = "failed"  # exit 1 through the CLI's one handler, saying where the documents are
+            exc.args = (f"{exc}. {await self._left_said()}",)
+            raise
         except ProviderUnreachable as exc:  # as BatchRunner: a summary naming the URL, not a traceback
             status, summary.provider_url = STOPPED, exc.url
             said = str(exc) if exc.url in str(exc) else f"provider unreachable at {exc.url}: {exc}"
@@ -314,6 +316,52 @@ class WaveRunner:
                                completed=counts.get("completed", 0), failed=counts.get("failed", 0),
                                provider_batch_id=getattr(batch, "id", None) or job.provider_batch_id,
                                ))  # fmt: skip
+
+    async def _where(self) -> tuple[int, int, int, list[int]]:
+        """This chain's documents in flight: (pending for a wave, sent in parts never submitted,
+        sent in batches at the provider, the waves they are in)."""
+        L = self.ledger
+        rows = await asyncio.to_thread(L.wave_summary, *self._keys)
+        jobs = await asyncio.to_thread(L.open_batch_jobs, *self._keys)
+        unsent = sum(j.n_lines for j in jobs if j.provider_batch_id is None)
+        sent = sum(r.sent for r in rows)
+        waves = sorted({r.wave for r in rows if r.pending or r.sent})
+        return sum(r.pending for r in rows), min(unsent, sent), max(0, sent - unsent), waves
+
+    async def _left_said(self) -> str:
+        """What a run stopped by an error left, and what to do about it."""
+        s = self._summary
+        pending, unsent, at_provider, waves = await self._where()
+        done = f"This run: {s.ok} ok, {s.failed} failed, {s.resumed} already final"
+        left = pending + unsent + at_provider
+        if not left:
+            return f"{done}; no document of this chain is left in a wave"
+        where = ", ".join(f"{n} {what}" for n, what in (
+            (unsent, "in parts never submitted"), (at_provider, "in batches at the provider"),
+            (pending, "pending for the next wave")) if n)  # fmt: skip
+        in_waves = f"wave{'s' if len(waves) > 1 else ''} {', '.join(map(str, waves))}"
+        return (f"{done}; {plural(left, 'document')} of this chain {'is' if left == 1 else 'are'} left in"
+                f" {in_waves} ({where}), kept in the ledger: run the same command again to continue them, or"
+                " `extractkit batch cancel --all` (with the same -c) to cancel them and free the documents"
+                " for a live run")  # fmt: skip
+
+    async def _max_cost_said(self) -> str:
+        """Why --max-cost stopped the run: the ceiling, what the next part could cost, what to do."""
+        pending, unsent, _, _ = await self._where()
+        left = f"{plural(pending + unsent, 'document')} left pending in the ledger"
+        spent = f"this run spent ${self._spent:.6f}"
+        if self._cost_blocked is None:
+            return (f"max cost ${self.max_cost:g} reached: {spent}; no more batches submitted ({left}); run"
+                    " the same command again (with a higher --max-cost) to continue them")  # fmt: skip
+        wave, part, worst = self._cost_blocked
+        need = self._spent + worst
+        return (
+            f"max cost ${self.max_cost:g} (--max-cost) would be passed by the next batch: wave {wave} "
+            f"({part.tier}, {plural(len(part.item_ids), 'request')}) could cost up to ${worst:.6f} at the"
+            f" batch price (its request bytes as tokens plus every line's max_tokens), and {spent}, so"
+            f" ${need:.6f} in all; nothing more submitted ({left}): raise --max-cost to at least"
+            f" ${need:.6f} (or lower the tier's max_tokens) and run the same command again"
+        )
 
     # -- 1. resume ----------------------------------------------------------------------------------
     async def _resume(self) -> None:
@@ -429,7 +477,7 @@ class WaveRunner:
                     await asyncio.sleep(self.poll_s)
                 continue
             pending = await asyncio.to_thread(L.pending_batch_items, *self._keys)
-            pending = [i for i in pending if i.document_sha256 not in self._gone]
+            pending = await self._drop_final([i for i in pending if i.document_sha256 not in self._gone])
             live = [i for i in pending if self.vias[i.tier] == "live"]
             batch = [i for i in pending if self.vias[i.tier] == "batch"]
             if batch and not self._cost_stopped:
@@ -441,6 +489,33 @@ class WaveRunner:
                 if not opened:
                     self._summary.unattempted += len(batch)  # left pending: a later run sends them
                     return
+
+    async def _drop_final(self, items: list[BatchItem]) -> list[BatchItem]:
+        """The pending items whose document was not made final another way since it was
+        enqueued (a live run, the library, a worker); the others are ``superseded`` in the
+        ledger, never sent (not paid twice), and their documents reported from the ledger."""
+        if not items:
+            return items
+        retry = {o.value for o in TRANSIENT_OUTCOMES}
+        if self.retry_failed:
+            retry |= {o.value for o in VALIDATION_OUTCOMES}
+        ex, L = self.extractor, self.ledger
+        shas = await asyncio.to_thread(L.supersede_final_items, *self._keys, [i.id for i in items], retry)
+        if not shas:
+            return items
+        for sha in shas:
+            doc = self._docs.pop(sha, None)
+            row = await asyncio.to_thread(L.find_final, sha, ex.schema_hash, ex.config_hash)
+            if doc is None or row is None:
+                continue  # not one of this run's documents: nothing to report
+            first = _from_ledger(doc.path, sha, row)
+            self._emit(first)
+            for other in doc.paths:
+                self._emit(dataclasses.replace(first, path=other, duplicate_of=doc.path, attempts=0,
+                                               prompt_tokens=0, completion_tokens=0,
+                                               cost_usd=0.0))  # fmt: skip
+        gone = set(shas)
+        return [i for i in items if i.document_sha256 not in gone]
 
     # -- 3a. live tiers -----------------------------------------------------------------------------
     async def _run_live(self, items: list[BatchItem]) -> None:
@@ -486,15 +561,17 @@ class WaveRunner:
                 rows = [(*row, doc) for row, doc in zip(overflows, read, strict=True) if doc is not None]
                 await self._finish(await asyncio.to_thread(self._overflowed, rows))
             for n, part in enumerate(parts):
-                if self._over_budget(part):
+                if self._over_budget(wave, part):
                     break
                 await self._submit(wave, n, part)
 
-    def _over_budget(self, part: Part) -> bool:
+    def _over_budget(self, wave: int, part: Part) -> bool:
         """Whether submitting ``part`` could take this run's spend past ``max_cost``."""
-        if self.max_cost is not None and not self._cost_stopped:  # noqa: SIM102
-            if self._spent + self._worst_case(part) > self.max_cost:
+        if self.max_cost is not None and not self._cost_stopped:
+            worst = self._worst_case(part)
+            if self._spent + worst > self.max_cost:
                 self._cost_stopped = True
+                self._cost_blocked = (wave, part, worst)
         return self._cost_stopped
 
     def _worst_case(self, part: Part) -> float:
