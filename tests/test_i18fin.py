@@ -394,3 +394,72 @@ def test_the_batch_provider_uses_the_shared_transport_helpers_not_the_live_paths
     for name in ("BODY_CAP", "within", "read_capped"):
         assert getattr(_provider, name) is getattr(_transport, name)
         assert getattr(_llm, name) is getattr(_transport, name)
+
+
+# -- 8. texts held between waves: bounded; past the bound read again from the source -----------------
+
+
+def _waves_run(tmp_path: Path, name: str, monkeypatch: pytest.MonkeyPatch, **kw: Any) -> tuple[Any, int, Any]:
+    """The 5-document script of test_waves (a re-ask, an escalation, a 429) through a runner;
+    (results by document, documents read, runner)."""
+    from extractkit.batch import _waves
+    from extractkit.batch._waves import WaveRunner
+
+    from .test_waves import DOCS, chain, script
+
+    folder = tmp_path / name
+    folder.mkdir()
+    for marker, text in DOCS.items():
+        (folder / f"{marker[-1].lower()}.txt").write_text(text)
+    reads: list[str] = []
+    real = _waves._load
+
+    async def counted(path: Any, *args: Any) -> Any:
+        reads.append(str(path))
+        return await real(path, *args)
+
+    monkeypatch.setattr(_waves, "_load", counted)
+    held: list[int] = []
+    results: dict[str, Any] = {}
+    with FakeBatchServer(script(), advance_on_poll=3) as server, Ledger(tmp_path / f"{name}.sqlite3") as ledger:
+        runner = WaveRunner(chain(server.base_url), ledger, poll_s=0, **kw,
+                            on_wave=lambda e: held.append(runner._held),
+                            on_result=lambda r, s: results.__setitem__(Path(r.path).stem, r))  # fmt: skip
+        summary = _run(runner, [folder])
+    assert summary.status == "done" and summary.ok == 5
+    return results, len(reads), held
+
+
+def test_past_the_text_bound_the_driver_reads_documents_again_and_gets_the_same_results(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    held_all, reads_all, _ = _waves_run(tmp_path, "held", monkeypatch)
+    lean, reads_lean, held = _waves_run(tmp_path, "lean", monkeypatch, hold_text_chars=0)
+    assert reads_all == 5  # every text held: read once
+    assert reads_lean > 5 and set(held) == {0}  # no text held between waves: read again per wave
+    for stem, r in held_all.items():
+        other = lean[stem]
+        assert (other.status, other.tier, other.value, other.attempts) == (r.status, r.tier, r.value, r.attempts)
+        assert [(a.tier, a.outcome) for a in other.result.attempts] == [(a.tier, a.outcome) for a in r.result.attempts]
+
+
+def test_a_document_changed_while_its_text_is_not_held_is_an_error_not_a_wrong_answer(tmp_path: Path) -> None:
+    from extractkit.batch._waves import WaveRunner
+
+    docs = make_docs(tmp_path, 2)
+    with FakeBatchServer(echo_invoice_responder, advance_on_poll=0) as server, \
+            Ledger(tmp_path / "l.sqlite3") as ledger:  # fmt: skip
+
+        def on_wave(e: Any) -> None:
+            if e.event == "submitted":  # the file changes while its batch runs
+                (docs / "d0.txt").write_text("Invoice\nFrom: Someone Else\nTotal: 99.00\n")
+                server.finish()
+
+        results: dict[str, Any] = {}
+        runner = WaveRunner(_chain(server.base_url), ledger, poll_s=0, hold_text_chars=0, on_wave=on_wave,
+                            on_result=lambda r, s: results.__setitem__(Path(r.path).name, r))  # fmt: skip
+        summary = _run(runner, [docs])
+    assert results["d1.txt"].status == "ok"
+    assert results["d0.txt"].status == "error" and "changed" in (results["d0.txt"].error or "")
+    assert summary.ok == 1 and summary.errors == 1
+    assert sql(str(tmp_path / "l.sqlite3"), "select count(*) from extractions where status = 'ok'") == [(1,)]

@@ -89,6 +89,9 @@ INGEST_CHUNK = 500  # items interpreted (in a worker thread) and written (one tr
 READ_AHEAD = 8  # documents read at once (discovery, rereading sources on resume)
 ADD_CHUNK = 500  # new items written per transaction
 ADOPT_AFTER_S = 300.0  # another running driver's uploaded part, left without a batch this long: adopted
+# characters of document text a driver holds between waves; past it, a document's text is read again
+# from its source (its sha256 checked) when its answers are read, instead of being held for hours
+HOLD_TEXT_CHARS = 64 * 1024 * 1024
 
 
 @dataclass
@@ -108,11 +111,12 @@ class WaveEvent:
 
 @dataclass
 class _Doc:
-    text: str
+    text: str  # "" when not held (``held`` False): read again from its source when needed
     path: str
     size: int
     doc_type: str
     paths: list[str] = field(default_factory=list)  # other paths with the same content, this run
+    held: bool = True
 
 
 def _completion(body: Any) -> ChatCompletion | None:
@@ -180,6 +184,7 @@ class WaveRunner:
         part_lines: int = MAX_LINES,
         part_bytes: int = MAX_PART_BYTES,
         max_download_bytes: int | None = None,
+        hold_text_chars: int = HOLD_TEXT_CHARS,
     ):
         names = [t.name for t in extractor.tiers]
         for where, way in [("via", via), *((f"tier_via[{k!r}]", v) for k, v in (tier_via or {}).items())]:
@@ -208,6 +213,7 @@ class WaveRunner:
         self.max_bytes, self.max_chars = max_bytes, max_chars
         self.part_lines, self.part_bytes = part_lines, part_bytes
         self.max_download_bytes = max_download_bytes
+        self.hold_text_chars = hold_text_chars
         self.tier_names = [t.name for t in extractor.tiers]
         given = dict(tier_via or {})
         self.vias = {t.name: given.get(t.name) or getattr(t, "via", None) or via for t in extractor.tiers}
@@ -227,6 +233,7 @@ class WaveRunner:
                 )
         self._providers: dict[str, BatchProvider] = {}
         self._docs: dict[str, _Doc] = {}  # this run's documents in flight, by sha256
+        self._held = 0  # characters of text held in ``_docs``
         self._gone: set[str] = set()  # documents whose source could not be read again (left for later)
         self._lock = threading.Lock()  # parts are ingested in worker threads, several at once
         self._reading = asyncio.Semaphore(READ_AHEAD)  # sources read again at once (a resumed run)
@@ -439,7 +446,7 @@ class WaveRunner:
                         self._emit(_from_ledger(doc.path, doc.sha256, row))
                         continue
                     self._summary.retried += 1
-            self._docs[doc.sha256] = _Doc(doc.text, doc.path, doc.size, doc.type)
+            self._docs[doc.sha256] = self._hold(_Doc(doc.text, doc.path, doc.size, doc.type))
             if doc.sha256 in in_flight:
                 continue  # already in a wave (a killed run's): its result comes from there
             todo_docs.append((path, doc))
@@ -504,7 +511,7 @@ class WaveRunner:
         if not shas:
             return items
         for sha in shas:
-            doc = self._docs.pop(sha, None)
+            doc = self._forget(sha)
             row = await asyncio.to_thread(L.find_final, sha, ex.schema_hash, ex.config_hash)
             if doc is None or row is None:
                 continue  # not one of this run's documents: nothing to report
@@ -745,7 +752,7 @@ class WaveRunner:
 
     def _report(self, result: Result[Any], record: dict[str, Any]) -> None:
         sha = result.document_sha256
-        doc = self._docs.pop(sha, None)
+        doc = self._forget(sha)
         for a in result.attempts:
             if not a.ok:
                 self._summary.tier_failures[a.tier] += 1
@@ -769,14 +776,14 @@ class WaveRunner:
         the sha256 checked); a source that is gone or changed is recorded as an error (None) and
         its item left for a later run."""
         doc = self._docs.get(item.document_sha256)
-        if doc is not None:
+        if doc is not None and doc.held:
             return doc
         if item.document_sha256 in self._gone:
             return None
         async with self._reading:
-            return await self._reread(item)
+            return await self._reread(item, doc)
 
-    async def _reread(self, item: BatchItem) -> _Doc | None:
+    async def _reread(self, item: BatchItem, light: _Doc | None = None) -> _Doc | None:
         path: Source = (
             Path(os.fsdecode(item.source_bytes))
             if item.source_bytes is not None
@@ -791,7 +798,24 @@ class WaveRunner:
             self._gone.add(item.document_sha256)
             self._emit(self._error(exc, item.path or display_path(path)))
             return None
-        doc = self._docs[item.document_sha256] = _Doc(got.text, got.path, got.size, got.type)
+        if light is not None:  # one of this run's documents whose text is not held: not held now either
+            return dataclasses.replace(light, text=got.text, held=True)
+        doc = _Doc(got.text, got.path, got.size, got.type)
+        self._docs[item.document_sha256] = self._hold(doc)
+        return doc
+
+    def _hold(self, doc: _Doc) -> _Doc:
+        """``doc`` as ``_docs`` keeps it: its text while the run holds under ``hold_text_chars``,
+        else without it (read again from the source when needed)."""
+        if self._held + len(doc.text) <= self.hold_text_chars:
+            self._held += len(doc.text)
+            return doc
+        return dataclasses.replace(doc, text="", held=False)
+
+    def _forget(self, sha: str) -> _Doc | None:
+        doc = self._docs.pop(sha, None)
+        if doc is not None and doc.held:
+            self._held -= len(doc.text)
         return doc
 
 
