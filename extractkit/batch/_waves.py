@@ -160,7 +160,10 @@ class WaveRunner:
     submitted, this run's spend plus the part's worst case at the batch price is compared with
     it; over it, nothing more is submitted (open batches are still polled and ingested) and the
     run ends ``stopped_max_cost``. ``on_wave(WaveEvent)``: progress. ``part_lines`` /
-    ``part_bytes``: the limits of one input file.
+    ``part_bytes``: the limits of one input file. ``hold_text_chars``: the document text held
+    between waves (characters, all documents together); past it a document's text is read again
+    from its source (its sha256 checked) when its answers are read. Before each wave is built, a
+    pending document made final another way since it was enqueued is dropped from it (not sent).
     """
 
     def __init__(
