@@ -27,11 +27,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import sys
 import time
-from collections.abc import AsyncIterator, Awaitable
-from contextvars import ContextVar
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import openai
@@ -48,45 +45,14 @@ from ._steps import TOKEN_SAFETY as TOKEN_SAFETY  # re-exported: the batch estim
 from ._steps import strip_code_fence as strip_code_fence  # re-exported (tests)
 from ._tiers import BoundTier
 from ._tokens import message_text
+from ._transport import BODY_CAP, cap_body, read_capped, within
 
 MAX_RESPONSE_BYTES = 4 * 1024 * 1024  # default cap on a response body (Extractor(max_response_bytes=))
 OFFLOAD_BYTES = 64 * 1024  # a body or answer larger than this is parsed in a worker thread
 
-T = TypeVar("T")
-
 # instructor logs every failed validation at ERROR; for extractkit those are recorded outcomes,
 # not errors. A NullHandler keeps them off stderr unless the application configures logging.
 logging.getLogger("instructor").addHandler(logging.NullHandler())
-
-# the body cap of the call in progress, read by the HTTP client's response hook (an error body is
-# read by the SDK itself before it raises: the hook caps that read too)
-_BODY_CAP: ContextVar[int | None] = ContextVar("extractkit_body_cap", default=None)
-
-
-class _CappedStream(httpx.AsyncByteStream):
-    """A response body that raises ``ResponseTooLarge`` once more than ``limit`` bytes came in."""
-
-    def __init__(self, inner: httpx.AsyncByteStream, limit: int, status_code: int):
-        self._inner, self._limit, self._status = inner, limit, status_code
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        seen = 0
-        async for chunk in self._inner:
-            seen += len(chunk)
-            if seen > self._limit:
-                raise _retry.ResponseTooLarge(self._limit, seen, self._status)
-            yield chunk
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-
-async def _cap_body(response: httpx.Response) -> None:
-    """httpx response hook (headers in, body not yet read): cap the body of every status."""
-    limit = _BODY_CAP.get()
-    if limit is not None and isinstance(response.stream, httpx.AsyncByteStream):
-        response.stream = _CappedStream(response.stream, limit, response.status_code)
-
 
 class _Cookies(httpx.Cookies):
     """The client's cookie jar as httpx keeps it, except that an answer without a cookie header
@@ -103,7 +69,7 @@ class _Cookies(httpx.Cookies):
 def make_client(tier: Any, *, local_url: str | None = None) -> openai.AsyncOpenAI:
     """The tier's client. ``local_url``: the local server's URL, for a local tier, when the
     caller has started it (``Extractor`` does, off the event loop); else it is started here."""
-    hooks: dict[str, list[Any]] = {"response": [_cap_body]}
+    hooks: dict[str, list[Any]] = {"response": [cap_body]}
     if tier.transport == "aiohttp":
         http_client = openai.DefaultAioHttpClient(event_hooks=hooks)
     else:
@@ -122,28 +88,6 @@ def make_client(tier: Any, *, local_url: str | None = None) -> openai.AsyncOpenA
         http_client=http_client,
         default_headers=dict(tier.headers) if getattr(tier, "headers", None) else None,
     )
-
-
-if sys.version_info >= (3, 11):
-
-    async def _within(seconds: float, work: Awaitable[T]) -> T:
-        """``work`` under a total deadline: ``TimeoutError`` when it is not done in ``seconds``."""
-        deadline = asyncio.timeout(seconds)
-        try:
-            async with deadline:
-                return await work
-        except TimeoutError:
-            if deadline.expired():
-                raise TimeoutError(f"no complete response within the {seconds:g} s timeout") from None
-            raise
-
-else:  # pragma: no cover - Python 3.10
-
-    async def _within(seconds: float, work: Awaitable[T]) -> T:
-        try:
-            return await asyncio.wait_for(work, seconds)
-        except asyncio.TimeoutError:
-            raise TimeoutError(f"no complete response within the {seconds:g} s timeout") from None
 
 
 class TierCall:
@@ -255,7 +199,7 @@ class TierCall:
         started, t0 = time.time(), time.perf_counter()
         try:
             # one deadline over send + read + parse: the SDK's timeout applies per socket read
-            response, size = await _within(self.tier.timeout_s, self._exchange(request.body))
+            response, size = await within(self.tier.timeout_s, self._exchange(request.body))
         except Exception as exc:
             failure = Failure.from_exception(exc)
             return Answer(failure=failure, started_at=started, latency_s=time.perf_counter() - t0), exc
@@ -289,16 +233,16 @@ class TierCall:
         # create() walks every message through TypedDict introspection first, which costs more
         # than everything else extractkit does per attempt. stream=True: the body is read here,
         # incrementally, and abandoned at the cap
-        cap = _BODY_CAP.set(self.max_response_bytes)
+        cap = BODY_CAP.set(self.max_response_bytes)
         try:
             raw: httpx.Response = await self.client.post(
                 "/chat/completions", cast_to=httpx.Response, body=body,
                 options={"timeout": self.tier.timeout_s}, stream=True, stream_cls=None,
             )  # type: ignore[call-overload]  # fmt: skip
         finally:
-            _BODY_CAP.reset(cap)
+            BODY_CAP.reset(cap)
         try:
-            data = await _read_capped(raw, self.max_response_bytes)
+            data = await read_capped(raw, self.max_response_bytes)
         finally:
             await raw.aclose()
         if len(data) > OFFLOAD_BYTES:
@@ -316,22 +260,6 @@ def rate_limit_tokens(kwargs: dict[str, Any], max_tokens: int, extra_chars: int 
         extra = kwargs.get("tools") or kwargs.get("response_format")
         extra_chars = len(json.dumps(extra, ensure_ascii=False)) if extra else 0
     return -(-(chars + extra_chars) // 4) + max_tokens
-
-
-async def _read_capped(raw: httpx.Response, limit: int) -> bytes:
-    """The body, read chunk by chunk and abandoned as soon as it passes ``limit`` bytes (decoded;
-    a declared Content-Length over the limit is refused before reading)."""
-    declared = raw.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise _retry.ResponseTooLarge(limit, 0, raw.status_code)
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in raw.aiter_bytes():
-        size += len(chunk)
-        if size > limit:
-            raise _retry.ResponseTooLarge(limit, size, raw.status_code)
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _parse_completion(body: bytes, raw: httpx.Response | None = None) -> ChatCompletion:

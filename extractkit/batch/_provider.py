@@ -42,7 +42,7 @@ from openai.types import Batch, FileObject
 
 from .. import _redact, _retry
 from .._errors import BatchError, BatchFailed, BatchUnsupported, ProviderUnreachable
-from .._llm import _BODY_CAP, _read_capped, _within
+from .._transport import BODY_CAP, read_capped, within
 from .._words import plural
 
 T = TypeVar("T")
@@ -126,16 +126,18 @@ class BatchProvider:
     # -- one call, bounded, retried -----------------------------------------------------------
     async def _call(
         self, what: str, fn: Callable[[], Awaitable[T]], *, timeout_s: float, cap: int | None = None,
-        on_404: Callable[[openai.APIStatusError], BatchError] | None = None,
+        on_404: Callable[[openai.APIStatusError], BatchError] | None = None, refusal_final: bool = False,
     ) -> T:  # fmt: skip
-        """``fn()`` under a total deadline and a body cap, transient failures retried."""
+        """``fn()`` under a total deadline and a body cap, transient failures retried.
+        ``refusal_final``: an HTTP 4xx other than 401, 408 and 429 is the provider's answer (a 409
+        "cannot cancel a batch that is finalizing"), not a transient failure: not retried."""
         tries = 0
         while True:
             tries += 1
             self.breaker.check(self.url)
-            token = _BODY_CAP.set(cap if cap is not None else CONTROL_BYTES)
+            token = BODY_CAP.set(cap if cap is not None else CONTROL_BYTES)
             try:
-                result = await _within(timeout_s, fn())
+                result = await within(timeout_s, fn())
             except (ProviderUnreachable, BatchError):
                 raise
             except Exception as exc:
@@ -158,7 +160,9 @@ class BatchProvider:
                         f"{what}: the provider at {self.url} did not answer {plural(tries, 'try', 'tries')}: "
                         f"{_short(exc)}", url=self.url, failures=tries,
                     ) from None  # fmt: skip
-                if not _transient(exc) or tries >= self.policy.max_attempts:
+                refused = refusal_final and status is not None and 400 <= status < 500 and status not in (
+                    401, 408, 429)  # fmt: skip
+                if refused or not _transient(exc) or tries >= self.policy.max_attempts:
                     raise BatchError(
                         f"{what} at {self.url} failed after {plural(tries, 'try', 'tries')}: {_short(exc)}",
                         url=self.url,
@@ -167,7 +171,7 @@ class BatchProvider:
                 await _retry.sleep(_retry.retry_delay(tries, _retry.response_headers(exc), self.policy))
                 continue
             finally:
-                _BODY_CAP.reset(token)
+                BODY_CAP.reset(token)
             self.breaker.answered(self.url)
             return result
 
@@ -215,7 +219,7 @@ class BatchProvider:
 
         async def fetch() -> bytes:
             async with self.client.files.with_streaming_response.content(file_id) as resp:
-                return await _read_capped(resp.http_response, cap)  # the live path's capped read
+                return await read_capped(resp.http_response, cap)  # the live path's capped read
 
         return await self._call(f"download {file_id}", fetch, timeout_s=self.download_timeout_s, cap=cap + 1)
 
@@ -239,10 +243,23 @@ class BatchProvider:
         return await self._call(f"poll {batch_id}", send, timeout_s=self.timeout_s)
 
     async def cancel(self, batch_id: str) -> Batch:
+        """Cancel a batch. The provider refusing it (HTTP 409 for a batch already finalizing or
+        ended, any 4xx but 401 / 408 / 429) is not retried: ``BatchError`` with that status at once."""
+
         async def send() -> Batch:
             return _expect(await self.client.batches.cancel(batch_id), Batch, "a batch")
 
-        return await self._call(f"cancel {batch_id}", send, timeout_s=self.timeout_s)
+        return await self._call(f"cancel {batch_id}", send, timeout_s=self.timeout_s, refusal_final=True)
+
+    async def try_cancel(self, batch_id: str) -> tuple[Batch, str | None]:
+        """Cancel a batch unless the provider refuses (see ``cancel``): the batch as it is then
+        (polled again after a refusal) and the refusal's text (None: cancelled or cancelling)."""
+        try:
+            return await self.cancel(batch_id), None
+        except BatchError as exc:
+            if exc.status_code is None or not 400 <= exc.status_code < 500:
+                raise
+            return await self.retrieve(batch_id), str(exc)
 
     async def find_batch(self, input_file_id: str, *, since: float | None = None) -> Batch | None:
         """The batch created from ``input_file_id`` (a create whose answer was lost), or None.

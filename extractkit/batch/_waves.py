@@ -42,9 +42,10 @@ from openai.types.chat import ChatCompletion
 from pydantic import ValidationError
 
 from .. import _retry
-from .._errors import ConfigError, DocumentError, ProviderRefused, ProviderUnreachable
-from .._results import Attempt, Result
+from .._errors import BatchError, ConfigError, DocumentError, ProviderRefused, ProviderUnreachable
+from .._results import TRANSIENT_OUTCOMES, VALIDATION_OUTCOMES, Attempt, Result
 from .._steps import Answer, Failure, NextKind, TierState
+from .._words import plural
 from ..ledger import ItemOutcome, NewBatchItem, NewBatchJob
 from ._estimate import check_max_cost
 from ._loaders import (
@@ -88,6 +89,9 @@ INGEST_CHUNK = 500  # items interpreted (in a worker thread) and written (one tr
 READ_AHEAD = 8  # documents read at once (discovery, rereading sources on resume)
 ADD_CHUNK = 500  # new items written per transaction
 ADOPT_AFTER_S = 300.0  # another running driver's uploaded part, left without a batch this long: adopted
+# characters of document text a driver holds between waves; past it, a document's text is read again
+# from its source (its sha256 checked) when its answers are read, instead of being held for hours
+HOLD_TEXT_CHARS = 64 * 1024 * 1024
 
 
 @dataclass
@@ -107,11 +111,12 @@ class WaveEvent:
 
 @dataclass
 class _Doc:
-    text: str
+    text: str  # "" when not held (``held`` False): read again from its source when needed
     path: str
     size: int
     doc_type: str
     paths: list[str] = field(default_factory=list)  # other paths with the same content, this run
+    held: bool = True
 
 
 def _completion(body: Any) -> ChatCompletion | None:
@@ -155,7 +160,10 @@ class WaveRunner:
     submitted, this run's spend plus the part's worst case at the batch price is compared with
     it; over it, nothing more is submitted (open batches are still polled and ingested) and the
     run ends ``stopped_max_cost``. ``on_wave(WaveEvent)``: progress. ``part_lines`` /
-    ``part_bytes``: the limits of one input file.
+    ``part_bytes``: the limits of one input file. ``hold_text_chars``: the document text held
+    between waves (characters, all documents together); past it a document's text is read again
+    from its source (its sha256 checked) when its answers are read. Before each wave is built, a
+    pending document made final another way since it was enqueued is dropped from it (not sent).
     """
 
     def __init__(
@@ -179,6 +187,7 @@ class WaveRunner:
         part_lines: int = MAX_LINES,
         part_bytes: int = MAX_PART_BYTES,
         max_download_bytes: int | None = None,
+        hold_text_chars: int = HOLD_TEXT_CHARS,
     ):
         names = [t.name for t in extractor.tiers]
         for where, way in [("via", via), *((f"tier_via[{k!r}]", v) for k, v in (tier_via or {}).items())]:
@@ -207,6 +216,7 @@ class WaveRunner:
         self.max_bytes, self.max_chars = max_bytes, max_chars
         self.part_lines, self.part_bytes = part_lines, part_bytes
         self.max_download_bytes = max_download_bytes
+        self.hold_text_chars = hold_text_chars
         self.tier_names = [t.name for t in extractor.tiers]
         given = dict(tier_via or {})
         self.vias = {t.name: given.get(t.name) or getattr(t, "via", None) or via for t in extractor.tiers}
@@ -226,11 +236,13 @@ class WaveRunner:
                 )
         self._providers: dict[str, BatchProvider] = {}
         self._docs: dict[str, _Doc] = {}  # this run's documents in flight, by sha256
+        self._held = 0  # characters of text held in ``_docs``
         self._gone: set[str] = set()  # documents whose source could not be read again (left for later)
         self._lock = threading.Lock()  # parts are ingested in worker threads, several at once
         self._reading = asyncio.Semaphore(READ_AHEAD)  # sources read again at once (a resumed run)
         self._spent = 0.0
         self._cost_stopped = False
+        self._cost_blocked: tuple[int, Part, float] | None = None  # (wave, part, worst case) over max_cost
         self._out: IO[str] | None = None
         self._summary = BatchSummary(run_id="")
         self._run_id = ""
@@ -273,11 +285,11 @@ class WaveRunner:
             await self._drive()
             status = STOPPED_MAX_COST if self._cost_stopped else "done"
             if self._cost_stopped:
-                summary.error = (
-                    f"max cost ${self.max_cost:g} reached: this run spent ${self._spent:.6f}; no more batches"
-                    " submitted (the documents left are pending in the ledger); run the same command again"
-                    " to continue them"
-                )
+                summary.error = await self._max_cost_said()
+        except BatchError as exc:  # a 404 (no Batch API), a page that is not JSON, a failed batch:
+            status = "failed"  # exit 1 through the CLI's one handler, saying where the documents are
+            exc.args = (f"{exc}. {await self._left_said()}",)
+            raise
         except ProviderUnreachable as exc:  # as BatchRunner: a summary naming the URL, not a traceback
             status, summary.provider_url = STOPPED, exc.url
             said = str(exc) if exc.url in str(exc) else f"provider unreachable at {exc.url}: {exc}"
@@ -314,6 +326,52 @@ class WaveRunner:
                                completed=counts.get("completed", 0), failed=counts.get("failed", 0),
                                provider_batch_id=getattr(batch, "id", None) or job.provider_batch_id,
                                ))  # fmt: skip
+
+    async def _where(self) -> tuple[int, int, int, list[int]]:
+        """This chain's documents in flight: (pending for a wave, sent in parts never submitted,
+        sent in batches at the provider, the waves they are in)."""
+        L = self.ledger
+        rows = await asyncio.to_thread(L.wave_summary, *self._keys)
+        jobs = await asyncio.to_thread(L.open_batch_jobs, *self._keys)
+        unsent = sum(j.n_lines for j in jobs if j.provider_batch_id is None)
+        sent = sum(r.sent for r in rows)
+        waves = sorted({r.wave for r in rows if r.pending or r.sent})
+        return sum(r.pending for r in rows), min(unsent, sent), max(0, sent - unsent), waves
+
+    async def _left_said(self) -> str:
+        """What a run stopped by an error left, and what to do about it."""
+        s = self._summary
+        pending, unsent, at_provider, waves = await self._where()
+        done = f"This run: {s.ok} ok, {s.failed} failed, {s.resumed} already final"
+        left = pending + unsent + at_provider
+        if not left:
+            return f"{done}; no document of this chain is left in a wave"
+        where = ", ".join(f"{n} {what}" for n, what in (
+            (unsent, "in parts never submitted"), (at_provider, "in batches at the provider"),
+            (pending, "pending for the next wave")) if n)  # fmt: skip
+        in_waves = f"wave{'s' if len(waves) > 1 else ''} {', '.join(map(str, waves))}"
+        return (f"{done}; {plural(left, 'document')} of this chain {'is' if left == 1 else 'are'} left in"
+                f" {in_waves} ({where}), kept in the ledger: run the same command again to continue them, or"
+                " `extractkit batch cancel --all` (with the same -c) to cancel them and free the documents"
+                " for a live run")  # fmt: skip
+
+    async def _max_cost_said(self) -> str:
+        """Why --max-cost stopped the run: the ceiling, what the next part could cost, what to do."""
+        pending, unsent, _, _ = await self._where()
+        left = f"{plural(pending + unsent, 'document')} left pending in the ledger"
+        spent = f"this run spent ${self._spent:.6f}"
+        if self._cost_blocked is None:
+            return (f"max cost ${self.max_cost:g} reached: {spent}; no more batches submitted ({left}); run"
+                    " the same command again (with a higher --max-cost) to continue them")  # fmt: skip
+        wave, part, worst = self._cost_blocked
+        need = self._spent + worst
+        return (
+            f"max cost ${self.max_cost:g} (--max-cost) would be passed by the next batch: wave {wave} "
+            f"({part.tier}, {plural(len(part.item_ids), 'request')}) could cost up to ${worst:.6f} at the"
+            f" batch price (its request bytes as tokens plus every line's max_tokens), and {spent}, so"
+            f" ${need:.6f} in all; nothing more submitted ({left}): raise --max-cost to at least"
+            f" ${need:.6f} (or lower the tier's max_tokens) and run the same command again"
+        )
 
     # -- 1. resume ----------------------------------------------------------------------------------
     async def _resume(self) -> None:
@@ -391,7 +449,7 @@ class WaveRunner:
                         self._emit(_from_ledger(doc.path, doc.sha256, row))
                         continue
                     self._summary.retried += 1
-            self._docs[doc.sha256] = _Doc(doc.text, doc.path, doc.size, doc.type)
+            self._docs[doc.sha256] = self._hold(_Doc(doc.text, doc.path, doc.size, doc.type))
             if doc.sha256 in in_flight:
                 continue  # already in a wave (a killed run's): its result comes from there
             todo_docs.append((path, doc))
@@ -429,7 +487,7 @@ class WaveRunner:
                     await asyncio.sleep(self.poll_s)
                 continue
             pending = await asyncio.to_thread(L.pending_batch_items, *self._keys)
-            pending = [i for i in pending if i.document_sha256 not in self._gone]
+            pending = await self._drop_final([i for i in pending if i.document_sha256 not in self._gone])
             live = [i for i in pending if self.vias[i.tier] == "live"]
             batch = [i for i in pending if self.vias[i.tier] == "batch"]
             if batch and not self._cost_stopped:
@@ -441,6 +499,33 @@ class WaveRunner:
                 if not opened:
                     self._summary.unattempted += len(batch)  # left pending: a later run sends them
                     return
+
+    async def _drop_final(self, items: list[BatchItem]) -> list[BatchItem]:
+        """The pending items whose document was not made final another way since it was
+        enqueued (a live run, the library, a worker); the others are ``superseded`` in the
+        ledger, never sent (not paid twice), and their documents reported from the ledger."""
+        if not items:
+            return items
+        retry = {o.value for o in TRANSIENT_OUTCOMES}
+        if self.retry_failed:
+            retry |= {o.value for o in VALIDATION_OUTCOMES}
+        ex, L = self.extractor, self.ledger
+        shas = await asyncio.to_thread(L.supersede_final_items, *self._keys, [i.id for i in items], retry)
+        if not shas:
+            return items
+        for sha in shas:
+            doc = self._forget(sha)
+            row = await asyncio.to_thread(L.find_final, sha, ex.schema_hash, ex.config_hash)
+            if doc is None or row is None:
+                continue  # not one of this run's documents: nothing to report
+            first = _from_ledger(doc.path, sha, row)
+            self._emit(first)
+            for other in doc.paths:
+                self._emit(dataclasses.replace(first, path=other, duplicate_of=doc.path, attempts=0,
+                                               prompt_tokens=0, completion_tokens=0,
+                                               cost_usd=0.0))  # fmt: skip
+        gone = set(shas)
+        return [i for i in items if i.document_sha256 not in gone]
 
     # -- 3a. live tiers -----------------------------------------------------------------------------
     async def _run_live(self, items: list[BatchItem]) -> None:
@@ -486,15 +571,17 @@ class WaveRunner:
                 rows = [(*row, doc) for row, doc in zip(overflows, read, strict=True) if doc is not None]
                 await self._finish(await asyncio.to_thread(self._overflowed, rows))
             for n, part in enumerate(parts):
-                if self._over_budget(part):
+                if self._over_budget(wave, part):
                     break
                 await self._submit(wave, n, part)
 
-    def _over_budget(self, part: Part) -> bool:
+    def _over_budget(self, wave: int, part: Part) -> bool:
         """Whether submitting ``part`` could take this run's spend past ``max_cost``."""
-        if self.max_cost is not None and not self._cost_stopped:  # noqa: SIM102
-            if self._spent + self._worst_case(part) > self.max_cost:
+        if self.max_cost is not None and not self._cost_stopped:
+            worst = self._worst_case(part)
+            if self._spent + worst > self.max_cost:
                 self._cost_stopped = True
+                self._cost_blocked = (wave, part, worst)
         return self._cost_stopped
 
     def _worst_case(self, part: Part) -> float:
@@ -668,7 +755,7 @@ class WaveRunner:
 
     def _report(self, result: Result[Any], record: dict[str, Any]) -> None:
         sha = result.document_sha256
-        doc = self._docs.pop(sha, None)
+        doc = self._forget(sha)
         for a in result.attempts:
             if not a.ok:
                 self._summary.tier_failures[a.tier] += 1
@@ -692,14 +779,14 @@ class WaveRunner:
         the sha256 checked); a source that is gone or changed is recorded as an error (None) and
         its item left for a later run."""
         doc = self._docs.get(item.document_sha256)
-        if doc is not None:
+        if doc is not None and doc.held:
             return doc
         if item.document_sha256 in self._gone:
             return None
         async with self._reading:
-            return await self._reread(item)
+            return await self._reread(item, doc)
 
-    async def _reread(self, item: BatchItem) -> _Doc | None:
+    async def _reread(self, item: BatchItem, light: _Doc | None = None) -> _Doc | None:
         path: Source = (
             Path(os.fsdecode(item.source_bytes))
             if item.source_bytes is not None
@@ -714,7 +801,24 @@ class WaveRunner:
             self._gone.add(item.document_sha256)
             self._emit(self._error(exc, item.path or display_path(path)))
             return None
-        doc = self._docs[item.document_sha256] = _Doc(got.text, got.path, got.size, got.type)
+        if light is not None:  # one of this run's documents whose text is not held: not held now either
+            return dataclasses.replace(light, text=got.text, held=True)
+        doc = _Doc(got.text, got.path, got.size, got.type)
+        self._docs[item.document_sha256] = self._hold(doc)
+        return doc
+
+    def _hold(self, doc: _Doc) -> _Doc:
+        """``doc`` as ``_docs`` keeps it: its text while the run holds under ``hold_text_chars``,
+        else without it (read again from the source when needed)."""
+        if self._held + len(doc.text) <= self.hold_text_chars:
+            self._held += len(doc.text)
+            return doc
+        return dataclasses.replace(doc, text="", held=False)
+
+    def _forget(self, sha: str) -> _Doc | None:
+        doc = self._docs.pop(sha, None)
+        if doc is not None and doc.held:
+            self._held -= len(doc.text)
         return doc
 
 

@@ -129,6 +129,17 @@ def _part(job: Any) -> dict[str, Any]:
     return d
 
 
+def _reasons(errors: list[Any], keep: int = 5) -> str:
+    """A failed batch's ``errors.data`` in one line: ``code: message (line N)``, the first few."""
+    said = []
+    for e in errors[:keep]:
+        e = e if isinstance(e, dict) else {"message": str(e)}
+        text = ": ".join(str(e[k]) for k in ("code", "message") if e.get(k))
+        said.append(text + (f" (line {e['line']})" if e.get("line") else ""))
+    more = f" (+{len(errors) - keep} more)" if len(errors) > keep else ""
+    return "; ".join(said) + more if said else "no reason given"
+
+
 @batch_app.command("status")
 def status(
     config: ConfigOpt = None,
@@ -172,13 +183,21 @@ def status(
                       str(w.completed), str(w.failed), str(w.documents), str(w.pending + w.sent),
                       str(w.unrun))  # fmt: skip
     out.print(table)
+    for w in waves:
+        dropped = [f"{n} {what}" for n, what in ((w.cancelled, "cancelled before it was submitted"),
+                   (w.superseded, "made final another way before it was sent")) if n]  # fmt: skip
+        if dropped:
+            out.print(f"wave {w.wave}: " + ", ".join(dropped) + " (not sent)", highlight=False)
     for j in jobs:  # one line per part: ids and times do not fit a table in 80 columns
         when = (("submitted", j.submitted_at), ("ended", j.ended_at))
         times = ", ".join(f"{k} {_iso(v)}" for k, v in when if v)
         line = (f"wave {j.wave} part {j.part}: {j.tier} ({j.model}) {j.status}, {plural(j.n_lines, 'line')}, "
                 f"{j.n_completed} completed, {j.n_failed} failed, "
                 f"batch {j.provider_batch_id or '-'}")  # fmt: skip
-        out.print(line + (f"; {times}" if times else ""), highlight=False, markup=False, soft_wrap=True)
+        line += f"; {times}" if times else ""
+        if j.errors:  # the provider failed it: its reasons (``errors.data``), as `--json` has them
+            line += f"; the provider failed this batch: {_reasons(j.errors)}"
+        out.print(line, highlight=False, markup=False, soft_wrap=True)
     out.print(f"ledger: {target}", highlight=False)
 
 
@@ -195,7 +214,10 @@ def cancel(
 ) -> None:
     """Cancel the config's open provider batches (a wave, or all). The next `extract --via batch`
     with the same config reads what they answered and sends the lines they did not run again, in
-    the next wave.
+    the next wave. Parts never submitted (e.g. the provider has no Batch API) and documents still
+    waiting for a wave are dropped: those documents are free for a live `extract` or a later
+    `--via batch` run (the output says how many). A batch the provider will not cancel any more
+    (already finalizing or ended) is reported as it is, and the others are still cancelled.
 
     Example: extractkit batch cancel -c extractkit.toml --all
     """
@@ -206,12 +228,13 @@ def cancel(
     if (wave is None) == (not all_):
         raise fail_usage("say which batches to cancel: --wave N or --all")
     extractor, cfg = build(config, schema)  # the keys: the provider is called
-    cancelled: list[dict[str, Any]] = []
+    keys = (extractor.schema_hash, extractor.config_hash)
+    rows: list[dict[str, Any]] = []
     with open_ledger(ledger_path, cfg, must_exist=True) as ledger:
-        jobs = [j for j in ledger.open_batch_jobs(extractor.schema_hash, extractor.config_hash)
-                if wave is None or j.wave == wave]  # fmt: skip
-        if wave is not None and not jobs:
-            raise ConfigError(f"wave {wave} has no open batch for this chain "
+        jobs = [j for j in ledger.open_batch_jobs(*keys) if wave is None or j.wave == wave]
+        waiting = sum(w.pending for w in ledger.wave_summary(*keys) if wave is None or w.wave == wave)
+        if wave is not None and not jobs and not waiting:
+            raise ConfigError(f"wave {wave} has no open batch and no document waiting for this chain "
                               "(`extractkit batch status` lists them)")  # fmt: skip
 
         async def run() -> None:
@@ -220,9 +243,11 @@ def cancel(
                 for job in jobs:
                     row = {"wave": job.wave, "part": job.part, "tier": job.tier,
                            "provider_batch_id": job.provider_batch_id, "was": job.status}  # fmt: skip
+                    rows.append(row)
                     if job.provider_batch_id is None or job.terminal:
-                        row["status"] = job.status  # nothing to cancel at the provider (not created / ended)
-                        cancelled.append(row)
+                        # never submitted ('building' ones are dropped below) or ended: nothing to cancel
+                        unsent = job.status == "building" and job.input_file_id is None
+                        row["status"] = "dropped" if unsent else job.status
                         continue
                     p = providers.get(job.tier)
                     if p is None:
@@ -231,20 +256,31 @@ def cancel(
                                                                 breaker=extractor._breaker)  # fmt: skip
                     batch = await p.retrieve(job.provider_batch_id)
                     if batch.status not in ("completed", "failed", "expired", "cancelled", "cancelling"):
-                        batch = await p.cancel(job.provider_batch_id)
+                        batch, refused = await p.try_cancel(job.provider_batch_id)
+                        if refused is not None:
+                            row["refused"] = refused
                     await asyncio.to_thread(ledger.batch_job_polled, job.id, batch.status)
                     row["status"] = batch.status
-                    cancelled.append(row)
 
         asyncio.run(run())
+        dropped, freed = ledger.cancel_unsent(*keys, wave)
     if as_json:
-        print(json.dumps({"parts": cancelled}, indent=2))
-    elif not cancelled:
-        out.print("no open batch for this chain", highlight=False)
-    else:
-        for r in cancelled:
-            out.print(f"wave {r['wave']} part {r['part']} ({r['tier']}) {r['provider_batch_id'] or '-'}: "
-                      f"{r['was']} -> {r['status']}", highlight=False)  # fmt: skip
+        print(json.dumps({"parts": rows, "parts_dropped": dropped, "documents_freed": freed}, indent=2))
+        raise typer.Exit(EXIT_OK)
+    if not rows and not freed:
+        out.print("no open batch and no document waiting for this chain", highlight=False)
+        raise typer.Exit(EXIT_OK)
+    for r in rows:
+        said = (f"wave {r['wave']} part {r['part']} ({r['tier']}) {r['provider_batch_id'] or '-'}: "
+                f"{r['was']} -> {r['status']}")  # fmt: skip
+        if r["status"] == "dropped":
+            said += " (never submitted)"
+        if r.get("refused"):
+            said += f" (not cancelled: the provider refused, the batch is {r['status']}: {r['refused']})"
+        out.print(said, highlight=False, markup=False, soft_wrap=True)
+    out.print(f"{plural(freed, 'document')} freed (never submitted to the provider): a live `extractkit "
+              "extract` or the next `--via batch` run takes them", highlight=False)  # fmt: skip
+    if any(r["status"] in ("cancelling", "cancelled") for r in rows):
         out.print("run the same `extractkit extract --via batch` again: it reads what the cancelled batches "
                   "answered and sends the rest in the next wave", highlight=False)  # fmt: skip
     raise typer.Exit(EXIT_OK)

@@ -25,7 +25,12 @@ id) -> the provider's status (``validating`` ... ``completed`` | ``failed`` | ``
 ``cancelling`` | ``cancelled``) -> ``ingested`` (every line read back). Items: ``pending`` (waiting
 for its wave) -> ``sent`` (in a part) -> ``answered`` (its answer ingested: the next item or the
 final extraction written in the same transaction) or ``unrun`` (the batch ended without running
-it: a pending copy goes to a later wave, no attempt recorded).
+it: a pending copy goes to a later wave, no attempt recorded). An item never sent can also end
+``cancelled`` (``cancel_unsent``: `extractkit batch cancel` dropped its wave before it was
+submitted; the document is free for a live run or a later wave) or ``superseded``
+(``supersede_final_items``: the document was made final another way before its item was sent).
+Those two keep their rows (and the attempts they carried); their wave is never reused for the
+chain, so the same document can be enqueued again later.
 
 Every method here is one transaction (``finish_batch_items``: one per chunk), so a process killed
 anywhere leaves the rows saying where it stopped and the same command continues from there.
@@ -263,6 +268,8 @@ class WaveRow:
     unrun: int
     created_at: float | None  # its first part
     ended_at: float | None  # its last part, once every part ended
+    cancelled: int = 0  # items dropped unsent by `batch cancel` (their documents freed)
+    superseded: int = 0  # items dropped unsent: their document was made final another way
 
 
 # -- attempts as JSON (an item carries the document's attempts between waves) -----------------------
@@ -316,21 +323,45 @@ _JOB_COLUMNS = ("id, schema_hash, config_hash, wave, part, tier, model, endpoint
                 " input_file_id, provider_batch_id, output_file_id, error_file_id, n_lines, n_bytes,"
                 " n_completed, n_failed, errors_json, created_at, submitted_at, ended_at, ingested_at,"
                 " updated_at")  # fmt: skip
-# the first wave not built yet of a chain: an item's wave is raised to it (MAX is GREATEST on PostgreSQL)
-_FIRST_UNBUILT = ("COALESCE((SELECT MAX(j.wave) FROM batch_jobs j"
-                  " WHERE j.schema_hash = ? AND j.config_hash = ?), 0) + 1")  # fmt: skip
-_INSERT_ITEM = (
+# items that left their wave unsent: ``cancelled`` (`batch cancel` dropped their wave before it was
+# submitted: the wave number is used up for the chain) and ``superseded`` (the document was made
+# final another way: the wave number is used up for that document). Either way the same document
+# enqueued again goes to a later wave and cannot meet its own row in UNIQUE (chain, document, wave).
+CLOSED_UNSENT = ("cancelled", "superseded")
+# the first wave not built yet of a chain (nor cancelled): an item's wave is raised to it (scalar
+# MAX is GREATEST on PostgreSQL; the aggregates are left alone)
+_FIRST_UNBUILT = (
+    "MAX(COALESCE((SELECT MAX(j.wave) FROM batch_jobs j WHERE j.schema_hash = ? AND j.config_hash = ?), 0),"
+    " COALESCE((SELECT MAX(x.wave) FROM batch_items x WHERE x.schema_hash = ? AND x.config_hash = ?"
+    " AND x.state = 'cancelled'), 0)) + 1"
+)
+# ... and past the waves where this document's item was superseded
+_AFTER_SUPERSEDED = (
+    "COALESCE((SELECT MAX(y.wave) FROM batch_items y WHERE y.schema_hash = ? AND y.config_hash = ?"
+    " AND y.document_sha256 = ? AND y.state = 'superseded'), 0) + 1"
+)
+_ITEM_VALUES = (
+    f"(?,?,?,?, MAX(?, {_FIRST_UNBUILT}, {_AFTER_SUPERSEDED}), ?, NULL, 'pending', ?,?,?,?,?,?,?,?,?,?)"
+)
+_INSERT_ITEMS = (
     "INSERT INTO batch_items (id, document_sha256, schema_hash, config_hash, wave, tier, job_id, state,"
     " run_id, source, source_bytes, path, size, doc_type, tier_state_json, attempts_json, created_at,"
-    f" updated_at) VALUES (?,?,?,?, MAX(?, {_FIRST_UNBUILT}), ?, NULL, 'pending', ?,?,?,?,?,?,?,?,?,?)"
+    " updated_at) VALUES "
 )
-_INSERT_ITEM_IF_FREE = _INSERT_ITEM + " ON CONFLICT DO NOTHING"  # in flight already: skipped
+_INSERT_ITEM = _INSERT_ITEMS + _ITEM_VALUES
+ADD_ROWS = 200  # rows per multi-row INSERT of add_batch_items (23 parameters each)
+
+
+def _insert_items_if_free(n: int) -> str:
+    """One INSERT of ``n`` items that skips those in flight already (``batch_items_open``)."""
+    return _INSERT_ITEMS + ", ".join([_ITEM_VALUES] * n) + " ON CONFLICT DO NOTHING"
 
 
 def _item_params(item_id: str, it: NewBatchItem, now: float) -> tuple[Any, ...]:
-    return (item_id, it.document_sha256, it.schema_hash, it.config_hash, it.wave, it.schema_hash,
-            it.config_hash, it.tier, it.run_id, it.source, it.source_bytes, it.path, it.size, it.doc_type,
-            it.tier_state_json, attempts_to_json(it.attempts), now, now)  # fmt: skip
+    chain = (it.schema_hash, it.config_hash)
+    return (item_id, it.document_sha256, *chain, it.wave, *chain, *chain, *chain, it.document_sha256,
+            it.tier, it.run_id, it.source, it.source_bytes, it.path, it.size, it.doc_type, it.tier_state_json,
+            attempts_to_json(it.attempts), now, now)  # fmt: skip
 
 
 def _item(r: Any) -> BatchItem:
@@ -396,11 +427,9 @@ class LedgerWaves:
 
     # -- waves and items ---------------------------------------------------------------------------
     def next_wave(self, schema_hash: str, config_hash: str) -> int:
-        """The first wave of this chain that has no part built yet (1 for a new chain)."""
-        rows = self._read(
-            "SELECT COALESCE(MAX(wave), 0) + 1 FROM batch_jobs WHERE schema_hash = ? AND config_hash = ?",
-            (schema_hash, config_hash),
-        )
+        """The first wave of this chain that has no part built yet, after any wave whose items
+        were cancelled unsent (1 for a new chain)."""
+        rows = self._read(f"SELECT {_FIRST_UNBUILT}", (schema_hash, config_hash, schema_hash, config_hash))
         return int(rows[0][0])
 
     def add_batch_items(self, items: Iterable[NewBatchItem]) -> int:
@@ -414,9 +443,10 @@ class LedgerWaves:
             return 0
         now = time.time()
         added = 0
-        with self.transaction() as c:
-            for it in items:
-                added += c.execute(_INSERT_ITEM_IF_FREE, _item_params(new_id(), it, now)).rowcount
+        with self.transaction() as c:  # one multi-row INSERT per ADD_ROWS items, the same on both engines
+            for chunk in _chunks(items, ADD_ROWS):
+                params = [p for it in chunk for p in _item_params(new_id(), it, now)]
+                added += c.execute(_insert_items_if_free(len(chunk)), params).rowcount
         return added
 
     def in_flight(self, schema_hash: str, config_hash: str) -> set[str]:
@@ -584,6 +614,71 @@ class LedgerWaves:
                 c.execute("DELETE FROM batch_jobs WHERE id = ? AND status = 'building'", (job_id,))
         return len(ids)
 
+    def cancel_unsent(self, schema_hash: str, config_hash: str, wave: int | None = None) -> tuple[int, int]:
+        """`extractkit batch cancel` for what was never submitted: the chain's parts still
+        ``building`` (no input file recorded: e.g. the provider answered 404 on its files
+        endpoint) are deleted, and their items and the items ``pending`` for a wave go
+        ``cancelled`` (their rows and attempts kept), in ``wave`` or in every wave. Their
+        documents are no longer in flight: a live run or a later batch run takes them. A part
+        being built right now by a running driver is dropped too; that driver then finds it gone
+        and creates no batch for it (``batch_job_uploaded`` is False). Returns (parts dropped,
+        documents freed)."""
+        now = time.time()
+        in_wave, params = ("", []) if wave is None else (" AND wave = ?", [int(wave)])
+        with self.transaction() as c:
+            c.lock(f"waves|{schema_hash}|{config_hash}")
+            rows = c.execute(
+                "SELECT id FROM batch_jobs WHERE schema_hash = ? AND config_hash = ? AND status = 'building'"
+                f" AND input_file_id IS NULL{in_wave}", (schema_hash, config_hash, *params),
+            ).fetchall()  # fmt: skip
+            jobs = [r[0] for r in rows]
+            freed = 0
+            for job_id in jobs:
+                freed += c.execute(
+                    "UPDATE batch_items SET state = 'cancelled', job_id = NULL, updated_at = ?"
+                    " WHERE job_id = ? AND state = 'sent'", (now, job_id),
+                ).rowcount  # fmt: skip
+                c.execute("UPDATE batch_items SET job_id = NULL WHERE job_id = ?", (job_id,))
+                c.execute("DELETE FROM batch_jobs WHERE id = ?", (job_id,))
+            freed += c.execute(
+                "UPDATE batch_items SET state = 'cancelled', updated_at = ? WHERE schema_hash = ?"
+                f" AND config_hash = ? AND state = 'pending'{in_wave}",
+                (now, schema_hash, config_hash, *params),
+            ).rowcount  # fmt: skip
+        return len(jobs), freed
+
+    def supersede_final_items(
+        self, schema_hash: str, config_hash: str, item_ids: Sequence[str], retry_outcomes: Iterable[str] = ()
+    ) -> list[str]:
+        """Pending items whose document was made final another way (a live run, the library, a
+        worker) after the item was enqueued: ``superseded`` (never sent, not paid twice). A final
+        result counts unless it failed with one of ``retry_outcomes`` (a transient failure: the
+        item is that document's retry). Returns the documents (sha256) of the items superseded,
+        in item order. One transaction."""
+        retry = sorted(set(retry_outcomes))
+        not_retried = f" AND e.outcome NOT IN ({', '.join('?' * len(retry))})" if retry else ""
+        final = (
+            "EXISTS (SELECT 1 FROM extractions e WHERE e.document_sha256 = batch_items.document_sha256"
+            " AND e.schema_hash = batch_items.schema_hash AND e.config_hash = batch_items.config_hash"
+            " AND e.forced_tier IS NULL AND e.created_at >= batch_items.created_at AND (e.status = 'ok'"
+            f" OR (e.status = 'failed'{not_retried})))"
+        )
+        out: list[str] = []
+        now = time.time()
+        with self.transaction() as c:
+            for chunk in _chunks(sorted(set(item_ids)), CHUNK):
+                marks = ", ".join("?" * len(chunk))
+                where = (f"id IN ({marks}) AND state = 'pending' AND schema_hash = ? AND config_hash = ?"
+                         f" AND {final}")  # fmt: skip
+                params = (*chunk, schema_hash, config_hash, *retry)
+                rows = c.execute(f"SELECT id, document_sha256 FROM batch_items WHERE {where} ORDER BY id",
+                                 params).fetchall()  # fmt: skip
+                if rows:
+                    c.execute(f"UPDATE batch_items SET state = 'superseded', updated_at = ? WHERE {where}",
+                              (now, *params))  # fmt: skip
+                    out.extend(str(r[1]) for r in rows)
+        return out
+
     def unrun_batch_items(self, job_id: str, next_wave: int) -> int:
         """The part's items still ``sent`` after its lines were read (cancelled, or missing from
         both files): each goes ``unrun`` and a pending copy (same tier, state and attempts: no
@@ -663,7 +758,7 @@ class LedgerWaves:
             j = by_job.get(key)
             mine = [r for r in items if (r["schema_hash"], r["config_hash"], int(r["wave"])) == key]
             states = {s: sum(int(r["n"]) for r in mine if r["state"] == s)
-                      for s in ("pending", "sent", "answered", "unrun")}  # fmt: skip
+                      for s in ("pending", "sent", "answered", "unrun", *CLOSED_UNSENT)}  # fmt: skip
             out.append(WaveRow(
                 schema_hash=key[0], config_hash=key[1], wave=key[2],
                 tiers=tuple(sorted({r["tier"] for r in mine})),
