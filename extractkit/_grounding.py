@@ -445,25 +445,27 @@ def _nfkc_map(text: str) -> tuple[str, _Map]:
     return "".join(out), m
 
 
+_WS_RUN = re.compile(r"\s{2,}")
+
+
 def _ws_map(text: str) -> tuple[str, _Map]:
-    """``_WS.sub(" ", text).strip()`` and its map: a whitespace run becomes one space."""
-    m, out, pos, last = _Map(), [], 0, 0
+    """``_WS.sub(" ", text).strip()`` and its map: a run of whitespace becomes one space. A single
+    whitespace character keeps its position, so only runs of two or more make pieces (a text of
+    single spaces and newlines is one linear piece)."""
     lead = len(text) - len(text.lstrip())
     end = len(text.rstrip())
-    for match in _WS.finditer(text, lead, end):
+    m, pos, last = _Map(), 0, lead
+    for match in _WS_RUN.finditer(text, lead, end):
         s, e = match.span()
         if s > last:
-            m.add(pos, max(last, lead), s, True)
-            out.append(text[max(last, lead) : s])
-            pos += s - max(last, lead)
+            m.add(pos, last, s, True)
+            pos += s - last
         m.add(pos, s, e, False)
-        out.append(" ")
         pos += 1
         last = e
-    if end > max(last, lead):
-        m.add(pos, max(last, lead), end, True)
-        out.append(text[max(last, lead) : end])
-    return "".join(out), m
+    if end > last:
+        m.add(pos, last, end, True)
+    return _WS.sub(" ", text[lead:end]), m
 
 
 def _casefold_map(text: str) -> tuple[str, _Map]:
@@ -529,8 +531,13 @@ class _Forms:
     @functools.cached_property
     def numbers(self) -> dict[Decimal, list[tuple[int, int]]]:
         out: dict[Decimal, list[tuple[int, int]]] = {}
+        readings: dict[str, set[Decimal]] = {}  # a token written many times ("1") is read once
         for match in _NUMBER.finditer(self.source):
-            for d in number_readings(match.group()):
+            token = match.group()
+            found_in = readings.get(token)
+            if found_in is None:
+                found_in = readings[token] = number_readings(token)
+            for d in found_in:
                 found = out.setdefault(d, [])
                 if len(found) < MAX_SPANS:
                     found.append(match.span())
