@@ -27,7 +27,7 @@ from ._errors import (
     TrainingDataError,
 )
 from ._examples import Example, load_examples
-from ._grounding import Grounded
+from ._grounding import Grounded, Span
 from ._pricing import Price, lookup_price
 from ._results import Attempt, Outcome, Result, Usage
 from ._retry import RetryPolicy
@@ -73,6 +73,7 @@ __all__ = [
     "RetryPolicy",
     "RunError",
     "SchemaError",
+    "Span",
     "TemplateError",
     "Tier",
     "TrainingDataError",

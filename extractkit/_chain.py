@@ -32,6 +32,7 @@ from pydantic import BaseModel
 
 from . import _retry
 from ._errors import ConfigError, DocumentError, ExtractionFailed, ProviderUnreachable
+from ._grounding import Span, has_grounded, spans_for
 from ._llm import MAX_RESPONSE_BYTES, TierCall, make_client
 from ._pricing import Price, lookup_price
 from ._results import FAILURE_OUTCOMES, Attempt, Outcome, Result
@@ -42,6 +43,7 @@ from ._tiers import BoundTier, Tier
 from .ledger import Ledger, RecordingLedger, is_url
 
 if TYPE_CHECKING:
+    from ._pages import Page
     from .batch import URI, ItemResult, Limiter
 
 T = TypeVar("T", bound=BaseModel)
@@ -72,6 +74,20 @@ class EscalationPolicy:
 
 def document_sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+SPANS_INLINE_CHARS = 32_000  # a longer text's spans are found in a worker thread, off the event loop
+
+
+async def value_spans_of(value: BaseModel, text: str, pages: Sequence[Page] = ()) -> dict[str, list[Span]]:
+    """Where each grounded value of a final ``value`` was found in ``text`` (``_grounding.spans_for``):
+    inline for a short text, in a worker thread for a long one (linear, but a 2 MB text takes a
+    while); nothing to do for a schema without grounded fields."""
+    if not has_grounded(type(value)):
+        return {}
+    if len(text) <= SPANS_INLINE_CHARS:
+        return spans_for(value, text, pages)
+    return await asyncio.to_thread(spans_for, value, text, pages)
 
 
 class Extractor(Generic[T]):
@@ -294,8 +310,12 @@ class Extractor(Generic[T]):
         doc_type: str | None = None,
         config_hash: str | None = None,
         forced_tier: str | None = None,
+        pages: Sequence[Page] = (),
     ) -> Result[T]:
         """Extract from ``text``. ``only="few_shot"`` forces one tier (no escalation), for eval.
+
+        ``Result.spans`` says where each grounded value was found in ``text`` (and on which of
+        ``pages``, the document's ``_pages.Page`` list, when given).
 
         The other keywords are recorded in the ledger with the result (see ``Ledger.record``):
         ``run_id`` (default: the extractor's library run), the document's ``path``, ``size`` and
@@ -324,7 +344,7 @@ class Extractor(Generic[T]):
             counts = self._run_counts
             counts["n_documents"] += 1
             counts["n_ok" if result.ok else "n_failed"] += 1
-        return await self._finish(text, result, unreachable, ledger, only, record)
+        return await self._finish(text, result, unreachable, ledger, only, record, pages)
 
     async def aextract_in_run(
         self,
@@ -337,6 +357,7 @@ class Extractor(Generic[T]):
         path: str | None = None,
         size: int | None = None,
         doc_type: str | None = None,
+        pages: Sequence[Page] = (),
     ) -> Result[T]:
         """``aextract`` for a driver that owns a run of its own (the batch runner, eval): the
         result is recorded into ``ledger`` (None: not recorded) under ``run_id``, and the requests
@@ -345,7 +366,7 @@ class Extractor(Generic[T]):
         run needs, and closes only what it opened. Raises as ``aextract`` does."""
         result, unreachable = await self._run_tiers(text, only, limiter)
         record: dict[str, Any] = {"run_id": run_id, "path": path, "size": size, "doc_type": doc_type}
-        return await self._finish(text, result, unreachable, ledger, only, record)
+        return await self._finish(text, result, unreachable, ledger, only, record, pages)
 
     async def _run_tiers(
         self, text: str, only: str | None, limiter: Limiter | None
@@ -440,8 +461,12 @@ class Extractor(Generic[T]):
         ledger: RecordingLedger | None,
         only: str | None,
         record: dict[str, Any],
+        pages: Sequence[Page] = (),
     ) -> Result[T]:
-        """Record ``result`` into ``ledger`` (if any), then raise what the call raises."""
+        """The final result: where its values were found (``spans``), recorded into ``ledger`` (if
+        any); then raise what the call raises."""
+        if result.value is not None:
+            result = replace(result, spans=await value_spans_of(result.value, text, pages))
         if ledger is not None:
             if only:
                 record.setdefault("forced_tier", only)
@@ -467,6 +492,7 @@ class Extractor(Generic[T]):
         doc_type: str | None = None,
         config_hash: str | None = None,
         forced_tier: str | None = None,
+        pages: Sequence[Page] = (),
     ) -> Result[T]:
         """Synchronous ``aextract``, run on the extractor's own event loop (kept between calls, so
         connections are reused). Thread-safe; inside a running event loop (a notebook) it blocks
@@ -481,6 +507,7 @@ class Extractor(Generic[T]):
                 doc_type=doc_type,
                 config_hash=config_hash,
                 forced_tier=forced_tier,
+                pages=pages,
             )  # fmt: skip
         )
 

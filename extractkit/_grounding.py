@@ -25,18 +25,22 @@ What counts as occurring:
 
 from __future__ import annotations
 
+import bisect
+import collections.abc
 import datetime as dt
 import functools
 import re
+import types
 import typing
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from contextvars import ContextVar
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from pydantic import GetCoreSchemaHandler, ValidationInfo
+from pydantic import BaseModel, GetCoreSchemaHandler, ValidationInfo
 from pydantic_core import PydanticCustomError, core_schema
 
 SOURCE_KEY = "source_text"
@@ -340,3 +344,383 @@ class Grounded:
 
     def __repr__(self) -> str:
         return "Grounded()"
+
+
+# -- where each value was found: spans in the original text ---------------------------------------
+#
+# Grounding compares normalised forms (NFKC, whitespace collapsed, casefolded; then letters and
+# digits only, legal forms abbreviated). A span is found in a normalised form, then mapped back to
+# the original text through the maps below, each from one form to the one before it; numbers are
+# found in the original text itself. Computed for the final value only (``spans_for``), never
+# while validating.
+
+MAX_SPANS = 20  # occurrences kept per value
+
+
+@dataclass(frozen=True)
+class Span:
+    """Where a value was found: ``text[start:end]`` of the document's text (as written there:
+    "1.249,50", "7. Mai 2014", "Coolblue B.V"), and its page (1-based; None without pages)."""
+
+    start: int
+    end: int
+    page: int | None = None
+
+    def to_json(self) -> dict[str, int | None]:
+        return {"start": self.start, "end": self.end, "page": self.page}
+
+
+class _Map:
+    """Positions of a derived string -> ranges of the string it was derived from, piecewise: a
+    *linear* piece maps character k to character ``src + k`` (an unchanged stretch), any other
+    piece maps each of its characters to the whole source range ``[src, src_end)`` (a composed
+    character, a whitespace run, a written-out legal form)."""
+
+    __slots__ = ("_starts", "_pieces")
+
+    def __init__(self) -> None:
+        self._starts: list[int] = []
+        self._pieces: list[tuple[int, int, bool]] = []  # (src, src_end, linear)
+
+    def add(self, dst: int, src: int, src_end: int, linear: bool) -> None:
+        self._starts.append(dst)
+        self._pieces.append((src, src_end, linear))
+
+    def range_of(self, pos: int) -> tuple[int, int]:
+        i = bisect.bisect_right(self._starts, pos) - 1
+        src, src_end, linear = self._pieces[i]
+        if linear:
+            at = src + pos - self._starts[i]
+            return at, at + 1
+        return src, src_end
+
+    def span(self, start: int, end: int) -> tuple[int, int]:
+        """The source range of the derived characters ``[start, end)`` (end > start)."""
+        return self.range_of(start)[0], self.range_of(end - 1)[1]
+
+
+def _linear(n: int) -> _Map:
+    m = _Map()
+    m.add(0, 0, n, True)
+    return m
+
+
+_ASCII_OR_GROUP = re.compile(r"(?:[\x00-\x7f](?![^\x00-\x7f]))+|[\x00-\x7f]?[^\x00-\x7f]+")
+
+
+def _nfkc_map(text: str) -> tuple[str, _Map]:
+    """NFKC of ``text`` and its map. ASCII is left as it is by NFKC (and nothing composes with an
+    ASCII character that follows): only the non-ASCII groups (with the ASCII character before them,
+    which a combining mark may compose with) are normalised, one character and its combining marks
+    at a time, or as a whole group when composition crosses characters (Hangul jamo)."""
+    if text.isascii():
+        return text, _linear(len(text))
+    m, out, pos = _Map(), [], 0
+    for match in _ASCII_OR_GROUP.finditer(text):
+        s, e = match.span()
+        group = match.group()
+        if group.isascii():
+            m.add(pos, s, e, True)
+            out.append(group)
+            pos += e - s
+            continue
+        whole = unicodedata.normalize("NFKC", group)
+        clusters: list[tuple[str, int, int]] = []
+        start = s
+        for k in range(s + 1, e + 1):
+            if k == e or not unicodedata.combining(text[k]):
+                clusters.append((unicodedata.normalize("NFKC", text[start:k]), start, k))
+                start = k
+        if "".join(c for c, _, _ in clusters) != whole:
+            rest = unicodedata.normalize("NFKC", group[1:])
+            if group[0].isascii() and group[0] + rest == whole:  # the ASCII character before stays apart
+                clusters = [(group[0], s, s + 1), (rest, s + 1, e)]
+            else:
+                clusters = [(whole, s, e)]
+        for piece, cs, ce in clusters:
+            if piece:
+                m.add(pos, cs, ce, piece == text[cs:ce] and len(piece) == ce - cs)
+                out.append(piece)
+                pos += len(piece)
+    return "".join(out), m
+
+
+_WS_RUN = re.compile(r"\s{2,}")
+
+
+def _ws_map(text: str) -> tuple[str, _Map]:
+    """``_WS.sub(" ", text).strip()`` and its map: a run of whitespace becomes one space. A single
+    whitespace character keeps its position, so only runs of two or more make pieces (a text of
+    single spaces and newlines is one linear piece)."""
+    lead = len(text) - len(text.lstrip())
+    end = len(text.rstrip())
+    m, pos, last = _Map(), 0, lead
+    for match in _WS_RUN.finditer(text, lead, end):
+        s, e = match.span()
+        if s > last:
+            m.add(pos, last, s, True)
+            pos += s - last
+        m.add(pos, s, e, False)
+        pos += 1
+        last = e
+    if end > last:
+        m.add(pos, last, end, True)
+    return _WS.sub(" ", text[lead:end]), m
+
+
+def _casefold_map(text: str) -> tuple[str, _Map]:
+    if text.isascii():
+        return text.lower(), _linear(len(text))
+    m, out, pos = _Map(), [], 0
+    for match in re.finditer(r"[\x00-\x7f]+|[^\x00-\x7f]", text):
+        s, e = match.span()
+        piece = match.group().casefold()
+        m.add(pos, s, e, len(piece) == e - s)
+        out.append(piece)
+        pos += len(piece)
+    return "".join(out), m
+
+
+def _sub_map(pattern: re.Pattern[str], repl: Any, text: str) -> tuple[str, _Map]:
+    """``pattern.sub(repl, text)`` and its map (``repl``: a function of the match)."""
+    m, out, pos, last = _Map(), [], 0, 0
+    for match in pattern.finditer(text):
+        s, e = match.span()
+        if s > last:
+            m.add(pos, last, s, True)
+            out.append(text[last:s])
+            pos += s - last
+        new = repl(match)
+        if new:
+            m.add(pos, s, e, False)
+            out.append(new)
+            pos += len(new)
+        last = e
+    if len(text) > last:
+        m.add(pos, last, len(text), True)
+        out.append(text[last:])
+    return "".join(out), m
+
+
+class _Forms:
+    """A document's normalised forms with the maps back to its original text, built on first use."""
+
+    def __init__(self, text: str):
+        self.source = text
+        nfkc, self._m1 = _nfkc_map(text)
+        spaced, self._m2 = _ws_map(nfkc)
+        self.text, self._m3 = _casefold_map(spaced)
+
+    def to_source(self, start: int, end: int) -> tuple[int, int]:
+        """A range of the normalised text -> the range of the original text it was made from."""
+        for m in (self._m3, self._m2, self._m1):
+            start, end = m.span(start, end)
+        return start, end
+
+    @functools.cached_property
+    def _alnum(self) -> tuple[str, _Map, _Map]:
+        legal, m_legal = _sub_map(_LEGAL, lambda x: LEGAL_FORMS[x.group(0)], self.text)
+        alnum, m_alnum = _sub_map(_NOT_ALNUM, lambda x: "", legal)
+        return alnum, m_alnum, m_legal
+
+    def alnum_to_source(self, start: int, end: int) -> tuple[int, int]:
+        _, m_alnum, m_legal = self._alnum
+        start, end = m_alnum.span(start, end)
+        return self.to_source(*m_legal.span(start, end))
+
+    @functools.cached_property
+    def numbers(self) -> dict[Decimal, list[tuple[int, int]]]:
+        out: dict[Decimal, list[tuple[int, int]]] = {}
+        readings: dict[str, set[Decimal]] = {}  # a token written many times ("1") is read once
+        for match in _NUMBER.finditer(self.source):
+            token = match.group()
+            found_in = readings.get(token)
+            if found_in is None:
+                found_in = readings[token] = number_readings(token)
+            for d in found_in:
+                found = out.setdefault(d, [])
+                if len(found) < MAX_SPANS:
+                    found.append(match.span())
+        return out
+
+    @functools.cached_property
+    def dates(self) -> dict[dt.date, list[tuple[int, int]]]:
+        out: dict[dt.date, list[tuple[int, int]]] = {}
+        for date, s, e in date_matches(self.text):
+            found = out.setdefault(date, [])
+            if len(found) < MAX_SPANS and (s, e) not in found:
+                found.append((s, e))
+        return {d: [self.to_source(s, e) for s, e in sorted(v)] for d, v in out.items()}
+
+    def text_spans(self, value: str) -> list[tuple[int, int]]:
+        needle = normalize_text(value)
+        if not needle:
+            return []
+        found = _occurrences(self.text, needle)
+        if found:
+            return [self.to_source(s, e) for s, e in found]
+        compact = alnum_form(needle)
+        if not compact:
+            return []
+        return [self.alnum_to_source(s, e) for s, e in _occurrences(self._alnum[0], compact)]
+
+    def spans(self, value: Any) -> list[tuple[int, int]]:
+        """Where ``value`` (one scalar) occurs, as grounding reads it; [] when it does not."""
+        if value is None or isinstance(value, bool):
+            return []
+        if isinstance(value, dt.datetime):
+            return self.dates.get(value.date(), [])
+        if isinstance(value, dt.date):
+            return self.dates.get(value, [])
+        if isinstance(value, (int, float, Decimal)):
+            try:
+                d = abs(Decimal(str(value))).normalize()
+            except InvalidOperation:
+                return []
+            return self.numbers.get(d, [])
+        return self.text_spans(str(value))
+
+
+def _occurrences(haystack: str, needle: str) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    at = haystack.find(needle)
+    while at >= 0 and len(out) < MAX_SPANS:
+        out.append((at, at + len(needle)))
+        at = haystack.find(needle, at + len(needle))
+    return out
+
+
+def date_matches(normalized: str) -> Iterator[tuple[dt.date, int, int]]:
+    """Every date the (normalised) text writes, with where it is written: what ``dates_in`` reads,
+    one match at a time (the same patterns and the same readings)."""
+    months = month_names()
+    for match in _DMY.finditer(normalized):
+        day, word, year = match.groups()
+        for m in months.get(_month_key(word), ()):
+            yield from _dated(_year(year), m, int(day), match.start(1), match.end(3))
+    for match in _DAY_YEAR.finditer(normalized):
+        start = match.start()
+        before = _WORD_BEFORE.search(normalized, max(0, start - 40), start)
+        if before is not None:
+            for m in months.get(_month_key(before.group(1)), ()):
+                yield from _dated(int(match.group(2)), m, int(match.group(1)), before.start(1), match.end(2))
+    for match in _YMD.finditer(normalized):
+        year, word, day = match.groups()
+        for m in months.get(_month_key(word), ()):
+            yield from _dated(int(year), m, int(day), match.start(1), match.end(3))
+    for match in _NUMERIC.finditer(normalized):
+        a, _sep, b, c = match.groups()
+        s, e = match.start(1), match.end(4)
+        if len(a) == 4:
+            yield from _dated(int(a), int(b), int(c), s, e)
+        elif len(a) <= 2 and len(c) in (2, 4):
+            yield from _dated(_year(c), int(b), int(a), s, e)
+            yield from _dated(_year(c), int(a), int(b), s, e)
+    for pattern in (_CJK, _COMPACT):
+        for match in pattern.finditer(normalized):
+            y, mo, d = match.groups()
+            yield from _dated(int(y), int(mo), int(d), match.start(1), match.end(3))
+
+
+def _dated(y: int, m: int, d: int, s: int, e: int) -> Iterator[tuple[dt.date, int, int]]:
+    with suppress(ValueError):
+        yield dt.date(y, m, d), s, e
+
+
+def _grounded_here(annotation: Any) -> bool:
+    """Whether ``annotation`` itself (through Optional / Annotated, not into a list) is Grounded."""
+    if typing.get_origin(annotation) is typing.Annotated:
+        if any(isinstance(m, Grounded) for m in annotation.__metadata__):
+            return True
+        return _grounded_here(typing.get_args(annotation)[0])
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return any(_grounded_here(a) for a in typing.get_args(annotation))
+    return False
+
+
+def _element(annotation: Any) -> Any:
+    """The element annotation of a list / tuple / set annotation (through Optional / Annotated)."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _element(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        for a in typing.get_args(annotation):
+            if (el := _element(a)) is not None:
+                return el
+        return None
+    if origin in (list, tuple, set, frozenset, collections.abc.Sequence):
+        args = [a for a in typing.get_args(annotation) if a is not Ellipsis]
+        return args[0] if args else None
+    return None
+
+
+@functools.cache
+def has_grounded(model: type[BaseModel]) -> bool:
+    """Whether ``model`` (or a model inside it) has a Grounded field: spans_for has work to do."""
+
+    def mentions(ann: Any, seen: frozenset[type]) -> bool:
+        if _grounded_here(ann):
+            return True
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            return ann not in seen and any(
+                any(isinstance(x, Grounded) for x in f.metadata) or mentions(f.annotation, seen | {ann})
+                for f in ann.model_fields.values()
+            )
+        return any(mentions(a, seen) for a in typing.get_args(ann) if a is not Ellipsis)
+
+    return mentions(model, frozenset())
+
+
+def spans_for(value: BaseModel, text: str, pages: Sequence[Any] = ()) -> dict[str, list[Span]]:
+    """For every grounded value of ``value`` (a validated model), the spans of ``text`` where it
+    occurs, as the grounding guard found it (at most ``MAX_SPANS`` each), keyed by the field's path:
+    ``"total"``, ``"items[3].sku"``. A grounded value found nowhere gets [] (it was not validated
+    against this text); None values are left out. ``pages`` (``_pages.Page``) give each span's
+    page. Linear in the text; run it off the event loop for a big document."""
+    out: dict[str, list[tuple[int, int]]] = {}
+    if has_grounded(type(value)):
+        forms = _Forms(text)
+        _walk_model(value, "", forms, out)
+    from ._pages import page_of
+
+    return {path: [Span(s, e, page_of(pages, s)) for s, e in found] for path, found in out.items()}
+
+
+def _walk_model(model: BaseModel, prefix: str, forms: _Forms, out: dict[str, list[tuple[int, int]]]) -> None:
+    for name, info in type(model).model_fields.items():
+        grounded = any(isinstance(m, Grounded) for m in info.metadata)
+        _visit(getattr(model, name, None), info.annotation, prefix + name, grounded, forms, out)
+
+
+def _visit(value: Any, annotation: Any, path: str, grounded: bool, forms: _Forms,
+           out: dict[str, list[tuple[int, int]]]) -> None:  # fmt: skip
+    if value is None:
+        return
+    grounded = grounded or _grounded_here(annotation)
+    if isinstance(value, BaseModel):
+        _walk_model(value, path + ".", forms, out)
+    elif isinstance(value, (list, tuple, set, frozenset)):
+        element = _element(annotation)
+        for i, v in enumerate(value if not isinstance(value, (set, frozenset)) else sorted(value, key=repr)):
+            _visit(v, element, f"{path}[{i}]", grounded, forms, out)
+    elif isinstance(value, dict):
+        args = typing.get_args(annotation)
+        for k, v in value.items():
+            _visit(v, args[1] if len(args) == 2 else None, f"{path}[{k!r}]", grounded, forms, out)
+    elif grounded:
+        out[path] = forms.spans(value)
+
+
+def value_spans(value: Any, text: str) -> list[Span]:
+    """Where one scalar (a text, a number, a date) occurs in ``text`` as grounding reads it: for a
+    value a report shows in place (a rejected value, given as Pydantic's input: a str that may be a
+    number or an ISO date, each reading tried)."""
+    forms = _Forms(text)
+    found = forms.spans(value)
+    if isinstance(value, str) and not found:
+        with suppress(ValueError):
+            found = forms.spans(dt.date.fromisoformat(value.strip()[:10]))
+        if not found:
+            with suppress(InvalidOperation):
+                found = forms.spans(Decimal(value.strip()))
+    return [Span(s, e) for s, e in found]

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ._redact import redact
+
+if TYPE_CHECKING:
+    from ._grounding import Span
 
 T = TypeVar("T")
 
@@ -144,6 +147,9 @@ class Result(Generic[T]):
     schema_hash: str = ""
     document_sha256: str = ""
     extraction_id: str | None = None  # the ledger's row for this extraction, when one recorded it
+    # where each grounded value was found in the document's text, by field path ("total",
+    # "items[3].sku"): the spans of ``text[start:end]`` (at most 20 each; see ``_grounding.spans_for``)
+    spans: dict[str, list[Span]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:

@@ -126,7 +126,7 @@ def test_report_html_csv_json_and_terminal_are_the_same_from_sqlite_and_postgres
     sqlite, postgres = shown["sqlite"], shown["postgresql"]
     page = sqlite["tier.html"]  # a real comparison: every section is there
     for section in ('id="field-failures"', "&#39;Globex Ltd&#39; (2)", 'id="chart-trend-success"', "unreadable",
-                    "backup"):
+                    "backup", 'id="documents-legend"', '<section class="document"'):  # fmt: skip
         assert section in page, section
     assert "paired comparisons" in sqlite["prompt.terminal"] and "version_pairs" not in sqlite["json"]
     for key in sqlite:

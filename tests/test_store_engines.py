@@ -16,6 +16,7 @@ import pytest
 from extractkit import LedgerError
 from extractkit.ledger import MIGRATIONS, PG_MIGRATIONS, POSTGRES, SQLITE, Ledger, mask
 from extractkit.ledger._dialect import ddl_to_postgres, to_postgres
+from extractkit.ledger._migrations import VALUE_SPANS_MIGRATION
 from extractkit.ledger._waves import ATTEMPT_VIA
 
 N_PROCESSES = 8
@@ -215,7 +216,8 @@ def test_0006_puts_right_an_older_ledger_with_two_current_rows(tmp_path, monkeyp
     monkeypatch.setattr("extractkit.ledger._migrations.MIGRATIONS", MIGRATIONS[:5])
     ex = chain()
     with Ledger(path) as old:
-        old.conn.executescript(ATTEMPT_VIA)  # the columns today's record writes (0011), dropped below
+        old.conn.executescript(ATTEMPT_VIA + VALUE_SPANS_MIGRATION[1])  # the columns today's record writes
+        # (0011, 0014), dropped below
         first = old.record(ex, result(ex, "few", "abc", COSTS))
         second = old.record(ex, result(ex, "zero", "abc", COSTS))
         with old.transaction() as tx:  # as a check-then-act race could leave it
@@ -224,6 +226,7 @@ def test_0006_puts_right_an_older_ledger_with_two_current_rows(tmp_path, monkeyp
         for table in ("attempts", "extractions"):
             for column in ("via", "live_cost_usd"):
                 old.conn.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+        old.conn.execute("ALTER TABLE extractions DROP COLUMN spans_json")
     monkeypatch.undo()
     with Ledger(path) as ledger:
         assert ledger.applied[:2] == ["0006_current_unique", "0007_rollups"]  # later migrations follow

@@ -196,6 +196,8 @@ def test_live_and_batch_give_the_same_attempts_results_requests_and_ledger(docs:
         lr, br = live[name].result, batch[name].result
         assert [attempt_view(a) for a in lr.attempts] == [attempt_view(a) for a in br.attempts], name
         assert (lr.value, lr.tier, lr.outcome) == (br.value, br.tier, br.outcome), name
+        assert lr.spans == br.spans and live[name].spans == batch[name].spans, name  # where values were found
+        assert bool(lr.spans) == lr.ok, name  # Invoice's issuer and total are grounded
         assert {a.via for a in lr.attempts} == {"live"} and {a.via for a in br.attempts} == {"batch"}
         for la, ba in zip(lr.attempts, br.attempts, strict=True):  # the batch price, the live cost beside
             assert ba.live_cost_usd == pytest.approx(la.cost_usd), name

@@ -109,12 +109,19 @@ class DocResult:
     cost_usd: float | None = 0.0
     resumed: bool = False
     duplicate_of: str | None = None  # the path whose extraction this identical content shares
+    # where each grounded value was found in the text: {"total": [{"start", "end", "page"}, ...]}
+    spans: dict[str, list[dict[str, Any]]] | None = None
     # the Result, when this run extracted it (not in the --out line): Extractor.extract_many's typed value
     result: Any = field(default=None, repr=False, compare=False)
 
     def to_json(self) -> str:
         line = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "result"}
         return json.dumps(redact_json(line), ensure_ascii=False)  # the --out line
+
+
+def spans_out(result: Any) -> dict[str, list[dict[str, Any]]] | None:
+    """``Result.spans`` as the --out line writes it (None: no grounded value)."""
+    return {k: [s.to_json() for s in v] for k, v in result.spans.items()} if result.spans else None
 
 
 def _duplicate(shared: DocResult, path: str, first: str) -> DocResult:
@@ -311,6 +318,7 @@ class BatchRunner:
             outcome=row["outcome"], error=row["error"], attempts=row["n_attempts"],
             prompt_tokens=row["prompt_tokens"], completion_tokens=row["completion_tokens"],
             cost_usd=row["cost_usd"], resumed=True,
+            spans=json.loads(row["spans_json"]) if row["spans_json"] else None,
         )  # fmt: skip
 
     def _error(self, run_id: str, exc: DocumentError, path: str) -> DocResult:
@@ -429,6 +437,7 @@ class BatchRunner:
             outcome=result.outcome.value, error=result.error, attempts=len(result.attempts),
             prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
             cost_usd=result.cost_usd, result=result,
+            spans=spans_out(result),
         )  # fmt: skip
 
     async def run(

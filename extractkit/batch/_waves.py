@@ -43,6 +43,7 @@ from pydantic import ValidationError
 
 from .. import _retry
 from .._errors import BatchError, ConfigError, DocumentError, ProviderRefused, ProviderUnreachable
+from .._grounding import spans_for
 from .._results import TRANSIENT_OUTCOMES, VALIDATION_OUTCOMES, Attempt, Result
 from .._steps import Answer, Failure, NextKind, TierState
 from .._words import plural
@@ -76,7 +77,7 @@ from ._provider import (
     request_counts,
     write_parts,
 )
-from ._runner import STOPPED, STOPPED_MAX_COST, BatchSummary, DocResult, _load, retry_reason
+from ._runner import STOPPED, STOPPED_MAX_COST, BatchSummary, DocResult, _load, retry_reason, spans_out
 
 if TYPE_CHECKING:
     from openai.types import Batch
@@ -739,6 +740,7 @@ class WaveRunner:
             value=value, tier=item.tier if value is not None else None, attempts=list(attempts),
             latency_s=round(sum(a.latency_s for a in attempts), 6), schema_hash=self.extractor.schema_hash,
             document_sha256=item.document_sha256,
+            spans=spans_for(value, doc.text) if value is not None else {},  # in a worker thread here
         )  # fmt: skip
         record = {"text": doc.text, "run_id": self._run_id, "path": doc.path or item.path, "size": doc.size,
                   "doc_type": doc.doc_type}  # fmt: skip
@@ -766,7 +768,7 @@ class WaveRunner:
             value=result.value.model_dump(mode="json") if result.value is not None else None,
             outcome=result.outcome.value, error=result.error, attempts=len(result.attempts),
             prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
-            cost_usd=result.cost_usd, result=result,
+            cost_usd=result.cost_usd, result=result, spans=spans_out(result),
         )  # fmt: skip
         self._emit(r)
         for other in doc.paths if doc is not None else ():

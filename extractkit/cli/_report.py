@@ -137,6 +137,7 @@ def report(
         check_scope_exists,
         checklist_csv,
         print_report,
+        read_documents,
         read_report,
         report_csv,
         report_html,
@@ -163,7 +164,9 @@ def report(
         data = read_report(ledger, scope, economics=economics, as_of=now, recent_days=recent_days,
                            baseline_days=baseline_days, target_success=target_success,
                            min_version_documents=min_version_documents)  # fmt: skip
+        # the page's per-document view: the documents to review, with their text and values in place
+        documents = read_documents(ledger, scope) if html_path else None
         err.print(f"ledger: {ledger.target}", highlight=False, markup=False)  # which one it read
     csv = {"prompt": versions_csv, "checklist": checklist_csv}.get(by, report_csv)
-    emit(data.to_dict(), as_json, csv_path, html_path, csv=csv, html=report_html,
+    emit(data.to_dict(), as_json, csv_path, html_path, csv=csv, html=lambda d: report_html(d, documents),
          show=lambda d, console: print_report(d, console, by=by))  # fmt: skip

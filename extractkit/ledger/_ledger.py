@@ -443,8 +443,8 @@ class Ledger(LedgerReads, LedgerWaves):
             "INSERT INTO extractions (id, run_id, document_sha256, path, schema_hash,"
             " config_hash, status, tier, outcome, value_json, error, n_attempts,"
             " prompt_tokens, completion_tokens, cost_usd, latency_s, created_at, forced_tier, via,"
-            " live_cost_usd) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            ext_row,
+            " live_cost_usd, spans_json) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (*ext_row, spans_json(result)),
         )
         if older:
             stale = [(x,) for x in older]
@@ -582,6 +582,14 @@ def _pipelined(c: Any) -> Any:
     if conn is None or not hasattr(conn, "pipeline"):
         return nullcontext()
     return conn.pipeline()
+
+
+def spans_json(result: Result[Any]) -> str | None:
+    """``Result.spans`` as the ledger keeps it (``extractions.spans_json``); None when it has none."""
+    spans = getattr(result, "spans", None)
+    if not spans:
+        return None
+    return json.dumps({k: [s.to_json() for s in v] for k, v in spans.items()}, ensure_ascii=False)
 
 
 def _json_or_none(v: Any) -> str | None:

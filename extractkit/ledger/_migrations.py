@@ -471,6 +471,15 @@ BATCH_WAVES_MIGRATION = ("0011_batch_waves", BATCH_WAVES + ATTEMPT_VIA + _rollup
 MIGRATIONS.append(BATCH_WAVES_MIGRATION)
 PG_MIGRATIONS.append(BATCH_WAVES_MIGRATION)
 
+# Where each grounded value of an extraction was found in its document's text (Result.spans): a JSON
+# object on the extraction, {"total": [{"start": 120, "end": 128, "page": 1}], "items[3].sku": [...]}.
+# A column, not a table of rows: it is written with the value it describes, in the same INSERT (no
+# extra rows on the write path the batch benchmarks measure), read whole with it (--out, the report's
+# document view), and it is NULL for failed extractions and for those recorded before it existed.
+VALUE_SPANS_MIGRATION = ("0014_value_spans", "ALTER TABLE extractions ADD COLUMN spans_json TEXT;")
+MIGRATIONS.append(VALUE_SPANS_MIGRATION)
+PG_MIGRATIONS.append(VALUE_SPANS_MIGRATION)
+
 def migrate(conn: sqlite3.Connection) -> list[str]:
     """Apply the migrations this database lacks; return their names.
 

@@ -28,6 +28,29 @@ class StoredDocument:
 
 
 @dataclass(frozen=True)
+class ReviewDocument:
+    """A final extraction a reviewer should look at (unresolved, or resolved only after re-asks or
+    escalation), with what it found and where (``spans_json``), the document's text (None with
+    ``store_text = false``; at most the first ``max_chars`` characters, ``text_chars`` in all) and
+    the values its failed attempts were refused for (``rejected``: tier, attempt number, outcome
+    and Pydantic's error, which names the field and the value)."""
+
+    extraction_id: str
+    document_sha256: str | None
+    path: str | None
+    status: str
+    tier: str | None
+    outcome: str | None
+    error: str | None
+    n_attempts: int
+    value_json: str | None
+    spans_json: str | None
+    text: str | None
+    text_chars: int | None
+    rejected: tuple[tuple[str, int, str, dict[str, Any]], ...]
+
+
+@dataclass(frozen=True)
 class TrainingRow:
     """A valid final extraction with its document, a candidate training example."""
 
@@ -137,6 +160,50 @@ class LedgerReads:
     def document(self, sha256: str) -> StoredDocument | None:
         rows = self.query("SELECT sha256, text, path FROM documents WHERE sha256 = ?", [sha256])
         return StoredDocument(rows[0]["sha256"], rows[0]["text"], rows[0]["path"]) if rows else None
+
+    def review_documents(
+        self, where: str, params: Sequence[Any], *, limit: int, max_chars: int
+    ) -> list[ReviewDocument]:
+        """The current final extractions matching ``where`` (a condition on ``extractions e``,
+        ``?`` parameters: the report's scope) that a reviewer should see: every unresolved one,
+        then those resolved after more than one attempt, newest first, at most ``limit``."""
+        import json
+
+        rows = self.query(
+            "SELECT e.id, e.document_sha256, e.path, e.status, e.tier, e.outcome, e.error, e.n_attempts,"
+            " e.value_json, e.spans_json, substr(d.text, 1, ?) AS text, length(d.text) AS text_chars"
+            " FROM extractions e LEFT JOIN documents d ON d.sha256 = e.document_sha256"
+            " WHERE e.status IN ('ok', 'failed') AND e.superseded_by IS NULL AND (e.status = 'failed'"
+            f" OR e.n_attempts > 1) AND {where}"
+            " ORDER BY CASE WHEN e.status = 'failed' THEN 0 ELSE 1 END, e.id DESC LIMIT ?",
+            [max_chars, *params, limit],
+        )
+        ids = [r["id"] for r in rows]
+        rejected: dict[str, list[tuple[str, int, str, dict[str, Any]]]] = {i: [] for i in ids}
+        if ids:
+            marks = ",".join("?" * len(ids))
+            for a in self.query(
+                "SELECT extraction_id, tier, number, outcome, errors_json FROM attempts"
+                f" WHERE extraction_id IN ({marks}) AND errors_json IS NOT NULL ORDER BY extraction_id, id",
+                ids,
+            ):
+                try:
+                    errors = json.loads(a["errors_json"])
+                except ValueError:
+                    continue
+                for e in errors if isinstance(errors, list) else ():
+                    if isinstance(e, dict):
+                        rejected[a["extraction_id"]].append((a["tier"], int(a["number"]), a["outcome"], e))
+        return [
+            ReviewDocument(
+                extraction_id=r["id"], document_sha256=r["document_sha256"], path=r["path"],
+                status=r["status"], tier=r["tier"], outcome=r["outcome"], error=r["error"],
+                n_attempts=int(r["n_attempts"]),
+                value_json=r["value_json"], spans_json=r["spans_json"], text=r["text"],
+                text_chars=r["text_chars"], rejected=tuple(rejected[r["id"]]),
+            )  # fmt: skip
+            for r in rows
+        ]
 
     def training_rows(
         self,

@@ -10,6 +10,7 @@ output. The renderers take either.
 from .._words import plural
 from ._aggregate import SQL, Scope, build_report, check_scope_exists, read_report
 from ._checklist import MIN_FORMULATIONS, MIN_VERSION_DOCUMENTS
+from ._documents import DocumentView, read_documents
 from ._format import money, pct, secs
 from ._html import PALETTE, page_context, report_html, template_env
 from ._model import (
@@ -64,6 +65,7 @@ __all__ = [
     "UNDECIDED",
     "Checklist",
     "ChecklistItem",
+    "DocumentView",
     "Drift",
     "DriftTier",
     "Economics",
@@ -105,6 +107,7 @@ __all__ = [
     "plural",
     "print_report",
     "print_verdicts",
+    "read_documents",
     "read_report",
     "report_csv",
     "report_html",

@@ -7,11 +7,13 @@ it, and the page's Content-Security-Policy forbids scripts and fetches as a seco
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from . import _render as fmt
+from ._documents import MAX_DOCUMENTS, DocumentView
 from ._model import Report
 
 PALETTE = ["#3b7dd8", "#2e8540", "#8e44ad", "#d35400", "#16a085", "#7f8c8d", "#c0392b"]
@@ -102,8 +104,9 @@ def page_context() -> dict[str, Any]:
     return {"f": fmt, "version": __version__, "generated": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
 
-def report_html(data: Report | dict[str, Any]) -> str:
-    """The report as one self-contained HTML page (a Report, or its plain data as ``--json`` prints it)."""
+def report_html(data: Report | dict[str, Any], documents: Sequence[DocumentView] | None = None) -> str:
+    """The report as one self-contained HTML page (a Report, or its plain data as ``--json`` prints it);
+    with ``documents`` (``read_documents``), the per-document view too."""
     report = Report.from_dict(data)
     t = report.totals
     share = [(x.tier, x.resolved, f"{x.resolved} ({fmt.pct(x.share_resolved)})") for x in report.tiers]
@@ -143,5 +146,6 @@ def report_html(data: Report | dict[str, Any]) -> str:
     return (
         template_env()
         .get_template("report.html.j2")
-        .render(r=report, charts=charts, scope=fmt.scope_line(report), **page_context())
+        .render(r=report, charts=charts, scope=fmt.scope_line(report), documents=documents,
+                documents_limit=MAX_DOCUMENTS, **page_context())
     )
