@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ._redact import redact
+
+if TYPE_CHECKING:
+    from ._merge import Conflict
 
 T = TypeVar("T")
 
@@ -87,6 +90,7 @@ class Attempt:
     fingerprint: str | None = None  # the provider's system_fingerprint, when it sends one
     via: str = "live"  # how the request went: "live" (one HTTP call) or "batch" (a Batch API line)
     live_cost_usd: float | None = None  # batch only: what the same tokens cost live (the saving)
+    chunk: int | None = None  # a long document's chunk (from 0) this attempt was on; None: all of it
 
     @property
     def ok(self) -> bool:
@@ -144,6 +148,8 @@ class Result(Generic[T]):
     schema_hash: str = ""
     document_sha256: str = ""
     extraction_id: str | None = None  # the ledger's row for this extraction, when one recorded it
+    # a long document extracted in chunks: where the chunks gave a field different values
+    conflicts: tuple[Conflict, ...] = ()
 
     @property
     def ok(self) -> bool:

@@ -471,6 +471,17 @@ BATCH_WAVES_MIGRATION = ("0011_batch_waves", BATCH_WAVES + ATTEMPT_VIA + _rollup
 MIGRATIONS.append(BATCH_WAVES_MIGRATION)
 PG_MIGRATIONS.append(BATCH_WAVES_MIGRATION)
 
+# Long documents (issue 19): the chunk each attempt was on (NULL: the whole document), and per
+# extraction how many chunks it was cut into (NULL: not chunked) and where they disagreed
+# (``Result.conflicts`` as JSON). The same on both engines.
+CHUNKS_MIGRATION = ("0013_chunks", """
+        ALTER TABLE attempts ADD COLUMN chunk INTEGER;
+        ALTER TABLE extractions ADD COLUMN n_chunks INTEGER;
+        ALTER TABLE extractions ADD COLUMN conflicts_json TEXT;
+""")
+MIGRATIONS.append(CHUNKS_MIGRATION)
+PG_MIGRATIONS.append(CHUNKS_MIGRATION)
+
 def migrate(conn: sqlite3.Connection) -> list[str]:
     """Apply the migrations this database lacks; return their names.
 
