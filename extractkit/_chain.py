@@ -456,7 +456,8 @@ class Extractor(Generic[T]):
         as any other), each answer grounded against its own chunk; then merge them by the
         schema's ``Merge`` policies and validate the merged value against the full schema,
         grounded against the whole document. ``call.attempts`` becomes the chunks' attempts
-        (``Attempt.chunk`` set), in chunk order with a failed chunk's last; a merged value that
+        (``Attempt.chunk`` set, numbered from 1 across the tier), in chunk order with a failed
+        chunk's last; a merged value that
         fails validation adds one attempt (``chunk`` None, nothing sent) with its outcome, so
         the chain escalates on it like on any validation failure. Returns the value (None: a
         chunk failed, or the merged value did) and the conflicts between chunks."""
@@ -486,7 +487,10 @@ class Extractor(Generic[T]):
         failed = [isinstance(v, BaseException) or v is None for _, _, v in done]
         # the failed chunks last: the tier's last attempt says why it failed
         order = sorted(range(len(done)), key=lambda k: (failed[k], k))
-        call.attempts[:] = [replace(a, chunk=done[k][0].index) for k in order for a in done[k][1].attempts]
+        # numbered in the tier as one run of attempts (the reports count a tier's documents by its
+        # attempt number 1): chunk by chunk, each chunk's own in order
+        made = [(done[k][0].index, a) for k in order for a in done[k][1].attempts]
+        call.attempts[:] = [replace(a, chunk=chunk, number=i) for i, (chunk, a) in enumerate(made, 1)]
         call.waited_s += max((c.waited_s for _, c, _ in done), default=0.0)
         errors = [v for _, _, v in done if isinstance(v, BaseException)]
         if errors:
@@ -495,13 +499,14 @@ class Extractor(Generic[T]):
             return None, ()
         parts = [(chunk.index, v.model_dump(mode="json", by_alias=True)) for chunk, _, v in done]  # type: ignore[union-attr]
         merged, conflicts = merge(self.schema, parts)
-        value, attempt = await asyncio.to_thread(self._validate_merged, steps, merged, text, len(chunks))
+        value, attempt = await asyncio.to_thread(self._validate_merged, steps, merged, text, len(chunks),
+                                                 len(call.attempts) + 1)  # fmt: skip
         if attempt is not None:
             call.attempts.append(attempt)
         return value, tuple(conflicts)
 
     def _validate_merged(
-        self, steps: Steps, merged: dict[str, Any], text: str, n: int
+        self, steps: Steps, merged: dict[str, Any], text: str, n: int, number: int
     ) -> tuple[T | None, Attempt | None]:
         """The merged value validated by the full schema with the whole document as the
         grounding source: the value, or the attempt (nothing sent) that records why not."""
@@ -512,7 +517,7 @@ class Extractor(Generic[T]):
             outcome, errs = classify_parse_error(exc)
             error = f"the merged value of {n} chunks: {exc}"[:ERROR_KEEP_CHARS]
             answer = Answer(started_at=time.time())
-            return None, steps.attempt(1, answer, outcome, {"error": error, "errors": errs})
+            return None, steps.attempt(number, answer, outcome, {"error": error, "errors": errs})
 
     async def arun_tier(
         self, name: str, text: str, limiter: Limiter | None = None

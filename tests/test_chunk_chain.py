@@ -15,6 +15,7 @@ from pydantic import BaseModel
 
 from extractkit import Extractor, Grounded, Ledger, Merge, Outcome, Price, ZeroShot
 from extractkit._tokens import count_tokens
+from extractkit.report import Report, read_report
 
 from .fakes import BASE_URL, completion
 
@@ -167,6 +168,7 @@ def test_the_chunks_are_recorded_under_one_extraction(mock_api, ledger_target):
         result = ex.extract(text)
         check_contract(result, text, provider)
         ex.close()
+        report = read_report(ledger)
         (ext,) = ledger.query("SELECT id, status, n_attempts, cost_usd, n_chunks, conflicts_json FROM extractions")
         rows = ledger.query("SELECT chunk, outcome, cost_usd, extraction_id FROM attempts ORDER BY chunk")
     n = len(provider.seen)
@@ -176,6 +178,28 @@ def test_the_chunks_are_recorded_under_one_extraction(mock_api, ledger_target):
     assert ext["cost_usd"] == pytest.approx(n * PER_ANSWER)
     conflicts = json.loads(ext["conflicts_json"])
     assert {c["field"] for c in conflicts} == {f for f, _, _ in EXPECTED_CONFLICTS}
+    # the report: the document's cost is every chunk's, and it says how many were chunked
+    assert report.totals.documents == 1 and report.totals.cost_usd == pytest.approx(n * PER_ANSWER)
+    assert report.totals.cost_per_valid_usd == pytest.approx(n * PER_ANSWER)
+    assert report.chunked is not None
+    assert (report.chunked.documents, report.chunked.chunks, report.chunked.conflicts) == (1, n, 3)
+    assert report.chunked.cost_usd == pytest.approx(n * PER_ANSWER)
+    assert any("extracted in" in note and "3 conflict(s)" in note for note in report.notes)
+    assert Report.from_dict(report.to_dict()) == report
+    # the tier reached and resolved one document, in n attempts (one per chunk)
+    (stats,) = report.tiers
+    assert (stats.reached, stats.resolved, stats.attempts, stats.reasks) == (1, 1, n, 0)
+    assert stats.success_rate == 1.0
+
+
+def test_a_report_without_long_documents_is_as_before(mock_api, tmp_path):
+    mock_api.post("/chat/completions").mock(side_effect=ChunkProvider())
+    text, _ = contract()
+    short = text[:1500]
+    with Ledger(tmp_path / "l.sqlite3") as ledger:
+        Extractor(Contract, tiers=[tier()], ledger=ledger).extract(short)
+        report = read_report(ledger)
+    assert report.chunked is None and "chunked" not in report.to_dict()
 
 
 def test_refuse_keeps_context_overflow(mock_api):
@@ -231,3 +255,34 @@ def test_a_merged_value_that_fails_the_full_schema_is_a_validation_outcome(mock_
     last = result.attempts[-1]
     assert last.outcome is Outcome.SCHEMA_INVALID and last.chunk is None and last.usage.total_tokens == 0
     assert "merged value" in last.error and "seller" in result.error
+
+
+def test_batch_waves_say_a_long_document_is_chunked_only_when_extracted_live():
+    """The Batch API waves build each request with the tier's steps (batch/_waves.py): a document too
+    long for the context is not chunked there; its context_overflow says how to get it chunked."""
+    text, _ = contract()
+    steps = Extractor(Contract, tiers=[tier()]).steps("zero_shot")
+    request = steps.build_request(steps.start(text))
+    assert request.overflow is not None and request.body == {}
+    assert 'long_documents = "chunk"' in request.overflow and "without --via batch" in request.overflow
+    refuse = Extractor(Contract, tiers=[tier(long_documents="refuse")]).steps("zero_shot")
+    refused = refuse.build_request(refuse.start(text))
+    assert refused.overflow is not None and "--via batch" not in refused.overflow
+
+
+def test_config_file_sets_long_documents(tmp_path):
+    from extractkit import ConfigError
+    from extractkit._config import build_tiers, parse_config
+
+    def tiers(**extra):
+        raw = {"schema": "x:Y", "tiers": [{"kind": "zero_shot", "model": "gpt-4o-mini", **extra}]}
+        return build_tiers(parse_config(raw, root=tmp_path))
+
+    (default,) = tiers()
+    assert (default.long_documents, default.chunk_tokens, default.chunk_overlap) == ("chunk", None, 200)
+    (set_,) = tiers(long_documents="refuse", chunk_tokens=8000, chunk_overlap=0)
+    assert (set_.long_documents, set_.chunk_tokens, set_.chunk_overlap) == ("refuse", 8000, 0)
+    with pytest.raises(ConfigError, match="long_documents"):
+        tiers(long_documents="split")
+    with pytest.raises(ConfigError, match="long_documents"):
+        ZeroShot(model="gpt-4o-mini", long_documents="split")

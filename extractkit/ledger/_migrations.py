@@ -478,6 +478,7 @@ CHUNKS_MIGRATION = ("0013_chunks", """
         ALTER TABLE attempts ADD COLUMN chunk INTEGER;
         ALTER TABLE extractions ADD COLUMN n_chunks INTEGER;
         ALTER TABLE extractions ADD COLUMN conflicts_json TEXT;
+        CREATE INDEX extractions_chunked ON extractions(created_at) WHERE n_chunks IS NOT NULL;
 """)
 MIGRATIONS.append(CHUNKS_MIGRATION)
 PG_MIGRATIONS.append(CHUNKS_MIGRATION)
