@@ -286,3 +286,46 @@ def test_config_file_sets_long_documents(tmp_path):
         tiers(long_documents="split")
     with pytest.raises(ConfigError, match="long_documents"):
         ZeroShot(model="gpt-4o-mini", long_documents="split")
+
+
+def test_chunking_and_the_merged_validation_run_off_the_event_loop(mock_api, monkeypatch):
+    """Tokenising a long document is CPU-heavy: the split and the whole-document grounding run in
+    worker threads, never on the thread of the event loop."""
+    import asyncio
+    import threading
+
+    import extractkit._chain as chain
+
+    threads: dict[str, list[int]] = {"split": [], "validate": []}
+    real_split, real_validate = chain.split_chunks, chain.Extractor._validate_merged
+
+    def split(*a, **k):
+        threads["split"].append(threading.get_ident())
+        return real_split(*a, **k)
+
+    def validate(self, *a, **k):
+        threads["validate"].append(threading.get_ident())
+        return real_validate(self, *a, **k)
+
+    monkeypatch.setattr(chain, "split_chunks", split)
+    monkeypatch.setattr(chain.Extractor, "_validate_merged", validate)
+    mock_api.post("/chat/completions").mock(side_effect=ChunkProvider())
+    text, _ = contract()
+
+    async def main() -> tuple[int, bool]:
+        result = await Extractor(Contract, tiers=[tier()]).aextract(text)
+        return threading.get_ident(), result.ok
+
+    loop_thread, ok = asyncio.run(main())
+    assert ok
+    assert threads["split"] and threads["validate"]
+    assert loop_thread not in threads["split"] + threads["validate"]
+
+
+def test_a_context_too_small_to_chunk_keeps_context_overflow_and_says_why(mock_api):
+    route = mock_api.post("/chat/completions").mock(side_effect=ChunkProvider())
+    text, _ = contract()
+    result = Extractor(Contract, tiers=[tier(context_window=1400)]).extract(text)
+    assert route.call_count == 0
+    (only,) = result.attempts
+    assert only.outcome is Outcome.CONTEXT_OVERFLOW and "too small a context to chunk" in only.error
