@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import time
 from typing import Annotated
 
 import httpx
@@ -15,7 +16,8 @@ from pydantic import BaseModel
 
 from extractkit import Extractor, Grounded, Ledger, Merge, Outcome, Price, ZeroShot
 from extractkit._tokens import count_tokens
-from extractkit.report import Report, read_report
+from extractkit.report import Report, Scope, read_report
+from extractkit.report._aggregate import chunked_of
 
 from .fakes import BASE_URL, completion
 
@@ -169,6 +171,10 @@ def test_the_chunks_are_recorded_under_one_extraction(mock_api, ledger_target):
         check_contract(result, text, provider)
         ex.close()
         report = read_report(ledger)
+        now = time.time()
+        windows = {"recent_since": now - 3600, "recent_until": now + 1, "baseline_since": now - 7200,
+                   "baseline_until": now - 3600}  # fmt: skip
+        _, extra, extra_windows = chunked_of(ledger, Scope(), windows)
         (ext,) = ledger.query("SELECT id, status, n_attempts, cost_usd, n_chunks, conflicts_json FROM extractions")
         rows = ledger.query("SELECT chunk, outcome, cost_usd, extraction_id FROM attempts ORDER BY chunk")
     n = len(provider.seen)
@@ -190,6 +196,14 @@ def test_the_chunks_are_recorded_under_one_extraction(mock_api, ledger_target):
     (stats,) = report.tiers
     assert (stats.reached, stats.resolved, stats.attempts, stats.reasks) == (1, 1, n, 0)
     assert stats.success_rate == 1.0
+    # what the report takes out of the tier's ok attempts (overall, and in the drift window)
+    assert extra == {(ext_config(ext["id"], ledger_target), "zero_shot"): n - 1}
+    assert extra_windows == {("recent", "zero_shot"): n - 1}
+
+
+def ext_config(ext_id: str, target: str) -> str:
+    with Ledger(target) as ledger:
+        return ledger.query("SELECT config_hash FROM extractions WHERE id = ?", [ext_id])[0][0]
 
 
 def test_a_report_without_long_documents_is_as_before(mock_api, tmp_path):

@@ -887,10 +887,13 @@ def read_report(
     rows = read_rows(ledger, scope, windows)
     totals = totals_of(rows)
     per, drift_sums = tier_sums(rows.groups)
-    chunked, extra_ok = chunked_of(ledger, scope)
+    chunked, extra_ok, extra_windows = chunked_of(ledger, scope, windows)
     for (_, name), extra in extra_ok.items():  # a chunked document resolved by a tier once, not per chunk
         if name in per:
             per[name].resolved -= extra
+    for key, extra in extra_windows.items():
+        if key in drift_sums:
+            drift_sums[key]["resolved"] -= extra
     if extra_ok:
         rows.version_stats = [_fewer_ok(r, extra_ok) for r in rows.version_stats]
     served = rows.served if scope == Scope() else scoped_served(rows.served, per)
@@ -934,12 +937,16 @@ SELECT e.id, e.document_sha256, e.config_hash, e.n_chunks, e.conflicts_json, e.c
 WHERE e.n_chunks IS NOT NULL AND e.status IN ('ok', 'failed') AND {where}"""
 
 
-def chunked_of(ledger: Ledger, scope: Scope) -> tuple[Chunked | None, dict[tuple[str, str], int]]:
+def chunked_of(
+    ledger: Ledger, scope: Scope, windows: dict[str, float] | None = None
+) -> tuple[Chunked | None, dict[tuple[str, str], int], dict[tuple[str, str], int]]:
     """The scope's documents extracted in chunks (the latest such extraction of each document and
-    config), or None when there are none (a report without long documents is as before); and per
-    (config, tier), how many of their chunk attempts answered ``ok`` beyond one per document the tier
-    resolved (a tier's ``resolved`` counts its ``ok`` attempts: a chunked document has one per
-    chunk). The attempts read are those of the chunked extractions only."""
+    config), or None when there are none (a report without long documents is as before); per
+    (config, tier), how many of their chunk attempts answered ``ok`` beyond one per document the
+    tier resolved (a tier's ``resolved`` counts its ``ok`` attempts: a chunked document has one per
+    chunk); and the same per (drift window, tier) of ``windows`` (by the attempts' start, the
+    document counted resolved in the window of its first attempt, where drift counts it reached).
+    The attempts read are those of the chunked extractions only."""
     where, params = scope.where()
     latest: dict[tuple[str, str], Any] = {}
     for r in ledger.query(CHUNKED_SQL.format(where=where), params):
@@ -947,22 +954,47 @@ def chunked_of(ledger: Ledger, scope: Scope) -> tuple[Chunked | None, dict[tuple
         if key not in latest or r["id"] > latest[key]["id"]:
             latest[key] = r
     if not latest:
-        return None, {}
+        return None, {}, {}
     rows = list(latest.values())
     costs = [r["cost_usd"] for r in rows]
     chunked = Chunked(documents=len(rows), chunks=sum(_i(r["n_chunks"]) for r in rows),
                       conflicts=sum(len(json.loads(r["conflicts_json"] or "[]")) for r in rows),
                       cost_usd=None if any(c is None for c in costs) else round(sum(costs), 10))  # fmt: skip
-    extra: dict[tuple[str, str], int] = {}
+    runs: dict[tuple[str, str, str], list[Any]] = {}  # (extraction, config, tier) -> its chunk attempts
     ids = [r["id"] for r in rows]
     for i in range(0, len(ids), CHUNKED_STEP):
         part = ids[i : i + CHUNKED_STEP]
-        marks = ",".join("?" * len(part))
-        for a in ledger.query(CHUNK_ATTEMPTS_SQL.format(marks=marks), part):
-            ok = _i(a["ok"])
-            key = (a["config_hash"], a["tier"])
-            extra[key] = extra.get(key, 0) + ok - (1 if ok and _i(a["won"]) else 0)
-    return chunked, extra
+        for a in ledger.query(CHUNK_ATTEMPTS_SQL.format(marks=",".join("?" * len(part))), part):
+            runs.setdefault((a["extraction_id"], a["config_hash"], a["tier"]), []).append(a)
+
+    def window_of(t: float | None) -> str | None:
+        for name in ("recent", "baseline"):
+            if windows and t is not None and windows[f"{name}_since"] <= t < windows[f"{name}_until"]:
+                return name
+        return None
+
+    extra: dict[tuple[str, str], int] = {}
+    extra_windows: dict[tuple[str, str], int] = {}
+    for (_, config, tier), attempts in runs.items():
+        ok = [a for a in attempts if a["outcome"] == Outcome.OK.value]
+        resolved = bool(ok) and any(_i(a["won"]) for a in attempts)
+        extra[(config, tier)] = extra.get((config, tier), 0) + len(ok) - resolved
+        first = next((a for a in attempts if _i(a["number"]) == 1), None)
+        for a in ok:
+            w = window_of(a["started_at"])
+            if w is not None:
+                extra_windows[(w, tier)] = extra_windows.get((w, tier), 0) + 1
+        w = window_of(first["started_at"]) if first is not None else None
+        if resolved and w is not None:
+            extra_windows[(w, tier)] = extra_windows.get((w, tier), 0) - 1
+    return chunked, extra, extra_windows
+
+
+CHUNKED_STEP = 500  # extraction ids per read of their chunk attempts
+CHUNK_ATTEMPTS_SQL = """
+SELECT a.extraction_id, e.config_hash, a.tier, a.outcome, a.number, a.won, a.started_at
+FROM attempts a JOIN extractions e ON e.id = a.extraction_id
+WHERE a.extraction_id IN ({marks}) AND a.chunk IS NOT NULL"""
 
 
 def _fewer_ok(r: Any, extra_ok: dict[tuple[str, str], int]) -> Any:
@@ -975,13 +1007,6 @@ def _fewer_ok(r: Any, extra_ok: dict[tuple[str, str], int]) -> Any:
     d["n"] = _i(d["n"]) - extra
     d["priced"] = max(0, _i(d["priced"]) - extra)
     return d
-
-
-CHUNKED_STEP = 500  # extraction ids per read of their chunk attempts
-CHUNK_ATTEMPTS_SQL = """
-SELECT e.config_hash, a.tier, COUNT(CASE WHEN a.outcome = 'ok' THEN 1 END) AS ok, MAX(a.won) AS won
-FROM attempts a JOIN extractions e ON e.id = a.extraction_id
-WHERE a.extraction_id IN ({marks}) AND a.chunk IS NOT NULL GROUP BY a.extraction_id, e.config_hash, a.tier"""
 
 
 def chunked_note(chunked: Chunked | None) -> tuple[str, ...]:
