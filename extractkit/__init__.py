@@ -28,6 +28,7 @@ from ._errors import (
 )
 from ._examples import Example, load_examples
 from ._grounding import Grounded, Span
+from ._merge import Conflict, Merge
 from ._pricing import Price, lookup_price
 from ._results import Attempt, Outcome, Result, Usage
 from ._retry import RetryPolicy
@@ -46,6 +47,7 @@ __all__ = [
     "BatchFailed",
     "BatchUnsupported",
     "ConfigError",
+    "Conflict",
     "DocumentError",
     "EscalationPolicy",
     "Example",
@@ -62,6 +64,7 @@ __all__ = [
     "Ledger",
     "LedgerError",
     "LocalModelError",
+    "Merge",
     "MissingDependencyError",
     "Mode",
     "NoDocuments",

@@ -28,16 +28,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import openai
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from . import _retry
+from ._chunking import MIN_CHUNK_TOKENS, Chunk
+from ._chunking import split as split_chunks
 from ._errors import ConfigError, DocumentError, ExtractionFailed, ProviderUnreachable
-from ._grounding import Span, has_grounded, spans_for
+from ._grounding import Span, grounding_source, has_grounded, spans_for
 from ._llm import MAX_RESPONSE_BYTES, TierCall, make_client
+from ._merge import Conflict, merge, relaxed_schema
+from ._merge import policies as merge_policies
 from ._pricing import Price, lookup_price
 from ._results import FAILURE_OUTCOMES, Attempt, Outcome, Result
 from ._schema import canonical_json, check_schema, schema_hash, short_hash
-from ._steps import Steps
+from ._steps import ERROR_KEEP_CHARS, Answer, Steps, classify_parse_error
 from ._sync import LoopThread
 from ._tiers import BoundTier, Tier
 from .ledger import Ledger, RecordingLedger, is_url
@@ -70,6 +74,15 @@ class EscalationPolicy:
 
     def should_escalate(self, last: Attempt | None) -> bool:
         return last is None or last.outcome in self.escalate_on
+
+
+CHUNK_CONCURRENCY = 4  # a long document's chunks in flight at once (each paced by the limiter)
+CHUNK_ROOM_SHARE = 0.9  # of a tier's room for document text a chunk may fill (a margin on the count)
+
+
+def _overflowed(attempts: list[Attempt]) -> bool:
+    """The tier refused the whole document unsent, for its length: the one attempt it made."""
+    return len(attempts) == 1 and attempts[0].outcome is Outcome.CONTEXT_OVERFLOW
 
 
 def document_sha256(text: str) -> str:
@@ -149,6 +162,7 @@ class Extractor(Generic[T]):
         self._bound = {t.name: BoundTier(t, self.schema) for t in self.tiers}
         # each tier's attempt steps (request, interpretation, re-ask / retry rules), shared by
         # the live transport (TierCall) and the batch waves
+        self._chunk_steps_made: dict[str, Steps] = {}  # per tier, for long documents (_chunk_steps)
         self._steps = {
             t.name: Steps(self._bound[t.name], schema_hash=self.schema_hash, retry_policy=self.policy.retry,
                           price=t.price or lookup_price(t.model, self.prices),
@@ -180,6 +194,8 @@ class Extractor(Generic[T]):
             "schema_hash": self.schema_hash,
             "tiers": [self._bound[t.name].describe() for t in self.tiers],  # examples by content
             "escalate_on": sorted(o.value for o in self.policy.escalate_on),
+            # how a long document's chunks are merged, when the schema declares it (Merge)
+            **({"merge": merging} if (merging := merge_policies(self.schema)) else {}),
         }
 
     def steps(self, name: str) -> Steps:
@@ -335,7 +351,7 @@ class Extractor(Generic[T]):
         is, so the final outcome says why the call stopped.) A batch stops on it and leaves the
         remaining documents unattempted.
         """
-        result, unreachable = await self._run_tiers(text, only, self.limiter)
+        result, unreachable = await self._run_tiers(text, only, self.limiter, pages)
         record: dict[str, Any] = {"run_id": run_id, "path": path, "size": size, "doc_type": doc_type}
         record.update({k: v for k, v in (("config_hash", config_hash), ("forced_tier", forced_tier)) if v})
         ledger = self._current_ledger()
@@ -364,15 +380,17 @@ class Extractor(Generic[T]):
         are paced by ``limiter`` (None: not paced). The extractor's own ``ledger`` and ``limiter``
         are neither used nor changed, and the extractor stays open: the driver passes what its
         run needs, and closes only what it opened. Raises as ``aextract`` does."""
-        result, unreachable = await self._run_tiers(text, only, limiter)
+        result, unreachable = await self._run_tiers(text, only, limiter, pages)
         record: dict[str, Any] = {"run_id": run_id, "path": path, "size": size, "doc_type": doc_type}
         return await self._finish(text, result, unreachable, ledger, only, record, pages)
 
     async def _run_tiers(
-        self, text: str, only: str | None, limiter: Limiter | None
+        self, text: str, only: str | None, limiter: Limiter | None, pages: Sequence[Any] = ()
     ) -> tuple[Result[T], ProviderUnreachable | None]:
         """Run the tiers (or tier ``only``) on ``text``: the result, and the ``ProviderUnreachable``
-        that stopped it after it made attempts (raised here when it stopped before the first)."""
+        that stopped it after it made attempts (raised here when it stopped before the first).
+        A document too long for a tier with ``long_documents = "chunk"`` is extracted in chunks
+        (cut on ``pages``' boundaries when given, see ``_run_chunks``)."""
         if not isinstance(text, str):
             raise TypeError(f"text must be str, got {type(text).__name__}")
         tiers = [self.tier(only)] if only else self.tiers
@@ -382,10 +400,13 @@ class Extractor(Generic[T]):
         winner: str | None = None
         unreachable: ProviderUnreachable | None = None
         waited = 0.0  # in the client-side rate limiter's queue: the run's pacing, not this document's latency
+        conflicts: tuple[Conflict, ...] = ()
         for tier in tiers:
             call = await self._tier_call(tier, text, limiter)
             try:
                 got = await call.run()
+                if got is None and tier.long_documents == "chunk" and _overflowed(call.attempts):
+                    got, conflicts = await self._run_chunks(tier, text, pages, limiter, call)
             except ProviderUnreachable as exc:
                 unreachable = exc
                 last = call.attempts[-1] if call.attempts else None
@@ -413,12 +434,16 @@ class Extractor(Generic[T]):
             latency_s=round(max(0.0, time.perf_counter() - started - waited), 6),
             schema_hash=self.schema_hash,
             document_sha256=document_sha256(text),
+            conflicts=conflicts if value is not None else (),
         )
         return result, unreachable
 
-    async def _tier_call(self, tier: Tier, text: str, limiter: Limiter | None) -> TierCall:
+    async def _tier_call(
+        self, tier: Tier, text: str, limiter: Limiter | None, steps: Steps | None = None
+    ) -> TierCall:
+        steps = steps or self._steps[tier.name]
         return TierCall(
-            self._bound[tier.name],
+            steps.bound,
             await self._client(tier),
             text,
             retry_policy=self.policy.retry,
@@ -426,8 +451,93 @@ class Extractor(Generic[T]):
             limiter=limiter,
             breaker=self._breaker,
             max_response_bytes=self.max_response_bytes,
-            steps=self._steps[tier.name],
+            steps=steps,
         )
+
+    # -- long documents ---------------------------------------------------------------------------
+    def _chunk_steps(self, tier: Tier) -> Steps:
+        """The steps of ``tier`` asking for the relaxed schema (every field optional): what one
+        chunk of a long document is asked. Made the first time a document needs them."""
+        steps = self._chunk_steps_made.get(tier.name)
+        if steps is None:
+            whole = self._steps[tier.name]
+            steps = Steps(BoundTier(tier, relaxed_schema(self.schema)), schema_hash=self.schema_hash,
+                          retry_policy=self.policy.retry, price=whole.price,
+                          batch_price=whole.batch_price)  # fmt: skip
+            self._chunk_steps_made[tier.name] = steps
+        return steps
+
+    async def _run_chunks(
+        self, tier: Tier, text: str, pages: Sequence[Any], limiter: Limiter | None, call: TierCall
+    ) -> tuple[T | None, tuple[Conflict, ...]]:
+        """``text`` did not fit ``tier``'s context (``call`` holds the one attempt that says so):
+        cut it into chunks that fit (``_chunking.split``, in a worker thread), extract each with
+        the relaxed schema, ``CHUNK_CONCURRENCY`` at a time (each request paced by ``limiter``
+        as any other), each answer grounded against its own chunk; then merge them by the
+        schema's ``Merge`` policies and validate the merged value against the full schema,
+        grounded against the whole document. ``call.attempts`` becomes the chunks' attempts
+        (``Attempt.chunk`` set, numbered from 1 across the tier), in chunk order with a failed
+        chunk's last; a merged value that
+        fails validation adds one attempt (``chunk`` None, nothing sent) with its outcome, so
+        the chain escalates on it like on any validation failure. Returns the value (None: a
+        chunk failed, or the merged value did) and the conflicts between chunks."""
+        steps = self._chunk_steps(tier)
+        room = await asyncio.to_thread(steps.document_room)
+        budget = None if room is None else int(room * CHUNK_ROOM_SHARE)
+        if tier.chunk_tokens is not None and budget is not None:
+            budget = min(budget, tier.chunk_tokens)
+        if budget is None or budget < MIN_CHUNK_TOKENS:
+            last = call.attempts[-1]
+            call.attempts[-1] = replace(last, error=f"{last.error}; too small a context to chunk it "
+                                                    f"({budget} tokens left for a chunk)")  # fmt: skip
+            return None, ()
+        chunks = await asyncio.to_thread(split_chunks, text, max_tokens=budget,
+                                         overlap_tokens=tier.chunk_overlap, pages=pages)  # fmt: skip
+        gate = asyncio.Semaphore(CHUNK_CONCURRENCY)
+
+        async def one(chunk: Chunk) -> tuple[Chunk, TierCall, BaseModel | None | BaseException]:
+            async with gate:
+                c = await self._tier_call(tier, chunk.text, limiter, steps)
+                try:
+                    return chunk, c, await c.run()
+                except Exception as exc:  # ProviderUnreachable: raised below, after every chunk
+                    return chunk, c, exc
+
+        done = await asyncio.gather(*(one(c) for c in chunks))
+        failed = [isinstance(v, BaseException) or v is None for _, _, v in done]
+        # the failed chunks last: the tier's last attempt says why it failed
+        order = sorted(range(len(done)), key=lambda k: (failed[k], k))
+        # numbered in the tier as one run of attempts (the reports count a tier's documents by its
+        # attempt number 1): chunk by chunk, each chunk's own in order
+        made = [(done[k][0].index, a) for k in order for a in done[k][1].attempts]
+        call.attempts[:] = [replace(a, chunk=chunk, number=i) for i, (chunk, a) in enumerate(made, 1)]
+        call.waited_s += max((c.waited_s for _, c, _ in done), default=0.0)
+        errors = [v for _, _, v in done if isinstance(v, BaseException)]
+        if errors:
+            raise errors[0]
+        if any(failed):
+            return None, ()
+        parts = [(chunk.index, v.model_dump(mode="json", by_alias=True)) for chunk, _, v in done]  # type: ignore[union-attr]
+        merged, conflicts = merge(self.schema, parts)
+        value, attempt = await asyncio.to_thread(self._validate_merged, steps, merged, text, len(chunks),
+                                                 len(call.attempts) + 1)  # fmt: skip
+        if attempt is not None:
+            call.attempts.append(attempt)
+        return value, tuple(conflicts)
+
+    def _validate_merged(
+        self, steps: Steps, merged: dict[str, Any], text: str, n: int, number: int
+    ) -> tuple[T | None, Attempt | None]:
+        """The merged value validated by the full schema with the whole document as the
+        grounding source: the value, or the attempt (nothing sent) that records why not."""
+        try:
+            with grounding_source(text):
+                return self.schema.model_validate(merged), None
+        except ValidationError as exc:
+            outcome, errs = classify_parse_error(exc)
+            error = f"the merged value of {n} chunks: {exc}"[:ERROR_KEEP_CHARS]
+            answer = Answer(started_at=time.time())
+            return None, steps.attempt(number, answer, outcome, {"error": error, "errors": errs})
 
     async def arun_tier(
         self, name: str, text: str, limiter: Limiter | None = None

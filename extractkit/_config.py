@@ -43,6 +43,8 @@ that carries a secret is read from the environment too (``headers_env``).
     extra_body = { top_k = 20 }              # merged into every request body
     headers = { "X-Team" = "billing" }       # extra HTTP headers (values never stored)
     headers_env = { "X-Gateway-Key" = "GATEWAY_KEY" }   # header value read from $GATEWAY_KEY
+    long_documents = "chunk"                 # longer than the context: chunk and merge, or "refuse"
+    chunk_tokens = 8000                      # at most this many tokens a chunk (default: the context)
 """
 
 from __future__ import annotations
@@ -112,6 +114,9 @@ class TierConfig(BaseModel):
     extra_body: dict[str, Any] | None = None  # merged into the request body (part of the identity)
     headers: dict[str, str] | None = None  # extra HTTP headers; values never stored or printed
     headers_env: dict[str, str] | None = None  # header name -> environment variable with its value
+    long_documents: Literal["chunk", "refuse"] = "chunk"  # a document longer than the context
+    chunk_tokens: int | None = Field(None, gt=0)  # None: as many as the context holds
+    chunk_overlap: int = Field(200, ge=0)
 
     @field_validator("price", "batch_price", mode="wrap")
     @classmethod
@@ -343,6 +348,9 @@ def build_tiers(config: Config, *, transport: str | None = None) -> list[Any]:
             "context_window": t.context_window,
             "prompt": config.resolve(t.prompt),
             "transport": t.transport or transport or "httpx",
+            "long_documents": t.long_documents,
+            "chunk_tokens": t.chunk_tokens,
+            "chunk_overlap": t.chunk_overlap,
         }
         if t.name:
             kwargs["name"] = t.name

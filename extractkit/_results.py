@@ -10,6 +10,7 @@ from ._redact import redact
 
 if TYPE_CHECKING:
     from ._grounding import Span
+    from ._merge import Conflict
 
 T = TypeVar("T")
 
@@ -90,6 +91,7 @@ class Attempt:
     fingerprint: str | None = None  # the provider's system_fingerprint, when it sends one
     via: str = "live"  # how the request went: "live" (one HTTP call) or "batch" (a Batch API line)
     live_cost_usd: float | None = None  # batch only: what the same tokens cost live (the saving)
+    chunk: int | None = None  # a long document's chunk (from 0) this attempt was on; None: all of it
 
     @property
     def ok(self) -> bool:
@@ -150,6 +152,8 @@ class Result(Generic[T]):
     # where each grounded value was found in the document's text, by field path ("total",
     # "items[3].sku"): the spans of ``text[start:end]`` (at most 20 each; see ``_grounding.spans_for``)
     spans: dict[str, list[Span]] = field(default_factory=dict)
+    # a long document extracted in chunks: where the chunks gave a field different values
+    conflicts: tuple[Conflict, ...] = ()
 
     @property
     def ok(self) -> bool:

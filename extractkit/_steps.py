@@ -317,8 +317,23 @@ class Steps:
                 f"prompt of about {estimate} tokens + {self.max_tokens} output tokens "
                 f"exceeds the {window}-token context of {self.tier.model} (not sent)"
             )
+            if self.tier.long_documents == "chunk":  # the chain's live path chunks it (_chain)
+                overflow += ('; long_documents = "chunk" splits a long document only when it is '
+                             "extracted live (extract without --via batch), not in Batch API "
+                             "waves")  # fmt: skip
             return Request(kwargs, {}, overflow)
         return Request(kwargs, _body(kwargs))
+
+    def document_room(self) -> int | None:
+        """How many tokens of document text fit a request of this tier beside its prompt (rendered
+        for an empty document), the schema and the output bound, with the estimate's margin; None
+        when the context is unknown. A long document's chunks are cut to this (``_chunking``).
+        Counts the prompt: a driver on an event loop runs it in a worker thread."""
+        if self.context_window is None:
+            return None
+        kwargs = self._adapt(self.start("").kwargs)
+        overhead = self._estimate(kwargs, {})
+        return int((self.context_window - self.max_tokens - overhead) / TOKEN_SAFETY)
 
     def _fit(self, kwargs: dict[str, Any], state: TierState) -> tuple[dict[str, Any], int | None]:
         """Keep the request inside the context and what a re-ask quotes bounded: trim the quoted

@@ -91,6 +91,12 @@ class Tier:
     # extra HTTP headers on every request (a gateway's routing or auth header): not part of the
     # tier's identity, and their values are registered as secrets (never stored or printed)
     headers: Mapping[str, str] | None = field(default=None, repr=False)
+    # a document longer than the context: "chunk" (extracted chunk by chunk, merged: _chunking,
+    # _merge) or "refuse" (context_overflow, nothing sent); chunks of at most chunk_tokens tokens
+    # (None: as many as the context holds) overlapping by chunk_overlap tokens
+    long_documents: str = "chunk"
+    chunk_tokens: int | None = None
+    chunk_overlap: int = 200
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -137,6 +143,11 @@ class Tier:
                               "on it (or leave via out)")  # fmt: skip
         if self.is_local and self.price is None:
             object.__setattr__(self, "price", local.PRICE)
+        if self.long_documents not in ("chunk", "refuse"):
+            raise ConfigError(f'tier {self.name}: long_documents must be "chunk" or "refuse", '
+                              f"got {self.long_documents!r}")  # fmt: skip
+        if (self.chunk_tokens is not None and self.chunk_tokens <= 0) or self.chunk_overlap < 0:
+            raise ConfigError(f"tier {self.name}: chunk_tokens must be > 0 and chunk_overlap >= 0")
 
     def resolved_batch_price(self, prices: Mapping[str, Price] | None = None) -> Price | None:
         """The price of this tier's batch requests: ``batch_price`` when set, else its own ``price``
@@ -220,7 +231,15 @@ class Tier:
             # in prompt_hash already; the text itself is kept with the run's config
             **({"instructions": self.instructions} if self.instructions else {}),
             **self._describe_extra(),
+            **self._describe_long_documents(),
         }
+
+    def _describe_long_documents(self) -> dict[str, Any]:
+        # the defaults (chunk, as the context allows, 200 overlap) are left out: a chain's identity
+        # from before tiers had these settings stays what it was
+        long = {"long_documents": self.long_documents, "chunk_tokens": self.chunk_tokens,
+                "chunk_overlap": self.chunk_overlap}  # fmt: skip
+        return {} if long == {"long_documents": "chunk", "chunk_tokens": None, "chunk_overlap": 200} else long
 
     def _describe_extra(self) -> dict[str, Any]:
         return {}

@@ -70,7 +70,7 @@ def test_batch_with_bad_inputs_then_resume(tmp_path):
     make_bad_inputs(docs)
     out, ledger = tmp_path / "out.jsonl", tmp_path / "ledger.sqlite3"
     with FakeLLMServer(echo_invoice_responder) as server:
-        cfg = write_config(tmp_path, server.base_url, tier_extra="context_window = 2048")
+        cfg = write_config(tmp_path, server.base_url, tier_extra='context_window = 2048\nlong_documents = "refuse"')
         args = ["extract", str(docs), "--config", str(cfg), "--out", str(out), "--ledger", str(ledger)]
         first = cli(*args, "--json")
         assert first.returncode == 1, first.stderr  # some documents failed

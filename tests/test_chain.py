@@ -364,7 +364,8 @@ def test_a_reask_instructor_cannot_write_ends_the_tier_with_the_reason(mock_api)
 
 def test_document_longer_than_context_is_not_sent(mock_api):
     route = mock_api.post("/chat/completions").mock(return_value=ok())
-    tier = zero(model="local", context_window=1024, max_output_tokens=256)
+    # long_documents = "refuse" (the default "chunk" splits it: tests/test_chunk_chain.py)
+    tier = zero(model="local", context_window=1024, max_output_tokens=256, long_documents="refuse")
     result = Extractor(Invoice, tiers=[tier]).extract(DOC + "filler " * 2000)
     assert route.call_count == 0
     assert [a.outcome for a in result.attempts] == [Outcome.CONTEXT_OVERFLOW]

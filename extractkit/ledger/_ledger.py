@@ -461,6 +461,8 @@ class Ledger(LedgerReads, LedgerWaves):
             " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             att_rows,
         )
+        if any(a.chunk is not None for a in result.attempts):  # a long document, in chunks
+            _write_chunks(c, ext_id, result, att_rows)
         # the report's sums, in this transaction (from the rows just written, not read back)
         _rollups.apply(c, ext_id, self.engine, written=(ext_row, att_rows), superseded=older)
         # which model answered: written when first seen by this writer, then at most once a minute
@@ -605,14 +607,26 @@ def _register_tier_keys(extractor: Any) -> None:
 def _follows(attempts: list[Attempt]) -> list[str | None]:
     """For each attempt, what it followed in its tier: None (the first), 'reask' (after a
     validation failure) or 'retry' (after a transient one): the categories of ``_results``."""
-    last: dict[str, Outcome] = {}
+    last: dict[tuple[str, int | None], Outcome] = {}  # per tier and chunk (a long document's)
     out: list[str | None] = []
     for a in attempts:
-        prev = last.get(a.tier)
+        prev = last.get((a.tier, a.chunk))
         follows = "reask" if prev in VALIDATION_OUTCOMES else "retry" if prev in TRANSIENT_OUTCOMES else None
         out.append(follows)
-        last[a.tier] = a.outcome
+        last[(a.tier, a.chunk)] = a.outcome
     return out
+
+
+def _write_chunks(c: Any, ext_id: str, result: Result[Any], att_rows: list[tuple[Any, ...]]) -> None:
+    """A long document extracted in chunks (0013_chunks): each attempt's chunk, and the
+    extraction's number of chunks and conflicts. Written beside the rows, not in their INSERTs:
+    an extraction of a short document (nearly all) pays nothing for it."""
+    pairs = zip(result.attempts, att_rows, strict=True)
+    chunks = [(a.chunk, row[0]) for a, row in pairs if a.chunk is not None]
+    c.executemany("UPDATE attempts SET chunk = ? WHERE id = ?", chunks)
+    conflicts = json.dumps([x.to_json() for x in result.conflicts], ensure_ascii=False, default=str)
+    c.execute("UPDATE extractions SET n_chunks = ?, conflicts_json = ? WHERE id = ?",
+              (len({n for n, _ in chunks}), conflicts, ext_id))  # fmt: skip
 
 
 def via_of(a: Attempt) -> str:

@@ -471,6 +471,17 @@ BATCH_WAVES_MIGRATION = ("0011_batch_waves", BATCH_WAVES + ATTEMPT_VIA + _rollup
 MIGRATIONS.append(BATCH_WAVES_MIGRATION)
 PG_MIGRATIONS.append(BATCH_WAVES_MIGRATION)
 
+# Long documents (issue 19): the chunk each attempt was on (NULL: the whole document), and per
+# extraction how many chunks it was cut into (NULL: not chunked) and where they disagreed
+# (``Result.conflicts`` as JSON). The same on both engines.
+CHUNKS_MIGRATION = ("0013_chunks", """
+        ALTER TABLE attempts ADD COLUMN chunk INTEGER;
+        ALTER TABLE extractions ADD COLUMN n_chunks INTEGER;
+        ALTER TABLE extractions ADD COLUMN conflicts_json TEXT;
+        CREATE INDEX extractions_chunked ON extractions(created_at) WHERE n_chunks IS NOT NULL;
+""")
+MIGRATIONS.append(CHUNKS_MIGRATION)
+PG_MIGRATIONS.append(CHUNKS_MIGRATION)
 # Where each grounded value of an extraction was found in its document's text (Result.spans): a JSON
 # object on the extraction, {"total": [{"start": 120, "end": 128, "page": 1}], "items[3].sku": [...]}.
 # A column, not a table of rows: it is written with the value it describes, in the same INSERT (no

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, TypedDict
 
 from .._errors import ConfigError
 from .._redact import redact
-from .._results import FIELD_ERROR_OUTCOMES
+from .._results import FIELD_ERROR_OUTCOMES, Outcome
 from ..ledger import (
     DOCUMENT_ERRORS,
     PAIRS_CUT,
@@ -43,6 +43,7 @@ from ..local import accuracy_note, ran_locally
 from ._checklist import MIN_VERSION_DOCUMENTS, check_options, checklist_of, tiers_with_several, versions_of
 from ._format import first_line, money
 from ._model import (
+    Chunked,
     Drift,
     DriftTier,
     FieldCount,
@@ -886,6 +887,15 @@ def read_report(
     rows = read_rows(ledger, scope, windows)
     totals = totals_of(rows)
     per, drift_sums = tier_sums(rows.groups)
+    chunked, extra_ok, extra_windows = chunked_of(ledger, scope, windows)
+    for (_, name), extra in extra_ok.items():  # a chunked document resolved by a tier once, not per chunk
+        if name in per:
+            per[name].resolved -= extra
+    for key, extra in extra_windows.items():
+        if key in drift_sums:
+            drift_sums[key]["resolved"] -= extra
+    if extra_ok:
+        rows.version_stats = [_fewer_ok(r, extra_ok) for r in rows.version_stats]
     served = rows.served if scope == Scope() else scoped_served(rows.served, per)
     tiers = tier_stats(per, rows, totals.documents)
     rescue, verdicts = rescue_and_verdicts(tiers, per, rows, totals.documents, economics)
@@ -897,6 +907,7 @@ def read_report(
                              economics, target_success)  # fmt: skip
     return Report(
         **ways_of(rows.ways),
+        **({"chunked": chunked} if chunked is not None else {}),
         scope=ReportScope(**scope.__dict__, as_of=now),
         economics=economics,
         totals=totals,
@@ -913,9 +924,98 @@ def read_report(
         field_failures=field_failures(rows.field_rows, [t.tier for t in tiers], rows.store_text, rows.values),
         versions=versions,
         checklist=checklist,
-        notes=notes(tiers, economics, local=local_tiers(rows), chains=len(rows.chains)),
+        notes=(*notes(tiers, economics, local=local_tiers(rows), chains=len(rows.chains)),
+               *chunked_note(chunked)),
         queries=tuple(Query(**x) for x in rows.queries),
     )
+
+
+# The final extractions in scope of documents extracted in chunks (0013_chunks; the partial index
+# extractions_chunked keeps this a read of those few rows, not of the scope)
+CHUNKED_SQL = """
+SELECT e.id, e.document_sha256, e.config_hash, e.n_chunks, e.conflicts_json, e.cost_usd FROM extractions e
+WHERE e.n_chunks IS NOT NULL AND e.status IN ('ok', 'failed') AND {where}"""
+
+
+def chunked_of(
+    ledger: Ledger, scope: Scope, windows: dict[str, float] | None = None
+) -> tuple[Chunked | None, dict[tuple[str, str], int], dict[tuple[str, str], int]]:
+    """The scope's documents extracted in chunks (the latest such extraction of each document and
+    config), or None when there are none (a report without long documents is as before); per
+    (config, tier), how many of their chunk attempts answered ``ok`` beyond one per document the
+    tier resolved (a tier's ``resolved`` counts its ``ok`` attempts: a chunked document has one per
+    chunk); and the same per (drift window, tier) of ``windows`` (by the attempts' start, the
+    document counted resolved in the window of its first attempt, where drift counts it reached).
+    The attempts read are those of the chunked extractions only."""
+    where, params = scope.where()
+    latest: dict[tuple[str, str], Any] = {}
+    for r in ledger.query(CHUNKED_SQL.format(where=where), params):
+        key = (r["document_sha256"], r["config_hash"])
+        if key not in latest or r["id"] > latest[key]["id"]:
+            latest[key] = r
+    if not latest:
+        return None, {}, {}
+    rows = list(latest.values())
+    costs = [r["cost_usd"] for r in rows]
+    chunked = Chunked(documents=len(rows), chunks=sum(_i(r["n_chunks"]) for r in rows),
+                      conflicts=sum(len(json.loads(r["conflicts_json"] or "[]")) for r in rows),
+                      cost_usd=None if any(c is None for c in costs) else round(sum(costs), 10))  # fmt: skip
+    runs: dict[tuple[str, str, str], list[Any]] = {}  # (extraction, config, tier) -> its chunk attempts
+    ids = [r["id"] for r in rows]
+    for i in range(0, len(ids), CHUNKED_STEP):
+        part = ids[i : i + CHUNKED_STEP]
+        for a in ledger.query(CHUNK_ATTEMPTS_SQL.format(marks=",".join("?" * len(part))), part):
+            runs.setdefault((a["extraction_id"], a["config_hash"], a["tier"]), []).append(a)
+
+    def window_of(t: float | None) -> str | None:
+        for name in ("recent", "baseline"):
+            if windows and t is not None and windows[f"{name}_since"] <= t < windows[f"{name}_until"]:
+                return name
+        return None
+
+    extra: dict[tuple[str, str], int] = {}
+    extra_windows: dict[tuple[str, str], int] = {}
+    for (_, config, tier), attempts in runs.items():
+        ok = [a for a in attempts if a["outcome"] == Outcome.OK.value]
+        resolved = bool(ok) and any(_i(a["won"]) for a in attempts)
+        extra[(config, tier)] = extra.get((config, tier), 0) + len(ok) - resolved
+        first = next((a for a in attempts if _i(a["number"]) == 1), None)
+        for a in ok:
+            w = window_of(a["started_at"])
+            if w is not None:
+                extra_windows[(w, tier)] = extra_windows.get((w, tier), 0) + 1
+        w = window_of(first["started_at"]) if first is not None else None
+        if resolved and w is not None:
+            extra_windows[(w, tier)] = extra_windows.get((w, tier), 0) - 1
+    return chunked, extra, extra_windows
+
+
+CHUNKED_STEP = 500  # extraction ids per read of their chunk attempts
+CHUNK_ATTEMPTS_SQL = """
+SELECT a.extraction_id, e.config_hash, a.tier, a.outcome, a.number, a.won, a.started_at
+FROM attempts a JOIN extractions e ON e.id = a.extraction_id
+WHERE a.extraction_id IN ({marks}) AND a.chunk IS NOT NULL"""
+
+
+def _fewer_ok(r: Any, extra_ok: dict[tuple[str, str], int]) -> Any:
+    """A version-stats row (per config, tier, outcome) with its chunked documents' extra ``ok``
+    chunk attempts taken out (see ``chunked_of``)."""
+    extra = extra_ok.get((r["config_hash"], r["tier"]), 0)
+    if not extra or r["outcome"] != Outcome.OK.value:
+        return r
+    d = dict(r)
+    d["n"] = _i(d["n"]) - extra
+    d["priced"] = max(0, _i(d["priced"]) - extra)
+    return d
+
+
+def chunked_note(chunked: Chunked | None) -> tuple[str, ...]:
+    if chunked is None:
+        return ()
+    return (f"{chunked.documents} document(s) longer than a tier's context were extracted in "
+            f"{chunked.chunks} chunks and merged, with {chunked.conflicts} conflict(s) between chunks "
+            "(Result.conflicts, extractions.conflicts_json); every chunk's cost is in its "
+            "document's cost.",)  # fmt: skip
 
 
 def ways_of(rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -312,6 +312,17 @@ class Way(Value):
     live_cost_usd: float | None  # what the same attempts cost, or would have cost, live; None: unknown
 
 
+class Chunked(Value):
+    """The documents in scope longer than a tier's context, extracted in chunks and merged: how
+    many, their chunks, the conflicts between chunks, and what they cost (every chunk's attempts:
+    in ``Totals.cost_usd`` too, per document)."""
+
+    documents: int
+    chunks: int
+    conflicts: int
+    cost_usd: float | None  # None when some attempt had no price
+
+
 class Report(Sparse):
     """Everything ``extractkit report`` shows. ``to_dict()`` is the ``--json`` output (before
     redaction); ``Report.from_dict`` reads it back. ``ways``, ``saving_usd`` and ``saving_ratio``
@@ -340,6 +351,7 @@ class Report(Sparse):
     # (None: a price unknown), and what they cost as a share of that
     saving_usd: float | None = None
     saving_ratio: float | None = None
+    chunked: Chunked | None = None  # only when the scope holds documents extracted in chunks
 
     def to_dict(self) -> dict[str, Any]:
         """The report as plain data (lists and dicts), the keys the ``--json`` output has."""
