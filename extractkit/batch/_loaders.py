@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .._errors import DocumentError, NoDocuments
+from .._pages import Page
 from . import _sources
 from ._sources import URI, ListingError, walk_uri
 
@@ -65,6 +66,8 @@ class Document:
     sha256: str  # of the text, UTF-8
     size: int
     type: str
+    pages: tuple[Page, ...] = ()  # per page: where its text is in ``text`` and where it came from
+    images: tuple[bytes, ...] = ()  # one PNG per page, only when ``load(..., images=True)``
 
 
 def display_path(path: str | os.PathLike[str] | URI) -> str:

@@ -1,0 +1,35 @@
+"""Pages of a document: where each page's text sits in ``Document.text`` and where it came from.
+
+A PDF's pages, or an image file's frames, are joined in ``Document.text`` with a blank line
+("\\n\\n"); a ``Page`` says which characters ``text[start:end]`` are its own and whether they came
+from the text layer (``"text"``), from OCR (``"ocr"``, with its mean line score) or from neither
+(``"none"``: a page that is blank to both)."""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+SOURCES = ("text", "ocr", "none")
+
+
+@dataclass(frozen=True)
+class Page:
+    number: int  # 1-based page number (an image file is page 1)
+    start: int  # character offsets of this page's text in Document.text: text[start:end]
+    end: int
+    source: str  # "text" (text layer) | "ocr" | "none" (neither gave text)
+    confidence: float | None = None  # OCR's mean line score 0..1; None for the text layer
+
+
+def page_of(pages: Sequence[Page], offset: int) -> int | None:
+    """The number of the page holding character ``offset`` of the document's text (None: no pages,
+    or the offset is outside every page, e.g. in the blank line between two pages)."""
+    if not pages:
+        return None
+    i = bisect.bisect_right([p.start for p in pages], offset) - 1
+    if i < 0:
+        return None
+    page = pages[i]
+    return page.number if page.start <= offset < page.end else None
