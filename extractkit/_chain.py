@@ -39,6 +39,7 @@ from ._schema import canonical_json, check_schema, schema_hash, short_hash
 from ._steps import Steps
 from ._sync import LoopThread
 from ._tiers import BoundTier, Tier
+from ._tokens import png_size
 from .ledger import Ledger, RecordingLedger, is_url
 
 if TYPE_CHECKING:
@@ -70,8 +71,36 @@ class EscalationPolicy:
         return last is None or last.outcome in self.escalate_on
 
 
-def document_sha256(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+def document_sha256(text: str, images: Sequence[bytes] = ()) -> str:
+    """A document's identity: the sha256 of its text; with page images (a vision tier's answer
+    depends on the pixels) of its text, a NUL and the sha256 of the images' own digests."""
+    if not images:
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    pixels = hashlib.sha256(b"".join(hashlib.sha256(png).digest() for png in images)).hexdigest()
+    return hashlib.sha256(f"{text}\0{pixels}".encode()).hexdigest()
+
+
+def _check_images(tiers: Sequence[Tier], images: Sequence[bytes]) -> tuple[bytes, ...]:
+    """The page images as a tuple, checked: each a PNG, and some for a tier that sends only
+    them (``input = "images"``: ``DocumentError`` ``no_images`` before anything is sent)."""
+    images = tuple(images)
+    for png in images:
+        if not isinstance(png, (bytes, bytearray)):
+            raise TypeError(f"images must be PNG bytes, got {type(png).__name__}")
+        try:
+            png_size(png)
+        except ValueError as exc:
+            raise DocumentError(f"a page image is not a PNG: {exc}", kind="bad_image") from None
+    if not images:
+        for tier in tiers:
+            if tier.input == "images":
+                raise DocumentError(
+                    f'tier {tier.name} sends page images only (input = "images") and this document has '
+                    'none (a text file, or loaded without images): use input = "text+images" to fall back '
+                    "to the text, or give it a PDF or an image",
+                    kind="no_images",
+                )
+    return images
 
 
 class Extractor(Generic[T]):
@@ -165,6 +194,12 @@ class Extractor(Generic[T]):
             "tiers": [self._bound[t.name].describe() for t in self.tiers],  # examples by content
             "escalate_on": sorted(o.value for o in self.policy.escalate_on),
         }
+
+    @property
+    def needs_images(self) -> bool:
+        """Some tier sends page images (``input`` "images" or "text+images"): documents are then
+        loaded with their page images (the batch runner, ``--dry-run``)."""
+        return any(t.sends_images for t in self.tiers)
 
     def steps(self, name: str) -> Steps:
         """The attempt steps of tier ``name`` (``_steps.Steps``): what the batch waves drive."""
@@ -294,8 +329,15 @@ class Extractor(Generic[T]):
         doc_type: str | None = None,
         config_hash: str | None = None,
         forced_tier: str | None = None,
+        images: Sequence[bytes] = (),
     ) -> Result[T]:
         """Extract from ``text``. ``only="few_shot"`` forces one tier (no escalation), for eval.
+
+        ``images``: the document's page images (PNG bytes, one per page), sent by the tiers whose
+        ``input`` is ``"images"`` or ``"text+images"`` (``needs_images``) and ignored by the
+        others. A tier with ``input = "images"`` and no images raises ``DocumentError``
+        (``no_images``) before anything is sent; ``"text+images"`` without them sends the text.
+        With images the document's identity covers them (``document_sha256``).
 
         The other keywords are recorded in the ledger with the result (see ``Ledger.record``):
         ``run_id`` (default: the extractor's library run), the document's ``path``, ``size`` and
@@ -315,7 +357,7 @@ class Extractor(Generic[T]):
         is, so the final outcome says why the call stopped.) A batch stops on it and leaves the
         remaining documents unattempted.
         """
-        result, unreachable = await self._run_tiers(text, only, self.limiter)
+        result, unreachable = await self._run_tiers(text, only, self.limiter, images)
         record: dict[str, Any] = {"run_id": run_id, "path": path, "size": size, "doc_type": doc_type}
         record.update({k: v for k, v in (("config_hash", config_hash), ("forced_tier", forced_tier)) if v})
         ledger = self._current_ledger()
@@ -337,24 +379,26 @@ class Extractor(Generic[T]):
         path: str | None = None,
         size: int | None = None,
         doc_type: str | None = None,
+        images: Sequence[bytes] = (),
     ) -> Result[T]:
         """``aextract`` for a driver that owns a run of its own (the batch runner, eval): the
         result is recorded into ``ledger`` (None: not recorded) under ``run_id``, and the requests
         are paced by ``limiter`` (None: not paced). The extractor's own ``ledger`` and ``limiter``
         are neither used nor changed, and the extractor stays open: the driver passes what its
         run needs, and closes only what it opened. Raises as ``aextract`` does."""
-        result, unreachable = await self._run_tiers(text, only, limiter)
+        result, unreachable = await self._run_tiers(text, only, limiter, images)
         record: dict[str, Any] = {"run_id": run_id, "path": path, "size": size, "doc_type": doc_type}
         return await self._finish(text, result, unreachable, ledger, only, record)
 
     async def _run_tiers(
-        self, text: str, only: str | None, limiter: Limiter | None
+        self, text: str, only: str | None, limiter: Limiter | None, images: Sequence[bytes] = ()
     ) -> tuple[Result[T], ProviderUnreachable | None]:
         """Run the tiers (or tier ``only``) on ``text``: the result, and the ``ProviderUnreachable``
         that stopped it after it made attempts (raised here when it stopped before the first)."""
         if not isinstance(text, str):
             raise TypeError(f"text must be str, got {type(text).__name__}")
         tiers = [self.tier(only)] if only else self.tiers
+        images = _check_images(tiers, images)
         started = time.perf_counter()
         attempts: list[Attempt] = []
         value: T | None = None
@@ -362,7 +406,7 @@ class Extractor(Generic[T]):
         unreachable: ProviderUnreachable | None = None
         waited = 0.0  # in the client-side rate limiter's queue: the run's pacing, not this document's latency
         for tier in tiers:
-            call = await self._tier_call(tier, text, limiter)
+            call = await self._tier_call(tier, text, limiter, images)
             try:
                 got = await call.run()
             except ProviderUnreachable as exc:
@@ -391,11 +435,13 @@ class Extractor(Generic[T]):
             attempts=attempts,
             latency_s=round(max(0.0, time.perf_counter() - started - waited), 6),
             schema_hash=self.schema_hash,
-            document_sha256=document_sha256(text),
+            document_sha256=document_sha256(text, images),
         )
         return result, unreachable
 
-    async def _tier_call(self, tier: Tier, text: str, limiter: Limiter | None) -> TierCall:
+    async def _tier_call(
+        self, tier: Tier, text: str, limiter: Limiter | None, images: Sequence[bytes] = ()
+    ) -> TierCall:
         return TierCall(
             self._bound[tier.name],
             await self._client(tier),
@@ -406,10 +452,11 @@ class Extractor(Generic[T]):
             breaker=self._breaker,
             max_response_bytes=self.max_response_bytes,
             steps=self._steps[tier.name],
+            images=images,
         )
 
     async def arun_tier(
-        self, name: str, text: str, limiter: Limiter | None = None
+        self, name: str, text: str, limiter: Limiter | None = None, *, images: Sequence[bytes] = ()
     ) -> tuple[T | None, list[Attempt]]:
         """Tier ``name`` alone on ``text`` over HTTP, as the chain runs it: its value (None when
         the tier failed) and its attempts, numbered from 1. Nothing is recorded and the chain's
@@ -419,7 +466,9 @@ class Extractor(Generic[T]):
         holding the attempts made before it (not recorded)."""
         if not isinstance(text, str):
             raise TypeError(f"text must be str, got {type(text).__name__}")
-        call = await self._tier_call(self.tier(name), text, limiter)
+        tier = self.tier(name)
+        images = _check_images([tier], images)
+        call = await self._tier_call(tier, text, limiter, images)
         started = time.perf_counter()
         try:
             value = await call.run()
@@ -427,7 +476,7 @@ class Extractor(Generic[T]):
             result: Result[T] = Result(
                 value=None, tier=None, attempts=list(call.attempts), schema_hash=self.schema_hash,
                 latency_s=round(max(0.0, time.perf_counter() - started - call.waited_s), 6),
-                document_sha256=document_sha256(text),
+                document_sha256=document_sha256(text, images),
             )  # fmt: skip
             raise type(exc)(str(exc), url=exc.url, failures=exc.failures, result=result) from exc
         return value, call.attempts  # type: ignore[return-value]
@@ -467,6 +516,7 @@ class Extractor(Generic[T]):
         doc_type: str | None = None,
         config_hash: str | None = None,
         forced_tier: str | None = None,
+        images: Sequence[bytes] = (),
     ) -> Result[T]:
         """Synchronous ``aextract``, run on the extractor's own event loop (kept between calls, so
         connections are reused). Thread-safe; inside a running event loop (a notebook) it blocks
@@ -481,6 +531,7 @@ class Extractor(Generic[T]):
                 doc_type=doc_type,
                 config_hash=config_hash,
                 forced_tier=forced_tier,
+                images=images,
             )  # fmt: skip
         )
 

@@ -43,6 +43,12 @@ that carries a secret is read from the environment too (``headers_env``).
     extra_body = { top_k = 20 }              # merged into every request body
     headers = { "X-Team" = "billing" }       # extra HTTP headers (values never stored)
     headers_env = { "X-Gateway-Key" = "GATEWAY_KEY" }   # header value read from $GATEWAY_KEY
+
+    [[tiers]]
+    kind = "zero_shot"
+    model = "gpt-4o"
+    input = "text+images"                    # or "images" (pages only) / "text" (the default)
+    detail = "high"                          # the page images' detail: "auto" (default), "low", "high"
 """
 
 from __future__ import annotations
@@ -112,6 +118,10 @@ class TierConfig(BaseModel):
     extra_body: dict[str, Any] | None = None  # merged into the request body (part of the identity)
     headers: dict[str, str] | None = None  # extra HTTP headers; values never stored or printed
     headers_env: dict[str, str] | None = None  # header name -> environment variable with its value
+    # what the tier sends: the document's text, its page images (image_url parts, PNG data URLs),
+    # or both; detail: the images' detail ("auto", "low", "high"; only with images)
+    input: Literal["text", "images", "text+images"] = "text"
+    detail: Literal["auto", "low", "high"] = "auto"
 
     @field_validator("price", "batch_price", mode="wrap")
     @classmethod
@@ -358,6 +368,8 @@ def build_tiers(config: Config, *, transport: str | None = None) -> list[Any]:
             kwargs["batch_price"] = Price(**t.batch_price.model_dump())
         if t.via is not None:
             kwargs["via"] = t.via
+        if t.input != "text" or t.detail != "auto":  # a text tier with a detail: the tier says why not
+            kwargs.update(input=t.input, detail=t.detail)
         if t.extra_body:
             kwargs["extra_body"] = dict(t.extra_body)
         headers = dict(t.headers or {})

@@ -29,7 +29,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextvars import ContextVar
 from typing import Any, TypeVar
 
@@ -166,11 +166,13 @@ class TierCall:
         breaker: _retry.CircuitBreaker | None = None,
         max_response_bytes: int = MAX_RESPONSE_BYTES,
         steps: Steps | None = None,
+        images: Sequence[bytes] = (),
     ):
         self.bound = bound
         self.tier = bound.tier
         self.client = client
         self.document = document
+        self.images = images  # page images (PNG), sent by a tier whose input includes them
         if steps is None:
             price = self.tier.price or lookup_price(self.tier.model, prices)
             steps = Steps(bound, schema_hash=schema_hash, retry_policy=retry_policy, price=price)
@@ -200,7 +202,7 @@ class TierCall:
         request after a delay, re-ask, or stop with the value or None. The first try goes
         straight out: nothing is set up for retries until a transient failure happens."""
         steps, document = self.steps, self.document
-        state = self.state = steps.start(document)
+        state = self.state = steps.start(document, self.images)
         source = SourceIndex(document)  # the grounding source, indexed once for every answer
         while True:
             if steps.needs_counting(state):  # token counts of long text: off the event loop
