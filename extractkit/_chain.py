@@ -595,7 +595,9 @@ class Extractor(Generic[T]):
             raise DocumentError(f"{shown}: unsupported {given}; pass doc_type= one of {', '.join(types)}",
                                 path=shown, kind="unsupported")  # fmt: skip
         try:
-            doc = await aload(p, kind, max_bytes or MAX_BYTES, max_chars or MAX_CHARS)
+            # with its page images when a tier sends them (``needs_images``)
+            doc = await aload(p, kind, max_bytes or MAX_BYTES, max_chars or MAX_CHARS,
+                              images=self.needs_images)  # fmt: skip
         except DocumentError as exc:  # recorded as the batch records an unreadable document
             ledger = self._current_ledger()
             if ledger is not None:
@@ -607,7 +609,8 @@ class Extractor(Generic[T]):
                     schema_hash=self.schema_hash, config_hash=self.config_hash,
                 )  # fmt: skip
             raise
-        result = await self.aextract(doc.text, path=doc.path, size=doc.size, doc_type=doc.type)
+        result = await self.aextract(doc.text, path=doc.path, size=doc.size, doc_type=doc.type,
+                                     images=doc.images)  # fmt: skip
         if self.ledger is not None and self._run_id is not None:
             row = [(doc.sha256, doc.path, path_bytes(p), self._run_id)]
             await asyncio.to_thread(self.ledger.add_document_paths, row)

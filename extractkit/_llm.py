@@ -47,7 +47,7 @@ from ._steps import ERROR_KEEP_CHARS, Answer, Failure, NextKind, Request, Steps,
 from ._steps import TOKEN_SAFETY as TOKEN_SAFETY  # re-exported: the batch estimate's margin
 from ._steps import strip_code_fence as strip_code_fence  # re-exported (tests)
 from ._tiers import BoundTier
-from ._tokens import message_text
+from ._tokens import message_text, request_image_tokens
 
 MAX_RESPONSE_BYTES = 4 * 1024 * 1024  # default cap on a response body (Extractor(max_response_bytes=))
 OFFLOAD_BYTES = 64 * 1024  # a body or answer larger than this is parsed in a worker thread
@@ -312,12 +312,16 @@ def rate_limit_tokens(kwargs: dict[str, Any], max_tokens: int, extra_chars: int 
     """What a request counts against a tokens/minute limit, estimated the way OpenAI documents
     it: the request's characters / 4, plus max_tokens. (The tokenizer count with its safety
     margin is for the context check; charged here it would leave a few percent of the limit
-    unused.) ``extra_chars``: the tool / schema definition's length, when already known."""
-    chars = sum(len(message_text(m)) for m in kwargs.get("messages", []))
+    unused.) ``extra_chars``: the tool / schema definition's length, when already known. Page
+    images count as their tokens by the provider's rule (``_tokens.request_image_tokens``), not
+    as the characters of their data URLs."""
+    messages = kwargs.get("messages", [])
+    chars = sum(len(message_text(m)) for m in messages)
     if extra_chars is None:
         extra = kwargs.get("tools") or kwargs.get("response_format")
         extra_chars = len(json.dumps(extra, ensure_ascii=False)) if extra else 0
-    return -(-(chars + extra_chars) // 4) + max_tokens
+    images = request_image_tokens(messages, str(kwargs.get("model", "")))
+    return -(-(chars + extra_chars) // 4) + images + max_tokens
 
 
 async def _read_capped(raw: httpx.Response, limit: int) -> bytes:

@@ -347,3 +347,24 @@ def test_batch_waves_refuse_a_vision_tier():
 
     with pytest.raises(ConfigError, match="sends page images"):
         WaveRunner(Extractor(Invoice, [vision_tier()]), None)
+
+
+def test_extract_file_sends_the_page_images(tmp_path: Path, pages_loader: list[bool], mock_api):
+    route = mock_api.post("/chat/completions").mock(return_value=httpx.Response(200, json=completion(ANSWER)))
+    (tmp_path / "scan.txt").write_text(TEXT)
+    (tmp_path / "scan.pdf").write_bytes(b"%PDF-1.4 fake")
+    with Extractor(Invoice, [vision_tier(detail="low")]) as ex:
+        assert ex.extract_file(tmp_path / "scan.pdf").ok
+    assert pages_loader == [True]
+    parts = sent(route)["messages"][1]["content"]
+    assert [p["type"] for p in parts] == ["text", "image_url", "image_url"]
+
+
+def test_rate_limiter_charges_page_images_by_their_tokens():
+    from extractkit._llm import rate_limit_tokens
+
+    page = {"type": "image_url", "image_url": {"url": data_url(make_png(1024, 1024)), "detail": "high"}}
+    with_page = {"model": "gpt-4o", "messages": [{"role": "user", "content": [{"type": "text", "text": "x" * 40}, page]}]}
+    text_only = {"model": "gpt-4o", "messages": [{"role": "user", "content": "x" * 40}]}
+    # not the characters of its data URL: its 765 tokens (and a separator character: +1 at most)
+    assert 765 <= rate_limit_tokens(with_page, 100, 0) - rate_limit_tokens(text_only, 100, 0) <= 766
