@@ -273,7 +273,8 @@ def test_vision_tier_end_to_end_with_a_ledger(tmp_path: Path, monkeypatch: pytes
 @pytest.fixture
 def pages_loader(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
     """``load`` as the issue-19 loader gives it (``images=True``: one PNG per page): a .pdf here has
-    two 1024 x 1024 pages, a .txt none. Returns whether each load asked for images."""
+    two 1024 x 1024 pages and the text of the .pdftext file beside it, a .txt none. Returns whether
+    each load asked for images."""
     from extractkit.batch import _loaders, _runner
 
     real = _loaders.load
@@ -284,7 +285,7 @@ def pages_loader(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
         if doc_type == "pdf":
             from dataclasses import replace
 
-            doc = real(path.with_suffix(".txt"), "txt", **kw)
+            doc = real(path.with_suffix(".pdftext"), "txt", **kw)
             return replace(doc, path=str(path), type="pdf",
                            images=(make_png(1024, 1024), make_png(1024, 1024)) if images else ())
         return real(path, doc_type, **kw)
@@ -300,6 +301,7 @@ def test_dry_run_counts_image_tokens_in_the_cost(tmp_path: Path, pages_loader: l
     docs.mkdir()
     (docs / "scan.txt").write_text(TEXT)
     (docs / "scan.pdf").write_bytes(b"%PDF-1.4 fake")
+    (docs / "scan.pdftext").write_text(TEXT)
     text_tier = ZeroShot(model="gpt-4o", base_url=BASE_URL, name="text", price=Price(1.0, 0))
     vision = ZeroShot(model="gpt-4o", base_url=BASE_URL, name="vision", input="text+images", detail="high",
                       price=Price(1.0, 0))
@@ -329,6 +331,7 @@ def test_batch_runner_passes_page_images_and_refuses_a_text_file_to_an_images_ti
     docs.mkdir()
     (docs / "scan.txt").write_text(TEXT)
     (docs / "scan.pdf").write_bytes(b"%PDF-1.4 fake")
+    (docs / "scan.pdftext").write_text(TEXT)
     ex = Extractor(Invoice, [vision_tier(input="images")])
     results = []
     runner = BatchRunner(ex, None, concurrency=1, on_result=lambda r, _: results.append(r))
@@ -351,8 +354,8 @@ def test_batch_waves_refuse_a_vision_tier():
 
 def test_extract_file_sends_the_page_images(tmp_path: Path, pages_loader: list[bool], mock_api):
     route = mock_api.post("/chat/completions").mock(return_value=httpx.Response(200, json=completion(ANSWER)))
-    (tmp_path / "scan.txt").write_text(TEXT)
     (tmp_path / "scan.pdf").write_bytes(b"%PDF-1.4 fake")
+    (tmp_path / "scan.pdftext").write_text(TEXT)
     with Extractor(Invoice, [vision_tier(detail="low")]) as ex:
         assert ex.extract_file(tmp_path / "scan.pdf").ok
     assert pages_loader == [True]
@@ -368,3 +371,30 @@ def test_rate_limiter_charges_page_images_by_their_tokens():
     text_only = {"model": "gpt-4o", "messages": [{"role": "user", "content": "x" * 40}]}
     # not the characters of its data URL: its 765 tokens (and a separator character: +1 at most)
     assert 765 <= rate_limit_tokens(with_page, 100, 0) - rate_limit_tokens(text_only, 100, 0) <= 766
+
+
+def test_a_vision_batch_resumes_what_it_recorded(tmp_path: Path, pages_loader: list[bool], mock_api):
+    from extractkit import Ledger
+    from extractkit.batch import BatchRunner
+    from extractkit.batch._estimate import estimate
+
+    route = mock_api.post("/chat/completions").mock(return_value=httpx.Response(200, json=completion(ANSWER)))
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "scan.pdf").write_bytes(b"%PDF-1.4 fake")
+    (docs / "scan.pdftext").write_text(TEXT)  # the .pdf's text, as the fake loader reads it
+    (docs / "scan.txt").write_text(TEXT.replace("INVOICE 7", "INVOICE 8"))
+    ex = Extractor(Invoice, [vision_tier()])
+    ledger = Ledger(tmp_path / "ledger.sqlite3")
+    try:
+        for _ in range(2):
+            results: list = []
+            runner = BatchRunner(ex, ledger, concurrency=1, on_result=lambda r, _, got=results: got.append(r))
+            asyncio.run(runner.run([docs]))
+            assert {r.status for r in results} == {"ok"}
+        assert route.call_count == 2  # each document once: the second run resumed both
+        assert all(r.resumed for r in results)
+        est = asyncio.run(estimate(ex, [docs], ledger=ledger))
+        assert {d.status for d in est.documents} == {"resumed"}
+    finally:
+        ledger.close()

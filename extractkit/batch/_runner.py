@@ -359,6 +359,8 @@ class BatchRunner:
                                         f"{job.sha256[:12]}..., now {doc.sha256[:12]}...): enqueue it again",
                                         path=doc.path, kind="changed")  # fmt: skip
                 return self._error(run_id, changed, doc.path)
+            if doc.images:  # a vision chain's document is its text and its pixels, as the chain records it
+                doc = replace(doc, sha256=document_sha256(doc.text, doc.images))
             await self._seen_at(doc, path, run_id)
         first = self._seen.get(doc.sha256)
         if first is not None:  # identical content in flight: share the first path's extraction
