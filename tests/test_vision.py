@@ -94,6 +94,9 @@ def test_an_unknown_model_is_counted_as_gpt_4o_and_says_so():
     assert image_rule("my-gateway-vision-model") == ("gpt-4o", False)
     assert image_rule("ft:gpt-4o-mini-2024-07-18:acme::x1") == ("gpt-4o-mini", True)
     assert image_tokens(1024, 1024, "high", "my-gateway-vision-model") == 765
+    from extractkit.batch._estimate import _rule_of  # what --dry-run --json says of such a tier
+
+    assert "not in OpenAI's image table: counted as gpt-4o" in (_rule_of(vision_tier(model="my-vlm")) or "")
 
 
 def test_image_size_is_read_from_the_png_header():
@@ -313,6 +316,8 @@ def test_dry_run_counts_image_tokens_in_the_cost(tmp_path: Path, pages_loader: l
     # the vision tier's request is the text tier's plus its two pages (and a little for the text part)
     assert 2 * 765 <= d.tokens["vision"] - d.tokens["text"] <= 2 * 765 + 10
     assert est.tiers[1].image_tokens == 2 * 765
+    assert (est.tiers[0].image_rule, est.tiers[1].image_rule) == (None, "gpt-4o")
+    assert est.to_dict()["tiers"][1]["image_rule"] == "gpt-4o"
     assert est.tiers[1].first_input_usd == pytest.approx(d.tokens["vision"] / 1e6)
     assert pages_loader == [True]
     # a text chain does not ask for images
@@ -398,3 +403,20 @@ def test_a_vision_batch_resumes_what_it_recorded(tmp_path: Path, pages_loader: l
         assert {d.status for d in est.documents} == {"resumed"}
     finally:
         ledger.close()
+
+
+def test_extract_via_batch_refuses_a_vision_chain_before_sending(tmp_path: Path):
+    from .fakes import echo_invoice_responder
+    from .fakes_batch import FakeBatchServer
+    from .test_batch import cli, write_config
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.txt").write_text(TEXT)
+    with FakeBatchServer(echo_invoice_responder) as server:
+        cfg = write_config(tmp_path, server.base_url, tier_extra='input = "text+images"\ndetail = "low"')
+        done = cli("extract", str(docs), "-c", str(cfg), "--ledger", str(tmp_path / "l.sqlite3"),
+                   "--via", "batch", "--poll", "0")  # fmt: skip
+        assert done.returncode == 2, done.stderr
+        assert "sends page images" in done.stderr and "without --via batch" in done.stderr
+        assert not server.calls  # nothing uploaded, no batch created

@@ -35,7 +35,14 @@ from typing import Any
 
 from .._errors import ConfigError, DocumentError
 from .._pricing import Price, lookup_price
-from .._tokens import count_request_tokens, count_tokens, image_tokens, png_size, request_image_tokens
+from .._tokens import (
+    count_request_tokens,
+    count_tokens,
+    image_rule,
+    image_tokens,
+    png_size,
+    request_image_tokens,
+)
 from ._loaders import MAX_BYTES, MAX_CHARS, SPECIAL, URI, Source, dir_error, display_path, walk
 
 REASK_TOKENS = 256  # a re-ask's validation-error message, estimated (the quoted answer is counted apart)
@@ -82,6 +89,9 @@ class TierEstimate:
     too_long: int = 0  # documents over its context window: refused unsent, as the chain does
     input_tokens: int = 0  # first attempt, all its documents
     image_tokens: int = 0  # of input_tokens, those of page images (a tier whose input includes them)
+    # a tier that sends page images: the image rule its tokens are counted by (``_tokens.image_rule``),
+    # with a note when the model is not in the provider's table (then counted as gpt-4o)
+    image_rule: str | None = None
 
     @property
     def attempts(self) -> int:
@@ -223,6 +233,13 @@ def _count(
     return out
 
 
+def _rule_of(tier: Any) -> str | None:
+    if not getattr(tier, "sends_images", False):
+        return None
+    rule, known = image_rule(tier.model)
+    return rule if known else f"{rule} (model {tier.model} is not in OpenAI's image table: counted as {rule})"
+
+
 def _context_images(extractor: Any, name: str, images: Sequence[bytes]) -> int:
     """Context tokens of a tier's page images for one document (0 for a tier without them)."""
     tier = extractor._bound[name].tier
@@ -259,7 +276,7 @@ async def estimate(
             price=(t.resolved_batch_price(getattr(extractor, "prices", None))
                    if (vias or {}).get(t.name) == "batch" else tier_price(extractor, t)),
             max_output_tokens=extractor._bound[t.name].max_tokens, max_reasks=t.max_reasks,
-            context_window=extractor._bound[t.name].context_window,
+            context_window=extractor._bound[t.name].context_window, image_rule=_rule_of(t),
         )
         for t in extractor.tiers
     ]  # fmt: skip
