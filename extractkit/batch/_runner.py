@@ -397,7 +397,7 @@ class BatchRunner:
             result = await ex.aextract_in_run(
                 doc.text, ledger=self.ledger, run_id=run_id, limiter=self.limiter,
                 path=doc.path if file else None, size=doc.size if file else None,
-                doc_type=doc.type if file else None,
+                doc_type=doc.type if file else None, pages=doc.pages, sha256=doc.sha256,
             )
         except ProviderUnreachable as exc:
             if self._stop is None:
