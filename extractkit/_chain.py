@@ -33,6 +33,7 @@ from pydantic import BaseModel
 from . import _retry
 from ._errors import ConfigError, DocumentError, ExtractionFailed, ProviderUnreachable
 from ._llm import MAX_RESPONSE_BYTES, TierCall, make_client
+from ._pages import Page
 from ._pricing import Price, lookup_price
 from ._results import FAILURE_OUTCOMES, Attempt, Outcome, Result
 from ._schema import canonical_json, check_schema, schema_hash, short_hash
@@ -329,6 +330,8 @@ class Extractor(Generic[T]):
         doc_type: str | None = None,
         config_hash: str | None = None,
         forced_tier: str | None = None,
+        pages: Sequence[Page] = (),
+        sha256: str | None = None,
         images: Sequence[bytes] = (),
     ) -> Result[T]:
         """Extract from ``text``. ``only="few_shot"`` forces one tier (no escalation), for eval.
@@ -341,8 +344,10 @@ class Extractor(Generic[T]):
 
         The other keywords are recorded in the ledger with the result (see ``Ledger.record``):
         ``run_id`` (default: the extractor's library run), the document's ``path``, ``size`` and
-        ``doc_type``, and ``config_hash`` / ``forced_tier`` (set by ``only``). Any other keyword
-        is a ``TypeError``.
+        ``doc_type``, and ``config_hash`` / ``forced_tier`` (set by ``only``); a loaded document's
+        ``pages`` (``Document.pages``: where its text came from, recorded with it) and ``sha256``
+        (``Document.sha256``, its identity when it is not the text's own: OCR'd pages, images).
+        Any other keyword is a ``TypeError``.
 
         Provider unreachable: the extractor counts consecutive connection failures (refused,
         reset, DNS, TLS) per base URL across all its concurrent calls; any answer from that URL
@@ -358,8 +363,11 @@ class Extractor(Generic[T]):
         remaining documents unattempted.
         """
         result, unreachable = await self._run_tiers(text, only, self.limiter, images)
+        if sha256:
+            result = replace(result, document_sha256=sha256)
         record: dict[str, Any] = {"run_id": run_id, "path": path, "size": size, "doc_type": doc_type}
-        record.update({k: v for k, v in (("config_hash", config_hash), ("forced_tier", forced_tier)) if v})
+        record.update({k: v for k, v in (("config_hash", config_hash), ("forced_tier", forced_tier),
+                                         ("pages", tuple(pages))) if v})  # fmt: skip
         ledger = self._current_ledger()
         if ledger is not None and run_id is None:
             record["run_id"] = self._library_run_id()
@@ -379,6 +387,8 @@ class Extractor(Generic[T]):
         path: str | None = None,
         size: int | None = None,
         doc_type: str | None = None,
+        pages: Sequence[Page] = (),
+        sha256: str | None = None,
         images: Sequence[bytes] = (),
     ) -> Result[T]:
         """``aextract`` for a driver that owns a run of its own (the batch runner, eval): the
@@ -387,7 +397,11 @@ class Extractor(Generic[T]):
         are neither used nor changed, and the extractor stays open: the driver passes what its
         run needs, and closes only what it opened. Raises as ``aextract`` does."""
         result, unreachable = await self._run_tiers(text, only, limiter, images)
+        if sha256:
+            result = replace(result, document_sha256=sha256)
         record: dict[str, Any] = {"run_id": run_id, "path": path, "size": size, "doc_type": doc_type}
+        if pages:
+            record["pages"] = tuple(pages)
         return await self._finish(text, result, unreachable, ledger, only, record)
 
     async def _run_tiers(
@@ -516,6 +530,8 @@ class Extractor(Generic[T]):
         doc_type: str | None = None,
         config_hash: str | None = None,
         forced_tier: str | None = None,
+        pages: Sequence[Page] = (),
+        sha256: str | None = None,
         images: Sequence[bytes] = (),
     ) -> Result[T]:
         """Synchronous ``aextract``, run on the extractor's own event loop (kept between calls, so
@@ -531,6 +547,8 @@ class Extractor(Generic[T]):
                 doc_type=doc_type,
                 config_hash=config_hash,
                 forced_tier=forced_tier,
+                pages=pages,
+                sha256=sha256,
                 images=images,
             )  # fmt: skip
         )
@@ -610,7 +628,7 @@ class Extractor(Generic[T]):
                 )  # fmt: skip
             raise
         result = await self.aextract(doc.text, path=doc.path, size=doc.size, doc_type=doc.type,
-                                     images=doc.images)  # fmt: skip
+                                     pages=doc.pages, sha256=doc.sha256, images=doc.images)  # fmt: skip
         if self.ledger is not None and self._run_id is not None:
             row = [(doc.sha256, doc.path, path_bytes(p), self._run_id)]
             await asyncio.to_thread(self.ledger.add_document_paths, row)

@@ -30,7 +30,7 @@ import asyncio
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .._errors import ConfigError, DocumentError
@@ -266,7 +266,7 @@ async def estimate(
     sent and nothing is written. ``ledger``: an open ``Ledger`` to find resumed documents in, or
     None (every readable document would be sent). ``vias``: tier -> "live" | "batch" (a tier sent
     by the provider's Batch API is priced at its batch price, ``Tier.resolved_batch_price``)."""
-    from .._chain import _check_images, document_sha256
+    from .._chain import _check_images
     from .._llm import TOKEN_SAFETY
     from ._runner import _load, retry_reason
 
@@ -300,8 +300,6 @@ async def estimate(
                 _check_images(extractor.tiers, doc.images)
         except DocumentError as exc:
             return DocEstimate(display_path(path), "error", outcome=exc.kind, error=str(exc))
-        if doc.images:  # its identity as the chain records it (text and pixels), for resume
-            doc = replace(doc, sha256=document_sha256(doc.text, doc.images))
         if doc.sha256 in first_path:
             return DocEstimate(doc.path, "duplicate", doc.sha256, duplicate_of=first_path[doc.sha256])
         first_path[doc.sha256] = doc.path

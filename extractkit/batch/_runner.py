@@ -188,7 +188,7 @@ async def _load(
     without waiting on them). ``images``: with the page images (for a vision tier), in a thread."""
     if images:
         return await asyncio.to_thread(load, path, doc_type, max_bytes=max_bytes, max_chars=max_chars,
-                                       images=True)  # type: ignore[call-arg]  # fmt: skip
+                                       images=True)  # fmt: skip
     if doc_type in ("txt", "md", "json") and not isinstance(path, URI):
         try:
             small = path.stat().st_size <= INLINE_BYTES
@@ -359,8 +359,6 @@ class BatchRunner:
                                         f"{job.sha256[:12]}..., now {doc.sha256[:12]}...): enqueue it again",
                                         path=doc.path, kind="changed")  # fmt: skip
                 return self._error(run_id, changed, doc.path)
-            if doc.images:  # a vision chain's document is its text and its pixels, as the chain records it
-                doc = replace(doc, sha256=document_sha256(doc.text, doc.images))
             await self._seen_at(doc, path, run_id)
         first = self._seen.get(doc.sha256)
         if first is not None:  # identical content in flight: share the first path's extraction
@@ -404,7 +402,8 @@ class BatchRunner:
             result = await ex.aextract_in_run(
                 doc.text, ledger=self.ledger, run_id=run_id, limiter=self.limiter,
                 path=doc.path if file else None, size=doc.size if file else None,
-                doc_type=doc.type if file else None, images=doc.images,
+                doc_type=doc.type if file else None, pages=doc.pages, sha256=doc.sha256,
+                images=doc.images,
             )
         except DocumentError as exc:  # a vision tier's document without page images (no_images)
             return self._error(run_id, exc, doc.path)

@@ -66,6 +66,7 @@ from ._model import (
     Window,
 )
 from ._rollup import EXAMPLES, percentile_of, read_parts, scope_member
+from ._sources import sources_of
 from ._stats import Z99, percentile, two_proportion_z, wilson
 from ._verdict import FINE_TUNED, Economics, Verdict, headline_sentence, marginal_verdict
 
@@ -895,8 +896,10 @@ def read_report(
                            min_version_documents)  # fmt: skip
     checklist = checklist_of(tiers, totals, unresolved, rows.document_errors, rescue, verdicts, versions,
                              economics, target_success)  # fmt: skip
+    sources = sources_of(_keeping(ledger, rows.queries), *scope.where())
     return Report(
         **ways_of(rows.ways),
+        **({"sources": sources} if sources is not None else {}),
         scope=ReportScope(**scope.__dict__, as_of=now),
         economics=economics,
         totals=totals,
@@ -916,6 +919,16 @@ def read_report(
         notes=notes(tiers, economics, local=local_tiers(rows), chains=len(rows.chains)),
         queries=tuple(Query(**x) for x in rows.queries),
     )
+
+
+def _keeping(ledger: Ledger, queries: list[dict[str, Any]]) -> Any:
+    """``run(name, sql, params)`` over ``ledger`` that keeps each query in ``queries``."""
+
+    def run(name: str, sql: str, params: Sequence[Any]) -> list[Any]:
+        queries.append({"name": name, "sql": sql.strip(), "params": list(params)})
+        return ledger.query(sql, list(params))
+
+    return run
 
 
 def ways_of(rows: list[dict[str, Any]]) -> dict[str, Any]:
