@@ -420,3 +420,27 @@ def test_extract_via_batch_refuses_a_vision_chain_before_sending(tmp_path: Path)
         assert done.returncode == 2, done.stderr
         assert "sends page images" in done.stderr and "without --via batch" in done.stderr
         assert not server.calls  # nothing uploaded, no batch created
+
+
+def test_a_real_pdf_goes_as_its_rendered_pages(corpus: Path, mock_api):
+    """The issue-19 loader (the ocr extra: pypdfium2) renders a PDF's pages at 200 dpi; a vision tier
+    sends them, and the request's image tokens are those of the rule: an A4 page (1654 x 2339 px)
+    fits 2048 as 1448 x 2048, its shortest side goes to 768 (768 x 1086): 2 x 3 tiles, 6 x 170 + 85."""
+    pytest.importorskip("pypdfium2")
+    from extractkit.batch._estimate import estimate
+
+    route = mock_api.post("/chat/completions").mock(return_value=httpx.Response(200, json=completion(ANSWER)))
+    pdf = corpus / "QualityHosting.pdf"  # two pages with a text layer
+    with Extractor(Invoice, [vision_tier(detail="high")]) as ex:
+        ex.extract_file(pdf)  # its values do not ground (the answer is Acme's): the request is the point
+    messages = sent(route)["messages"]
+    text, *pages = messages[1]["content"]
+    from extractkit.batch import load
+
+    first_line = load(pdf, "pdf").text.splitlines()[0]
+    assert first_line.strip() and first_line in text["text"]  # the text layer as well
+    assert [data_url_size(p["image_url"]["url"]) for p in pages] == [(1654, 2339)] * 2
+    assert request_image_tokens(messages, "gpt-4o") == 2 * 1105
+    priced = Extractor(Invoice, [vision_tier(detail="high", price=Price(1.0, 0))])
+    (d,) = asyncio.run(estimate(priced, [pdf])).documents
+    assert d.image_tokens == {"zero_shot": 2 * 1105}
