@@ -82,8 +82,11 @@ def document_sha256(text: str, images: Sequence[bytes] = ()) -> str:
 
 
 def _check_images(tiers: Sequence[Tier], images: Sequence[bytes]) -> tuple[bytes, ...]:
-    """The page images as a tuple, checked: each a PNG, and some for a tier that sends only
-    them (``input = "images"``: ``DocumentError`` ``no_images`` before anything is sent)."""
+    """The page images the ``tiers`` are given, as a tuple, checked: each a PNG, and some for a
+    tier that sends only them (``input = "images"``: ``DocumentError`` ``no_images`` before
+    anything is sent). None when no tier sends images: then they change nothing, identity included."""
+    if not any(t.sends_images for t in tiers):
+        return ()
     images = tuple(images)
     for png in images:
         if not isinstance(png, (bytes, bytearray)):

@@ -147,7 +147,9 @@ def test_a_text_tier_sends_no_images_and_its_identity_is_unchanged(mock_api):
     route = mock_api.post("/chat/completions").mock(return_value=httpx.Response(200, json=completion(ANSWER)))
     with Extractor(Invoice, [ZeroShot(model="gpt-4o", base_url=BASE_URL)]) as ex:
         assert not ex.needs_images
-        assert ex.extract(TEXT, images=[make_png(10, 10)]).ok
+        result = ex.extract(TEXT, images=[make_png(10, 10)])
+        assert result.ok
+        assert result.document_sha256 == ex.extract(TEXT).document_sha256  # unused pixels: same document
         described = ex.describe()["tiers"][0]
     assert isinstance(sent(route)["messages"][1]["content"], str)
     assert "input" not in described and "detail" not in described
