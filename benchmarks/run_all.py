@@ -16,7 +16,7 @@ from benchmarks._common import ROOT
 
 SCRIPTS = ["bench_overhead", "bench_throughput", "bench_ratelimit", "bench_resume", "bench_memory",
             "bench_report", "bench_fewshot", "bench_faults", "bench_kill", "bench_workers",
-            "bench_crash", "bench_shared_limit", "bench_waves"]  # fmt: skip
+            "bench_crash", "bench_shared_limit", "bench_waves", "bench_ocr"]  # fmt: skip
 
 
 def main() -> int:

@@ -38,12 +38,14 @@ from ._grounding import Span, grounding_source, has_grounded, spans_for
 from ._llm import MAX_RESPONSE_BYTES, TierCall, make_client
 from ._merge import Conflict, merge, relaxed_schema
 from ._merge import policies as merge_policies
+from ._pages import Page
 from ._pricing import Price, lookup_price
 from ._results import FAILURE_OUTCOMES, Attempt, Outcome, Result
 from ._schema import canonical_json, check_schema, schema_hash, short_hash
 from ._steps import ERROR_KEEP_CHARS, Answer, Steps, classify_parse_error
 from ._sync import LoopThread
 from ._tiers import BoundTier, Tier
+from ._tokens import png_size
 from .ledger import Ledger, RecordingLedger, is_url
 
 if TYPE_CHECKING:
@@ -85,8 +87,39 @@ def _overflowed(attempts: list[Attempt]) -> bool:
     return len(attempts) == 1 and attempts[0].outcome is Outcome.CONTEXT_OVERFLOW
 
 
-def document_sha256(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+def document_sha256(text: str, images: Sequence[bytes] = ()) -> str:
+    """A document's identity: the sha256 of its text; with page images (a vision tier's answer
+    depends on the pixels) of its text, a NUL and the sha256 of the images' own digests."""
+    if not images:
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    pixels = hashlib.sha256(b"".join(hashlib.sha256(png).digest() for png in images)).hexdigest()
+    return hashlib.sha256(f"{text}\0{pixels}".encode()).hexdigest()
+
+
+def _check_images(tiers: Sequence[Tier], images: Sequence[bytes]) -> tuple[bytes, ...]:
+    """The page images the ``tiers`` are given, as a tuple, checked: each a PNG, and some for a
+    tier that sends only them (``input = "images"``: ``DocumentError`` ``no_images`` before
+    anything is sent). None when no tier sends images: then they change nothing, identity included."""
+    if not any(t.sends_images for t in tiers):
+        return ()
+    images = tuple(images)
+    for png in images:
+        if not isinstance(png, (bytes, bytearray)):
+            raise TypeError(f"images must be PNG bytes, got {type(png).__name__}")
+        try:
+            png_size(png)
+        except ValueError as exc:
+            raise DocumentError(f"a page image is not a PNG: {exc}", kind="bad_image") from None
+    if not images:
+        for tier in tiers:
+            if tier.input == "images":
+                raise DocumentError(
+                    f'tier {tier.name} sends page images only (input = "images") and this document has '
+                    'none (a text file, or loaded without images): use input = "text+images" to fall back '
+                    "to the text, or give it a PDF or an image",
+                    kind="no_images",
+                )
+    return images
 
 
 SPANS_INLINE_CHARS = 32_000  # a longer text's spans are found in a worker thread, off the event loop
@@ -197,6 +230,12 @@ class Extractor(Generic[T]):
             # how a long document's chunks are merged, when the schema declares it (Merge)
             **({"merge": merging} if (merging := merge_policies(self.schema)) else {}),
         }
+
+    @property
+    def needs_images(self) -> bool:
+        """Some tier sends page images (``input`` "images" or "text+images"): documents are then
+        loaded with their page images (the batch runner, ``--dry-run``)."""
+        return any(t.sends_images for t in self.tiers)
 
     def steps(self, name: str) -> Steps:
         """The attempt steps of tier ``name`` (``_steps.Steps``): what the batch waves drive."""
@@ -327,16 +366,26 @@ class Extractor(Generic[T]):
         config_hash: str | None = None,
         forced_tier: str | None = None,
         pages: Sequence[Page] = (),
+        sha256: str | None = None,
+        images: Sequence[bytes] = (),
     ) -> Result[T]:
         """Extract from ``text``. ``only="few_shot"`` forces one tier (no escalation), for eval.
+
+        ``images``: the document's page images (PNG bytes, one per page), sent by the tiers whose
+        ``input`` is ``"images"`` or ``"text+images"`` (``needs_images``) and ignored by the
+        others. A tier with ``input = "images"`` and no images raises ``DocumentError``
+        (``no_images``) before anything is sent; ``"text+images"`` without them sends the text.
+        With images the document's identity covers them (``document_sha256``).
 
         ``Result.spans`` says where each grounded value was found in ``text`` (and on which of
         ``pages``, the document's ``_pages.Page`` list, when given).
 
         The other keywords are recorded in the ledger with the result (see ``Ledger.record``):
         ``run_id`` (default: the extractor's library run), the document's ``path``, ``size`` and
-        ``doc_type``, and ``config_hash`` / ``forced_tier`` (set by ``only``). Any other keyword
-        is a ``TypeError``.
+        ``doc_type``, and ``config_hash`` / ``forced_tier`` (set by ``only``); a loaded document's
+        ``pages`` (``Document.pages``: where its text came from, recorded with it) and ``sha256``
+        (``Document.sha256``, its identity when it is not the text's own: OCR'd pages, images).
+        Any other keyword is a ``TypeError``.
 
         Provider unreachable: the extractor counts consecutive connection failures (refused,
         reset, DNS, TLS) per base URL across all its concurrent calls; any answer from that URL
@@ -351,9 +400,12 @@ class Extractor(Generic[T]):
         is, so the final outcome says why the call stopped.) A batch stops on it and leaves the
         remaining documents unattempted.
         """
-        result, unreachable = await self._run_tiers(text, only, self.limiter, pages)
+        result, unreachable = await self._run_tiers(text, only, self.limiter, pages, images)
+        if sha256:
+            result = replace(result, document_sha256=sha256)
         record: dict[str, Any] = {"run_id": run_id, "path": path, "size": size, "doc_type": doc_type}
-        record.update({k: v for k, v in (("config_hash", config_hash), ("forced_tier", forced_tier)) if v})
+        record.update({k: v for k, v in (("config_hash", config_hash), ("forced_tier", forced_tier),
+                                         ("pages", tuple(pages))) if v})  # fmt: skip
         ledger = self._current_ledger()
         if ledger is not None and run_id is None:
             record["run_id"] = self._library_run_id()
@@ -374,18 +426,29 @@ class Extractor(Generic[T]):
         size: int | None = None,
         doc_type: str | None = None,
         pages: Sequence[Page] = (),
+        sha256: str | None = None,
+        images: Sequence[bytes] = (),
     ) -> Result[T]:
         """``aextract`` for a driver that owns a run of its own (the batch runner, eval): the
         result is recorded into ``ledger`` (None: not recorded) under ``run_id``, and the requests
         are paced by ``limiter`` (None: not paced). The extractor's own ``ledger`` and ``limiter``
         are neither used nor changed, and the extractor stays open: the driver passes what its
         run needs, and closes only what it opened. Raises as ``aextract`` does."""
-        result, unreachable = await self._run_tiers(text, only, limiter, pages)
+        result, unreachable = await self._run_tiers(text, only, limiter, pages, images)
+        if sha256:
+            result = replace(result, document_sha256=sha256)
         record: dict[str, Any] = {"run_id": run_id, "path": path, "size": size, "doc_type": doc_type}
+        if pages:
+            record["pages"] = tuple(pages)
         return await self._finish(text, result, unreachable, ledger, only, record, pages)
 
     async def _run_tiers(
-        self, text: str, only: str | None, limiter: Limiter | None, pages: Sequence[Any] = ()
+        self,
+        text: str,
+        only: str | None,
+        limiter: Limiter | None,
+        pages: Sequence[Any] = (),
+        images: Sequence[bytes] = (),
     ) -> tuple[Result[T], ProviderUnreachable | None]:
         """Run the tiers (or tier ``only``) on ``text``: the result, and the ``ProviderUnreachable``
         that stopped it after it made attempts (raised here when it stopped before the first).
@@ -394,6 +457,7 @@ class Extractor(Generic[T]):
         if not isinstance(text, str):
             raise TypeError(f"text must be str, got {type(text).__name__}")
         tiers = [self.tier(only)] if only else self.tiers
+        images = _check_images(tiers, images)
         started = time.perf_counter()
         attempts: list[Attempt] = []
         value: T | None = None
@@ -402,7 +466,7 @@ class Extractor(Generic[T]):
         waited = 0.0  # in the client-side rate limiter's queue: the run's pacing, not this document's latency
         conflicts: tuple[Conflict, ...] = ()
         for tier in tiers:
-            call = await self._tier_call(tier, text, limiter)
+            call = await self._tier_call(tier, text, limiter, images=images)
             try:
                 got = await call.run()
                 if got is None and tier.long_documents == "chunk" and _overflowed(call.attempts):
@@ -433,13 +497,18 @@ class Extractor(Generic[T]):
             attempts=attempts,
             latency_s=round(max(0.0, time.perf_counter() - started - waited), 6),
             schema_hash=self.schema_hash,
-            document_sha256=document_sha256(text),
+            document_sha256=document_sha256(text, images),
             conflicts=conflicts if value is not None else (),
         )
         return result, unreachable
 
     async def _tier_call(
-        self, tier: Tier, text: str, limiter: Limiter | None, steps: Steps | None = None
+        self,
+        tier: Tier,
+        text: str,
+        limiter: Limiter | None,
+        steps: Steps | None = None,
+        images: Sequence[bytes] = (),
     ) -> TierCall:
         steps = steps or self._steps[tier.name]
         return TierCall(
@@ -452,6 +521,7 @@ class Extractor(Generic[T]):
             breaker=self._breaker,
             max_response_bytes=self.max_response_bytes,
             steps=steps,
+            images=images,
         )
 
     # -- long documents ---------------------------------------------------------------------------
@@ -540,7 +610,7 @@ class Extractor(Generic[T]):
             return None, steps.attempt(number, answer, outcome, {"error": error, "errors": errs})
 
     async def arun_tier(
-        self, name: str, text: str, limiter: Limiter | None = None
+        self, name: str, text: str, limiter: Limiter | None = None, *, images: Sequence[bytes] = ()
     ) -> tuple[T | None, list[Attempt]]:
         """Tier ``name`` alone on ``text`` over HTTP, as the chain runs it: its value (None when
         the tier failed) and its attempts, numbered from 1. Nothing is recorded and the chain's
@@ -550,7 +620,9 @@ class Extractor(Generic[T]):
         holding the attempts made before it (not recorded)."""
         if not isinstance(text, str):
             raise TypeError(f"text must be str, got {type(text).__name__}")
-        call = await self._tier_call(self.tier(name), text, limiter)
+        tier = self.tier(name)
+        images = _check_images([tier], images)
+        call = await self._tier_call(tier, text, limiter, images=images)
         started = time.perf_counter()
         try:
             value = await call.run()
@@ -558,7 +630,7 @@ class Extractor(Generic[T]):
             result: Result[T] = Result(
                 value=None, tier=None, attempts=list(call.attempts), schema_hash=self.schema_hash,
                 latency_s=round(max(0.0, time.perf_counter() - started - call.waited_s), 6),
-                document_sha256=document_sha256(text),
+                document_sha256=document_sha256(text, images),
             )  # fmt: skip
             raise type(exc)(str(exc), url=exc.url, failures=exc.failures, result=result) from exc
         return value, call.attempts  # type: ignore[return-value]
@@ -603,6 +675,8 @@ class Extractor(Generic[T]):
         config_hash: str | None = None,
         forced_tier: str | None = None,
         pages: Sequence[Page] = (),
+        sha256: str | None = None,
+        images: Sequence[bytes] = (),
     ) -> Result[T]:
         """Synchronous ``aextract``, run on the extractor's own event loop (kept between calls, so
         connections are reused). Thread-safe; inside a running event loop (a notebook) it blocks
@@ -618,6 +692,8 @@ class Extractor(Generic[T]):
                 config_hash=config_hash,
                 forced_tier=forced_tier,
                 pages=pages,
+                sha256=sha256,
+                images=images,
             )  # fmt: skip
         )
 
@@ -681,7 +757,9 @@ class Extractor(Generic[T]):
             raise DocumentError(f"{shown}: unsupported {given}; pass doc_type= one of {', '.join(types)}",
                                 path=shown, kind="unsupported")  # fmt: skip
         try:
-            doc = await aload(p, kind, max_bytes or MAX_BYTES, max_chars or MAX_CHARS)
+            # with its page images when a tier sends them (``needs_images``)
+            doc = await aload(p, kind, max_bytes or MAX_BYTES, max_chars or MAX_CHARS,
+                              images=self.needs_images)  # fmt: skip
         except DocumentError as exc:  # recorded as the batch records an unreadable document
             ledger = self._current_ledger()
             if ledger is not None:
@@ -693,7 +771,8 @@ class Extractor(Generic[T]):
                     schema_hash=self.schema_hash, config_hash=self.config_hash,
                 )  # fmt: skip
             raise
-        result = await self.aextract(doc.text, path=doc.path, size=doc.size, doc_type=doc.type)
+        result = await self.aextract(doc.text, path=doc.path, size=doc.size, doc_type=doc.type,
+                                     pages=doc.pages, sha256=doc.sha256, images=doc.images)  # fmt: skip
         if self.ledger is not None and self._run_id is not None:
             row = [(doc.sha256, doc.path, path_bytes(p), self._run_id)]
             await asyncio.to_thread(self.ledger.add_document_paths, row)

@@ -45,6 +45,12 @@ that carries a secret is read from the environment too (``headers_env``).
     headers_env = { "X-Gateway-Key" = "GATEWAY_KEY" }   # header value read from $GATEWAY_KEY
     long_documents = "chunk"                 # longer than the context: chunk and merge, or "refuse"
     chunk_tokens = 8000                      # at most this many tokens a chunk (default: the context)
+
+    [[tiers]]
+    kind = "zero_shot"
+    model = "gpt-4o"
+    input = "text+images"                    # or "images" (pages only) / "text" (the default)
+    detail = "high"                          # the page images' detail: "auto" (default), "low", "high"
 """
 
 from __future__ import annotations
@@ -117,6 +123,10 @@ class TierConfig(BaseModel):
     long_documents: Literal["chunk", "refuse"] = "chunk"  # a document longer than the context
     chunk_tokens: int | None = Field(None, gt=0)  # None: as many as the context holds
     chunk_overlap: int = Field(200, ge=0)
+    # what the tier sends: the document's text, its page images (image_url parts, PNG data URLs),
+    # or both; detail: the images' detail ("auto", "low", "high"; only with images)
+    input: Literal["text", "images", "text+images"] = "text"
+    detail: Literal["auto", "low", "high"] = "auto"
 
     @field_validator("price", "batch_price", mode="wrap")
     @classmethod
@@ -366,6 +376,8 @@ def build_tiers(config: Config, *, transport: str | None = None) -> list[Any]:
             kwargs["batch_price"] = Price(**t.batch_price.model_dump())
         if t.via is not None:
             kwargs["via"] = t.via
+        if t.input != "text" or t.detail != "auto":  # a text tier with a detail: the tier says why not
+            kwargs.update(input=t.input, detail=t.detail)
         if t.extra_body:
             kwargs["extra_body"] = dict(t.extra_body)
         headers = dict(t.headers or {})

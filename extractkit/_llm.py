@@ -28,6 +28,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import httpx
@@ -44,7 +45,7 @@ from ._steps import ERROR_KEEP_CHARS, Answer, Failure, NextKind, Request, Steps,
 from ._steps import TOKEN_SAFETY as TOKEN_SAFETY  # re-exported: the batch estimate's margin
 from ._steps import strip_code_fence as strip_code_fence  # re-exported (tests)
 from ._tiers import BoundTier
-from ._tokens import message_text
+from ._tokens import message_text, request_image_tokens
 from ._transport import BODY_CAP, cap_body, read_capped, within
 
 MAX_RESPONSE_BYTES = 4 * 1024 * 1024  # default cap on a response body (Extractor(max_response_bytes=))
@@ -110,11 +111,13 @@ class TierCall:
         breaker: _retry.CircuitBreaker | None = None,
         max_response_bytes: int = MAX_RESPONSE_BYTES,
         steps: Steps | None = None,
+        images: Sequence[bytes] = (),
     ):
         self.bound = bound
         self.tier = bound.tier
         self.client = client
         self.document = document
+        self.images = images  # page images (PNG), sent by a tier whose input includes them
         if steps is None:
             price = self.tier.price or lookup_price(self.tier.model, prices)
             steps = Steps(bound, schema_hash=schema_hash, retry_policy=retry_policy, price=price)
@@ -144,7 +147,7 @@ class TierCall:
         request after a delay, re-ask, or stop with the value or None. The first try goes
         straight out: nothing is set up for retries until a transient failure happens."""
         steps, document = self.steps, self.document
-        state = self.state = steps.start(document)
+        state = self.state = steps.start(document, self.images)
         source = SourceIndex(document)  # the grounding source, indexed once for every answer
         while True:
             if steps.needs_counting(state):  # token counts of long text: off the event loop
@@ -254,12 +257,16 @@ def rate_limit_tokens(kwargs: dict[str, Any], max_tokens: int, extra_chars: int 
     """What a request counts against a tokens/minute limit, estimated the way OpenAI documents
     it: the request's characters / 4, plus max_tokens. (The tokenizer count with its safety
     margin is for the context check; charged here it would leave a few percent of the limit
-    unused.) ``extra_chars``: the tool / schema definition's length, when already known."""
-    chars = sum(len(message_text(m)) for m in kwargs.get("messages", []))
+    unused.) ``extra_chars``: the tool / schema definition's length, when already known. Page
+    images count as their tokens by the provider's rule (``_tokens.request_image_tokens``), not
+    as the characters of their data URLs."""
+    messages = kwargs.get("messages", [])
+    chars = sum(len(message_text(m)) for m in messages)
     if extra_chars is None:
         extra = kwargs.get("tools") or kwargs.get("response_format")
         extra_chars = len(json.dumps(extra, ensure_ascii=False)) if extra else 0
-    return -(-(chars + extra_chars) // 4) + max_tokens
+    images = request_image_tokens(messages, str(kwargs.get("model", "")))
+    return -(-(chars + extra_chars) // 4) + images + max_tokens
 
 
 def _parse_completion(body: bytes, raw: httpx.Response | None = None) -> ChatCompletion:

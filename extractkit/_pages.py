@@ -33,3 +33,21 @@ def page_of(pages: Sequence[Page], offset: int) -> int | None:
         return None
     page = pages[i]
     return page.number if page.start <= offset < page.end else None
+
+
+LOW_CONFIDENCE = 0.8  # an OCR'd page whose mean line score is below this is listed as low-confidence
+
+
+def text_source(pages: Sequence[Page]) -> str:
+    """Where a document's text came from: ``text`` (every page with text from its text layer),
+    ``ocr`` (every one from OCR), ``mixed`` (both), ``none`` (no page had text)."""
+    kinds = {p.source for p in pages} - {"none"}
+    if not kinds:
+        return "none"
+    return kinds.pop() if len(kinds) == 1 else "mixed"
+
+
+def low_pages(pages: Sequence[Page], threshold: float = LOW_CONFIDENCE) -> list[int]:
+    """The numbers of the OCR'd pages whose confidence is below ``threshold``."""
+    return [p.number for p in pages if p.source == "ocr" and p.confidence is not None
+            and p.confidence < threshold]  # fmt: skip

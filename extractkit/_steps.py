@@ -31,7 +31,8 @@ import dataclasses
 import enum
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -49,13 +50,18 @@ from ._tokens import (
     PER_MESSAGE_OVERHEAD,
     count_request_tokens,
     count_tokens,
+    image_parts,
     message_text,
+    request_image_tokens,
     truncate_to_tokens,
 )
 
 OUTPUT_KEEP_CHARS = 4000  # how much of a model answer an Attempt keeps
 TOKEN_SAFETY = 1.15  # margin on offline token estimates (the server's tokenizer may differ)
 ERROR_KEEP_CHARS = 1500
+# recorded as the error of an answer whose Grounded fields could not be checked (page images, no text)
+NOT_GROUNDED = ("grounding not checked: the document has no text (page images only, no text layer or OCR "
+                "text), so its Grounded fields were not verified against it")  # fmt: skip
 # a re-ask quotes at most max_tokens tokens of the failed answer (a longer one was never a valid
 # answer: it would have ended in `truncated`); the answer is first cut to this many characters
 # per token, so tokenising it is bounded too (tiktoken is superlinear on long runs of one letter)
@@ -233,10 +239,11 @@ class Steps:
         self.context_window = bound.context_window
 
     # -- start ----------------------------------------------------------------------------------
-    def start(self, document: str) -> TierState:
-        """The state of the tier's first request for ``document`` (prompt, examples, schema)."""
+    def start(self, document: str, images: Sequence[bytes] = ()) -> TierState:
+        """The state of the tier's first request for ``document`` (prompt, examples, schema) and,
+        for a tier that sends them (``Tier.input``), its page ``images`` (PNG bytes)."""
         tier, bound = self.tier, self.bound
-        messages = bound.messages(document)
+        messages = bound.messages(document, images)
         _, kwargs = bound.prepare_request(
             {"messages": messages, "model": tier.model, "temperature": tier.temperature,
              "max_tokens": self.max_tokens}
@@ -260,11 +267,17 @@ class Steps:
             self.bound.extra_text = json.dumps(extra, ensure_ascii=False) if extra else ""
         return self.bound.extra_text
 
+    def image_tokens(self, kwargs: dict[str, Any]) -> int:
+        """Context tokens of the request's page images, by the provider's rule (exact: no margin)."""
+        if not self.tier.sends_images:
+            return 0
+        return request_image_tokens(kwargs["messages"], self.tier.model, context=True)
+
     def _estimate(self, kwargs: dict[str, Any], memo: dict[str, int]) -> int:
         if self.bound.extra_tokens is None:
             self.bound.extra_tokens = count_tokens(self.extra_text(kwargs))
         n = count_request_tokens(kwargs["messages"], memo=memo) + self.bound.extra_tokens
-        return int(n * TOKEN_SAFETY)
+        return int(n * TOKEN_SAFETY) + self.image_tokens(kwargs)
 
     def _surely_fits(self, kwargs: dict[str, Any]) -> bool:
         """True when the request fits the context by a bound no tokenizer can exceed: every token
@@ -274,7 +287,7 @@ class Steps:
         n = sum(len(message_text(m).encode()) + PER_MESSAGE_OVERHEAD for m in kwargs["messages"]) + 3
         n += len(self.extra_text(kwargs).encode())
         assert self.context_window is not None
-        return int(n * TOKEN_SAFETY) + self.max_tokens <= self.context_window
+        return int(n * TOKEN_SAFETY) + self.image_tokens(kwargs) + self.max_tokens <= self.context_window
 
     def _quotes_oversized(self, kwargs: dict[str, Any], n_original: int) -> bool:
         """Whether a re-ask quotes back an answer longer than any valid one (``max_tokens``
@@ -313,8 +326,10 @@ class Steps:
         kwargs, estimate = self._fit(kwargs, state)
         window = self.context_window
         if window is not None and estimate is not None and estimate + self.max_tokens > window:
+            images, n_images = self.image_tokens(kwargs), len(image_parts(kwargs["messages"]))
+            pages = f" ({images} of them for {n_images} page images)" if images else ""
             overflow = (
-                f"prompt of about {estimate} tokens + {self.max_tokens} output tokens "
+                f"prompt of about {estimate} tokens{pages} + {self.max_tokens} output tokens "
                 f"exceeds the {window}-token context of {self.tier.model} (not sent)"
             )
             if self.tier.long_documents == "chunk":  # the chain's live path chunks it (_chain)
@@ -448,11 +463,14 @@ class Steps:
                 fields["error"] = f"output reached the {self.max_tokens}-token bound (finish_reason=length)"
             strip_code_fences(response)
             bound = self.bound
+            # page images and no text at all (no text layer, no OCR): nothing to ground values in,
+            # so the Grounded fields are not checked and the attempt says so
+            ungroundable = self.sends_images(state) and _blank(document)
             try:
                 # the document reaches the Grounded validators through a context variable
                 # (instructor's validation context is also a Jinja2 template context when its
                 # wrapper is used)
-                with grounding_source(document):
+                with nullcontext() if ungroundable else grounding_source(document):
                     parsed = bound.handlers.response_parser(
                         response=response, response_model=bound.response_model, validation_context=None,
                         strict=False, stream=False, is_async=True,
@@ -475,8 +493,14 @@ class Steps:
                 values = {k: v for k, v in parsed.__dict__.items() if k in schema.model_fields}
                 value = schema.model_construct(_fields_set=set(parsed.model_fields_set), **values)
                 stop = False
+                if ungroundable and bound.has_grounded and "error" not in fields:
+                    fields["error"] = NOT_GROUNDED
         attempt = self.attempt(number, answer, outcome, fields)
         return Interpretation(attempt, value=value, parse_error=parse_error, response=response, stop=stop)
+
+    def sends_images(self, state: TierState) -> bool:
+        """The state's request carries page images."""
+        return self.tier.sends_images and bool(image_parts(state.kwargs["messages"][: state.n_original]))
 
     # -- what next ------------------------------------------------------------------------------
     def decide(self, state: TierState, it: Interpretation) -> Next:
@@ -514,6 +538,12 @@ class Steps:
             return Next(NextKind.END_TIER, amend_error=amended)
         nxt = dataclasses.replace(state, kwargs=kwargs, reasks=state.reasks + 1, tries=0, number=number)
         return Next(NextKind.REASK, nxt)
+
+
+def _blank(document: str | SourceIndex) -> bool:
+    """The document has no text at all (whitespace only)."""
+    text = document.source if isinstance(document, SourceIndex) else document
+    return not text or text.isspace()
 
 
 # -- helpers shared with the live transport ---------------------------------------------------------

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -15,11 +16,17 @@ from pydantic import BaseModel
 
 from . import _redact, local
 from ._delimiters import RENDER_VERSION
-from ._errors import ConfigError, TemplateError
+from ._errors import ConfigError, DocumentError, TemplateError
 from ._examples import Example, ExampleSelector, coerce_examples
 from ._pricing import Price, batch_price, discounted
 from ._prompts import PromptTemplate, check_instructions, load_template
 from ._schema import canonical_json, short_hash
+from ._tokens import png_data_url
+
+INPUTS = ("text", "images", "text+images")  # what a tier sends (Tier.input)
+DETAILS = ("auto", "low", "high")  # the image_url detail of its page images (Tier.detail)
+# what stands in the template's document for a tier that sends page images only
+IMAGES_ONLY_NOTE = "(the document is given as {n} page image(s) attached to this message)"
 
 
 class Mode(str, enum.Enum):
@@ -97,6 +104,11 @@ class Tier:
     long_documents: str = "chunk"
     chunk_tokens: int | None = None
     chunk_overlap: int = 200
+    # what the tier sends: the document's "text", its page "images" (no text: a model that reads
+    # the pages itself) or "text+images" (both); page images go as image_url content parts
+    # (PNG data URLs) with ``detail`` ("auto", "low", "high"); both are part of the identity
+    input: str = "text"
+    detail: str = "auto"
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -148,6 +160,21 @@ class Tier:
                               f"got {self.long_documents!r}")  # fmt: skip
         if (self.chunk_tokens is not None and self.chunk_tokens <= 0) or self.chunk_overlap < 0:
             raise ConfigError(f"tier {self.name}: chunk_tokens must be > 0 and chunk_overlap >= 0")
+        if self.input not in INPUTS:
+            raise ConfigError(f"tier {self.name}: input must be one of {', '.join(map(repr, INPUTS))}, "
+                              f"got {self.input!r}")  # fmt: skip
+        if self.detail not in DETAILS:
+            raise ConfigError(f"tier {self.name}: detail must be one of {', '.join(map(repr, DETAILS))}, "
+                              f"got {self.detail!r}")  # fmt: skip
+        if self.detail != "auto" and not self.sends_images:
+            raise ConfigError(f'tier {self.name}: detail = {self.detail!r} applies to page images, and this '
+                              'tier sends text only: set input = "images" or "text+images" (or leave detail '
+                              "out)")  # fmt: skip
+
+    @property
+    def sends_images(self) -> bool:
+        """The tier sends page images (``input`` "images" or "text+images")."""
+        return self.input != "text"
 
     def resolved_batch_price(self, prices: Mapping[str, Price] | None = None) -> Price | None:
         """The price of this tier's batch requests: ``batch_price`` when set, else its own ``price``
@@ -230,6 +257,8 @@ class Tier:
             "extra_body": dict(self.extra_body) if self.extra_body else None,
             # in prompt_hash already; the text itself is kept with the run's config
             **({"instructions": self.instructions} if self.instructions else {}),
+            # only when it sends images: a text tier's identity (and its ledger rows) unchanged
+            **({"input": self.input, "detail": self.detail} if self.sends_images else {}),
             **self._describe_extra(),
             **self._describe_long_documents(),
         }
@@ -434,12 +463,46 @@ class BoundTier:
         model, extra = self._request_extra
         return model, {**kwargs, "messages": list(kwargs["messages"]), **extra}
 
-    def messages(self, document: str) -> list[dict[str, Any]]:
+    def messages(self, document: str, images: Sequence[bytes] = ()) -> list[dict[str, Any]]:
+        """The first request's messages. A tier that sends page images (``Tier.input``) sends
+        them as ``image_url`` parts after the user message's text; with ``input = "images"``
+        the template's document is a note that the pages follow (the instructions and any
+        examples stay), with ``"text+images"`` the document's text as usual. Without images a
+        "text+images" tier sends the text alone; an "images" tier refuses (the chain checks)."""
+        tier = self.tier
+        if tier.input == "images" and not images:  # never its text instead, silently
+            raise DocumentError(f'tier {tier.name} sends page images only (input = "images") and this '
+                                "document has none", kind="no_images")  # fmt: skip
         doc = (self.schema.__doc__ or "").strip()
-        system, user = self.tier.template.render(
-            document=document,
+        shown = document
+        if images and tier.input == "images":
+            shown = IMAGES_ONLY_NOTE.format(n=len(images))
+        system, user = tier.template.render(
+            document=shown,
             schema_name=self.schema.__name__,
             schema_description=doc,
-            examples=self.tier.examples_for(self, document),
+            examples=tier.examples_for(self, document),
         )
-        return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+        if not (images and tier.sends_images):
+            return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+        parts: list[dict[str, Any]] = [{"type": "text", "text": user}]
+        for png in images:
+            image = {"url": png_data_url(png), "detail": tier.detail}
+            parts.append({"type": "image_url", "image_url": image})
+        return [{"role": "system", "content": system}, {"role": "user", "content": parts}]
+
+    @functools.cached_property
+    def has_grounded(self) -> bool:
+        """The schema has a ``Grounded()`` field (values checked against the document's text)."""
+        from ._grounding import check_grounded
+
+        def walk(node: Any) -> bool:
+            if isinstance(node, dict):
+                if node.get("function") is check_grounded:
+                    return True
+                return any(walk(v) for v in node.values())
+            if isinstance(node, (list, tuple)):
+                return any(walk(v) for v in node)
+            return False
+
+        return walk(self.schema.__pydantic_core_schema__)

@@ -55,7 +55,7 @@ def make_bad_inputs(docs: Path) -> None:
         writer.write(f)
     (docs / "loop.txt").symlink_to(docs / "loop.txt")
     (docs / "long.txt").write_text("From: Long Co\nTotal: 5\n" + "lorem ipsum " * 3000)
-    (docs / "photo.png").write_bytes(b"\x89PNG....")
+    (docs / "photo.gif").write_bytes(b"\x89PNG....")
 
 
 def test_batch_with_bad_inputs_then_resume(tmp_path):
@@ -77,7 +77,7 @@ def test_batch_with_bad_inputs_then_resume(tmp_path):
         summary = json.loads(first.stdout)
         requests_after_first = len(server.requests)
         rows = {Path(r["path"]).name: r for r in lines(out)}
-        # every supported file appears exactly once; the .png is skipped and counted
+        # every supported file appears exactly once; the .gif is skipped and counted
         assert len(lines(out)) == len(rows) == 11 and summary["skipped"] == 1
         assert {n: rows[n]["status"] for n in ("a.txt", "b.md", "c.html")} == dict.fromkeys(
             ("a.txt", "b.md", "c.html"), "ok")  # fmt: skip

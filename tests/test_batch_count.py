@@ -38,7 +38,7 @@ def make_docs(root: Path) -> Path:
     for name in ("a.txt", "b.md", "sub/c.html"):
         (docs / name).write_text(f"From: {name} Ltd\nTotal: 1.00\n")
     (docs / "sub" / "D.PDF").write_bytes(text_pdf("From: Pdf Ltd Total: 1.00"))
-    (docs / "photo.png").write_bytes(b"\x89PNG")
+    (docs / "photo.gif").write_bytes(b"\x89PNG")
     (docs / "notes").write_text("no suffix")
     return docs
 
@@ -53,7 +53,7 @@ def test_count_documents_walks_without_reading_a_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(builtins, "open", no_reading)
     monkeypatch.setattr(Path, "read_bytes", no_reading)
-    assert count_documents([docs]) == 4  # .png and the file without a suffix are not documents
+    assert count_documents([docs]) == 4  # .gif and the file without a suffix are not documents
     assert count_documents([docs], ["*.pdf"]) == 1  # case-insensitive, as the batch matches
     assert count_documents([docs / "a.txt", docs / "sub"]) == 3
 
@@ -64,7 +64,7 @@ def test_count_documents_walks_without_reading_a_file(tmp_path, monkeypatch):
         ([], None, "(no paths given)"),
         (["empty"], None, "empty"),
         (["docs"], ["*.docx"], "--include *.docx"),
-        (["only_photos"], None, "1 file(s) of other types (.png 1)"),
+        (["only_photos"], None, "1 file(s) of other types (.gif 1)"),
     ],
     ids=["no paths", "empty folder", "include matches nothing", "only unsupported files"],
 )
@@ -73,7 +73,7 @@ def test_the_runner_raises_nodocuments_and_records_no_run(mock_api, tmp_path, pa
     make_docs(tmp_path)
     (tmp_path / "empty").mkdir()
     (tmp_path / "only_photos").mkdir()
-    (tmp_path / "only_photos" / "p.png").write_bytes(b"\x89PNG")
+    (tmp_path / "only_photos" / "p.gif").write_bytes(b"\x89PNG")
     db = tmp_path / "l.sqlite3"
     with Ledger(db) as ledger, pytest.raises(DocumentError) as info:
         runner = BatchRunner(extractor(), ledger, include=include)
@@ -129,10 +129,10 @@ def test_the_cli_says_no_documents_matched_for_a_folder_of_unsupported_files(tmp
     with FakeLLMServer(echo_invoice_responder) as server:
         cli_env(tmp_path, server.base_url)
         (tmp_path / "photos").mkdir()
-        (tmp_path / "photos" / "a.png").write_bytes(b"\x89PNG")
+        (tmp_path / "photos" / "a.gif").write_bytes(b"\x89PNG")
         result = CliRunner().invoke(app, ["extract", "photos", "-c", "cfg.toml", "--ledger", "l.sqlite3"])
         assert not server.requests
     assert result.exit_code == 2, result.output
-    assert "no documents matched under photos" in result.output and ".png" in result.output
+    assert "no documents matched under photos" in result.output and ".gif" in result.output
     assert "Traceback" not in result.output
     assert not (tmp_path / "l.sqlite3").exists()  # checked before the ledger is opened

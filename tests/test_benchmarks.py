@@ -16,7 +16,7 @@ from benchmarks.stub_server import FAULT_KINDS
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ["bench_overhead", "bench_throughput", "bench_ratelimit", "bench_resume", "bench_memory",
             "bench_report", "bench_fewshot", "bench_faults", "bench_kill", "bench_workers",
-            "bench_crash", "bench_shared_limit", "bench_waves"]  # fmt: skip
+            "bench_crash", "bench_shared_limit", "bench_waves", "bench_ocr"]  # fmt: skip
 # checks rather than timings: they exit 3 when a check fails (the figures are still written)
 CHECKS = ["bench_faults", "bench_kill", "bench_waves"]
 

@@ -52,7 +52,7 @@ def docs(tmp_path: Path) -> Path:
         (d / f"d{i}.txt").write_text(doc(i))
     (d / "copy.txt").write_text(doc(0))  # identical content: sent once
     (d / "empty.txt").write_text("")  # unreadable: the batch records `empty`
-    (d / "photo.png").write_bytes(b"\x89PNG")  # unsupported type: skipped
+    (d / "photo.gif").write_bytes(b"\x89PNG")  # unsupported type: skipped
     return d
 
 

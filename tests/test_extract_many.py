@@ -46,8 +46,8 @@ def test_every_input_gets_a_result_tied_to_it_and_broken_ones_do_not_stop_the_ot
     (folder / "sub").mkdir(parents=True)
     (folder / "x.txt").write_text(doc(10))
     (folder / "sub" / "y.pdf").write_bytes(text_pdf("From: Pdf Ltd Total: 11.00"))
-    (folder / "photo.png").write_bytes(b"\x89PNG")  # skipped inside a folder, as the CLI skips it
-    page, empty, photo = tmp_path / "p.html", tmp_path / "empty.txt", tmp_path / "photo.png"
+    (folder / "photo.gif").write_bytes(b"\x89PNG")  # skipped inside a folder, as the CLI skips it
+    page, empty, photo = tmp_path / "p.html", tmp_path / "empty.txt", tmp_path / "photo.gif"
     page.write_text("<p>From: Page Co</p><p>Total: 3.00</p>")
     empty.write_text("")
     photo.write_bytes(b"\x89PNG")

@@ -107,7 +107,7 @@ def test_an_unreadable_file_raises_the_documenterror_the_batch_records(mock_api,
 
 def test_unsupported_types_and_folders_are_refused_before_anything_is_read(mock_api, tmp_path):
     route = mock_api.post("/chat/completions").mock(side_effect=echo)
-    photo, notes = tmp_path / "photo.png", tmp_path / "notes.log"
+    photo, notes = tmp_path / "photo.gif", tmp_path / "notes.log"
     photo.write_bytes(b"\x89PNG....")
     notes.write_text("From: Log Ltd\nTotal: 3.00\n")
     db = tmp_path / "l.sqlite3"

@@ -29,12 +29,20 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .._errors import ConfigError, DocumentError
 from .._pricing import Price, lookup_price
-from .._tokens import count_request_tokens, count_tokens
+from .._tokens import (
+    count_request_tokens,
+    count_tokens,
+    image_rule,
+    image_tokens,
+    png_size,
+    request_image_tokens,
+)
 from ._loaders import MAX_BYTES, MAX_CHARS, SPECIAL, URI, Source, dir_error, display_path, walk
 
 REASK_TOKENS = 256  # a re-ask's validation-error message, estimated (the quoted answer is counted apart)
@@ -80,6 +88,10 @@ class TierEstimate:
     documents: int = 0  # documents it would be sent (those that fit its context window)
     too_long: int = 0  # documents over its context window: refused unsent, as the chain does
     input_tokens: int = 0  # first attempt, all its documents
+    image_tokens: int = 0  # of input_tokens, those of page images (a tier whose input includes them)
+    # a tier that sends page images: the image rule its tokens are counted by (``_tokens.image_rule``),
+    # with a note when the model is not in the provider's table (then counted as gpt-4o)
+    image_rule: str | None = None
 
     @property
     def attempts(self) -> int:
@@ -132,6 +144,7 @@ class DocEstimate:
     outcome: str | None = None  # error kind, or the status of the resumed result (ok / failed)
     error: str | None = None
     duplicate_of: str | None = None
+    image_tokens: dict[str, int] = field(default_factory=dict)  # tier -> of ``tokens``, its page images
 
 
 @dataclass
@@ -181,11 +194,16 @@ class Estimate:
         }
 
 
-def request_tokens(bound: Any, text: str, extra_tokens: dict[str, int]) -> int:
-    """Input tokens of a tier's first request for ``text``, rendered as the chain renders it."""
+def request_tokens(
+    bound: Any, text: str, extra_tokens: dict[str, int], images: Sequence[bytes] = (), *,
+    context: bool = False,
+) -> int:
+    """Input tokens of a tier's first request for ``text`` (and its page ``images``, for a tier
+    that sends them), rendered as the chain renders it: image tokens by the provider's rule
+    (``_tokens.image_tokens``), billed ones, or with ``context`` those that fill the context."""
     tier = bound.tier
     _, kwargs = bound.prepare_request(
-        {"messages": bound.messages(text), "model": tier.model, "temperature": tier.temperature,
+        {"messages": bound.messages(text, images), "model": tier.model, "temperature": tier.temperature,
          "max_tokens": bound.max_tokens}
     )  # fmt: skip
     if bound.response_format is not None:
@@ -193,12 +211,41 @@ def request_tokens(bound: Any, text: str, extra_tokens: dict[str, int]) -> int:
     if tier.name not in extra_tokens:  # the tool / schema definition: the same for every document
         extra = kwargs.get("tools") or kwargs.get("response_format")
         extra_tokens[tier.name] = count_tokens(json.dumps(extra, ensure_ascii=False)) if extra else 0
-    return count_request_tokens(kwargs["messages"]) + extra_tokens[tier.name]
+    n = count_request_tokens(kwargs["messages"]) + extra_tokens[tier.name]
+    if images and tier.sends_images:
+        n += request_image_tokens(kwargs["messages"], tier.model, context=context)
+    return n
 
 
-def _count(extractor: Any, text: str, extra_tokens: dict[str, int]) -> dict[str, int]:
-    """Every tier's first-request tokens for one document (CPU work: called in a worker thread)."""
-    return {t.name: request_tokens(extractor._bound[t.name], text, extra_tokens) for t in extractor.tiers}
+def _count(
+    extractor: Any, text: str, extra_tokens: dict[str, int], images: Sequence[bytes] = ()
+) -> dict[str, tuple[int, int]]:
+    """Every tier's first-request tokens for one document: (input tokens billed, of them page
+    image tokens billed) (CPU work: called in a worker thread)."""
+    out: dict[str, tuple[int, int]] = {}
+    for t in extractor.tiers:
+        bound = extractor._bound[t.name]
+        n = request_tokens(bound, text, extra_tokens, images)
+        pictures = 0
+        if images and t.sends_images:
+            pictures = sum(image_tokens(*png_size(png), t.detail, t.model) for png in images)
+        out[t.name] = (n, pictures)
+    return out
+
+
+def _rule_of(tier: Any) -> str | None:
+    if not getattr(tier, "sends_images", False):
+        return None
+    rule, known = image_rule(tier.model)
+    return rule if known else f"{rule} (model {tier.model} is not in OpenAI's image table: counted as {rule})"
+
+
+def _context_images(extractor: Any, name: str, images: Sequence[bytes]) -> int:
+    """Context tokens of a tier's page images for one document (0 for a tier without them)."""
+    tier = extractor._bound[name].tier
+    if not images or not tier.sends_images:
+        return 0
+    return sum(image_tokens(*png_size(png), tier.detail, tier.model, context=True) for png in images)
 
 
 async def estimate(
@@ -219,6 +266,7 @@ async def estimate(
     sent and nothing is written. ``ledger``: an open ``Ledger`` to find resumed documents in, or
     None (every readable document would be sent). ``vias``: tier -> "live" | "batch" (a tier sent
     by the provider's Batch API is priced at its batch price, ``Tier.resolved_batch_price``)."""
+    from .._chain import _check_images
     from .._llm import TOKEN_SAFETY
     from ._runner import _load, retry_reason
 
@@ -228,7 +276,7 @@ async def estimate(
             price=(t.resolved_batch_price(getattr(extractor, "prices", None))
                    if (vias or {}).get(t.name) == "batch" else tier_price(extractor, t)),
             max_output_tokens=extractor._bound[t.name].max_tokens, max_reasks=t.max_reasks,
-            context_window=extractor._bound[t.name].context_window,
+            context_window=extractor._bound[t.name].context_window, image_rule=_rule_of(t),
         )
         for t in extractor.tiers
     ]  # fmt: skip
@@ -243,9 +291,13 @@ async def estimate(
             exc = dir_error(unlisted.pop(0))
             result.documents.append(DocEstimate(exc.path or "?", "error", outcome=exc.kind, error=str(exc)))
 
+    needs_images = bool(getattr(extractor, "needs_images", False))
+
     async def one(path: Source, doc_type: str) -> DocEstimate:
         try:
-            doc = await _load(path, doc_type, max_bytes, max_chars)
+            doc = await _load(path, doc_type, max_bytes, max_chars, images=needs_images)
+            if needs_images:  # an "images" tier refuses a document without them, as the chain does
+                _check_images(extractor.tiers, doc.images)
         except DocumentError as exc:
             return DocEstimate(display_path(path), "error", outcome=exc.kind, error=str(exc))
         if doc.sha256 in first_path:
@@ -256,17 +308,23 @@ async def estimate(
             again = row is not None and retry_reason(row["status"], row["outcome"], retry_failed=retry_failed)
             if row is not None and again is None:
                 return DocEstimate(doc.path, "resumed", doc.sha256, outcome=row["status"])
-        tokens = await asyncio.to_thread(_count, extractor, doc.text, extra_tokens)
-        d = DocEstimate(doc.path, "send", doc.sha256, tokens=tokens)
+        counted = await asyncio.to_thread(_count, extractor, doc.text, extra_tokens, doc.images)
+        tokens = {name: n for name, (n, _) in counted.items()}
+        d = DocEstimate(doc.path, "send", doc.sha256, tokens=tokens,
+                        image_tokens={name: p for name, (_, p) in counted.items() if p})  # fmt: skip
         for t in tiers:
-            n = tokens[t.name]
+            n, pictures = counted[t.name]
             window = t.context_window
-            if window is not None and int(n * TOKEN_SAFETY) + t.max_output_tokens > window:
+            # the margin is for the tokenizer's estimate of text; image tokens are counted by rule
+            # (the context check counts what fills the context: ``Steps.image_tokens``)
+            context = int((n - pictures) * TOKEN_SAFETY) + _context_images(extractor, t.name, doc.images)
+            if window is not None and context + t.max_output_tokens > window:
                 d.too_long.append(t.name)  # the chain refuses it unsent (context_overflow)
                 t.too_long += 1
             else:
                 t.documents += 1
                 t.input_tokens += n
+                t.image_tokens += pictures
         return d
 
     async def worker() -> None:

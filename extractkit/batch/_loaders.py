@@ -14,6 +14,16 @@ file never costs the others:
 - ``corrupt_pdf``, ``encrypted_pdf`` (a PDF that an empty password does not open), ``no_text``,
   ``empty``, ``unreadable``, ``symlink_loop``, ``missing``; ``unreadable_dir`` for a folder the
   walk could not list.
+- Scanned pages and images (``_ocr``, the ``ocr`` extra): a PDF page without a text layer is read
+  by OCR (a PDF with none at all stays ``no_text`` without the extra, its message says what to
+  install); an image (.png .jpg .jpeg .tif .tiff .webp; a multi-frame TIFF's frames are pages)
+  is ``ocr_unavailable`` without it, ``corrupt_image`` when Pillow cannot read it. Before any
+  pixel is decoded: ``image_too_large`` (over ``max_pixels``, a decompression bomb) and
+  ``too_many_pages`` (over ``max_pages`` pages to render); ``ocr_failed`` if the engine fails.
+  ``Document.pages`` says where each page's text came from (text layer, OCR with its score, or
+  none); pages are joined with a blank line. Identity: a document read wholly from text keeps
+  ``sha256(text)``; one with an OCR'd page, an image file, or loaded with its page images
+  (``images=True``) is ``sha256(text + "\\0" + sha256(file bytes))``: the pixels count.
 
 Documents on object storage (``s3://bucket/prefix``, any fsspec URI): ``URI`` roots are walked
 and read by ``_sources`` under the same limits and kinds (plus ``missing_bucket`` and
@@ -43,13 +53,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .._errors import DocumentError, NoDocuments
-from . import _sources
+from .._pages import Page
+from . import _ocr, _sources
 from ._sources import URI, ListingError, walk_uri
 
 Source = Path | URI  # a local file or folder, or an object or prefix on object storage
 
 TEXT_TYPES = {".txt": "txt", ".md": "md", ".json": "json", ".html": "html", ".htm": "html",
-              ".pdf": "pdf"}  # fmt: skip
+              ".pdf": "pdf", **_ocr.IMAGE_TYPES}  # fmt: skip  # images are read by OCR (the ocr extra)
+PAGE_SEP = "\n\n"  # between pages in ``Document.text``: a blank line, so paragraphs stay
 SPECIAL = "special"  # the type ``walk`` yields for a FIFO, socket or device: skipped, never opened
 DIR_ERROR = "unreadable_dir"  # the error kind of a folder that could not be listed
 
@@ -65,6 +77,8 @@ class Document:
     sha256: str  # of the text, UTF-8
     size: int
     type: str
+    pages: tuple[Page, ...] = ()  # per page: where its text is in ``text`` and where it came from
+    images: tuple[bytes, ...] = ()  # one PNG per page, only when ``load(..., images=True)``
 
 
 def display_path(path: str | os.PathLike[str] | URI) -> str:
@@ -338,7 +352,8 @@ def _html_text(html: str) -> str:
     return root.text(separator="\n") if root is not None else ""
 
 
-def _pdf_text(data: bytes, path: str, max_chars: int) -> str:
+def _pdf_text(data: bytes, path: str, max_chars: int) -> list[str]:
+    """The text layer of each page (an empty string for a page without one)."""
     import pypdf
     from pypdf.errors import DependencyError, FileNotDecryptedError
 
@@ -372,7 +387,7 @@ def _pdf_text(data: bytes, path: str, max_chars: int) -> str:
             f"{path}: corrupt or unreadable PDF ({type(exc).__name__}: {exc})",
             path=path, kind="corrupt_pdf",
         ) from exc  # fmt: skip
-    return "\n".join(pages)
+    return pages
 
 
 def _too_many_chars(path: str, n: int, max_chars: int, *, at_least: bool = False) -> None:
@@ -416,21 +431,127 @@ def read_bytes(path: Source, max_bytes: int = MAX_BYTES) -> bytes:
                             kind="unreadable") from exc  # fmt: skip
 
 
-def load(path: Source, doc_type: str, *, max_bytes: int = MAX_BYTES, max_chars: int = MAX_CHARS) -> Document:
+def _joined(parts: list[tuple[str, str, float | None]]) -> tuple[str, tuple[Page, ...]]:
+    """Pages' texts (text, source, confidence) joined with ``PAGE_SEP``, and where each one is.
+    A page without text is an empty span where it would be (``source`` "none")."""
+    out: list[str] = []
+    pages: list[Page] = []
+    at = 0
+    for number, (text, source, confidence) in enumerate(parts, start=1):
+        text = text.strip()
+        if not text:
+            pages.append(Page(number, at, at, "none"))
+            continue
+        if out:
+            out.append(PAGE_SEP)
+            at += len(PAGE_SEP)
+        out.append(text)
+        pages.append(Page(number, at, at + len(text), source, confidence))
+        at += len(text)
+    return "".join(out), tuple(pages)
+
+
+def _pdf_document(data: bytes, p: str, max_chars: int, images: bool, limits: dict[str, int]
+                  ) -> tuple[str, tuple[Page, ...], tuple[bytes, ...]]:  # fmt: skip
+    """A PDF's text, pages and (``images``) page PNGs: the text layer where a page has one, OCR
+    where it has none (when the ocr extra is installed)."""
+    texts = _pdf_text(data, p, max_chars)
+    blank = [n for n, t in enumerate(texts, start=1) if not t.strip()]
+    parts: list[tuple[str, str, float | None]] = [(t, "text", None) for t in texts]
+    pngs: list[bytes] = []
+    if not blank and not images:
+        return (*_joined(parts), ())
+    why = _ocr.available()
+    if why is not None:
+        if images:
+            raise DocumentError(f"{p}: page images need the ocr extra ({why}): {_ocr.INSTALL}",
+                                path=p, kind="ocr_unavailable")  # fmt: skip
+        if len(blank) == len(texts):
+            raise DocumentError(f"{p}: PDF has no text layer (scanned image?); reading it by OCR needs "
+                                f"the ocr extra: {_ocr.INSTALL}", path=p, kind="no_text")  # fmt: skip
+        logging.getLogger("extractkit").warning(
+            "%s: pages %s have no text layer and were not read (%s: %s)", p, blank, why, _ocr.INSTALL)
+        return (*_joined(parts), ())
+    wanted = list(range(1, len(texts) + 1)) if images else blank
+    try:
+        for n, image in _ocr.pdf_pages(data, wanted, **limits):
+            if images:
+                pngs.append(_ocr.png(image))
+            if n in blank:
+                got = _ocr.read(image)
+                parts[n - 1] = (got.text, "ocr", got.confidence)
+    except _ocr.TooLarge as exc:
+        raise DocumentError(f"{p}: {exc}", path=p, kind=exc.kind) from exc
+    except DocumentError:
+        raise
+    except Exception as exc:  # pypdfium2 or the OCR engine on a page pypdf could read
+        raise DocumentError(f"{p}: pages could not be rendered or read by OCR ({type(exc).__name__}: "
+                            f"{exc})", path=p, kind="ocr_failed") from exc  # fmt: skip
+    return (*_joined(parts), tuple(pngs))
+
+
+def _image_document(data: bytes, p: str, images: bool, limits: dict[str, int]
+                    ) -> tuple[str, tuple[Page, ...], tuple[bytes, ...]]:  # fmt: skip
+    """An image file's frames read by OCR: each frame a page."""
+    why = _ocr.available()
+    if why is not None:
+        raise DocumentError(f"{p}: an image; reading it needs OCR, the ocr extra ({why}): {_ocr.INSTALL}",
+                            path=p, kind="ocr_unavailable")  # fmt: skip
+    limits = {k: v for k, v in limits.items() if k != "dpi"}
+    try:
+        frames = _ocr.image_frames(data, **limits)
+    except _ocr.TooLarge as exc:
+        raise DocumentError(f"{p}: {exc}", path=p, kind=exc.kind) from exc
+    except Exception as exc:  # Pillow raises many kinds on broken files
+        raise DocumentError(f"{p}: corrupt or unreadable image ({type(exc).__name__}: {exc})",
+                            path=p, kind="corrupt_image") from exc  # fmt: skip
+    parts: list[tuple[str, str, float | None]] = []
+    try:
+        for frame in frames:
+            got = _ocr.read(frame)
+            parts.append((got.text, "ocr", got.confidence))
+    except Exception as exc:
+        raise DocumentError(f"{p}: OCR failed ({type(exc).__name__}: {exc})", path=p,
+                            kind="ocr_failed") from exc  # fmt: skip
+    pngs = tuple(_ocr.png(f) for f in frames) if images else ()
+    return (*_joined(parts), pngs)
+
+
+def load(
+    path: Source,
+    doc_type: str,
+    *,
+    max_bytes: int = MAX_BYTES,
+    max_chars: int = MAX_CHARS,
+    images: bool = False,
+    max_pages: int = _ocr.MAX_PAGES,
+    max_pixels: int = _ocr.MAX_PIXELS,
+    dpi: int = _ocr.DPI,
+) -> Document:
     """Read one file into text, or raise DocumentError saying exactly what is wrong with it.
 
-    Bounded: nothing over ``max_bytes`` is read, no text over ``max_chars`` is kept."""
+    Bounded: nothing over ``max_bytes`` is read, no text over ``max_chars`` is kept, no page over
+    ``max_pixels`` (at ``dpi`` for a PDF page) and no more than ``max_pages`` pages are rendered.
+    PDF pages without a text layer and images are read by OCR (the ``ocr`` extra; CPU-heavy: call
+    this in a worker thread, as the batch runner does). ``images``: also return each page as a
+    PNG in ``Document.images`` (for vision tiers)."""
     p = display_path(path)
     data = read_bytes(path, max_bytes)
     if not data.strip():
         raise DocumentError(f"{p}: empty file", path=p, kind="empty")
+    pages: tuple[Page, ...] = ()
+    pngs: tuple[bytes, ...] = ()
+    limits = {"max_pages": max_pages, "max_pixels": max_pixels, "dpi": dpi}
     if doc_type == "pdf":
-        text = _pdf_text(data, p, max_chars)
-        if not text.strip():
-            raise DocumentError(
-                f"{p}: PDF has no text layer (scanned image?); OCR it first",
-                path=p, kind="no_text",
-            )  # fmt: skip
+        text, pages, pngs = _pdf_document(data, p, max_chars, images, limits)
+        if not text:
+            how = "and OCR read nothing on its pages" if any(pg.source == "none" for pg in pages) else ""
+            raise DocumentError(f"{p}: PDF has no text layer (scanned image?) {how}".rstrip(),
+                                path=p, kind="no_text")  # fmt: skip
+    elif doc_type == "image":
+        text, pages, pngs = _image_document(data, p, images, limits)
+        if not text:
+            raise DocumentError(f"{p}: OCR read no text in the image", path=p, kind="no_text")
     else:
         text = _decode(data, p)
         if doc_type == "html":
@@ -441,4 +562,7 @@ def load(path: Source, doc_type: str, *, max_bytes: int = MAX_BYTES, max_chars: 
     if len(text) > max_chars:
         _too_many_chars(p, len(text), max_chars)
     sha = hashlib.sha256(text.encode("utf-8")).hexdigest()
-    return Document(path=p, text=text, sha256=sha, size=len(data), type=doc_type)
+    if doc_type == "image" or pngs or any(pg.source == "ocr" for pg in pages):
+        # what the model is given depends on the pixels too, not only on the text read from them
+        sha = hashlib.sha256(f"{text}\0{hashlib.sha256(data).hexdigest()}".encode()).hexdigest()
+    return Document(path=p, text=text, sha256=sha, size=len(data), type=doc_type, pages=pages, images=pngs)

@@ -187,11 +187,15 @@ PATHS_FLUSH = 256  # document paths are written to the ledger in batches of this
 
 
 async def _load(
-    path: Source, doc_type: str, max_bytes: int = MAX_BYTES, max_chars: int = MAX_CHARS
+    path: Source, doc_type: str, max_bytes: int = MAX_BYTES, max_chars: int = MAX_CHARS, *,
+    images: bool = False,
 ) -> Document:
     """PDFs, HTML, large files and every object on object storage (a ``URI``) are read in a worker
     thread; small local text files inline (reading never blocks: special files are refused
-    without waiting on them)."""
+    without waiting on them). ``images``: with the page images (for a vision tier), in a thread."""
+    if images:
+        return await asyncio.to_thread(load, path, doc_type, max_bytes=max_bytes, max_chars=max_chars,
+                                       images=True)  # fmt: skip
     if doc_type in ("txt", "md", "json") and not isinstance(path, URI):
         try:
             small = path.stat().st_size <= INLINE_BYTES
@@ -354,7 +358,8 @@ class BatchRunner:
             assert job.path is not None and job.doc_type is not None
             path = job.path
             try:
-                doc = await _load(path, job.doc_type, self.max_bytes, self.max_chars)
+                doc = await _load(path, job.doc_type, self.max_bytes, self.max_chars,
+                                  images=getattr(self.extractor, "needs_images", False))  # fmt: skip
             except DocumentError as exc:
                 return self._error(run_id, exc, display_path(path))
             if job.sha256 is not None and doc.sha256 != job.sha256:
@@ -405,8 +410,11 @@ class BatchRunner:
             result = await ex.aextract_in_run(
                 doc.text, ledger=self.ledger, run_id=run_id, limiter=self.limiter,
                 path=doc.path if file else None, size=doc.size if file else None,
-                doc_type=doc.type if file else None,
+                doc_type=doc.type if file else None, pages=doc.pages, sha256=doc.sha256,
+                images=doc.images,
             )
+        except DocumentError as exc:  # a vision tier's document without page images (no_images)
+            return self._error(run_id, exc, doc.path)
         except ProviderUnreachable as exc:
             if self._stop is None:
                 self._stop = exc

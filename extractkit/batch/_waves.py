@@ -224,6 +224,9 @@ class WaveRunner:
         for t in extractor.tiers:
             if self.vias[t.name] == "batch" and t.is_local:
                 raise ConfigError(f'tier {t.name!r}: a local model has no Batch API: set via = "live" on it')
+            if getattr(t, "sends_images", False):  # the waves read and send text only (for now)
+                raise ConfigError(f"tier {t.name!r} sends page images (input = {t.input!r}), which the batch "
+                                  "waves do not carry: run this chain without --via batch")  # fmt: skip
         self.steps = {t.name: extractor.steps(t.name) for t in extractor.tiers}
         for t in extractor.tiers:  # a ceiling needs what every batch attempt costs (never a guess)
             if (

@@ -11,6 +11,8 @@ from ._pg import Row, is_url, mask
 from ._protocol import RecordingLedger
 from ._queries import (
     DOCUMENT_ERRORS,
+    DOCUMENT_SOURCES,
+    DOCUMENT_SOURCES_LOW,
     PAIRS_CUT,
     TIERS_IN,
     VERSION_PAIRS,
@@ -57,6 +59,8 @@ __all__ = [
     "CHANNEL",
     "DEFAULT_PATH",
     "DOCUMENT_ERRORS",
+    "DOCUMENT_SOURCES",
+    "DOCUMENT_SOURCES_LOW",
     "ENV_VAR",
     "EVAL_SQL",
     "MIGRATIONS",

@@ -18,7 +18,7 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -26,6 +26,7 @@ from typing import Any
 
 from .. import _redact
 from .._errors import LedgerError
+from .._pages import LOW_CONFIDENCE, Page, low_pages, text_source
 from .._results import TRANSIENT_OUTCOMES, VALIDATION_OUTCOMES, Attempt, Outcome, Result, sum_costs
 from .._schema import canonical_json, json_schema
 from . import _rollups
@@ -158,9 +159,11 @@ class Ledger(LedgerReads, LedgerWaves):
     conn: sqlite3.Connection
     dialect: Dialect
 
-    def __init__(self, path: str | Path | None = None, *, store_text: bool = True):
+    def __init__(self, path: str | Path | None = None, *, store_text: bool = True,
+                 ocr_low_confidence: float = LOW_CONFIDENCE):  # fmt: skip
         target: str | Path = path if path is not None else os.environ.get(ENV_VAR) or DEFAULT_PATH
         self.store_text = store_text
+        self.ocr_low_confidence = ocr_low_confidence  # an OCR'd page under this is listed as low
         self._lock = threading.RLock()
         self._writer: ThreadPoolExecutor | None = None  # arecord's thread, started at first use
         self._versions_written: set[str] = set()  # schema and prompt hashes already stored
@@ -357,16 +360,18 @@ class Ledger(LedgerReads, LedgerWaves):
         doc_type: str | None = None,
         config_hash: str | None = None,
         forced_tier: str | None = None,
+        pages: Sequence[Page] = (),
     ) -> str:
         """Write one extraction and its attempts (one transaction). Returns the extraction id.
 
         ``forced_tier`` marks an extraction where one tier ran alone (eval); its ``config_hash`` is
         then that tier's own hash, so reports of the chain leave it out and eval can reuse it.
+        ``pages``: the document's ``Document.pages``, where its text came from (``document_sources``).
         """
         with self.transaction() as c, _pipelined(c):
             ext_id, wrote = self._write_extraction(
                 c, extractor, result, text=text, run_id=run_id, path=path, size=size, doc_type=doc_type,
-                config_hash=config_hash, forced_tier=forced_tier,
+                config_hash=config_hash, forced_tier=forced_tier, pages=pages,
             )  # fmt: skip
         self._wrote(wrote)
         return ext_id
@@ -384,6 +389,7 @@ class Ledger(LedgerReads, LedgerWaves):
         doc_type: str | None = None,
         config_hash: str | None = None,
         forced_tier: str | None = None,
+        pages: Sequence[Page] = (),
     ) -> tuple[str, Wrote]:
         """The body of ``record`` inside the caller's transaction ``c`` (``record``, and
         ``finish_batch_items`` for a document's final result: one copy of the rules that supersede
@@ -425,6 +431,14 @@ class Ledger(LedgerReads, LedgerWaves):
             (result.document_sha256, path, size, doc_type or "text",
              text if self.store_text else None, now),
         )  # fmt: skip
+        if pages:
+            c.execute(
+                "INSERT INTO document_sources (document_sha256, source, n_pages, ocr_pages, ocr_mean,"
+                " ocr_min, low_threshold, low_pages, pages_json) VALUES (?,?,?,?,?,?,?,?,?)"
+                " ON CONFLICT (document_sha256) DO UPDATE SET low_threshold = excluded.low_threshold,"
+                " low_pages = excluded.low_pages",
+                _source_row(result.document_sha256, pages, self.ocr_low_confidence),
+            )  # fmt: skip
         # the earlier final extractions of this document by this chain are no longer current: before
         # the new one goes in, as the unique index (0006_current_unique) allows one current row
         older = [r[0] for r in c.execute(
@@ -592,6 +606,15 @@ def spans_json(result: Result[Any]) -> str | None:
     if not spans:
         return None
     return json.dumps({k: [s.to_json() for s in v] for k, v in spans.items()}, ensure_ascii=False)
+
+
+def _source_row(sha: str, pages: Sequence[Page], threshold: float) -> tuple[Any, ...]:
+    """The ``document_sources`` row of a document's pages."""
+    read = [p.confidence for p in pages if p.source == "ocr" and p.confidence is not None]
+    return (sha, text_source(pages), len(pages), sum(p.source == "ocr" for p in pages),
+            round(sum(read) / len(read), 4) if read else None, min(read) if read else None, threshold,
+            json.dumps(low_pages(pages, threshold)),
+            json.dumps([[p.number, p.source, p.confidence] for p in pages]))  # fmt: skip
 
 
 def _json_or_none(v: Any) -> str | None:

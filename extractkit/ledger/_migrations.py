@@ -471,6 +471,26 @@ BATCH_WAVES_MIGRATION = ("0011_batch_waves", BATCH_WAVES + ATTEMPT_VIA + _rollup
 MIGRATIONS.append(BATCH_WAVES_MIGRATION)
 PG_MIGRATIONS.append(BATCH_WAVES_MIGRATION)
 
+# Where each document's text came from (issue 19, Document.pages): the text layer, OCR or both,
+# the OCR's mean and lowest page confidence, and the OCR'd pages under the ledger's threshold.
+# Written with the document's extraction (Ledger._write_extraction), one row per document; the
+# same SQL on both engines.
+DOCUMENT_SOURCES = """
+        CREATE TABLE document_sources (
+            document_sha256 TEXT PRIMARY KEY,   -- documents.sha256
+            source TEXT NOT NULL,               -- text | ocr | mixed | none
+            n_pages INTEGER NOT NULL,
+            ocr_pages INTEGER NOT NULL,         -- pages read by OCR
+            ocr_mean REAL,                      -- mean of the OCR'd pages' confidences (0..1)
+            ocr_min REAL,                       -- the lowest OCR'd page's confidence
+            low_threshold REAL,                 -- a page under this is listed in low_pages
+            low_pages TEXT,                     -- JSON list of page numbers, [] when none
+            pages_json TEXT NOT NULL            -- JSON [[number, source, confidence], ...]
+        );
+"""
+DOCUMENT_SOURCES_MIGRATION = ("0012_document_sources", DOCUMENT_SOURCES)
+MIGRATIONS.append(DOCUMENT_SOURCES_MIGRATION)
+PG_MIGRATIONS.append(DOCUMENT_SOURCES_MIGRATION)
 # Long documents (issue 19): the chunk each attempt was on (NULL: the whole document), and per
 # extraction how many chunks it was cut into (NULL: not chunked) and where they disagreed
 # (``Result.conflicts`` as JSON). The same on both engines.

@@ -110,3 +110,28 @@ WITH t AS MATERIALIZED (
 SELECT x.tier, x.config AS config_a, y.config AS config_b, x.ok AS ok_a, y.ok AS ok_b, COUNT(*) AS n
 FROM t x JOIN t y ON y.doc = x.doc AND y.tier = x.tier AND y.config > x.config
 GROUP BY 1, 2, 3, 4, 5"""
+
+
+# Where the text of the documents in scope came from (``document_sources``, migration 0012): the
+# documents of each source (text | ocr | mixed) among the scope's current final extractions, and
+# the OCR'd pages and their mean confidence. Driven by ``document_sources`` (only documents loaded
+# with pages have a row: none for plain text), each looked up in ``extractions`` by its hash.
+# ``{where}`` is the report scope's filter on ``e`` (positional parameters).
+DOCUMENT_SOURCES = """
+SELECT s.source, COUNT(*) AS n, SUM(s.ocr_pages) AS ocr_pages, SUM(s.ocr_mean * s.ocr_pages) AS ocr_weighted,
+       SUM(CASE WHEN s.low_pages <> '[]' THEN 1 ELSE 0 END) AS low
+FROM document_sources s WHERE EXISTS (
+    SELECT 1 FROM extractions e WHERE e.document_sha256 = s.document_sha256 AND {where}
+    AND e.superseded_by IS NULL AND e.status IN ('ok', 'failed'))
+GROUP BY s.source ORDER BY s.source"""
+
+# The documents in scope with OCR'd pages under the recorded threshold, lowest confidence first
+# (at most :limit, the last positional parameter), with the path each was last extracted at.
+DOCUMENT_SOURCES_LOW = """
+SELECT s.document_sha256, s.source, s.n_pages, s.ocr_min, s.ocr_mean, s.low_threshold, s.low_pages,
+       (SELECT MAX(e.path) FROM extractions e WHERE e.document_sha256 = s.document_sha256 AND {where}
+        AND e.superseded_by IS NULL AND e.status IN ('ok', 'failed')) AS path
+FROM document_sources s WHERE s.low_pages <> '[]' AND EXISTS (
+    SELECT 1 FROM extractions e WHERE e.document_sha256 = s.document_sha256 AND {where}
+    AND e.superseded_by IS NULL AND e.status IN ('ok', 'failed'))
+ORDER BY s.ocr_min, s.document_sha256 LIMIT ?"""

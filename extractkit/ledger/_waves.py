@@ -47,6 +47,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .._pages import Page
 from .._results import Attempt, Outcome, Result, Usage
 
 BATCH_WAVES = """
@@ -421,6 +422,7 @@ class LedgerWaves:
             self, c: Any, extractor: Any, result: Result[Any], *, text: str | None = None,
             run_id: str | None = None, path: str | None = None, size: int | None = None,
             doc_type: str | None = None, config_hash: str | None = None, forced_tier: str | None = None,
+            pages: Sequence[Page] = (),
         ) -> tuple[str, Wrote]: ...  # fmt: skip
 
         def _wrote(self, wrote: Wrote) -> None: ...

@@ -67,6 +67,7 @@ from ._model import (
     Window,
 )
 from ._rollup import EXAMPLES, percentile_of, read_parts, scope_member
+from ._sources import sources_of
 from ._stats import Z99, percentile, two_proportion_z, wilson
 from ._verdict import FINE_TUNED, Economics, Verdict, headline_sentence, marginal_verdict
 
@@ -905,9 +906,11 @@ def read_report(
                            min_version_documents)  # fmt: skip
     checklist = checklist_of(tiers, totals, unresolved, rows.document_errors, rescue, verdicts, versions,
                              economics, target_success)  # fmt: skip
+    sources = sources_of(_keeping(ledger, rows.queries), *scope.where())
     return Report(
         **ways_of(rows.ways),
         **({"chunked": chunked} if chunked is not None else {}),
+        **({"sources": sources} if sources is not None else {}),
         scope=ReportScope(**scope.__dict__, as_of=now),
         economics=economics,
         totals=totals,
@@ -1016,6 +1019,16 @@ def chunked_note(chunked: Chunked | None) -> tuple[str, ...]:
             f"{chunked.chunks} chunks and merged, with {chunked.conflicts} conflict(s) between chunks "
             "(Result.conflicts, extractions.conflicts_json); every chunk's cost is in its "
             "document's cost.",)  # fmt: skip
+
+
+def _keeping(ledger: Ledger, queries: list[dict[str, Any]]) -> Any:
+    """``run(name, sql, params)`` over ``ledger`` that keeps each query in ``queries``."""
+
+    def run(name: str, sql: str, params: Sequence[Any]) -> list[Any]:
+        queries.append({"name": name, "sql": sql.strip(), "params": list(params)})
+        return ledger.query(sql, list(params))
+
+    return run
 
 
 def ways_of(rows: list[dict[str, Any]]) -> dict[str, Any]:

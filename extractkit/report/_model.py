@@ -23,6 +23,8 @@
     ├── notes: (str, ...)
     ├── ways: (Way, ...)                by way (live / batch / mixed): only when batch attempts exist
     ├── saving_usd, saving_ratio        what the Batch API saved (only then too)
+    ├── sources: Sources                text layer / OCR / mixed, low-confidence OCR'd documents
+    │                                   (only when documents with pages are in scope)
     └── queries: (Query, ...)           every SQL query run, with its parameters
 
 Pydantic (already a dependency) rather than dataclasses: one ``model_dump`` gives the JSON form
@@ -323,6 +325,31 @@ class Chunked(Value):
     cost_usd: float | None  # None when some attempt had no price
 
 
+class LowConfidenceDocument(Value):
+    """A document in scope with OCR'd pages whose confidence is under the recorded threshold."""
+
+    path: str | None
+    document_sha256: str
+    source: str  # ocr | mixed
+    pages: tuple[int, ...]  # the low pages
+    n_pages: int
+    min_confidence: float | None
+    mean_confidence: float | None
+    threshold: float | None
+
+
+class Sources(Value):
+    """Where the text of the documents in scope came from (documents loaded with pages: PDFs and
+    images; plain text files have no pages and are not counted here)."""
+
+    documents: dict[str, int]  # text | ocr | mixed (| none) -> documents
+    ocr_documents: int  # read wholly (ocr) or partly (mixed) by OCR
+    ocr_pages: int
+    mean_confidence: float | None  # over the OCR'd pages
+    low_confidence_documents: int  # with at least one page under the threshold
+    low_confidence: tuple[LowConfidenceDocument, ...]  # the lowest first, at most LOW_SHOWN
+
+
 class Report(Sparse):
     """Everything ``extractkit report`` shows. ``to_dict()`` is the ``--json`` output (before
     redaction); ``Report.from_dict`` reads it back. ``ways``, ``saving_usd`` and ``saving_ratio``
@@ -352,6 +379,9 @@ class Report(Sparse):
     saving_usd: float | None = None
     saving_ratio: float | None = None
     chunked: Chunked | None = None  # only when the scope holds documents extracted in chunks
+    # where the documents' text came from (text layer, OCR): only when the scope holds documents
+    # loaded with pages (PDFs, images), so a report of text files is as before
+    sources: Sources | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The report as plain data (lists and dicts), the keys the ``--json`` output has."""

@@ -18,7 +18,19 @@ from rich.table import Table
 from rich.text import Text
 
 from .._words import plural
-from ._format import count, first_line, money, pct, per_valid, saving_line, secs, short_version, when
+from ._format import (
+    count,
+    first_line,
+    low_confidence_line,
+    money,
+    pct,
+    per_valid,
+    saving_line,
+    secs,
+    short_version,
+    sources_line,
+    when,
+)
 from ._model import Checklist, Report, Unresolved, ValueCount, Versions
 from ._verdict import Verdict
 
@@ -254,6 +266,7 @@ def print_report(data: Report | dict[str, Any], console: Console, by: str = "tie
     print_ways(report, console)
     print_field_failures(report, console)
     print_document_errors(report, console)
+    print_sources(report, console)
     econ = report.economics
     served: dict[str, list[str]] = {}
     for m in report.served_models:
@@ -306,6 +319,20 @@ def print_report(data: Report | dict[str, Any], console: Console, by: str = "tie
     print_verdicts(report.verdicts, report.verdict, console)
     # the checklist's conclusion beside the verdict's arithmetic
     console.print(Text("checklist: " + report.checklist.conclusion, style="bold"))
+
+
+def print_sources(report: Report, console: Console) -> None:
+    """Where the documents' text came from, and the documents with low-confidence OCR'd pages."""
+    src = report.sources
+    if src is None:
+        return
+    console.print(f"text: {sources_line(src)}", markup=False, highlight=False)
+    for d in src.low_confidence[:TERMINAL_UNRESOLVED]:
+        console.print(f"  low OCR confidence: {low_confidence_line(d)}", markup=False, highlight=False)
+    more = src.low_confidence_documents - min(len(src.low_confidence), TERMINAL_UNRESOLVED)
+    if more > 0:
+        console.print(f"  and {more} more (--json lists up to {len(src.low_confidence)})", markup=False,
+                      highlight=False)  # fmt: skip
 
 
 def print_document_errors(report: Report, console: Console) -> None:
