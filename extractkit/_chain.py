@@ -469,7 +469,10 @@ class Extractor(Generic[T]):
             call = await self._tier_call(tier, text, limiter, images=images)
             try:
                 got = await call.run()
-                if got is None and tier.long_documents == "chunk" and _overflowed(call.attempts):
+                # a tier sending page images is not chunked (the pages are the document): it
+                # stays context_overflow; its text alone is chunked when it has no images to send
+                chunkable = tier.long_documents == "chunk" and not (images and tier.sends_images)
+                if got is None and chunkable and _overflowed(call.attempts):
                     got, conflicts = await self._run_chunks(tier, text, pages, limiter, call)
             except ProviderUnreachable as exc:
                 unreachable = exc
