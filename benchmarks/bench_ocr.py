@@ -7,7 +7,8 @@ character error rate of the OCR text against the text layer of the same pages, a
 The CER is the edit distance between the two texts with all whitespace removed (line breaks and
 spacing differ between a text layer and OCR lines and are not errors), divided by the text layer's
 length; a page whose columns OCR reads in another order than the text layer counts that as error
-too, so the figure is an upper bound on misread characters. Pages per second: wall clock of
+too, so the figure is an upper bound on misread characters; the word recall beside it (the text
+layer's words that OCR read exactly, in any order) does not depend on reading order. Pages per second: wall clock of
 ``load`` on the image-only PDF (rendering included), one document at a time.
 """
 
@@ -17,6 +18,7 @@ import io
 import os
 import re
 import time
+from collections import Counter
 from pathlib import Path
 
 import pypdfium2 as pdfium
@@ -61,6 +63,13 @@ def cer(ocr: str, reference: str) -> float:
     return edit_distance(o, r) / max(len(r), 1)
 
 
+def word_recall(ocr: str, reference: str) -> float:
+    """The share of the text layer's words (whitespace-separated, with repeats) that OCR read
+    exactly, in any order: reading order does not count here."""
+    got, want = Counter(ocr.split()), Counter(reference.split())
+    return sum((got & want).values()) / max(sum(want.values()), 1)
+
+
 def main() -> None:
     ns, size = args(__doc__.split("\n\n")[0], SIZES)
     names = size["documents"] or sorted(p.stem for p in CORPUS.glob("*.pdf"))
@@ -83,17 +92,24 @@ def main() -> None:
         weighted = sum(e * len(_SPACE.sub("", ref_pages.get(p.number, ""))) for e, p in zip(errors, doc.pages, strict=True))
         doc_cer = weighted / max(chars, 1)
         conf = [p.confidence for p in doc.pages if p.confidence is not None]
+        recall = word_recall(doc.text, reference.text)
         per_doc.append({"document": name, "pages": pages, "seconds": round(seconds, 2),
                         "cer": round(doc_cer, 4), "page_cer": [round(e, 4) for e in errors],
+                        "word_recall": round(recall, 4),
                         "mean_confidence": round(sum(conf) / len(conf), 4) if conf else None})  # fmt: skip
         rows.append({"measure": f"{name}: CER vs text layer ({pages} page{'s' if pages != 1 else ''})",
                      "value": round(doc_cer, 4), "baseline": None, "ratio": None, "target": ""})  # fmt: skip
+        rows.append({"measure": f"  {name}: words of the text layer read exactly (any order)",
+                     "value": round(recall, 4), "baseline": None, "ratio": None, "target": ""})  # fmt: skip
         total_pages += pages
         total_s += seconds
         path.unlink()
     mean_cer = sum(d["cer"] for d in per_doc) / len(per_doc)
     rows.append({"measure": "mean CER per document", "value": round(mean_cer, 4), "baseline": None,
                  "ratio": None, "target": ""})  # fmt: skip
+    mean_recall = sum(d["word_recall"] for d in per_doc) / len(per_doc)
+    rows.append({"measure": "mean word recall per document (any order)", "value": round(mean_recall, 4),
+                 "baseline": None, "ratio": None, "target": ""})  # fmt: skip
     rows.append({"measure": f"pages per second ({os.cpu_count()} cpus, render + OCR)",
                  "value": round(total_pages / total_s, 3), "baseline": None, "ratio": None,
                  "target": ""})  # fmt: skip

@@ -303,3 +303,48 @@ def test_without_the_extra_a_mixed_pdf_keeps_its_text_pages_and_says_so(no_ocr_e
     assert "99.50 EUR" not in doc.text
     assert "extractkit[ocr]" in caplog.text and "[2]" in caplog.text
     assert doc.sha256 == hashlib.sha256(doc.text.encode()).hexdigest()  # text alone: nothing was OCR'd
+
+
+# -- the engine ------------------------------------------------------------------------------------------
+
+
+def test_the_engine_is_built_once_per_process_even_when_threads_race_for_it(monkeypatch):
+    import threading
+
+    import rapidocr
+
+    built: list[int] = []
+    gate = threading.Barrier(4)
+
+    class Engine:
+        def __init__(self, params: dict[str, Any]):
+            built.append(1)
+
+    monkeypatch.setattr(rapidocr, "RapidOCR", Engine)
+    _ocr.reset()
+    got: list[Any] = []
+
+    def take() -> None:
+        gate.wait()
+        got.append(_ocr.engine())
+
+    threads = [threading.Thread(target=take) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(built) == 1 and len({id(e) for e in got}) == 1 and _ocr.engine() is got[0]
+    _ocr.reset()  # the next test builds the real one
+
+
+def test_an_engine_failure_is_ocr_failed(monkeypatch, tmp_path):
+    def broken(image: Any) -> _ocr.Read:
+        raise RuntimeError("onnxruntime exploded")
+
+    monkeypatch.setattr(_ocr, "read", broken)
+    path = tmp_path / "scan.png"
+    path.write_bytes(encoded(line_image(), "PNG"))
+    assert kind_of(path, "image") == "ocr_failed"
+    pdf = tmp_path / "scan.pdf"
+    pdf.write_bytes(encoded(line_image(), "PDF"))
+    assert kind_of(pdf, "pdf") == "ocr_failed"

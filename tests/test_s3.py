@@ -100,7 +100,7 @@ def hostile(s3, bucket: str) -> None:
     s3.put(bucket, "in/huge.txt", b"From: Huge Ltd\nTotal: 1\n" + b"x" * 5000)
     s3.put(bucket, "in/garbage.pdf", bytes(range(256)) * 8)
     s3.put(bucket, "in/binary.txt", b"\x00\x01\x02PK\x03\x04" * 10)
-    s3.put(bucket, "in/photo.png", b"\x89PNG....")
+    s3.put(bucket, "in/photo.gif", b"\x89PNG....")
     s3.put(bucket, "in/folder/", b"")  # a "folder" marker object: not a document
     s3.put(bucket, "in/späced näme ü.md", "From: Spaced Ltd\nTotal: 5.00\n")
 
@@ -123,7 +123,7 @@ def test_every_bad_object_is_its_own_error_and_the_batch_goes_on(s3, tmp_path):
     assert got["binary.txt"][:2] == ("error", "binary")
     assert got["s3://no-such-bucket-extractkit/in/"][:2] == ("error", "missing_bucket")
     assert "bucket 'no-such-bucket-extractkit' does not exist" in got["s3://no-such-bucket-extractkit/in/"][2]
-    assert "photo.png" not in got and "folder" not in got
+    assert "photo.gif" not in got and "folder" not in got
     summary = json.loads(done.stdout)
     assert summary["skipped"] == 1 and summary["errors"] == 5 and summary["ok"] == 3
     kinds = {k for (k,) in db_rows(ledger, "SELECT outcome FROM extractions WHERE status = 'error'")}
@@ -225,7 +225,7 @@ def test_extract_many_and_extract_file_take_uris(s3):
     bucket = s3.new_bucket()
     s3.put(bucket, "m/a.txt", "From: Alpha Ltd\nTotal: 1.50\n")
     s3.put(bucket, "m/b.html", "<p>From: Beta Ltd</p><p>Total: 2.50</p>")
-    s3.put(bucket, "m/c.png", b"\x89PNG")
+    s3.put(bucket, "m/c.gif", b"\x89PNG")
     s3.put(bucket, "one.csv", "a,b")
     with FakeLLMServer(echo_invoice_responder) as server:
         ex = Extractor(Invoice, [ZeroShot(model="gpt-4o-mini", base_url=server.base_url, max_reasks=0)])
@@ -356,13 +356,13 @@ def test_file_uris_read_through_fsspec_like_local_paths(tmp_path):
     (docs / "a.txt").write_text("From: A Ltd\nTotal: 1.00\n")
     (docs / "sub" / "b.pdf").write_bytes(text_pdf("From: Pdf Ltd Total: 4.00"))
     (docs / "sub" / "huge.txt").write_bytes(b"x" * 5000)
-    (docs / "photo.png").write_bytes(b"\x89PNG")
+    (docs / "photo.gif").write_bytes(b"\x89PNG")
     import os
 
     os.mkfifo(docs / "pipe.txt")  # never opened: reading it would wait for a writer
     root = f"file://{docs}"
     found = [(str(u), t) for u, t in walk([root])]
-    assert found == [(f"{root}/a.txt", "txt"), (f"{root}/photo.png", None), (f"{root}/pipe.txt", "special"),
+    assert found == [(f"{root}/a.txt", "txt"), (f"{root}/photo.gif", None), (f"{root}/pipe.txt", "special"),
                      (f"{root}/sub/b.pdf", "pdf"), (f"{root}/sub/huge.txt", "txt")]  # fmt: skip
     local = {d.sha256 for d in (load(docs / "a.txt", "txt"), load(docs / "sub" / "b.pdf", "pdf"))}
     remote = {load(URI(f"{root}/a.txt"), "txt").sha256, load(URI(f"{root}/sub/b.pdf"), "pdf").sha256}

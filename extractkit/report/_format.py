@@ -4,6 +4,10 @@ renderers (terminal, CSV, HTML) and the sentences the report carries (verdicts, 
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._model import LowConfidenceDocument, Sources
 
 
 def money(v: float | None, none: str = "unknown") -> str:
@@ -61,32 +65,30 @@ def saving_line(saving: float | None, ratio: float | None) -> str:
     return f"saving by batch: {money(saving)}{share}"
 
 
-def sources_line(sources: object) -> str:
+def sources_line(sources: Sources) -> str:
     """Where the documents' text came from, in words: "12 documents with pages: 9 from the text
     layer, 2 by OCR, 1 mixed; 3 OCR'd pages, mean confidence 0.97; 1 with low-confidence pages"."""
-    docs: dict[str, int] = getattr(sources, "documents", {}) or {}
+    docs = sources.documents
     words = {"text": "from the text layer", "ocr": "by OCR", "mixed": "mixed (text layer and OCR)",
              "none": "without text"}  # fmt: skip
     parts = [f"{n} {words.get(k, k)}" for k, n in docs.items()]
     total = sum(docs.values())
     line = f"{total} document{'s' if total != 1 else ''} with pages: " + ", ".join(parts)
-    ocr_pages = getattr(sources, "ocr_pages", 0)
+    ocr_pages = sources.ocr_pages
     if ocr_pages:
-        conf = getattr(sources, "mean_confidence", None)
+        conf = sources.mean_confidence
         line += f"; {ocr_pages} OCR'd page{'s' if ocr_pages != 1 else ''}"
         line += f", mean confidence {conf:.2f}" if conf is not None else ""
-    low = getattr(sources, "low_confidence_documents", 0)
+    low = sources.low_confidence_documents
     line += f"; {low} with low-confidence OCR pages" if low else ""
     return line
 
 
-def low_confidence_line(doc: object) -> str:
+def low_confidence_line(doc: LowConfidenceDocument) -> str:
     """One low-confidence document: "scan.pdf: pages 2, 5 under 0.80 (lowest 0.61)"."""
-    pages = ", ".join(str(p) for p in getattr(doc, "pages", ()))
-    name = getattr(doc, "path", None) or str(getattr(doc, "document_sha256", ""))[:12]
-    threshold = getattr(doc, "threshold", None)
-    lowest = getattr(doc, "min_confidence", None)
-    under = f" under {threshold:.2f}" if threshold is not None else ""
-    low = f" (lowest {lowest:.2f})" if lowest is not None else ""
-    n = len(getattr(doc, "pages", ()))
+    pages = ", ".join(str(p) for p in doc.pages)
+    name = doc.path or doc.document_sha256[:12]
+    under = f" under {doc.threshold:.2f}" if doc.threshold is not None else ""
+    low = f" (lowest {doc.min_confidence:.2f})" if doc.min_confidence is not None else ""
+    n = len(doc.pages)
     return f"{name}: page{'s' if n != 1 else ''} {pages}{under}{low}"
