@@ -400,6 +400,7 @@ class LineResult:
     body: Any = None
     error_code: str | None = None
     error_message: str | None = None
+    too_large: tuple[int, int] | None = None  # (the cap, the body's bytes): a body over the cap, not kept
 
     @property
     def answered(self) -> bool:
@@ -419,7 +420,7 @@ class Results:
         return [i for i in sent if i not in self.lines]
 
 
-def _read_line(raw: bytes) -> LineResult | None:
+def _read_line(raw: bytes, max_body_bytes: int | None = None) -> LineResult | None:
     try:
         d = json.loads(raw)
     except ValueError:
@@ -431,14 +432,23 @@ def _read_line(raw: bytes) -> LineResult | None:
     code = err.get("code") if isinstance(err.get("code"), str) else None
     message = err.get("message") if isinstance(err.get("message"), str) else None
     if isinstance(resp, dict) and isinstance(resp.get("status_code"), int):
-        return LineResult(d["custom_id"], resp["status_code"], resp.get("body"), code, message)
+        body = resp.get("body")
+        if max_body_bytes is not None and len(raw) > max_body_bytes:  # only then is the body measured
+            size = len(json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode())
+            if size > max_body_bytes:  # as the live path's capped read: the body is not kept
+                return LineResult(d["custom_id"], resp["status_code"], None, code, message,
+                                  too_large=(max_body_bytes, size))  # fmt: skip
+        return LineResult(d["custom_id"], resp["status_code"], body, code, message)
     return LineResult(d["custom_id"], None, None, code or "no_response", message)
 
 
-def parse_results(output: bytes | None, error: bytes | None, sent: Iterable[str] | None = None) -> Results:
+def parse_results(output: bytes | None, error: bytes | None, sent: Iterable[str] | None = None,
+                  max_body_bytes: int | None = None) -> Results:  # fmt: skip
     """The lines of an output and an error file (either may be None), matched by ``custom_id``
     in whatever order they come. An answered line wins over an error line for the same id; the
     first of two answers wins. ``sent``: the ids of the batch (others are counted, not kept).
+    ``max_body_bytes``: a line whose response body is larger (compact JSON) is kept without its
+    body, with ``too_large`` set (the live path's ``max_response_bytes``: ``response_too_large``).
     Sync and CPU-bound: run it in a worker thread for a large file."""
     known = set(sent) if sent is not None else None
     res = Results()
@@ -448,7 +458,7 @@ def parse_results(output: bytes | None, error: bytes | None, sent: Iterable[str]
         for raw in data.splitlines():
             if not raw.strip():
                 continue
-            line = _read_line(raw)
+            line = _read_line(raw, max_body_bytes)
             if line is None:
                 res.bad += 1
                 continue

@@ -42,7 +42,14 @@ from openai.types.chat import ChatCompletion
 from pydantic import ValidationError
 
 from .. import _retry
-from .._errors import BatchError, ConfigError, DocumentError, ProviderRefused, ProviderUnreachable
+from .._errors import (
+    BatchError,
+    BatchUnsupported,
+    ConfigError,
+    DocumentError,
+    ProviderRefused,
+    ProviderUnreachable,
+)
 from .._grounding import spans_for
 from .._results import TRANSIENT_OUTCOMES, VALIDATION_OUTCOMES, Attempt, Result
 from .._steps import Answer, Failure, NextKind, TierState
@@ -99,7 +106,7 @@ HOLD_TEXT_CHARS = 64 * 1024 * 1024
 class WaveEvent:
     """What ``on_wave`` is told: a part was submitted, polled or ingested (``event``)."""
 
-    event: str  # submitted | polled | ingested | stopped
+    event: str  # submitted | polled | ingested | stopped | abandoned (the provider lost the batch)
     wave: int
     part: int
     tier: str
@@ -133,7 +140,11 @@ def _completion(body: Any) -> ChatCompletion | None:
 
 
 def line_answer(line: LineResult, started_at: float, latency_s: float) -> Answer:
-    """One output / error line as the ``Answer`` the steps read (either transport's shape)."""
+    """One output / error line as the ``Answer`` the steps read (either transport's shape). A body
+    over the cap is what the live path's capped read raises (``response_too_large``)."""
+    if line.too_large is not None:
+        failure = Failure.from_exception(_retry.ResponseTooLarge(*line.too_large, line.status_code))
+        return Answer(response=None, failure=failure, started_at=started_at, latency_s=latency_s, via="batch")
     if line.answered:
         response = _completion(line.body)
         if response is not None:
@@ -292,7 +303,7 @@ class WaveRunner:
                 summary.error = await self._max_cost_said()
         except BatchError as exc:  # a 404 (no Batch API), a page that is not JSON, a failed batch:
             status = "failed"  # exit 1 through the CLI's one handler, saying where the documents are
-            exc.args = (f"{exc}. {await self._left_said()}",)
+            exc.args = (f"{exc}. {await self._left_said(rerun=not isinstance(exc, BatchUnsupported))}",)
             raise
         except ProviderUnreachable as exc:  # as BatchRunner: a summary naming the URL, not a traceback
             status, summary.provider_url = STOPPED, exc.url
@@ -342,8 +353,9 @@ class WaveRunner:
         waves = sorted({r.wave for r in rows if r.pending or r.sent})
         return sum(r.pending for r in rows), min(unsent, sent), max(0, sent - unsent), waves
 
-    async def _left_said(self) -> str:
-        """What a run stopped by an error left, and what to do about it."""
+    async def _left_said(self, *, rerun: bool = True) -> str:
+        """What a run stopped by an error left, and what to do about it (``rerun``: whether the
+        same command may continue them; not after a 404 "no Batch API")."""
         s = self._summary
         pending, unsent, at_provider, waves = await self._where()
         done = f"This run: {s.ok} ok, {s.failed} failed, {s.resumed} already final"
@@ -354,27 +366,37 @@ class WaveRunner:
             (unsent, "in parts never submitted"), (at_provider, "in batches at the provider"),
             (pending, "pending for the next wave")) if n)  # fmt: skip
         in_waves = f"wave{'s' if len(waves) > 1 else ''} {', '.join(map(str, waves))}"
-        return (f"{done}; {plural(left, 'document')} of this chain {'is' if left == 1 else 'are'} left in"
-                f" {in_waves} ({where}), kept in the ledger: run the same command again to continue them, or"
-                " `extractkit batch cancel --all` (with the same -c) to cancel them and free the documents"
-                " for a live run")  # fmt: skip
+        said = (f"{done}; {plural(left, 'document')} of this chain {'is' if left == 1 else 'are'} left in"
+                f" {in_waves} ({where}), kept in the ledger: ")  # fmt: skip
+        if not rerun or not at_provider:
+            cont = "run the same command again to continue them, or " if rerun else ""
+            return (said + f"{cont}`extractkit batch cancel --all` (with the same -c) to cancel them and free"
+                    " the documents for a live run")  # fmt: skip
+        return (said + "run the same command again to continue them, or `extractkit batch cancel --all`"
+                " (with the same -c) to cancel them and free the documents for a live run; if the provider"
+                " no longer has their batches or their output cannot be read, `extractkit batch cancel --all"
+                " --abandon` frees them whatever the provider answers")  # fmt: skip
 
     async def _max_cost_said(self) -> str:
         """Why --max-cost stopped the run: the ceiling, what the next part could cost, what to do."""
         pending, unsent, _, _ = await self._where()
-        left = f"{plural(pending + unsent, 'document')} left pending in the ledger"
+        n = pending + unsent
+        left = f"{plural(n, 'document')} left pending in the ledger, never sent"
         spent = f"this run spent ${self._spent:.6f}"
+        free = (f"; or `extractkit batch cancel --all` (with the same -c) frees {'it' if n == 1 else 'them'}"
+                " for a live run (nothing of them was sent)") if n else ""  # fmt: skip
         if self._cost_blocked is None:
-            return (f"max cost ${self.max_cost:g} reached: {spent}; no more batches submitted ({left}); run"
-                    " the same command again (with a higher --max-cost) to continue them")  # fmt: skip
+            return (f"max cost {_usd(self.max_cost)} reached: {spent}; no more batches submitted ({left});"
+                    f" run the same command again (with a higher --max-cost) to continue them"
+                    f"{free}")  # fmt: skip
         wave, part, worst = self._cost_blocked
         need = self._spent + worst
         return (
-            f"max cost ${self.max_cost:g} (--max-cost) would be passed by the next batch: wave {wave} "
+            f"max cost {_usd(self.max_cost)} (--max-cost) would be passed by the next batch: wave {wave} "
             f"({part.tier}, {plural(len(part.item_ids), 'request')}) could cost up to ${worst:.6f} at the"
             f" batch price (its request bytes as tokens plus every line's max_tokens), and {spent}, so"
             f" ${need:.6f} in all; nothing more submitted ({left}): raise --max-cost to at least"
-            f" ${need:.6f} (or lower the tier's max_tokens) and run the same command again"
+            f" ${need:.6f} (or lower the tier's max_tokens) and run the same command again{free}"
         )
 
     # -- 1. resume ----------------------------------------------------------------------------------
@@ -633,7 +655,11 @@ class WaveRunner:
                     running = True  # building or being created by its own driver: wait for it
                     return
                 p = await self._provider(job.tier)
-                batch = await p.retrieve(job.provider_batch_id)
+                try:
+                    batch = await p.retrieve(job.provider_batch_id)
+                except BatchError as exc:
+                    await self._lost(job, exc)
+                    raise
                 if batch.status != job.status or batch.status in TERMINAL:
                     await asyncio.to_thread(
                         self.ledger.batch_job_polled, job.id, batch.status, request_counts(batch),
@@ -647,6 +673,20 @@ class WaveRunner:
 
         await _all([one(j) for j in jobs])
         return running
+
+    async def _lost(self, job: BatchJob, exc: BatchError) -> None:
+        """A provider 404 on a part's batch or its files: the provider has lost it (a key of
+        another project, a gateway that lost its state, a deleted batch). The part is
+        ``abandoned`` and its unanswered documents freed; ``exc`` says so (the caller raises it).
+        Any other failure is left as it is (a rerun tries again)."""
+        if exc.status_code != 404:
+            return
+        _, freed = await asyncio.to_thread(self.ledger.abandon_batch_jobs, *self._keys, job_ids=[job.id])
+        self._wave_event("abandoned", job, "abandoned")
+        exc.args = (f"{exc}; the provider no longer has batch {job.provider_batch_id} (wave {job.wave}"
+                    f" part {job.part}): the part is abandoned and its"
+                    f" {plural(freed, 'unanswered document')} freed (the provider may have billed the lines"
+                    " it ran); the next run sends them again",)  # fmt: skip
 
     # -- 3d. ingesting a finished part --------------------------------------------------------------
     async def _ingest(self, job: BatchJob, batch: Batch) -> None:
@@ -664,9 +704,14 @@ class WaveRunner:
             if failed is not None:
                 raise failed
             return
-        out = await p.download(batch.output_file_id) if batch.output_file_id else None
-        err = await p.download(batch.error_file_id) if batch.error_file_id else None
-        results = await asyncio.to_thread(_parse, out, err, [i.id for i in items])
+        try:
+            out = await p.download(batch.output_file_id) if batch.output_file_id else None
+            err = await p.download(batch.error_file_id) if batch.error_file_id else None
+        except BatchError as exc:
+            await self._lost(job, exc)
+            raise
+        cap = self.extractor.max_response_bytes
+        results = await asyncio.to_thread(_parse, out, err, [i.id for i in items], cap)
         del out, err
         started = float(batch.created_at)
         ended = _ended_at(batch)
@@ -839,8 +884,15 @@ async def _all(work: list[Coroutine[Any, Any, T]]) -> list[T]:
         raise
 
 
-def _parse(out: bytes | None, err: bytes | None, ids: list[str]) -> Results:
-    results = parse_results(out, err, ids)
+def _usd(v: float | None) -> str:
+    """A ceiling in dollars as written, without exponent: $0.00001, $2.5, $1200."""
+    if v is None:
+        return "-"
+    return "$" + (f"{v:.8f}".rstrip("0").rstrip(".") or "0")
+
+
+def _parse(out: bytes | None, err: bytes | None, ids: list[str], cap: int | None = None) -> Results:
+    results = parse_results(out, err, ids, cap)
     check_readable(out, results, "output")
     check_readable(err, results, "error")
     return results

@@ -168,7 +168,7 @@ def status(
             "waves": [dict(dataclasses.asdict(w), tiers=list(w.tiers), created_at=_iso(w.created_at),
                            ended_at=_iso(w.ended_at)) for w in waves],  # fmt: skip
             "parts": [_part(j) for j in jobs],
-            "open_parts": sum(1 for j in jobs if j.status != "ingested"),
+            "open_parts": sum(1 for j in jobs if j.status not in ("ingested", "abandoned")),
         }
         print(json.dumps(doc, indent=2))
         raise typer.Exit(EXIT_OK)
@@ -188,6 +188,10 @@ def status(
                    (w.superseded, "made final another way before it was sent")) if n]  # fmt: skip
         if dropped:
             out.print(f"wave {w.wave}: " + ", ".join(dropped) + " (not sent)", highlight=False)
+        if w.abandoned:
+            out.print(f"wave {w.wave}: {w.abandoned} abandoned (sent, no answer: the provider lost the"
+                      " batch or it was given up with `batch cancel --abandon`; freed)",
+                      highlight=False)  # fmt: skip
     for j in jobs:  # one line per part: ids and times do not fit a table in 80 columns
         when = (("submitted", j.submitted_at), ("ended", j.ended_at))
         times = ", ".join(f"{k} {_iso(v)}" for k, v in when if v)
@@ -210,6 +214,9 @@ def cancel(
         None
     ),
     all_: Annotated[bool, typer.Option("--all", help="Cancel every open batch of the chain.")] = False,
+    abandon: Annotated[bool, typer.Option(
+        "--abandon", help="Whatever the provider answers (it lost the batch, its output cannot be read): mark"
+        " every unfinished part abandoned and free its documents that have no recorded answer.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Cancel the config's open provider batches (a wave, or all). The next `extract --via batch`
@@ -217,10 +224,18 @@ def cancel(
     the next wave. Parts never submitted (e.g. the provider has no Batch API) and documents still
     waiting for a wave are dropped: those documents are free for a live `extract` or a later
     `--via batch` run (the output says how many). A batch the provider will not cancel any more
-    (already finalizing or ended) is reported as it is, and the others are still cancelled.
+    (already finalizing or ended) is reported as it is, and the others are still cancelled. A
+    batch the provider no longer knows (HTTP 404) is abandoned: its unanswered documents are freed.
+
+    --abandon: the way out that always works, when the provider lost a batch or its output cannot
+    be read: every unfinished part of the scope is cancelled if the provider still can, then marked
+    abandoned whatever it answered, and its documents with no recorded answer are freed (the
+    provider may have billed the lines it ran; an answer arriving later is ignored, never
+    ingested twice).
 
     Example: extractkit batch cancel -c extractkit.toml --all
     """
+    from .._errors import BatchError, ProviderUnreachable
     from ..batch import BatchProvider
     from ._build import build
     from ._ledger_opt import open_ledger
@@ -230,6 +245,7 @@ def cancel(
     extractor, cfg = build(config, schema)  # the keys: the provider is called
     keys = (extractor.schema_hash, extractor.config_hash)
     rows: list[dict[str, Any]] = []
+    lost: list[str] = []  # parts the provider no longer knows (HTTP 404), or any with --abandon
     with open_ledger(ledger_path, cfg, must_exist=True) as ledger:
         jobs = [j for j in ledger.open_batch_jobs(*keys) if wave is None or j.wave == wave]
         waiting = sum(w.pending for w in ledger.wave_summary(*keys) if wave is None or w.wave == wave)
@@ -254,18 +270,37 @@ def cancel(
                         client = await extractor._client(extractor.tier(job.tier))
                         p = providers[job.tier] = BatchProvider(client, retry_policy=extractor.policy.retry,
                                                                 breaker=extractor._breaker)  # fmt: skip
-                    batch = await p.retrieve(job.provider_batch_id)
-                    if batch.status not in ("completed", "failed", "expired", "cancelled", "cancelling"):
-                        batch, refused = await p.try_cancel(job.provider_batch_id)
-                        if refused is not None:
-                            row["refused"] = refused
+                    try:
+                        batch = await p.retrieve(job.provider_batch_id)
+                        if batch.status not in ("completed", "failed", "expired", "cancelled", "cancelling"):
+                            batch, refused = await p.try_cancel(job.provider_batch_id)
+                            if refused is not None:
+                                row["refused"] = refused
+                    except (BatchError, ProviderUnreachable) as exc:
+                        if abandon or (isinstance(exc, BatchError) and exc.status_code == 404):
+                            row["status"], row["said"] = "abandoned", str(exc)  # it is given up below
+                            lost.append(job.id)
+                            continue
+                        exc.args = (f"{exc}; `extractkit batch cancel --all --abandon` (with the same -c) "
+                                    "frees its documents whatever the provider answers",)  # fmt: skip
+                        raise
                     await asyncio.to_thread(ledger.batch_job_polled, job.id, batch.status)
                     row["status"] = batch.status
 
         asyncio.run(run())
         dropped, freed = ledger.cancel_unsent(*keys, wave)
+        if abandon:  # every part of the scope not read back, whatever the provider said
+            gone = ledger.abandon_batch_jobs(*keys, wave=wave)
+            for r in rows:
+                if r["status"] != "dropped":
+                    r["status"] = "abandoned"
+        else:
+            gone = ledger.abandon_batch_jobs(*keys, job_ids=lost)
+        abandoned, freed_lost = gone
     if as_json:
-        print(json.dumps({"parts": rows, "parts_dropped": dropped, "documents_freed": freed}, indent=2))
+        print(json.dumps({"parts": rows, "parts_dropped": dropped, "documents_freed": freed,
+                          "parts_abandoned": abandoned, "documents_abandoned": freed_lost},
+                         indent=2))  # fmt: skip
         raise typer.Exit(EXIT_OK)
     if not rows and not freed:
         out.print("no open batch and no document waiting for this chain", highlight=False)
@@ -275,11 +310,23 @@ def cancel(
                 f"{r['was']} -> {r['status']}")  # fmt: skip
         if r["status"] == "dropped":
             said += " (never submitted)"
-        if r.get("refused"):
+        if r["status"] == "abandoned":
+            said += f" (given up: {r['said']})" if r.get("said") else " (given up)"
+        elif r.get("refused"):
             said += f" (not cancelled: the provider refused, the batch is {r['status']}: {r['refused']})"
         out.print(said, highlight=False, markup=False, soft_wrap=True)
     out.print(f"{plural(freed, 'document')} freed (never submitted to the provider): a live `extractkit "
               "extract` or the next `--via batch` run takes them", highlight=False)  # fmt: skip
+    if abandoned:
+        out.print(f"{plural(freed_lost, 'document')} freed from {plural(abandoned, 'abandoned part')}"
+                  " (sent, no answer recorded; the provider may have billed the lines it ran, and an"
+                  " answer arriving later is ignored): a live `extractkit extract` or the next"
+                  " `--via batch` run sends them again", highlight=False)  # fmt: skip
+    stuck = [r for r in rows if r["status"] in ("completed", "failed", "expired")]
+    if stuck and not abandon:
+        out.print(f"{plural(len(stuck), 'part')} ended at the provider but not read back yet: the next "
+                  "`extract --via batch` reads them; if their output cannot be read, `extractkit batch "
+                  "cancel --all --abandon` frees their documents", highlight=False)  # fmt: skip
     if any(r["status"] in ("cancelling", "cancelled") for r in rows):
         out.print("run the same `extractkit extract --via batch` again: it reads what the cancelled batches "
                   "answered and sends the rest in the next wave", highlight=False)  # fmt: skip

@@ -44,11 +44,11 @@ def dry_run(extractor: Any, cfg: Any, paths: list[Any], ledger_path: str | Path 
     if as_json:
         print(json.dumps(est.to_dict(), indent=2, ensure_ascii=False))
     else:
-        _print(est, path)
+        _print(est, path, vias)
     return 0
 
 
-def _print(est: Any, ledger_path: Path) -> None:
+def _print(est: Any, ledger_path: Path, vias: dict[str, str] | None = None) -> None:
     from ._app import out
 
     to_send = est.count("send")
@@ -104,6 +104,11 @@ def _print(est: Any, ledger_path: Path) -> None:
         )  # fmt: skip
     out.print(f"worst case, every re-ask on every tier, output at each tier's cap: {_usd(est.worst_usd)}",
               highlight=False, markup=False)  # fmt: skip
+    by_batch = [t.name for t in est.tiers if (vias or {}).get(t.name) == "batch"]
+    if by_batch:  # what the run would send through the Batch API is priced at the batch price
+        out.print(f"priced at the Batch API price (sent by batch): {', '.join(by_batch)}; at the live price: "
+                  f"{', '.join(t.name for t in est.tiers if t.name not in by_batch) or 'none'}",
+                  highlight=False, markup=False)  # fmt: skip
     for name in est.unpriced:
         t = next(x for x in est.tiers if x.name == name)
         out.print(f"tier {name}: price unknown (model {t.model} is not in the price table): set `price` "

@@ -449,7 +449,11 @@ def extract_shared(
 
         given: dict[str, str] = {}  # queued (absolute) path -> as given on the command line
 
+        details: dict[str, str] = {}  # path (as queued and as given) -> why it was not extracted
+
         def write(r: DocResult) -> None:
+            if r.status != "ok":  # the summary lists queued (absolute) paths: the same reason as SQLite
+                details[r.path] = details[given.get(r.path, r.path)] = r.error or r.outcome or r.status
             if r.path in given:
                 r = dataclasses.replace(r, path=given[r.path])
             lines[r.path] = r
@@ -506,7 +510,7 @@ def extract_shared(
         if as_json:
             print(json.dumps(b.to_dict(), indent=2))
         else:
-            _print_summary(b, led)
+            _print_summary(b, led, details)
     finally:
         if out is not None:
             out.close()

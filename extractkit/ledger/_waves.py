@@ -30,7 +30,10 @@ it: a pending copy goes to a later wave, no attempt recorded). An item never sen
 submitted; the document is free for a live run or a later wave) or ``superseded``
 (``supersede_final_items``: the document was made final another way before its item was sent).
 Those two keep their rows (and the attempts they carried); their wave is never reused for the
-chain, so the same document can be enqueued again later.
+chain, so the same document can be enqueued again later. A part the provider lost (HTTP 404) or
+given up with `extractkit batch cancel --abandon` goes ``abandoned`` (``abandon_batch_jobs``),
+never polled nor ingested again, and its items still ``sent`` go ``abandoned``: their documents
+are free (a late answer for them is ignored).
 
 Every method here is one transaction (``finish_batch_items``: one per chunk), so a process killed
 anywhere leaves the rows saying where it stopped and the same command continues from there.
@@ -271,6 +274,7 @@ class WaveRow:
     ended_at: float | None  # its last part, once every part ended
     cancelled: int = 0  # items dropped unsent by `batch cancel` (their documents freed)
     superseded: int = 0  # items dropped unsent: their document was made final another way
+    abandoned: int = 0  # items of parts abandoned (lost at the provider): sent, never answered, freed
 
 
 # -- attempts as JSON (an item carries the document's attempts between waves) -----------------------
@@ -329,6 +333,9 @@ _JOB_COLUMNS = ("id, schema_hash, config_hash, wave, part, tier, model, endpoint
 # final another way: the wave number is used up for that document). Either way the same document
 # enqueued again goes to a later wave and cannot meet its own row in UNIQUE (chain, document, wave).
 CLOSED_UNSENT = ("cancelled", "superseded")
+# parts never polled nor ingested again: read back (``ingested``), or given up (``abandoned``: the
+# provider lost the batch, HTTP 404, or `batch cancel --abandon`; a later answer is ignored)
+CLOSED_JOBS = "('ingested', 'abandoned')"
 # the first wave not built yet of a chain (nor cancelled): an item's wave is raised to it (scalar
 # MAX is GREATEST on PostgreSQL; the aggregates are left alone)
 _FIRST_UNBUILT = (
@@ -555,7 +562,8 @@ class LedgerWaves:
                 "UPDATE batch_jobs SET status = ?, n_completed = COALESCE(?, n_completed),"
                 " n_failed = COALESCE(?, n_failed), output_file_id = COALESCE(?, output_file_id),"
                 " error_file_id = COALESCE(?, error_file_id), errors_json = COALESCE(?, errors_json),"
-                " ended_at = COALESCE(ended_at, ?), updated_at = ? WHERE id = ? AND status != 'ingested'",
+                " ended_at = COALESCE(ended_at, ?), updated_at = ? WHERE id = ?"
+                " AND status NOT IN ('ingested', 'abandoned')",
                 (status, _count(counts, "completed"), _count(counts, "failed"), output_file_id, error_file_id,
                  errors_json, ended, now, job_id),
             ).rowcount)  # fmt: skip
@@ -566,7 +574,7 @@ class LedgerWaves:
         with self.transaction() as c:
             return bool(c.execute(
                 "UPDATE batch_jobs SET status = 'ingested', ingested_at = ?, updated_at = ?"
-                " WHERE id = ? AND status != 'ingested'", (now, now, job_id),
+                " WHERE id = ? AND status NOT IN ('ingested', 'abandoned')", (now, now, job_id),
             ).rowcount)  # fmt: skip
 
     def open_batch_jobs(
@@ -574,8 +582,8 @@ class LedgerWaves:
     ) -> list[BatchJob]:
         """The parts not yet ingested (of one chain), by wave and part."""
         where, params = _chain_filter(schema_hash, config_hash)
-        rows = self._read(f"SELECT {_JOB_COLUMNS} FROM batch_jobs WHERE status != 'ingested' AND {where}"
-                          " ORDER BY wave, part, id", params)  # fmt: skip
+        rows = self._read(f"SELECT {_JOB_COLUMNS} FROM batch_jobs WHERE status NOT IN {CLOSED_JOBS}"
+                          f" AND {where} ORDER BY wave, part, id", params)  # fmt: skip
         return [_job(r) for r in rows]
 
     def batch_jobs(self, limit: int | None = None, schema_hash: str | None = None,
@@ -647,6 +655,43 @@ class LedgerWaves:
                 f" AND config_hash = ? AND state = 'pending'{in_wave}",
                 (now, schema_hash, config_hash, *params),
             ).rowcount  # fmt: skip
+        return len(jobs), freed
+
+    def abandon_batch_jobs(self, schema_hash: str, config_hash: str, *, wave: int | None = None,
+                           job_ids: Sequence[str] | None = None) -> tuple[int, int]:  # fmt: skip
+        """Give up parts of the chain that are not read back, whatever the provider says (it
+        lost the batch, or its output cannot be read): in ``wave``, or those of ``job_ids``, or
+        every one. Each goes ``abandoned`` (never polled nor ingested again), and its items still
+        ``sent`` (no answer recorded) go ``abandoned`` too, their rows and attempts kept: their
+        documents are no longer in flight (a live run or a later wave takes them; the provider may
+        have billed the lines it ran). An item already answered is left as it is; a later answer
+        for an abandoned item is ignored (``finish_batch_items`` takes only pending or sent ones).
+        Returns (parts abandoned, documents freed)."""
+        now = time.time()
+        where, params = "", list[Any]()
+        if wave is not None:
+            where, params = " AND wave = ?", [int(wave)]
+        if job_ids is not None:
+            if not job_ids:
+                return 0, 0
+            where += f" AND id IN ({', '.join('?' * len(job_ids))})"
+            params += list(job_ids)
+        with self.transaction() as c:
+            c.lock(f"waves|{schema_hash}|{config_hash}")
+            rows = c.execute(
+                "SELECT id FROM batch_jobs WHERE schema_hash = ? AND config_hash = ?"
+                f" AND status NOT IN {CLOSED_JOBS}{where} ORDER BY id", (schema_hash, config_hash, *params),
+            ).fetchall()  # fmt: skip
+            jobs = [r[0] for r in rows]
+            freed = 0
+            for job_id in jobs:
+                c.execute("UPDATE batch_jobs SET status = 'abandoned', ended_at = COALESCE(ended_at, ?),"
+                          " updated_at = ? WHERE id = ?", (now, now, job_id))  # fmt: skip
+                freed += c.execute(
+                    "UPDATE batch_items SET state = 'abandoned', updated_at = ?"
+                    " WHERE job_id = ? AND state = 'sent'",
+                    (now, job_id),
+                ).rowcount  # fmt: skip
         return len(jobs), freed
 
     def supersede_final_items(
@@ -743,7 +788,7 @@ class LedgerWaves:
         where, params = _chain_filter(schema_hash, config_hash)
         jobs = self._read(
             "SELECT schema_hash, config_hash, wave, COUNT(*) AS parts,"
-            " SUM(CASE WHEN status != 'ingested' THEN 1 ELSE 0 END) AS open_parts,"
+            f" SUM(CASE WHEN status NOT IN {CLOSED_JOBS} THEN 1 ELSE 0 END) AS open_parts,"
             " SUM(n_lines) AS lines, SUM(n_completed) AS completed, SUM(n_failed) AS failed,"
             " MIN(created_at) AS created_at, MAX(ended_at) AS ended_at,"
             " SUM(CASE WHEN ended_at IS NULL THEN 1 ELSE 0 END) AS running"
@@ -760,7 +805,8 @@ class LedgerWaves:
             j = by_job.get(key)
             mine = [r for r in items if (r["schema_hash"], r["config_hash"], int(r["wave"])) == key]
             states = {s: sum(int(r["n"]) for r in mine if r["state"] == s)
-                      for s in ("pending", "sent", "answered", "unrun", *CLOSED_UNSENT)}  # fmt: skip
+                      for s in ("pending", "sent", "answered", "unrun", *CLOSED_UNSENT,
+                                "abandoned")}  # fmt: skip
             out.append(WaveRow(
                 schema_hash=key[0], config_hash=key[1], wave=key[2],
                 tiers=tuple(sorted({r["tier"] for r in mine})),
