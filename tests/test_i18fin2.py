@@ -227,7 +227,7 @@ def test_a_live_run_on_postgresql_explains_the_documents_in_a_wave(tmp_path: Pat
         assert live.returncode == 1 and server.live() == 0
         said = " ".join(live.stdout.split())
         assert "2 documents not extracted" in said, said
-        assert "see the ledger" not in said and said.count("in flight in a Batch API wave") == 2, said
+        assert "see the ledger" not in said and said.count("never sent to the provider") == 2, said
 
 
 def test_the_max_cost_stop_names_the_ceiling_and_the_way_to_free_the_documents(tmp_path: Path) -> None:

@@ -81,6 +81,23 @@ STOPPED_MAX_COST = "stopped_max_cost"  # the run status when its spend reached m
 
 IN_BATCH = ("in flight in a Batch API wave of this chain, not sent live (it would be paid twice): "
             "`extract --via batch` continues it (`extractkit batch status`)")
+# a document whose wave item no provider has (pending for a wave, or in a part never submitted)
+NOT_SENT = ("waiting for a Batch API wave of this chain, never sent to the provider (e.g. --max-cost "
+            "stopped the batch run), so not sent live: `extract --via batch` sends it, or `extractkit "
+            "batch cancel --all` (with the same -c) frees it for a live run")
+NEXT_WAVE = ("waiting for the next Batch API wave of this chain (its earlier answers are recorded, the next"
+             " request not sent yet), so not sent live: `extract --via batch` continues it, or `extractkit "
+             "batch cancel --all` (with the same -c) frees it for a live run")
+
+
+def _not_at_provider(ledger: Any, schema_hash: str, config_hash: str) -> dict[str, str]:
+    """The chain's in-flight documents that no provider has, each with why it is not sent live:
+    items pending for a wave, or in a part never submitted (sync: a worker thread)."""
+    items = list(ledger.pending_batch_items(schema_hash, config_hash))
+    for job in ledger.open_batch_jobs(schema_hash, config_hash):
+        if job.provider_batch_id is None and job.input_file_id is None:
+            items += ledger.job_items(job.id)
+    return {i.document_sha256: NEXT_WAVE if i.attempts else NOT_SENT for i in items}
 
 
 def retry_reason(status: str, outcome: str | None, *, retry_failed: bool = False) -> str | None:
@@ -149,6 +166,7 @@ class BatchSummary:
     resumed_failed: int = 0  # resumed documents whose last result failed (not sent again)
     error: str | None = None  # why the run stopped early (provider unreachable)
     provider_url: str | None = None
+    key_refused: bool = False  # stopped because the provider refused the API key (HTTP 401)
     wins: Counter[str] = field(default_factory=Counter)
     tier_failures: Counter[str] = field(default_factory=Counter)
     failed_paths: list[str] = field(default_factory=list)
@@ -307,6 +325,7 @@ class BatchRunner:
         # batch; nothing here grows with the number of documents
         self._seen: dict[str, asyncio.Future[DocResult | None]] = {}
         self._in_batch: set[str] = set()  # this chain's documents in flight in Batch API waves
+        self._unsent: dict[str, str] = {}  # those no provider has: why each is not sent live
         self._paths: list[tuple[str, str, bytes, str | None]] = []
 
     def _over_budget(self) -> bool:
@@ -401,7 +420,7 @@ class BatchRunner:
                 retry = True
         if doc.sha256 in self._in_batch:
             return DocResult(path=doc.path, status="error", sha256=doc.sha256, outcome="in_batch",
-                             error=IN_BATCH)  # fmt: skip
+                             error=self._unsent.get(doc.sha256, IN_BATCH))  # fmt: skip
         if self._stop is not None or self._over_budget():
             return None
         summary.retried += retry
@@ -508,6 +527,10 @@ class BatchRunner:
         in_flight = getattr(self.ledger, "in_flight", None)
         if in_flight is not None:
             self._in_batch = await asyncio.to_thread(in_flight, ex.schema_hash, ex.config_hash)
+            self._unsent = {}
+            if self._in_batch:
+                self._unsent = await asyncio.to_thread(_not_at_provider, self.ledger, ex.schema_hash,
+                                                       ex.config_hash)  # fmt: skip
         self._spent, self._cost_stopped = 0.0, False
 
         def emit(job: Job, r: DocResult) -> None:
@@ -566,7 +589,7 @@ class BatchRunner:
                 said = str(self._stop)
                 if self._stop.url not in said:  # the URL is named whatever the message says
                     said = f"provider unreachable at {self._stop.url}: {said}"
-                refused = isinstance(self._stop, ProviderRefused)
+                refused = summary.key_refused = isinstance(self._stop, ProviderRefused)
                 when = "once the key is right" if refused else "when the provider answers"
                 summary.error = (
                     f"{said}; stopped sending: {plural(summary.unattempted, 'document')} left"

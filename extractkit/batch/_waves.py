@@ -96,6 +96,8 @@ T = TypeVar("T")
 INGEST_CHUNK = 500  # items interpreted (in a worker thread) and written (one transaction) at a time
 READ_AHEAD = 8  # documents read at once (discovery, rereading sources on resume)
 ADD_CHUNK = 500  # new items written per transaction
+FREED = ("not extracted: its wave item was freed (`extractkit batch cancel`) while this run waited for it;"
+         " run the same command again to send it")
 ADOPT_AFTER_S = 300.0  # another running driver's uploaded part, left without a batch this long: adopted
 # characters of document text a driver holds between waves; past it, a document's text is read again
 # from its source (its sha256 checked) when its answers are read, instead of being held for hours
@@ -171,7 +173,9 @@ class WaveRunner:
     ``max_chars`` / ``on_result``: as ``BatchRunner``. ``max_cost`` (USD): before each part is
     submitted, this run's spend plus the part's worst case at the batch price is compared with
     it; over it, nothing more is submitted (open batches are still polled and ingested) and the
-    run ends ``stopped_max_cost``. ``on_wave(WaveEvent)``: progress. ``part_lines`` /
+    run ends ``stopped_max_cost``. ``on_wave(WaveEvent)``: progress. ``on_note(str)``: what the
+    user should know that is no error (documents of this run already in a wave, driven by an
+    earlier or another run: this run waits for them and reports them). ``part_lines`` /
     ``part_bytes``: the limits of one input file. ``hold_text_chars``: the document text held
     between waves (characters, all documents together); past it a document's text is read again
     from its source (its sha256 checked) when its answers are read. Before each wave is built, a
@@ -194,6 +198,7 @@ class WaveRunner:
         max_cost: float | None = None,
         on_result: Callable[[DocResult, BatchSummary], None] | None = None,
         on_wave: Callable[[WaveEvent], None] | None = None,
+        on_note: Callable[[str], None] | None = None,
         max_bytes: int = MAX_BYTES,
         max_chars: int = MAX_CHARS,
         part_lines: int = MAX_LINES,
@@ -225,6 +230,7 @@ class WaveRunner:
         self.max_cost = max_cost
         self.on_result = on_result
         self.on_wave = on_wave
+        self.on_note = on_note
         self.max_bytes, self.max_chars = max_bytes, max_chars
         self.part_lines, self.part_bytes = part_lines, part_bytes
         self.max_download_bytes = max_download_bytes
@@ -298,6 +304,7 @@ class WaveRunner:
             await self._resume()
             await self._discover(paths)
             await self._drive()
+            await self._settle()
             status = STOPPED_MAX_COST if self._cost_stopped else "done"
             if self._cost_stopped:
                 summary.error = await self._max_cost_said()
@@ -308,7 +315,7 @@ class WaveRunner:
         except ProviderUnreachable as exc:  # as BatchRunner: a summary naming the URL, not a traceback
             status, summary.provider_url = STOPPED, exc.url
             said = str(exc) if exc.url in str(exc) else f"provider unreachable at {exc.url}: {exc}"
-            refused = isinstance(exc, ProviderRefused)
+            refused = summary.key_refused = isinstance(exc, ProviderRefused)
             when = "once the key is right" if refused else "when the provider answers"
             summary.error = f"{said}; stopped: the waves are kept in the ledger; run the same command {when}"
         except Exception:
@@ -429,6 +436,7 @@ class WaveRunner:
             lambda: list(walk(paths, self.include, on_error=lambda exc: unlisted.append(dir_error(exc))))
         )
         in_flight = await asyncio.to_thread(L.in_flight, *self._keys)
+        waves = (await self._where())[3] if in_flight else []  # the waves they are in, before this run's
         wave = await asyncio.to_thread(L.next_wave, *self._keys)
         first = self.tier_names[0]
         gate = asyncio.Semaphore(READ_AHEAD)
@@ -493,6 +501,51 @@ class WaveRunner:
         for i in range(0, len(todo_docs), ADD_CHUNK):
             new = await asyncio.to_thread(items, todo_docs[i : i + ADD_CHUNK])
             await asyncio.to_thread(L.add_batch_items, new)
+        joined = sum(1 for sha in self._docs if sha in in_flight)
+        if joined:
+            in_waves = f"wave{'s' if len(waves) > 1 else ''} {', '.join(map(str, waves))}"
+            self._note(f"{plural(joined, 'document')} of this run {'is' if joined == 1 else 'are'} already"
+                       f" in {in_waves} of this chain, sent by an earlier run or by another run driving"
+                       " them now: not sent again; this run waits for their answers and reports them")
+
+    async def _settle(self) -> None:
+        """This run's documents it did not read back itself: another run of the chain driving the
+        same waves read them (both poll the same parts), so their results are in the ledger and
+        reported from there (every document gets its line); one whose item was freed meanwhile
+        (`batch cancel`) is reported as not extracted. Those still in a wave (a --max-cost stop)
+        are left: the run's error says where they are."""
+        ex, L = self.extractor, self.ledger
+        left = [sha for sha in self._docs if sha not in self._gone]
+        if not left:
+            return
+        in_flight = await asyncio.to_thread(L.in_flight, *self._keys)
+        by_other = freed = 0
+        for sha in left:
+            if sha in in_flight:
+                continue
+            row = await asyncio.to_thread(L.find_final, sha, ex.schema_hash, ex.config_hash)
+            doc = self._forget(sha)
+            if doc is None:
+                continue
+            if row is not None:
+                by_other += 1
+                first = _from_ledger(doc.path, sha, row)
+            else:
+                freed += 1
+                first = DocResult(path=doc.path, status="error", sha256=sha, outcome="in_batch", error=FREED)
+            self._emit(first)
+            for other in doc.paths:
+                self._emit(dataclasses.replace(first, path=other, duplicate_of=doc.path, attempts=0,
+                                               prompt_tokens=0, completion_tokens=0,
+                                               cost_usd=0.0))  # fmt: skip
+        if by_other:
+            self._note(f"{plural(by_other, 'document')} of this run {'was' if by_other == 1 else 'were'} read"
+                       " back by another run of this chain while this one waited: reported as resumed (the"
+                       " attempts and cost are that run's)")  # fmt: skip
+
+    def _note(self, text: str) -> None:
+        if self.on_note is not None:
+            self.on_note(text)
 
     def _error(self, exc: DocumentError, path: str) -> DocResult:
         ex = self.extractor

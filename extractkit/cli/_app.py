@@ -213,8 +213,11 @@ def extract(
     extractkit extract s3://bucket/invoices/ -c extractkit.toml --out results.jsonl
 
     Exit codes: 0 all documents extracted, 1 some failed (listed) or --max-cost was reached (the
-    rest were left unattempted: run again to resume), 2 usage or config error, 3 the provider
-    stopped answering or refused the key (the rest were left unattempted: run again to resume).
+    rest were left unattempted: run again to resume) or, with --via batch, the Batch API stopped
+    the run (no Batch API, a batch the provider failed or lost, an unreadable output file: the
+    error says how many documents are left in which waves and what frees them), 2 usage or config
+    error, 3 the provider stopped answering or refused the key (the rest were left unattempted:
+    run again to resume).
     """
     from ..batch import URI, BatchRunner, as_source, count_documents, open_limiter
     from ._build import build
@@ -362,7 +365,8 @@ def finish_extract(summary: Any, ledger: Any, details: dict[str, str] | None, as
 
 
 def _print_summary(summary: Any, ledger: Any, details: dict[str, str] | None = None) -> None:
-    table = _narrow_table(f"batch {summary.run_id} ({summary.status})")
+    why = ": the provider refused the API key" if getattr(summary, "key_refused", False) else ""
+    table = _narrow_table(f"batch {summary.run_id} ({summary.status}{why})")
     for col in ("documents", "ok", "failed", "errors", "skipped", "resumed", "attempts", "cost"):
         table.add_column(col, justify="right", no_wrap=True)
     table.add_row(*(str(x) for x in (summary.documents, summary.ok, summary.failed,

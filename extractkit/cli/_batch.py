@@ -90,7 +90,11 @@ def extract_via_batch(
                 err.print(f"wave {e.wave} part {e.part} ({e.tier}, {plural(e.lines, 'line')}): {e.event} "
                           f"[{e.status}] {e.provider_batch_id or ''}", highlight=False)  # fmt: skip
 
-        runner.on_result, runner.on_wave = on_result, on_wave
+        def on_note(text: str) -> None:
+            if not as_json:
+                err.print(f"note: {text}", highlight=False, markup=False, soft_wrap=True)
+
+        runner.on_result, runner.on_wave, runner.on_note = on_result, on_wave, on_note
 
         async def run() -> Any:
             async with extractor:
