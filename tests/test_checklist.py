@@ -147,7 +147,7 @@ def test_input_pipeline_losing_ten_percent(tmp_path, ledger_target):
     assert n["documents"] == 100 and n["lost"] == 10 and n["share_lost"] == pytest.approx(0.10)
     assert n["unreadable"] == {"empty_document": 3, "unreadable": 2}
     assert n["refused_for_length"] == {"text_too_large": 3, "context_overflow": 2}
-    assert n["low_confidence_ocr"] is None and "not measured (no OCR yet)" in item.detail
+    assert n["low_confidence_ocr"] == 0 and "no OCR'd documents in scope" in item.detail
     assert "the input pipeline loses 10% of documents" in r.checklist.conclusion
 
 

@@ -48,7 +48,7 @@ def test_terminal_compact_and_full(tmp_path, ledger_target):
     assert "checklist before fine-tuning, target 98.0%:" in default
     assert "[yes] Prompt formulations tried for the cheap tiers (at least 5)?" in default
     assert "[no] Few-shot examples added?" in default
-    assert "not measured (no OCR yet)" in default
+    assert "no OCR'd documents in scope" in default
     # the conclusion beside the verdict's arithmetic, which is unchanged
     verdict = default.index("Keep fine_tuned:")
     conclusion = default.index("checklist: The checklist is not complete: no few-shot examples were used")

@@ -238,12 +238,7 @@ class WaveRunner:
         self.tier_names = [t.name for t in extractor.tiers]
         given = dict(tier_via or {})
         self.vias = {t.name: given.get(t.name) or getattr(t, "via", None) or via for t in extractor.tiers}
-        for t in extractor.tiers:
-            if self.vias[t.name] == "batch" and t.is_local:
-                raise ConfigError(f'tier {t.name!r}: a local model has no Batch API: set via = "live" on it')
-            if getattr(t, "sends_images", False):  # the waves read and send text only (for now)
-                raise ConfigError(f"tier {t.name!r} sends page images (input = {t.input!r}), which the batch "
-                                  "waves do not carry: run this chain without --via batch")  # fmt: skip
+        self.check_tiers(extractor, self.vias)
         self.steps = {t.name: extractor.steps(t.name) for t in extractor.tiers}
         for t in extractor.tiers:  # a ceiling needs what every batch attempt costs (never a guess)
             if (
@@ -267,6 +262,19 @@ class WaveRunner:
         self._out: IO[str] | None = None
         self._summary = BatchSummary(run_id="")
         self._run_id = ""
+
+    @staticmethod
+    def check_tiers(extractor: Extractor[Any], vias: Mapping[str, str]) -> None:
+        """``ConfigError`` (exit 2) for a chain the waves cannot run, ``vias`` being how each tier
+        runs (tier name -> "batch" | "live"): a local tier sent by batch, or any tier that sends page
+        images. The one copy of the rule: the run checks it here, and ``extract --dry-run --via
+        batch`` calls it too, so the estimate refuses what the run would refuse."""
+        for t in extractor.tiers:
+            if vias.get(t.name) == "batch" and t.is_local:
+                raise ConfigError(f'tier {t.name!r}: a local model has no Batch API: set via = "live" on it')
+            if getattr(t, "sends_images", False):  # the waves read and send text only (for now)
+                raise ConfigError(f"tier {t.name!r} sends page images (input = {t.input!r}), which the batch "
+                                  "waves do not carry: run this chain without --via batch")  # fmt: skip
 
     # -- set-up -----------------------------------------------------------------------------------
     async def _provider(self, tier_name: str) -> BatchProvider:

@@ -30,6 +30,10 @@ def dry_run(extractor: Any, cfg: Any, paths: list[Any], ledger_path: str | Path 
     from ..ledger import Ledger, default_path, is_url
 
     check_max_cost(extractor, max_cost)  # the run would refuse to start: say so now (exit 2)
+    if vias and "batch" in vias.values():  # the run would go to the waves: refuse what they refuse
+        from ..batch import WaveRunner
+
+        WaveRunner.check_tiers(extractor, vias)
     path = Path(ledger_path) if ledger_path and not is_url(ledger_path) else default_path()
     ledger = Ledger(ledger_path) if is_url(ledger_path) else Ledger(path) if path.is_file() else None
     try:

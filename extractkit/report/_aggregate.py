@@ -904,9 +904,9 @@ def read_report(
     unresolved = unresolved_of(rows, totals)
     versions = versions_of(rows.version_stats, rows.version_pairs, rows.chains, [t.tier for t in tiers],
                            min_version_documents)  # fmt: skip
-    checklist = checklist_of(tiers, totals, unresolved, rows.document_errors, rescue, verdicts, versions,
-                             economics, target_success)  # fmt: skip
     sources = sources_of(_keeping(ledger, rows.queries), *scope.where())
+    checklist = checklist_of(tiers, totals, unresolved, rows.document_errors, rescue, verdicts, versions,
+                             economics, target_success, sources)  # fmt: skip
     return Report(
         **ways_of(rows.ways),
         **({"chunked": chunked} if chunked is not None else {}),

@@ -33,6 +33,7 @@ from ._model import (
     Checklist,
     ChecklistItem,
     Rescue,
+    Sources,
     TierStats,
     Totals,
     Unresolved,
@@ -378,10 +379,40 @@ def _examples(versions: Versions, cheap: set[str]) -> tuple[ChecklistItem, Check
     return examples, retrieval
 
 
+OCRD = "OCR'd document"
+LOW_NAMED = 3  # low-confidence OCR'd documents named in the checklist (the report's sources list more)
+
+
+def _ocr(sources: Sources | None) -> str:
+    """What the OCR'd documents in scope say about the input: none, all confident, or which have
+    pages under the confidence threshold (the report's ``sources``: one model for every renderer)."""
+    if sources is None or not sources.ocr_documents:
+        return "no OCR'd documents in scope"
+    n, low = sources.ocr_documents, sources.low_confidence_documents
+    mean = f", mean confidence {sources.mean_confidence:.2f}" if sources.mean_confidence is not None else ""
+    read = f"{plural(n, OCRD)} ({plural(sources.ocr_pages, 'page')}{mean})"
+    if not low:
+        return f"{read}, none with a page under the OCR confidence threshold"
+    named = []
+    for d in sources.low_confidence[:LOW_NAMED]:
+        pages = ", ".join(str(p) for p in d.pages)
+        under = f" under {d.threshold:.2f}" if d.threshold is not None else ""
+        lowest = f", lowest {d.min_confidence:.2f}" if d.min_confidence is not None else ""
+        named.append(f"{d.path or d.document_sha256[:12]}: {'page' if len(d.pages) == 1 else 'pages'} "
+                     f"{pages}{under}{lowest}")  # fmt: skip
+    more = f"; and {low - len(named)} more" if low > len(named) else ""
+    return (f"low-confidence OCR: {low} of {read} {'has' if low == 1 else 'have'} pages under the OCR "
+            f"confidence threshold ({'; '.join(named)}{more})")  # fmt: skip
+
+
 def _input(
-    totals: Totals, unresolved: Unresolved, document_errors: Mapping[str, int], economics: Economics
+    totals: Totals,
+    unresolved: Unresolved,
+    document_errors: Mapping[str, int],
+    economics: Economics,
+    sources: Sources | None = None,
 ) -> ChecklistItem:
-    question = "Input pipeline clean (documents read, none refused for length)?"
+    question = "Input pipeline clean (documents read, none refused for length, no low-confidence OCR)?"
     unreadable = {k: v for k, v in document_errors.items() if k not in LENGTH_REFUSALS}
     length = {k: v for k, v in document_errors.items() if k in LENGTH_REFUSALS}
     overflow = unresolved.by_outcome.get(Outcome.CONTEXT_OVERFLOW.value, 0)
@@ -397,16 +428,15 @@ def _input(
         "lost": lost_unreadable + lost_length,
         "share_lost": share,
         "threshold": economics.min_share,
-        "low_confidence_ocr": None,
+        # documents in scope read (wholly or partly) by OCR, and those with a page under the
+        # confidence threshold recorded with them (the report's ``sources``)
+        "low_confidence_ocr": sources.low_confidence_documents if sources is not None else 0,
+        "ocr_documents": sources.ocr_documents if sources is not None else 0,
     }
-    ocr = "low-confidence OCR: not measured (no OCR yet)"
+    ocr = _ocr(sources)
     if not everything:
         return ChecklistItem(
-            key="input",
-            question=question,
-            answer=UNKNOWN,
-            numbers=numbers,
-            detail=f"no documents in scope; {ocr}",
+            key="input", question=question, answer=UNKNOWN, numbers=numbers, detail="no documents in scope"
         )
 
     def part(d: Mapping[str, int]) -> str:
@@ -417,10 +447,12 @@ def _input(
         f"({pct(lost_unreadable / everything)}; {part(unreadable)}), refused for length {lost_length} "
         f"({pct(lost_length / everything)}; {part(length)}); {ocr}"
     )
-    answer = YES if share is not None and share < economics.min_share else NO
+    few_lost = share is not None and share < economics.min_share
+    # a document OCR'd with low confidence was read, but maybe wrongly: the pipeline is not clean
+    answer = YES if few_lost and not numbers["low_confidence_ocr"] else NO
     detail += (
         f"; {pct(share)} lost, "
-        + ("under" if answer == YES else "at or over")
+        + ("under" if few_lost else "at or over")
         + f" the {pct(economics.min_share)} worth fixing (--min-share)"
     )
     return ChecklistItem(key="input", question=question, answer=answer, detail=detail, numbers=numbers)
@@ -484,8 +516,10 @@ def checklist_of(
     versions: Versions,
     economics: Economics,
     target_success: float | None,
+    sources: Sources | None = None,
 ) -> Checklist:
-    """Step 7: the checklist, each question answered from the ledger, and its conclusion."""
+    """Step 7: the checklist, each question answered from the ledger, and its conclusion.
+    ``sources``: the report's (where the text came from; OCR confidence), None without pages."""
     cheap_tiers = [t for t in tiers if t.kind != FINE_TUNED]
     cheap = {t.tier for t in cheap_tiers}
     examples, retrieval = _examples(versions, cheap)
@@ -493,7 +527,7 @@ def checklist_of(
         _prompts(cheap_tiers, versions),
         examples,
         retrieval,
-        _input(totals, unresolved, document_errors, economics),
+        _input(totals, unresolved, document_errors, economics, sources),
         _gap(tiers, cheap, totals, target_success, economics),
     )
     complete = all(i.answer == YES for i in items)
@@ -548,7 +582,12 @@ def _conclusion(
         missing.append("the examples are fixed, not retrieved by similarity")
     i = by["input"]
     if i.answer == NO:
-        missing.append(f"the input pipeline loses {pct(i.numbers['share_lost'])} of documents")
+        share, low = i.numbers["share_lost"], i.numbers.get("low_confidence_ocr") or 0
+        if share is not None and share >= i.numbers["threshold"]:
+            missing.append(f"the input pipeline loses {pct(share)} of documents")
+        if low:
+            missing.append(f"{plural(low, OCRD)} {'has' if low == 1 else 'have'} "
+                           "pages under the OCR confidence threshold")  # fmt: skip
     g = by["gap"]
     if g.answer == UNKNOWN:
         missing.append(
