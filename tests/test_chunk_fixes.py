@@ -171,3 +171,18 @@ def test_the_out_line_carries_the_conflicts_between_chunks(tmp_path, mock_api):
         law = next(c for c in long["conflicts"] if c["field"] == "governing_law")
         assert law["values"] == ["England", "France"] and law["chosen"] == "England"
         assert "conflicts" not in short  # a document read whole has none: no key
+
+
+def test_the_dry_run_says_a_chunked_document_can_pass_the_cost_ceiling(tmp_path, mock_api):
+    path = _contract_file(tmp_path)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        'schema = "tests.test_chunk_chain:Contract"\n[[tiers]]\nkind = "zero_shot"\nmodel = "gpt-4o-mini"\n'
+        f'base_url = "{BASE_URL}"\ncontext_window = {WINDOW}\nmax_output_tokens = 600\n'
+    )
+    res = CliRunner().invoke(app, ["extract", str(path), "-c", str(cfg), "--ledger", str(tmp_path / "l.db"),
+                                   "--dry-run", "--max-cost", "0.0005"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    flat = " ".join(res.output.split())
+    assert "the first document alone passes it" in flat and "after about 0 documents" not in flat
+    assert "started whole, so its chunks can pass the ceiling" in flat

@@ -128,7 +128,11 @@ def _print(est: Any, ledger_path: Path, vias: dict[str, str] | None = None) -> N
             per_doc = first.first_usd / (first.documents + first.chunked)
             if first.first_usd > est.max_cost:
                 n = int(est.max_cost // per_doc)
-                line += f"; at the first attempt's estimate, after about {plural(n, 'document')}"
+                line += (f"; at the first attempt's estimate, after about {plural(n, 'document')}" if n else
+                         "; at the first attempt's estimate, the first document alone passes it")  # fmt: skip
+        if any(t.chunked for t in est.tiers):  # checked between documents: a chunked one goes whole
+            line += ("; a document extracted in chunks is started whole, so its chunks can pass the "
+                     "ceiling by up to its own worst case")  # fmt: skip
         out.print(line, highlight=False, markup=False)
     out.print("tokens: counted offline (cl100k: exact for OpenAI cl100k models, an estimate otherwise); "
               f"worst case: re-ask k quotes k answers at the cap plus {REASK_TOKENS} tokens of errors each; "
