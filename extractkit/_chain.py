@@ -82,6 +82,20 @@ CHUNK_CONCURRENCY = 4  # a long document's chunks in flight at once (each paced 
 CHUNK_ROOM_SHARE = 0.9  # of a tier's room for document text a chunk may fill (a margin on the count)
 
 
+def _no_room(steps: Steps, error: str | None, budget: int | None) -> str:
+    """A live run's context_overflow for a tier whose context leaves no room for a chunk: what the
+    prompt and the output cap take of the context, and what to change (the overflow's note on
+    Batch API waves is for a batch run: left out)."""
+    said = (error or "context_overflow").split('; long_documents = "chunk" splits', 1)[0]
+    window, fixed, out = steps.context_window, steps.prompt_tokens(), steps.max_tokens
+    left = "no room" if budget is None or budget <= 0 else f"only {budget} tokens"
+    used = f"{(fixed or 0) + out} of the {window}-token context"
+    return (f"{said}; too small a context to chunk it: the tier's prompt without the document (about {fixed} "
+            f"tokens) and its {out} output tokens take {used}, leaving {left} for a chunk (at least "
+            f"{MIN_CHUNK_TOKENS} needed): raise context_window if the model has more, lower "
+            'max_output_tokens, or set long_documents = "refuse"')
+
+
 def _overflowed(attempts: list[Attempt]) -> bool:
     """The tier refused the whole document unsent, for its length: the one attempt it made."""
     return len(attempts) == 1 and attempts[0].outcome is Outcome.CONTEXT_OVERFLOW
@@ -561,8 +575,8 @@ class Extractor(Generic[T]):
             budget = min(budget, tier.chunk_tokens)
         if budget is None or budget < MIN_CHUNK_TOKENS:
             last = call.attempts[-1]
-            call.attempts[-1] = replace(last, error=f"{last.error}; too small a context to chunk it "
-                                                    f"({budget} tokens left for a chunk)")  # fmt: skip
+            said = await asyncio.to_thread(_no_room, steps, last.error, budget)  # counts the prompt
+            call.attempts[-1] = replace(last, error=said)
             return None, ()
         chunks = await asyncio.to_thread(split_chunks, text, max_tokens=budget,
                                          overlap_tokens=tier.chunk_overlap, pages=pages)  # fmt: skip

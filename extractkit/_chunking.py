@@ -24,6 +24,7 @@ from ._tokens import count_tokens
 
 DEFAULT_OVERLAP_TOKENS = 200  # a tier's chunk_overlap when not set
 MIN_CHUNK_TOKENS = 256  # a tier whose context leaves less than this for a chunk cannot chunk
+MIN_UNIT_TOKENS = 64  # the least a piece of a paragraph too large for a chunk is cut to
 
 _PARAGRAPH = re.compile(r"\n[ \t\f\r]*\n\s*")  # a blank line (and whatever whitespace follows)
 _LINE = re.compile(r"\n\s*")
@@ -70,7 +71,10 @@ def split(
     if not text.strip():
         return []
     page_starts = sorted({int(p.start) for p in pages if 0 < int(p.start) < len(text)})
-    pieces = _pieces(text, page_starts, max_tokens, count)
+    # a paragraph too large for a chunk is cut into pieces of about ``unit`` tokens (small enough
+    # for the overlap to hold some), each counted whole, so the chunks fill up to max_tokens
+    unit = max(MIN_UNIT_TOKENS, overlap_tokens // 2) if overlap_tokens else max_tokens
+    pieces = _pieces(text, page_starts, min(unit, max_tokens), max_tokens, count)
     chunks: list[Chunk] = []
     i, n = 0, len(pieces)
     while i < n:
@@ -116,9 +120,12 @@ def _cuts(text: str, start: int, end: int, pattern: re.Pattern[str]) -> list[int
     return [m.end() for m in pattern.finditer(text, start, end) if start < m.end() < end]
 
 
-def _pieces(text: str, page_starts: list[int], max_tokens: int, count: Callable[[str], int]) -> list[_Piece]:
+def _pieces(
+    text: str, page_starts: list[int], unit: int, max_tokens: int, count: Callable[[str], int]
+) -> list[_Piece]:
     """``text`` cut at page starts and paragraph breaks into pieces that each fit ``max_tokens``
-    (a larger one cut again, at lines, then words, then characters)."""
+    (a larger one cut again into pieces of at most ``unit`` tokens, at lines, then words, then
+    characters)."""
     bounds = sorted({0, len(text), *page_starts, *_cuts(text, 0, len(text), _PARAGRAPH)})
     starts = set(page_starts)
     out: list[_Piece] = []
@@ -127,7 +134,7 @@ def _pieces(text: str, page_starts: list[int], max_tokens: int, count: Callable[
         if n <= max_tokens:
             out.append(_Piece(a, b, n, a in starts))
         else:
-            parts = _fit(text, a, b, max_tokens, count, (_LINE, _WORD))
+            parts = _fit(text, a, b, unit, count, (_LINE, _WORD))
             out.extend(_Piece(s, e, t, s == a and a in starts) for s, e, t in parts)
     return out
 
@@ -137,27 +144,41 @@ def _fit(
     breaks: tuple[re.Pattern[str], ...],
 ) -> list[tuple[int, int, int]]:  # fmt: skip
     """``text[start:end]`` (over ``max_tokens``) as pieces that fit: cut at the first kind of
-    break in ``breaks`` and packed greedily, a piece still too large cut at the next kind; with
+    break in ``breaks``, each piece the longest run of them that fits ``max_tokens`` counted
+    whole (found by doubling, then bisection: a sum of the parts' counts would overstate it,
+    a word alone counting its trailing space), a part still too large cut at the next kind; with
     no kind left, cut by characters."""
     if not breaks:
         return _by_chars(text, start, end, max_tokens, count)
     bounds = [start, *_cuts(text, start, end, breaks[0]), end]
+    last = len(bounds) - 1
     out: list[tuple[int, int, int]] = []
-    cur_start, cur_tokens = start, 0
-    for a, b in zip(bounds, bounds[1:], strict=False):
-        n = count(text[a:b])
+    k = 0
+    while k < last:
+        a = bounds[k]
+        n = count(text[a:bounds[k + 1]])
         if n > max_tokens:
-            if cur_tokens:
-                out.append((cur_start, a, cur_tokens))
-            out.extend(_fit(text, a, b, max_tokens, count, breaks[1:]))
-            cur_start, cur_tokens = b, 0
-        elif cur_tokens + n > max_tokens:
-            out.append((cur_start, a, cur_tokens))
-            cur_start, cur_tokens = a, n
-        else:
-            cur_tokens += n
-    if cur_start < end:
-        out.append((cur_start, end, cur_tokens))
+            out.extend(_fit(text, a, bounds[k + 1], max_tokens, count, breaks[1:]))
+            k += 1
+            continue
+        lo, lo_n, step = k + 1, n, 1  # lo: the furthest bound known to fit, with its count
+        hi = last + 1  # the nearest bound known not to fit (past the end: none known)
+        while lo < last:  # double the step until a run does not fit
+            m = min(lo + step, last)
+            m_n = count(text[a:bounds[m]])
+            if m_n > max_tokens:
+                hi = m
+                break
+            lo, lo_n, step = m, m_n, step * 2
+        while hi - lo > 1:  # then bisect between the two
+            m = (lo + hi) // 2
+            m_n = count(text[a:bounds[m]])
+            if m_n <= max_tokens:
+                lo, lo_n = m, m_n
+            else:
+                hi = m
+        out.append((a, bounds[lo], lo_n))
+        k = lo
     return out
 
 

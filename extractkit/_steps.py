@@ -344,11 +344,17 @@ class Steps:
         for an empty document), the schema and the output bound, with the estimate's margin; None
         when the context is unknown. A long document's chunks are cut to this (``_chunking``).
         Counts the prompt: a driver on an event loop runs it in a worker thread."""
+        overhead = self.prompt_tokens()
+        if self.context_window is None or overhead is None:
+            return None
+        return int((self.context_window - self.max_tokens - overhead) / TOKEN_SAFETY)
+
+    def prompt_tokens(self) -> int | None:
+        """The tokens of this tier's request for an empty document (its prompt, examples, schema),
+        estimated as the context check estimates them; None when the context is unknown."""
         if self.context_window is None:
             return None
-        kwargs = self._adapt(self.start("").kwargs)
-        overhead = self._estimate(kwargs, {})
-        return int((self.context_window - self.max_tokens - overhead) / TOKEN_SAFETY)
+        return self._estimate(self._adapt(self.start("").kwargs), {})
 
     def _fit(self, kwargs: dict[str, Any], state: TierState) -> tuple[dict[str, Any], int | None]:
         """Keep the request inside the context and what a re-ask quotes bounded: trim the quoted

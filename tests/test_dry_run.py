@@ -179,7 +179,7 @@ def test_a_dry_run_needs_no_api_key(tmp_path, docs, mock_api, monkeypatch):
 def test_a_document_over_a_context_window_is_not_billed_to_that_tier(tmp_path, mock_api):
     route = _answer(mock_api)
     (tmp_path / "long.txt").write_text("Issuer: Acme Ltd\nTotal: 12.50\n" + "lorem ipsum " * 3000)
-    cfg = write_cfg(tmp_path, extra="context_window = 2048")
+    cfg = write_cfg(tmp_path, extra='context_window = 2048\nlong_documents = "refuse"')
     data = json.loads(run("extract", tmp_path / "long.txt", "-c", cfg, "--ledger", tmp_path / "l.db",
                           "--dry-run", "--json").stdout)  # fmt: skip
     small, big = data["tiers"]

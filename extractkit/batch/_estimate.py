@@ -21,6 +21,11 @@ Cost per tier, from the tier's ``price`` or the price table (``extractkit._prici
   ``max_output_tokens``) and ``k`` validation-error messages (``REASK_TOKENS`` each, an
   estimate); every attempt's output at its cap.
 
+A document too long for a tier whose ``long_documents`` is ``"chunk"`` (sent live) is priced as
+its chunks: cut as the chain cuts it (``_chunking.split``, to the same budget), each chunk one
+request of the tier's fixed prompt (rendered for an empty document) plus the chunk's tokens, and
+each chunk re-asked in the worst case like any document.
+
 A tier with no known price has cost ``None`` ("price unknown"), never $0.
 """
 
@@ -86,8 +91,10 @@ class TierEstimate:
     max_reasks: int
     context_window: int | None
     documents: int = 0  # documents it would be sent (those that fit its context window)
-    too_long: int = 0  # documents over its context window: refused unsent, as the chain does
-    input_tokens: int = 0  # first attempt, all its documents
+    too_long: int = 0  # documents over its context window that it cannot chunk: refused unsent
+    chunked: int = 0  # documents over its context window it would extract in chunks
+    chunks: int = 0  # the chunks of those documents: one request each (and its re-asks)
+    input_tokens: int = 0  # first attempt, all its documents (a chunked one: all its chunks)
     image_tokens: int = 0  # of input_tokens, those of page images (a tier whose input includes them)
     # a tier that sends page images: the image rule its tokens are counted by (``_tokens.image_rule``),
     # with a note when the model is not in the provider's table (then counted as gpt-4o)
@@ -99,18 +106,23 @@ class TierEstimate:
         return self.max_reasks + 1
 
     @property
+    def requests(self) -> int:
+        """First requests: one per document that fits, one per chunk of a chunked one."""
+        return self.documents + self.chunks
+
+    @property
     def first_output_tokens(self) -> int:
-        return self.documents * self.max_output_tokens
+        return self.requests * self.max_output_tokens
 
     @property
     def worst_input_tokens(self) -> int:
         n = self.attempts
         growth = (self.max_output_tokens + REASK_TOKENS) * n * (n - 1) // 2  # re-ask k quotes k answers
-        return self.input_tokens * n + self.documents * growth
+        return self.input_tokens * n + self.requests * growth
 
     @property
     def worst_output_tokens(self) -> int:
-        return self.documents * self.attempts * self.max_output_tokens
+        return self.requests * self.attempts * self.max_output_tokens
 
     @property
     def first_input_usd(self) -> float | None:
@@ -128,7 +140,7 @@ class TierEstimate:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["price"] = asdict(self.price) if self.price is not None else None
-        for k in ("attempts", "first_output_tokens", "worst_input_tokens", "worst_output_tokens",
+        for k in ("attempts", "requests", "first_output_tokens", "worst_input_tokens", "worst_output_tokens",
                   "first_input_usd", "first_usd", "worst_usd"):  # fmt: skip
             d[k] = getattr(self, k)
         return d
@@ -140,7 +152,8 @@ class DocEstimate:
     status: str  # send | resumed | duplicate | error
     sha256: str | None = None
     tokens: dict[str, int] = field(default_factory=dict)  # tier -> input tokens of its first request
-    too_long: list[str] = field(default_factory=list)  # tiers whose context window it exceeds
+    too_long: list[str] = field(default_factory=list)  # tiers whose context window it exceeds (refused)
+    chunks: dict[str, int] = field(default_factory=dict)  # tier -> its chunks, for a tier that chunks it
     outcome: str | None = None  # error kind, or the status of the resumed result (ok / failed)
     error: str | None = None
     duplicate_of: str | None = None
@@ -266,7 +279,9 @@ async def estimate(
     sent and nothing is written. ``ledger``: an open ``Ledger`` to find resumed documents in, or
     None (every readable document would be sent). ``vias``: tier -> "live" | "batch" (a tier sent
     by the provider's Batch API is priced at its batch price, ``Tier.resolved_batch_price``)."""
-    from .._chain import _check_images
+    from .._chain import CHUNK_ROOM_SHARE, _check_images
+    from .._chunking import MIN_CHUNK_TOKENS
+    from .._chunking import split as split_chunks
     from .._llm import TOKEN_SAFETY
     from ._runner import _load, retry_reason
 
@@ -292,6 +307,30 @@ async def estimate(
             result.documents.append(DocEstimate(exc.path or "?", "error", outcome=exc.kind, error=str(exc)))
 
     needs_images = bool(getattr(extractor, "needs_images", False))
+    budgets: dict[str, tuple[int | None, int]] = {}  # tier -> (chunk budget, fixed prompt tokens)
+
+    def chunk_budget(name: str) -> tuple[int | None, int]:
+        """The tokens a chunk may have at tier ``name`` (None: it cannot chunk), as the chain
+        computes them (``Extractor._run_chunks``), and its fixed prompt (CPU: in a thread)."""
+        if name not in budgets:
+            tier = extractor._bound[name].tier
+            room = extractor._chunk_steps(tier).document_room()
+            budget = None if room is None else int(room * CHUNK_ROOM_SHARE)
+            if tier.chunk_tokens is not None and budget is not None:
+                budget = min(budget, tier.chunk_tokens)
+            if budget is not None and budget < MIN_CHUNK_TOKENS:
+                budget = None
+            budgets[name] = (budget, request_tokens(extractor._bound[name], "", extra_tokens))
+        return budgets[name]
+
+    def chunk_tokens(name: str, doc: Any) -> list[int] | None:
+        """The input tokens of each chunk's first request, or None: the tier cannot chunk it."""
+        budget, fixed = chunk_budget(name)
+        if budget is None:
+            return None
+        tier = extractor._bound[name].tier
+        chunks = split_chunks(doc.text, max_tokens=budget, overlap_tokens=tier.chunk_overlap, pages=doc.pages)
+        return [fixed + c.tokens for c in chunks]
 
     async def one(path: Source, doc_type: str) -> DocEstimate:
         try:
@@ -319,8 +358,20 @@ async def estimate(
             # (the context check counts what fills the context: ``Steps.image_tokens``)
             context = int((n - pictures) * TOKEN_SAFETY) + _context_images(extractor, t.name, doc.images)
             if window is not None and context + t.max_output_tokens > window:
-                d.too_long.append(t.name)  # the chain refuses it unsent (context_overflow)
-                t.too_long += 1
+                tier = extractor._bound[t.name].tier
+                # the chain chunks it when the tier says so and it runs live (not in Batch API
+                # waves) and does not send page images for it
+                chunkable = (tier.long_documents == "chunk" and (vias or {}).get(t.name) != "batch"
+                             and not (doc.images and tier.sends_images))  # fmt: skip
+                parts = await asyncio.to_thread(chunk_tokens, t.name, doc) if chunkable else None
+                if parts:
+                    d.chunks[t.name] = len(parts)
+                    t.chunked += 1
+                    t.chunks += len(parts)
+                    t.input_tokens += sum(parts)
+                else:
+                    d.too_long.append(t.name)  # the chain refuses it unsent (context_overflow)
+                    t.too_long += 1
             else:
                 t.documents += 1
                 t.input_tokens += n

@@ -128,11 +128,15 @@ class DocResult:
     duplicate_of: str | None = None  # the path whose extraction this identical content shares
     # where each grounded value was found in the text: {"total": [{"start", "end", "page"}, ...]}
     spans: dict[str, list[dict[str, Any]]] | None = None
+    # a long document's conflicts between chunks (``Conflict.to_json``); the key only when there are some
+    conflicts: list[dict[str, Any]] | None = None
     # the Result, when this run extracted it (not in the --out line): Extractor.extract_many's typed value
     result: Any = field(default=None, repr=False, compare=False)
 
     def to_json(self) -> str:
         line = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "result"}
+        if not self.conflicts:
+            del line["conflicts"]
         return json.dumps(redact_json(line), ensure_ascii=False)  # the --out line
 
 
@@ -342,6 +346,7 @@ class BatchRunner:
             prompt_tokens=row["prompt_tokens"], completion_tokens=row["completion_tokens"],
             cost_usd=row["cost_usd"], resumed=True,
             spans=json.loads(row["spans_json"]) if row["spans_json"] else None,
+            conflicts=json.loads(row["conflicts_json"]) if row["conflicts_json"] else None,
         )  # fmt: skip
 
     def _error(self, run_id: str, exc: DocumentError, path: str) -> DocResult:
@@ -465,6 +470,7 @@ class BatchRunner:
             prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
             cost_usd=result.cost_usd, result=result,
             spans=spans_out(result),
+            conflicts=[c.to_json() for c in result.conflicts] or None,
         )  # fmt: skip
 
     async def run(

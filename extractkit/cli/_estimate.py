@@ -75,7 +75,8 @@ def _print(est: Any, ledger_path: Path, vias: dict[str, str] | None = None) -> N
         docs.add_column(n, justify="right")
     for d in est.documents[:SHOWN]:
         if d.status == "send":
-            cells = [f"{d.tokens[n]:,}" + (" too long" if n in d.too_long else "") for n in names]
+            cells = [f"{d.tokens[n]:,}" + (" too long" if n in d.too_long else "")
+                     + (f" chunked into {d.chunks[n]}" if n in d.chunks else "") for n in names]  # fmt: skip
             docs.add_row(d.path, "send", *cells)
         else:
             why = {"resumed": f"skipped: resumed ({d.outcome})", "error": f"unreadable: {d.outcome}",
@@ -95,7 +96,9 @@ def _print(est: Any, ledger_path: Path, vias: dict[str, str] | None = None) -> N
         tiers.add_column(col, justify="left" if col in ("tier", "model") else "right",
                          overflow="fold")  # fmt: skip
     for t in est.tiers:
-        docs_cell = f"{t.documents:,}" + (f" ({t.too_long} too long)" if t.too_long else "")
+        notes = ([f"{t.chunked} chunked into {t.chunks}"] if t.chunked else []) + (
+            [f"{t.too_long} too long"] if t.too_long else [])  # fmt: skip
+        docs_cell = f"{t.documents + t.chunked:,}" + (f" ({', '.join(notes)})" if notes else "")
         tiers.add_row(t.name, t.model, docs_cell, f"{t.input_tokens:,}", f"{t.max_output_tokens:,}",
                       _usd(t.first_usd), str(t.attempts), _usd(t.worst_usd))  # fmt: skip
     out.print(tiers)
@@ -113,6 +116,11 @@ def _print(est: Any, ledger_path: Path, vias: dict[str, str] | None = None) -> N
         out.print(f"priced at the Batch API price (sent by batch): {', '.join(by_batch)}; at the live price: "
                   f"{', '.join(t.name for t in est.tiers if t.name not in by_batch) or 'none'}",
                   highlight=False, markup=False)  # fmt: skip
+    for t in est.tiers:
+        if t.chunked:
+            out.print(f"tier {t.name}: {plural(t.chunked, 'document')} longer than its context chunked into "
+                      f"{plural(t.chunks, 'chunk')} (long_documents = \"chunk\"), each chunk one request "
+                      "(and its re-asks in the worst case)", highlight=False, markup=False)  # fmt: skip
     for name in est.unpriced:
         t = next(x for x in est.tiers if x.name == name)
         out.print(f"tier {name}: price unknown (model {t.model} is not in the price table): set `price` "
@@ -120,11 +128,15 @@ def _print(est: Any, ledger_path: Path, vias: dict[str, str] | None = None) -> N
                   highlight=False, markup=False)  # fmt: skip
     if est.max_cost is not None:
         line = f"max cost ${est.max_cost:g}: the run stops starting documents once it has spent that"
-        if first is not None and first.first_usd and first.documents:
-            per_doc = first.first_usd / first.documents
+        if first is not None and first.first_usd and first.documents + first.chunked:
+            per_doc = first.first_usd / (first.documents + first.chunked)
             if first.first_usd > est.max_cost:
                 n = int(est.max_cost // per_doc)
-                line += f"; at the first attempt's estimate, after about {plural(n, 'document')}"
+                line += (f"; at the first attempt's estimate, after about {plural(n, 'document')}" if n else
+                         "; at the first attempt's estimate, the first document alone passes it")  # fmt: skip
+        if any(t.chunked for t in est.tiers):  # checked between documents: a chunked one goes whole
+            line += ("; a document extracted in chunks is started whole, so its chunks can pass the "
+                     "ceiling by up to its own worst case")  # fmt: skip
         out.print(line, highlight=False, markup=False)
     out.print("tokens: counted offline (cl100k: exact for OpenAI cl100k models, an estimate otherwise); "
               f"worst case: re-ask k quotes k answers at the cap plus {REASK_TOKENS} tokens of errors each; "

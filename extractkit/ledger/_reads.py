@@ -48,6 +48,11 @@ class ReviewDocument:
     text: str | None
     text_chars: int | None
     rejected: tuple[tuple[str, int, str, dict[str, Any]], ...]
+    # what it took: its chunks (a long document's; None: not chunked), its re-asks and retries
+    # (``attempts.follows``), the tiers it went through (more than one: escalated)
+    n_chunks: int | None = None
+    n_reasks: int = 0
+    n_tiers: int = 1
 
 
 @dataclass(frozen=True)
@@ -166,15 +171,22 @@ class LedgerReads:
     ) -> list[ReviewDocument]:
         """The current final extractions matching ``where`` (a condition on ``extractions e``,
         ``?`` parameters: the report's scope) that a reviewer should see: every unresolved one,
-        then those resolved after more than one attempt, newest first, at most ``limit``."""
+        then those resolved after a re-ask, a retry or an escalation, newest first, at most
+        ``limit``. A long document's chunks are not re-asks: its attempts count one per chunk,
+        so it is selected by its attempts' ``follows`` and tiers, not by their number."""
         import json
 
         rows = self.query(
             "SELECT e.id, e.document_sha256, e.path, e.status, e.tier, e.outcome, e.error, e.n_attempts,"
-            " e.value_json, e.spans_json, substr(d.text, 1, ?) AS text, length(d.text) AS text_chars"
+            " e.value_json, e.spans_json, substr(d.text, 1, ?) AS text, length(d.text) AS text_chars,"
+            " e.n_chunks, (SELECT COUNT(*) FROM attempts a WHERE a.extraction_id = e.id"
+            "  AND a.follows IN ('reask', 'retry')) AS n_reasks,"
+            " (SELECT COUNT(DISTINCT a.tier) FROM attempts a WHERE a.extraction_id = e.id) AS n_tiers"
             " FROM extractions e LEFT JOIN documents d ON d.sha256 = e.document_sha256"
             " WHERE e.status IN ('ok', 'failed') AND e.superseded_by IS NULL AND (e.status = 'failed'"
-            f" OR e.n_attempts > 1) AND {where}"
+            " OR (e.n_attempts > 1 AND (e.n_chunks IS NULL OR EXISTS (SELECT 1 FROM attempts a"
+            "  WHERE a.extraction_id = e.id AND (a.follows IN ('reask', 'retry') OR a.tier <> e.tier)))))"
+            f" AND {where}"
             " ORDER BY CASE WHEN e.status = 'failed' THEN 0 ELSE 1 END, e.id DESC LIMIT ?",
             [max_chars, *params, limit],
         )
@@ -201,6 +213,7 @@ class LedgerReads:
                 n_attempts=int(r["n_attempts"]),
                 value_json=r["value_json"], spans_json=r["spans_json"], text=r["text"],
                 text_chars=r["text_chars"], rejected=tuple(rejected[r["id"]]),
+                n_chunks=r["n_chunks"], n_reasks=int(r["n_reasks"] or 0), n_tiers=int(r["n_tiers"] or 1),
             )  # fmt: skip
             for r in rows
         ]

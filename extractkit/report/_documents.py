@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._grounding import SourceIndex, value_spans
 from .._redact import redact
+from .._words import plural
 
 if TYPE_CHECKING:
     from ..ledger import Ledger, ReviewDocument
@@ -110,10 +111,24 @@ def _where(start: int, end: int, page: Any = None) -> str:
     return f"{start}-{end}" + (f" (page {page})" if page is not None else "")
 
 
+def _reason(doc: ReviewDocument) -> str:
+    """Why the document is to review: unresolved, or what it took. A long document's attempts
+    are one per chunk, not re-asks: its reason counts its chunks, re-asks, retries and tiers."""
+    if not doc.n_chunks:
+        return "unresolved" if doc.status == "failed" else (
+            f"resolved by {doc.tier} after {doc.n_attempts} attempts (re-asked or escalated)")  # fmt: skip
+    if doc.status == "failed":
+        return f"unresolved ({doc.n_chunks} chunks)"
+    took = [plural(doc.n_reasks, "re-ask or retry", "re-asks or retries")] if doc.n_reasks else []
+    if doc.n_tiers > 1:
+        took.append(f"escalation through {doc.n_tiers} tiers")
+    after = f" after {' and '.join(took)}" if took else ""
+    return f"resolved by {doc.tier} in {doc.n_chunks} chunks{after}"
+
+
 def document_view(doc: ReviewDocument) -> DocumentView:
     title = redact(doc.path or doc.document_sha256 or doc.extraction_id)
-    reason = "unresolved" if doc.status == "failed" else (
-        f"resolved by {doc.tier} after {doc.n_attempts} attempts (re-asked or escalated)")  # fmt: skip
+    reason = _reason(doc)
     error = redact(doc.error) if doc.error else None
     if doc.text is None:
         return DocumentView(title, doc.document_sha256, doc.status, reason, None, False, (), (), 0,
