@@ -503,8 +503,7 @@ def _image_document(data: bytes, p: str, images: bool, limits: dict[str, int]
     except _ocr.TooLarge as exc:
         raise DocumentError(f"{p}: {exc}", path=p, kind=exc.kind) from exc
     except Exception as exc:  # Pillow raises many kinds on broken files
-        raise DocumentError(f"{p}: corrupt or unreadable image ({type(exc).__name__}: {exc})",
-                            path=p, kind="corrupt_image") from exc  # fmt: skip
+        raise DocumentError(f"{p}: {_not_an_image(data, exc)}", path=p, kind="corrupt_image") from exc
     parts: list[tuple[str, str, float | None]] = []
     try:
         for frame in frames:
@@ -515,6 +514,23 @@ def _image_document(data: bytes, p: str, images: bool, limits: dict[str, int]
                             kind="ocr_failed") from exc  # fmt: skip
     pngs = tuple(_ocr.png(f) for f in frames) if images else ()
     return (*_joined(parts), pngs)
+
+
+def _not_an_image(data: bytes, exc: Exception) -> str:
+    """Why Pillow could not read an image, without the object reprs (memory addresses) Pillow puts
+    in its messages: "not an image (it looks like text)" for a text file with an image's name."""
+    from PIL import UnidentifiedImageError
+
+    if isinstance(exc, UnidentifiedImageError):
+        head = data[:4096]
+        try:
+            head.decode("utf-8")
+            looks_text = b"\x00" not in head
+        except UnicodeDecodeError as err:
+            looks_text = b"\x00" not in head and err.start >= len(head) - 3  # a character cut at 4096
+        return "not an image (it looks like text)" if looks_text else "not an image (an unknown format)"
+    detail = re.sub(r" at 0x[0-9a-fA-F]+", "", str(exc))
+    return f"corrupt or unreadable image ({type(exc).__name__}: {detail})"
 
 
 def load(
@@ -544,20 +560,20 @@ def load(
     limits = {"max_pages": max_pages, "max_pixels": max_pixels, "dpi": dpi}
     if doc_type == "pdf":
         text, pages, pngs = _pdf_document(data, p, max_chars, images, limits)
-        if not text:
+        if not text and not pngs:
             how = "and OCR read nothing on its pages" if any(pg.source == "none" for pg in pages) else ""
             raise DocumentError(f"{p}: PDF has no text layer (scanned image?) {how}".rstrip(),
                                 path=p, kind="no_text")  # fmt: skip
     elif doc_type == "image":
         text, pages, pngs = _image_document(data, p, images, limits)
-        if not text:
+        if not text and not pngs:
             raise DocumentError(f"{p}: OCR read no text in the image", path=p, kind="no_text")
     else:
         text = _decode(data, p)
         if doc_type == "html":
             text = _html_text(text)
     text = text.strip()
-    if not text:
+    if not text and not pngs:  # with page images asked for and made, a vision tier reads the pixels
         raise DocumentError(f"{p}: no text", path=p, kind="no_text")
     if len(text) > max_chars:
         _too_many_chars(p, len(text), max_chars)

@@ -437,7 +437,7 @@ class Ledger(LedgerReads, LedgerWaves):
                 " ocr_min, low_threshold, low_pages, pages_json) VALUES (?,?,?,?,?,?,?,?,?)"
                 " ON CONFLICT (document_sha256) DO UPDATE SET low_threshold = excluded.low_threshold,"
                 " low_pages = excluded.low_pages",
-                _source_row(result.document_sha256, pages, self.ocr_low_confidence),
+                _source_row(result.document_sha256, pages, self.ocr_low_confidence, text),
             )  # fmt: skip
         # the earlier final extractions of this document by this chain are no longer current: before
         # the new one goes in, as the unique index (0006_current_unique) allows one current row
@@ -608,12 +608,12 @@ def spans_json(result: Result[Any]) -> str | None:
     return json.dumps({k: [s.to_json() for s in v] for k, v in spans.items()}, ensure_ascii=False)
 
 
-def _source_row(sha: str, pages: Sequence[Page], threshold: float) -> tuple[Any, ...]:
+def _source_row(sha: str, pages: Sequence[Page], threshold: float, text: str | None) -> tuple[Any, ...]:
     """The ``document_sources`` row of a document's pages."""
     read = [p.confidence for p in pages if p.source == "ocr" and p.confidence is not None]
     return (sha, text_source(pages), len(pages), sum(p.source == "ocr" for p in pages),
             round(sum(read) / len(read), 4) if read else None, min(read) if read else None, threshold,
-            json.dumps(low_pages(pages, threshold)),
+            json.dumps(low_pages(pages, threshold, text)),
             json.dumps([[p.number, p.source, p.confidence] for p in pages]))  # fmt: skip
 
 
