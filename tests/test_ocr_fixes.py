@@ -139,3 +139,48 @@ def test_a_pdf_without_text_and_without_the_extra_still_says_what_to_install(tmp
         assert info.value.kind == "ocr_unavailable"
     finally:
         _ocr.reset()
+
+
+# -- M2: a rerun over done scans does not OCR them again ----------------------------------------------
+
+
+def test_0015_source_files_is_a_migration_of_both_engines():
+    from extractkit.ledger import MIGRATIONS, PG_MIGRATIONS
+
+    for migrations in (MIGRATIONS, PG_MIGRATIONS):
+        names = [n for n, _ in migrations]
+        assert names.index("0015_source_files") == names.index("0014_value_spans") + 1
+
+
+def test_a_rerun_finds_a_done_scan_by_its_file_and_does_not_ocr_it_again(ledger_target, tmp_path, monkeypatch):
+    from .fakes import FakeLLMServer
+    from .test_ocr_batch import answer, extractor, png_bytes
+
+    reads: list[int] = []
+
+    def read(image: object) -> _ocr.Read:
+        reads.append(1)
+        return _ocr.Read("From: Scan Co\nTotal: 12.50", 0.99, 0.99)
+
+    monkeypatch.setattr(_ocr, "read", read)
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "scan.png").write_bytes(png_bytes())
+    (folder / "note.txt").write_text("From: Text Co\nTotal: 1.00\n")
+    with FakeLLMServer(answer) as server, extractor(server.base_url, ledger_target) as ex:
+        first = {Path(it.path).name: it for it in ex.extract_many([folder])}
+        assert first["scan.png"].ok and len(reads) == 1 and len(server.requests) == 2
+        again = {Path(it.path).name: it for it in ex.extract_many([folder])}
+        assert len(reads) == 1  # found by the file's bytes: not OCR'd again
+        assert len(server.requests) == 2 and all(it.resumed for it in again.values())
+        assert again["scan.png"].value == first["scan.png"].value
+        assert again["scan.png"].sha256 == first["scan.png"].sha256
+        # a byte copy under another name resumes too; new bytes are read again
+        (folder / "copy.png").write_bytes(png_bytes())
+        Image.new("RGB", (64, 48), "gray").save(folder / "other.png", "PNG")
+        third = {Path(it.path).name: it for it in ex.extract_many([folder])}
+        assert len(reads) == 2  # only other.png
+        assert third["copy.png"].resumed and third["other.png"].ok
+    with Ledger(ledger_target) as led:
+        n = led.query("SELECT COUNT(*) AS n FROM source_files")[0]["n"]
+    assert n == 2  # scan.png (and its copy, the same bytes) and other.png

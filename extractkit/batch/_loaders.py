@@ -61,6 +61,7 @@ Source = Path | URI  # a local file or folder, or an object or prefix on object 
 
 TEXT_TYPES = {".txt": "txt", ".md": "md", ".json": "json", ".html": "html", ".htm": "html",
               ".pdf": "pdf", **_ocr.IMAGE_TYPES}  # fmt: skip  # images are read by OCR (the ocr extra)
+PAGED_TYPES = ("pdf", "image")  # read page by page, perhaps by OCR: remembered by their file's bytes
 PAGE_SEP = "\n\n"  # between pages in ``Document.text``: a blank line, so paragraphs stay
 SPECIAL = "special"  # the type ``walk`` yields for a FIFO, socket or device: skipped, never opened
 DIR_ERROR = "unreadable_dir"  # the error kind of a folder that could not be listed
@@ -79,6 +80,7 @@ class Document:
     type: str
     pages: tuple[Page, ...] = ()  # per page: where its text is in ``text`` and where it came from
     images: tuple[bytes, ...] = ()  # one PNG per page, only when ``load(..., images=True)``
+    file_sha256: str | None = None  # of the file's bytes, for a PDF or an image (``source_files``)
 
 
 def display_path(path: str | os.PathLike[str] | URI) -> str:
@@ -581,4 +583,15 @@ def load(
     if doc_type == "image" or pngs or any(pg.source == "ocr" for pg in pages):
         # what the model is given depends on the pixels too, not only on the text read from them
         sha = hashlib.sha256(f"{text}\0{hashlib.sha256(data).hexdigest()}".encode()).hexdigest()
-    return Document(path=p, text=text, sha256=sha, size=len(data), type=doc_type, pages=pages, images=pngs)
+    file_sha = hashlib.sha256(data).hexdigest() if doc_type in PAGED_TYPES else None
+    return Document(path=p, text=text, sha256=sha, size=len(data), type=doc_type, pages=pages, images=pngs,
+                    file_sha256=file_sha)  # fmt: skip
+
+
+def file_sha256(path: Source, max_bytes: int = MAX_BYTES) -> str | None:
+    """The sha256 of a file's bytes (None when it cannot be read: ``load`` will say why). Cheap
+    beside OCR: a rerun looks a scan's result up by it before reading its pages again."""
+    try:
+        return hashlib.sha256(read_bytes(path, max_bytes)).hexdigest()
+    except DocumentError:
+        return None

@@ -57,6 +57,7 @@ from ._estimate import check_max_cost
 from ._loaders import (
     MAX_BYTES,
     MAX_CHARS,
+    PAGED_TYPES,
     SPECIAL,
     URI,
     Document,
@@ -64,6 +65,7 @@ from ._loaders import (
     count_documents,
     dir_error,
     display_path,
+    file_sha256,
     load,
     path_bytes,
     walk,
@@ -308,6 +310,7 @@ class BatchRunner:
         self._seen: dict[str, asyncio.Future[DocResult | None]] = {}
         self._in_batch: set[str] = set()  # this chain's documents in flight in Batch API waves
         self._paths: list[tuple[str, str, bytes, str | None]] = []
+        self._files: list[tuple[str, str]] = []  # (file sha256, document sha256) of PDFs and images
 
     def _over_budget(self) -> bool:
         """Whether this run's spend has reached ``max_cost``: checked before each document."""
@@ -338,14 +341,48 @@ class BatchRunner:
         if self.ledger is None:
             return
         self._paths.append((doc.sha256, doc.path, path_bytes(path), run_id))
+        if doc.file_sha256 is not None and hasattr(self.ledger, "add_source_files"):
+            self._files.append((doc.file_sha256, doc.sha256))
         if len(self._paths) >= PATHS_FLUSH:  # written off the loop: it waits for the ledger's lock
             rows, self._paths = self._paths, []
             await asyncio.to_thread(self.ledger.add_document_paths, rows)
+            files, self._files = self._files, []
+            if files:
+                await asyncio.to_thread(self.ledger.add_source_files, files)  # type: ignore[attr-defined]
 
     def _flush_paths(self) -> None:
         rows, self._paths = self._paths, []
+        files, self._files = self._files, []
         if self.ledger is not None:
             self.ledger.add_document_paths(rows)
+            if files:
+                self.ledger.add_source_files(files)  # type: ignore[attr-defined]
+
+    async def _done_by_file(self, job: Job, run_id: str) -> DocResult | None:
+        """A PDF or image whose file, by the sha256 of its bytes (``source_files``), already has
+        this chain's final result (the resume rule of ``_extract``): that result, without loading
+        the file again. OCR is most of a rerun's time over scans: 6 s a page on 2 cores."""
+        find = getattr(self.ledger, "find_final_by_file", None)
+        if self.force or find is None or job.path is None or job.doc_type not in PAGED_TYPES:
+            return None
+        file_sha = await asyncio.to_thread(file_sha256, job.path, self.max_bytes)
+        if file_sha is None:  # unreadable: loading it says why
+            return None
+        ex = self.extractor
+        row = await asyncio.to_thread(find, file_sha, ex.schema_hash, ex.config_hash)
+        if row is None:
+            return None
+        if retry_reason(row["status"], row["outcome"], retry_failed=self.retry_failed) is not None:
+            return None
+        if job.sha256 is not None and row["document_sha256"] != job.sha256:
+            return None  # queued as another document: load it and let the check below speak
+        p = display_path(job.path)
+        doc = Document(path=p, text="", sha256=row["document_sha256"], size=0, type=job.doc_type,
+                       file_sha256=file_sha)  # fmt: skip
+        await self._seen_at(doc, job.path, run_id)
+        if row["run_id"] == run_id and row["path"] != p:  # a copy, sent by this run
+            return _duplicate(replace(self._from_ledger(doc, row), resumed=False), p, row["path"])
+        return self._from_ledger(doc, row)
 
     async def _one(self, job: Job, run_id: str, summary: BatchSummary) -> DocResult | None:
         """One document's result; None when it was left unattempted (the provider is down)."""
@@ -357,6 +394,9 @@ class BatchRunner:
         else:
             assert job.path is not None and job.doc_type is not None
             path = job.path
+            done = await self._done_by_file(job, run_id)
+            if done is not None:
+                return done
             try:
                 doc = await _load(path, job.doc_type, self.max_bytes, self.max_chars,
                                   images=getattr(self.extractor, "needs_images", False))  # fmt: skip

@@ -296,6 +296,28 @@ class Ledger(LedgerReads, LedgerWaves):
         )
         return rows[0] if rows else None
 
+    def find_final_by_file(self, file_sha256: str, schema_hash: str, config_hash: str) -> Any:
+        """``find_final`` for the documents read from a file with these bytes (``source_files``):
+        the latest final extraction by this chain of any of them, or None. One indexed query."""
+        rows = self._read(
+            "SELECT e.* FROM source_files f JOIN extractions e ON e.document_sha256 = f.document_sha256"
+            " WHERE f.file_sha256 = ? AND e.schema_hash = ? AND e.config_hash = ? AND e.forced_tier IS NULL"
+            " AND e.status IN ('ok', 'failed') ORDER BY e.id DESC LIMIT 1",
+            (file_sha256, schema_hash, config_hash),
+        )
+        return rows[0] if rows else None
+
+    def add_source_files(self, seen: Iterable[tuple[str, str]]) -> None:
+        """Record which document was read from which file: (file sha256, document sha256) rows."""
+        rows = list(dict.fromkeys(seen))
+        if not rows:
+            return
+        with self.transaction() as c:
+            c.executemany(
+                "INSERT INTO source_files (file_sha256, document_sha256) VALUES (?,?) ON CONFLICT DO NOTHING",
+                rows,
+            )
+
     def paths_of(self, document_sha256: str) -> list[Any]:
         """Every path where this document's content was seen (``path``, ``path_bytes``, ...)."""
         return self._read(
