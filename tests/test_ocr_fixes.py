@@ -175,6 +175,16 @@ def test_a_rerun_finds_a_done_scan_by_its_file_and_does_not_ocr_it_again(ledger_
         assert len(server.requests) == 2 and all(it.resumed for it in again.values())
         assert again["scan.png"].value == first["scan.png"].value
         assert again["scan.png"].sha256 == first["scan.png"].sha256
+        # the dry run finds it the same way
+        import asyncio
+
+        from extractkit.batch._estimate import estimate
+
+        with Ledger(ledger_target) as led:
+            est = asyncio.run(estimate(ex, [folder], ledger=led))
+        assert len(reads) == 1
+        assert {Path(d.path).name: d.status for d in est.documents} == {"scan.png": "resumed",
+                                                                       "note.txt": "resumed"}  # fmt: skip
         # a byte copy under another name resumes too; new bytes are read again
         (folder / "copy.png").write_bytes(png_bytes())
         Image.new("RGB", (64, 48), "gray").save(folder / "other.png", "PNG")

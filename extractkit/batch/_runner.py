@@ -208,6 +208,24 @@ async def _load(
     return await asyncio.to_thread(load, path, doc_type, max_bytes=max_bytes, max_chars=max_chars)
 
 
+async def _done_by_file(ledger: Any, extractor: Any, path: Source, doc_type: str, max_bytes: int, force: bool,
+                        retry_failed: bool) -> Any:  # fmt: skip
+    """The final extraction by this chain of a PDF or image with these file bytes (``source_files``)
+    that the resume rule (``retry_reason``) keeps, or None: then it is loaded as usual. OCR is most
+    of a rerun's time over scans (6 s a page on 2 cores); reading and hashing the file is not. Off
+    the loop: the hash in a thread, the one indexed query in another."""
+    find = getattr(ledger, "find_final_by_file", None)
+    if force or find is None or doc_type not in PAGED_TYPES:
+        return None
+    file_sha = await asyncio.to_thread(file_sha256, path, max_bytes)
+    if file_sha is None:  # unreadable: loading it says why
+        return None
+    row = await asyncio.to_thread(find, file_sha, extractor.schema_hash, extractor.config_hash)
+    if row is None or retry_reason(row["status"], row["outcome"], retry_failed=retry_failed) is not None:
+        return None
+    return row
+
+
 @dataclass(frozen=True)
 class Job:
     """One thing to extract: a file (``path`` and its ``doc_type`` from the walk: None for an
@@ -358,27 +376,19 @@ class BatchRunner:
             if files:
                 self.ledger.add_source_files(files)  # type: ignore[attr-defined]
 
-    async def _done_by_file(self, job: Job, run_id: str) -> DocResult | None:
-        """A PDF or image whose file, by the sha256 of its bytes (``source_files``), already has
-        this chain's final result (the resume rule of ``_extract``): that result, without loading
-        the file again. OCR is most of a rerun's time over scans: 6 s a page on 2 cores."""
-        find = getattr(self.ledger, "find_final_by_file", None)
-        if self.force or find is None or job.path is None or job.doc_type not in PAGED_TYPES:
+    async def _resumed_by_file(self, job: Job, run_id: str) -> DocResult | None:
+        """A PDF or image whose file already has this chain's final result (``_done_by_file``):
+        that result, without loading the file again."""
+        if job.path is None or job.doc_type is None:
             return None
-        file_sha = await asyncio.to_thread(file_sha256, job.path, self.max_bytes)
-        if file_sha is None:  # unreadable: loading it says why
-            return None
-        ex = self.extractor
-        row = await asyncio.to_thread(find, file_sha, ex.schema_hash, ex.config_hash)
+        row = await _done_by_file(self.ledger, self.extractor, job.path, job.doc_type, self.max_bytes,
+                                  self.force, self.retry_failed)  # fmt: skip
         if row is None:
-            return None
-        if retry_reason(row["status"], row["outcome"], retry_failed=self.retry_failed) is not None:
             return None
         if job.sha256 is not None and row["document_sha256"] != job.sha256:
             return None  # queued as another document: load it and let the check below speak
         p = display_path(job.path)
-        doc = Document(path=p, text="", sha256=row["document_sha256"], size=0, type=job.doc_type,
-                       file_sha256=file_sha)  # fmt: skip
+        doc = Document(path=p, text="", sha256=row["document_sha256"], size=0, type=job.doc_type)
         await self._seen_at(doc, job.path, run_id)
         if row["run_id"] == run_id and row["path"] != p:  # a copy, sent by this run
             return _duplicate(replace(self._from_ledger(doc, row), resumed=False), p, row["path"])
@@ -394,7 +404,7 @@ class BatchRunner:
         else:
             assert job.path is not None and job.doc_type is not None
             path = job.path
-            done = await self._done_by_file(job, run_id)
+            done = await self._resumed_by_file(job, run_id)
             if done is not None:
                 return done
             try:
