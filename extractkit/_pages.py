@@ -47,7 +47,26 @@ def text_source(pages: Sequence[Page]) -> str:
     return kinds.pop() if len(kinds) == 1 else "mixed"
 
 
-def low_pages(pages: Sequence[Page], threshold: float = LOW_CONFIDENCE) -> list[int]:
-    """The numbers of the OCR'd pages whose confidence is below ``threshold``."""
-    return [p.number for p in pages if p.source == "ocr" and p.confidence is not None
-            and p.confidence < threshold]  # fmt: skip
+# An OCR'd page (or a page nothing could read) with fewer non-space characters than this is listed
+# as low-confidence whatever its score: "little text read". OCR's score averages only the boxes it
+# recognised, so a blurred full page read as "@Saeco" (6 characters) scores 0.97. 20 is about one
+# short line of an invoice ("Invoice No. 12345", "Total: 99.50 EUR"); a real page has far more, and
+# a page that holds only a logo or a stamp is worth a look anyway.
+MIN_PAGE_CHARS = 20
+
+
+def little_text(page: Page, text: str | None = None) -> bool:
+    """Whether ``page`` came from OCR (or from nothing) with under ``MIN_PAGE_CHARS`` non-space
+    characters: counted in ``text[start:end]`` when the document's text is given, else its length."""
+    if page.source not in ("ocr", "none"):
+        return False
+    n = len("".join(text[page.start : page.end].split())) if text is not None else page.end - page.start
+    return n < MIN_PAGE_CHARS
+
+
+def low_pages(pages: Sequence[Page], threshold: float = LOW_CONFIDENCE, text: str | None = None) -> list[int]:
+    """The numbers of the pages to check: OCR'd pages whose confidence is below ``threshold``, and
+    pages OCR read little or nothing on (``little_text``; a page without a text layer that was not
+    read because the ocr extra is missing is one of them)."""
+    return [p.number for p in pages if little_text(p, text) or (p.source == "ocr" and p.confidence is not None
+            and p.confidence < threshold)]  # fmt: skip

@@ -135,9 +135,9 @@ def test_0012_document_sources_is_a_migration_of_both_engines():
 
 
 PAGES = {
-    "text.pdf": (Page(1, 0, 10, "text"), Page(2, 12, 20, "text")),
-    "scan.pdf": (Page(1, 0, 10, "ocr", 0.95), Page(2, 12, 20, "ocr", 0.55), Page(3, 22, 30, "ocr", 0.75)),
-    "mixed.pdf": (Page(1, 0, 10, "text"), Page(2, 12, 20, "ocr", 0.99), Page(3, 20, 20, "none")),
+    "text.pdf": (Page(1, 0, 100, "text"), Page(2, 120, 200, "text")),
+    "scan.pdf": (Page(1, 0, 100, "ocr", 0.95), Page(2, 120, 200, "ocr", 0.55), Page(3, 220, 300, "ocr", 0.75)),
+    "mixed.pdf": (Page(1, 0, 100, "text"), Page(2, 120, 200, "ocr", 0.99), Page(3, 200, 200, "none")),
 }
 
 
@@ -147,7 +147,7 @@ def recorded(ledger_target: str, low: float = 0.8) -> dict[str, Any]:
         run = led.start_run("batch")
         for path, pages in PAGES.items():
             res = result(ex, "zero", path, {"zero_shot": 0.001})
-            led.record(ex, res, text=f"text of {path}", run_id=run, path=path, doc_type="pdf", pages=pages)
+            led.record(ex, res, text="x" * 300, run_id=run, path=path, doc_type="pdf", pages=pages)
         res = result(ex, "zero", "plain.txt", {"zero_shot": 0.001})
         led.record(ex, res, text="plain text", run_id=run, path="plain.txt", doc_type="txt")  # no pages
         led.finish_run(run, "done")
@@ -164,7 +164,8 @@ def test_each_document_records_where_its_text_came_from(ledger_target):
     assert scan["ocr_mean"] == pytest.approx(0.75)
     assert json.loads(scan["low_pages"]) == [2, 3]  # under 0.8
     mixed = rows["mixed"]
-    assert (mixed["n_pages"], mixed["ocr_pages"], json.loads(mixed["low_pages"])) == (3, 1, [])
+    # page 3 gave no text (none): listed to check, like a page OCR read little on
+    assert (mixed["n_pages"], mixed["ocr_pages"], json.loads(mixed["low_pages"])) == (3, 1, [3])
     assert json.loads(mixed["pages_json"]) == [[1, "text", None], [2, "ocr", 0.99], [3, "none", None]]
     assert (rows["text"]["ocr_mean"], rows["text"]["ocr_min"]) == (None, None)
 
@@ -181,19 +182,21 @@ def test_the_report_counts_ocr_documents_and_lists_low_confidence_pages(ledger_t
     report = recorded(ledger_target)["report"]
     src = report["sources"]
     assert src["documents"] == {"mixed": 1, "ocr": 1, "text": 1}
-    assert (src["ocr_documents"], src["ocr_pages"], src["low_confidence_documents"]) == (2, 4, 1)
+    assert (src["ocr_documents"], src["ocr_pages"], src["low_confidence_documents"]) == (2, 4, 2)
     assert src["mean_confidence"] == pytest.approx((0.95 + 0.55 + 0.75 + 0.99) / 4, abs=1e-3)
-    [low] = src["low_confidence"]
+    low, mixed = src["low_confidence"]
     assert (low["path"], low["pages"], low["min_confidence"], low["threshold"]) == ("scan.pdf", [2, 3], 0.55, 0.8)
     assert {q["name"] for q in report["queries"]} >= {"document_sources", "document_sources_low"}
     console = Console(record=True, width=200)
     print_report(report, console)
     out = console.export_text()
     assert "3 documents with pages: 1 mixed (text layer and OCR), 1 by OCR, 1 from the text layer" in out
-    assert "low OCR confidence: scan.pdf: pages 2, 3 under 0.80 (lowest 0.55)" in out
+    assert (mixed["path"], mixed["pages"]) == ("mixed.pdf", [3])
+    assert "low OCR confidence: scan.pdf: pages 2, 3 under 0.80 or with little text read (lowest 0.55)" in out
+    assert "low OCR confidence: mixed.pdf: page 3: little or no text read (under 20 characters)" in out
     html = report_html(report)
     assert 'id="low-confidence"' in html and "scan.pdf" in html and "2, 3 of 3" in html
-    assert "1 with low-confidence OCR pages" in html
+    assert "2 with low-confidence OCR pages" in html
 
 
 def test_a_report_without_documents_with_pages_is_as_before(tmp_path):

@@ -283,7 +283,7 @@ async def estimate(
     from .._chunking import MIN_CHUNK_TOKENS
     from .._chunking import split as split_chunks
     from .._llm import TOKEN_SAFETY
-    from ._runner import _load, retry_reason
+    from ._runner import _done_by_file, _load, retry_reason
 
     tiers = [
         TierEstimate(
@@ -333,6 +333,13 @@ async def estimate(
         return [fixed + c.tokens for c in chunks]
 
     async def one(path: Source, doc_type: str) -> DocEstimate:
+        done = await _done_by_file(ledger, extractor, path, doc_type, max_bytes, force, retry_failed)
+        if done is not None:  # a PDF or image with its final result: not loaded (OCR'd) again
+            sha = done["document_sha256"]
+            if sha in first_path:
+                return DocEstimate(display_path(path), "duplicate", sha, duplicate_of=first_path[sha])
+            first_path[sha] = display_path(path)
+            return DocEstimate(display_path(path), "resumed", sha, outcome=done["status"])
         try:
             doc = await _load(path, doc_type, max_bytes, max_chars, images=needs_images)
             if needs_images:  # an "images" tier refuses a document without them, as the chain does

@@ -61,6 +61,7 @@ Source = Path | URI  # a local file or folder, or an object or prefix on object 
 
 TEXT_TYPES = {".txt": "txt", ".md": "md", ".json": "json", ".html": "html", ".htm": "html",
               ".pdf": "pdf", **_ocr.IMAGE_TYPES}  # fmt: skip  # images are read by OCR (the ocr extra)
+PAGED_TYPES = ("pdf", "image")  # read page by page, perhaps by OCR: remembered by their file's bytes
 PAGE_SEP = "\n\n"  # between pages in ``Document.text``: a blank line, so paragraphs stay
 SPECIAL = "special"  # the type ``walk`` yields for a FIFO, socket or device: skipped, never opened
 DIR_ERROR = "unreadable_dir"  # the error kind of a folder that could not be listed
@@ -79,6 +80,7 @@ class Document:
     type: str
     pages: tuple[Page, ...] = ()  # per page: where its text is in ``text`` and where it came from
     images: tuple[bytes, ...] = ()  # one PNG per page, only when ``load(..., images=True)``
+    file_sha256: str | None = None  # of the file's bytes, for a PDF or an image (``source_files``)
 
 
 def display_path(path: str | os.PathLike[str] | URI) -> str:
@@ -503,8 +505,7 @@ def _image_document(data: bytes, p: str, images: bool, limits: dict[str, int]
     except _ocr.TooLarge as exc:
         raise DocumentError(f"{p}: {exc}", path=p, kind=exc.kind) from exc
     except Exception as exc:  # Pillow raises many kinds on broken files
-        raise DocumentError(f"{p}: corrupt or unreadable image ({type(exc).__name__}: {exc})",
-                            path=p, kind="corrupt_image") from exc  # fmt: skip
+        raise DocumentError(f"{p}: {_not_an_image(data, exc)}", path=p, kind="corrupt_image") from exc
     parts: list[tuple[str, str, float | None]] = []
     try:
         for frame in frames:
@@ -515,6 +516,23 @@ def _image_document(data: bytes, p: str, images: bool, limits: dict[str, int]
                             kind="ocr_failed") from exc  # fmt: skip
     pngs = tuple(_ocr.png(f) for f in frames) if images else ()
     return (*_joined(parts), pngs)
+
+
+def _not_an_image(data: bytes, exc: Exception) -> str:
+    """Why Pillow could not read an image, without the object reprs (memory addresses) Pillow puts
+    in its messages: "not an image (it looks like text)" for a text file with an image's name."""
+    from PIL import UnidentifiedImageError
+
+    if isinstance(exc, UnidentifiedImageError):
+        head = data[:4096]
+        try:
+            head.decode("utf-8")
+            looks_text = b"\x00" not in head
+        except UnicodeDecodeError as err:
+            looks_text = b"\x00" not in head and err.start >= len(head) - 3  # a character cut at 4096
+        return "not an image (it looks like text)" if looks_text else "not an image (an unknown format)"
+    detail = re.sub(r" at 0x[0-9a-fA-F]+", "", str(exc))
+    return f"corrupt or unreadable image ({type(exc).__name__}: {detail})"
 
 
 def load(
@@ -544,20 +562,20 @@ def load(
     limits = {"max_pages": max_pages, "max_pixels": max_pixels, "dpi": dpi}
     if doc_type == "pdf":
         text, pages, pngs = _pdf_document(data, p, max_chars, images, limits)
-        if not text:
+        if not text and not pngs:
             how = "and OCR read nothing on its pages" if any(pg.source == "none" for pg in pages) else ""
             raise DocumentError(f"{p}: PDF has no text layer (scanned image?) {how}".rstrip(),
                                 path=p, kind="no_text")  # fmt: skip
     elif doc_type == "image":
         text, pages, pngs = _image_document(data, p, images, limits)
-        if not text:
+        if not text and not pngs:
             raise DocumentError(f"{p}: OCR read no text in the image", path=p, kind="no_text")
     else:
         text = _decode(data, p)
         if doc_type == "html":
             text = _html_text(text)
     text = text.strip()
-    if not text:
+    if not text and not pngs:  # with page images asked for and made, a vision tier reads the pixels
         raise DocumentError(f"{p}: no text", path=p, kind="no_text")
     if len(text) > max_chars:
         _too_many_chars(p, len(text), max_chars)
@@ -565,4 +583,15 @@ def load(
     if doc_type == "image" or pngs or any(pg.source == "ocr" for pg in pages):
         # what the model is given depends on the pixels too, not only on the text read from them
         sha = hashlib.sha256(f"{text}\0{hashlib.sha256(data).hexdigest()}".encode()).hexdigest()
-    return Document(path=p, text=text, sha256=sha, size=len(data), type=doc_type, pages=pages, images=pngs)
+    file_sha = hashlib.sha256(data).hexdigest() if doc_type in PAGED_TYPES else None
+    return Document(path=p, text=text, sha256=sha, size=len(data), type=doc_type, pages=pages, images=pngs,
+                    file_sha256=file_sha)  # fmt: skip
+
+
+def file_sha256(path: Source, max_bytes: int = MAX_BYTES) -> str | None:
+    """The sha256 of a file's bytes (None when it cannot be read: ``load`` will say why). Cheap
+    beside OCR: a rerun looks a scan's result up by it before reading its pages again."""
+    try:
+        return hashlib.sha256(read_bytes(path, max_bytes)).hexdigest()
+    except DocumentError:
+        return None

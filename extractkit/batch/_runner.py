@@ -57,6 +57,7 @@ from ._estimate import check_max_cost
 from ._loaders import (
     MAX_BYTES,
     MAX_CHARS,
+    PAGED_TYPES,
     SPECIAL,
     URI,
     Document,
@@ -64,6 +65,7 @@ from ._loaders import (
     count_documents,
     dir_error,
     display_path,
+    file_sha256,
     load,
     path_bytes,
     walk,
@@ -228,6 +230,24 @@ async def _load(
     return await asyncio.to_thread(load, path, doc_type, max_bytes=max_bytes, max_chars=max_chars)
 
 
+async def _done_by_file(ledger: Any, extractor: Any, path: Source, doc_type: str, max_bytes: int, force: bool,
+                        retry_failed: bool) -> Any:  # fmt: skip
+    """The final extraction by this chain of a PDF or image with these file bytes (``source_files``)
+    that the resume rule (``retry_reason``) keeps, or None: then it is loaded as usual. OCR is most
+    of a rerun's time over scans (6 s a page on 2 cores); reading and hashing the file is not. Off
+    the loop: the hash in a thread, the one indexed query in another."""
+    find = getattr(ledger, "find_final_by_file", None)
+    if force or find is None or doc_type not in PAGED_TYPES:
+        return None
+    file_sha = await asyncio.to_thread(file_sha256, path, max_bytes)
+    if file_sha is None:  # unreadable: loading it says why
+        return None
+    row = await asyncio.to_thread(find, file_sha, extractor.schema_hash, extractor.config_hash)
+    if row is None or retry_reason(row["status"], row["outcome"], retry_failed=retry_failed) is not None:
+        return None
+    return row
+
+
 @dataclass(frozen=True)
 class Job:
     """One thing to extract: a file (``path`` and its ``doc_type`` from the walk: None for an
@@ -331,6 +351,7 @@ class BatchRunner:
         self._in_batch: set[str] = set()  # this chain's documents in flight in Batch API waves
         self._unsent: dict[str, str] = {}  # those no provider has: why each is not sent live
         self._paths: list[tuple[str, str, bytes, str | None]] = []
+        self._files: list[tuple[str, str]] = []  # (file sha256, document sha256) of PDFs and images
 
     def _over_budget(self) -> bool:
         """Whether this run's spend has reached ``max_cost``: checked before each document."""
@@ -362,14 +383,40 @@ class BatchRunner:
         if self.ledger is None:
             return
         self._paths.append((doc.sha256, doc.path, path_bytes(path), run_id))
+        if doc.file_sha256 is not None and hasattr(self.ledger, "add_source_files"):
+            self._files.append((doc.file_sha256, doc.sha256))
         if len(self._paths) >= PATHS_FLUSH:  # written off the loop: it waits for the ledger's lock
             rows, self._paths = self._paths, []
             await asyncio.to_thread(self.ledger.add_document_paths, rows)
+            files, self._files = self._files, []
+            if files:
+                await asyncio.to_thread(self.ledger.add_source_files, files)  # type: ignore[attr-defined]
 
     def _flush_paths(self) -> None:
         rows, self._paths = self._paths, []
+        files, self._files = self._files, []
         if self.ledger is not None:
             self.ledger.add_document_paths(rows)
+            if files:
+                self.ledger.add_source_files(files)  # type: ignore[attr-defined]
+
+    async def _resumed_by_file(self, job: Job, run_id: str) -> DocResult | None:
+        """A PDF or image whose file already has this chain's final result (``_done_by_file``):
+        that result, without loading the file again."""
+        if job.path is None or job.doc_type is None:
+            return None
+        row = await _done_by_file(self.ledger, self.extractor, job.path, job.doc_type, self.max_bytes,
+                                  self.force, self.retry_failed)  # fmt: skip
+        if row is None:
+            return None
+        if job.sha256 is not None and row["document_sha256"] != job.sha256:
+            return None  # queued as another document: load it and let the check below speak
+        p = display_path(job.path)
+        doc = Document(path=p, text="", sha256=row["document_sha256"], size=0, type=job.doc_type)
+        await self._seen_at(doc, job.path, run_id)
+        if row["run_id"] == run_id and row["path"] != p:  # a copy, sent by this run
+            return _duplicate(replace(self._from_ledger(doc, row), resumed=False), p, row["path"])
+        return self._from_ledger(doc, row)
 
     async def _one(self, job: Job, run_id: str, summary: BatchSummary) -> DocResult | None:
         """One document's result; None when it was left unattempted (the provider is down)."""
@@ -381,6 +428,9 @@ class BatchRunner:
         else:
             assert job.path is not None and job.doc_type is not None
             path = job.path
+            done = await self._resumed_by_file(job, run_id)
+            if done is not None:
+                return done
             try:
                 doc = await _load(path, job.doc_type, self.max_bytes, self.max_chars,
                                   images=getattr(self.extractor, "needs_images", False))  # fmt: skip

@@ -296,6 +296,28 @@ class Ledger(LedgerReads, LedgerWaves):
         )
         return rows[0] if rows else None
 
+    def find_final_by_file(self, file_sha256: str, schema_hash: str, config_hash: str) -> Any:
+        """``find_final`` for the documents read from a file with these bytes (``source_files``):
+        the latest final extraction by this chain of any of them, or None. One indexed query."""
+        rows = self._read(
+            "SELECT e.* FROM source_files f JOIN extractions e ON e.document_sha256 = f.document_sha256"
+            " WHERE f.file_sha256 = ? AND e.schema_hash = ? AND e.config_hash = ? AND e.forced_tier IS NULL"
+            " AND e.status IN ('ok', 'failed') ORDER BY e.id DESC LIMIT 1",
+            (file_sha256, schema_hash, config_hash),
+        )
+        return rows[0] if rows else None
+
+    def add_source_files(self, seen: Iterable[tuple[str, str]]) -> None:
+        """Record which document was read from which file: (file sha256, document sha256) rows."""
+        rows = list(dict.fromkeys(seen))
+        if not rows:
+            return
+        with self.transaction() as c:
+            c.executemany(
+                "INSERT INTO source_files (file_sha256, document_sha256) VALUES (?,?) ON CONFLICT DO NOTHING",
+                rows,
+            )
+
     def paths_of(self, document_sha256: str) -> list[Any]:
         """Every path where this document's content was seen (``path``, ``path_bytes``, ...)."""
         return self._read(
@@ -437,7 +459,7 @@ class Ledger(LedgerReads, LedgerWaves):
                 " ocr_min, low_threshold, low_pages, pages_json) VALUES (?,?,?,?,?,?,?,?,?)"
                 " ON CONFLICT (document_sha256) DO UPDATE SET low_threshold = excluded.low_threshold,"
                 " low_pages = excluded.low_pages",
-                _source_row(result.document_sha256, pages, self.ocr_low_confidence),
+                _source_row(result.document_sha256, pages, self.ocr_low_confidence, text),
             )  # fmt: skip
         # the earlier final extractions of this document by this chain are no longer current: before
         # the new one goes in, as the unique index (0006_current_unique) allows one current row
@@ -608,12 +630,12 @@ def spans_json(result: Result[Any]) -> str | None:
     return json.dumps({k: [s.to_json() for s in v] for k, v in spans.items()}, ensure_ascii=False)
 
 
-def _source_row(sha: str, pages: Sequence[Page], threshold: float) -> tuple[Any, ...]:
+def _source_row(sha: str, pages: Sequence[Page], threshold: float, text: str | None) -> tuple[Any, ...]:
     """The ``document_sources`` row of a document's pages."""
     read = [p.confidence for p in pages if p.source == "ocr" and p.confidence is not None]
     return (sha, text_source(pages), len(pages), sum(p.source == "ocr" for p in pages),
             round(sum(read) / len(read), 4) if read else None, min(read) if read else None, threshold,
-            json.dumps(low_pages(pages, threshold)),
+            json.dumps(low_pages(pages, threshold, text)),
             json.dumps([[p.number, p.source, p.confidence] for p in pages]))  # fmt: skip
 
 

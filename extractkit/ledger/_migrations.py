@@ -511,6 +511,20 @@ VALUE_SPANS_MIGRATION = ("0014_value_spans", "ALTER TABLE extractions ADD COLUMN
 MIGRATIONS.append(VALUE_SPANS_MIGRATION)
 PG_MIGRATIONS.append(VALUE_SPANS_MIGRATION)
 
+# The file each paged document (PDF, image) was read from, by the sha256 of its bytes: a rerun finds
+# a scan's final result by its file before OCR reads it again (batch/_runner.py). One file may have
+# been several documents (loaded with and without page images, another OCR engine's text): a row
+# each. Written with the document's paths (Ledger.add_source_files); the same on both engines.
+SOURCE_FILES_MIGRATION = ("0015_source_files", """
+        CREATE TABLE source_files (
+            file_sha256 TEXT NOT NULL,          -- sha256 of the file's bytes
+            document_sha256 TEXT NOT NULL,      -- the document read from it (documents.sha256)
+            PRIMARY KEY (file_sha256, document_sha256)
+        );
+""")
+MIGRATIONS.append(SOURCE_FILES_MIGRATION)
+PG_MIGRATIONS.append(SOURCE_FILES_MIGRATION)
+
 def migrate(conn: sqlite3.Connection) -> list[str]:
     """Apply the migrations this database lacks; return their names.
 

@@ -241,6 +241,13 @@ class ResilientLedger:
         rows = list(seen)
         self.outage.call(self._ledger.add_document_paths, rows)
 
+    def add_source_files(self, seen: Iterable[tuple[str, str]]) -> None:
+        rows = list(seen)
+        self.outage.call(self._ledger.add_source_files, rows)
+
+    def find_final_by_file(self, file_sha256: str, schema_hash: str, config_hash: str) -> Any:
+        return self.outage.call(self._ledger.find_final_by_file, file_sha256, schema_hash, config_hash)
+
     def find_final(self, document_sha256: str, schema_hash: str, config_hash: str, *,
                    forced_tier: str | None = None) -> Any:  # fmt: skip
         return self.outage.call(self._ledger.find_final, document_sha256, schema_hash, config_hash,

@@ -6,6 +6,8 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
+from .._pages import MIN_PAGE_CHARS
+
 if TYPE_CHECKING:
     from ._model import LowConfidenceDocument, Sources
 
@@ -85,10 +87,14 @@ def sources_line(sources: Sources) -> str:
 
 
 def low_confidence_line(doc: LowConfidenceDocument) -> str:
-    """One low-confidence document: "scan.pdf: pages 2, 5 under 0.80 (lowest 0.61)"."""
+    """One document with pages to check: "scan.pdf: pages 2, 5 under 0.80 or with little text read
+    (lowest 0.61)"; "fax.png: page 1: little or no text read (under 20 characters)" when no page is
+    under the threshold (``_pages.low_pages``: a short page is listed whatever its score)."""
     pages = ", ".join(str(p) for p in doc.pages)
     name = doc.path or doc.document_sha256[:12]
-    under = f" under {doc.threshold:.2f}" if doc.threshold is not None else ""
-    low = f" (lowest {doc.min_confidence:.2f})" if doc.min_confidence is not None else ""
     n = len(doc.pages)
-    return f"{name}: page{'s' if n != 1 else ''} {pages}{under}{low}"
+    label = f"page{'s' if n != 1 else ''} {pages}"
+    if doc.min_confidence is None or doc.threshold is None or doc.min_confidence >= doc.threshold:
+        return f"{name}: {label}: little or no text read (under {MIN_PAGE_CHARS} characters)"
+    lowest = f"lowest {doc.min_confidence:.2f}"
+    return f"{name}: {label} under {doc.threshold:.2f} or with little text read ({lowest})"
