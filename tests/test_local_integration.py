@@ -102,7 +102,8 @@ def test_escalation_and_few_shot_on_the_real_server(server, corpus):
 
 def test_document_over_the_context_is_its_own_outcome(server, corpus):
     text = (corpus / "Orlen.txt").read_text() * 20
-    result = Extractor(Invoice, tiers=[local()]).extract(text)
+    # long_documents = "refuse": the document is not chunked (the default, "chunk", is tests/test_chunk_chain.py's)
+    result = Extractor(Invoice, tiers=[local(long_documents="refuse")]).extract(text)
     [a] = result.attempts  # not sent, not retried
     assert a.outcome is Outcome.CONTEXT_OVERFLOW and "not sent" in a.error
 
