@@ -53,6 +53,19 @@ class ReviewDocument:
     n_chunks: int | None = None
     n_reasks: int = 0
     n_tiers: int = 1
+    # its OCR'd pages to check (``document_sources.low_pages``: low confidence or little text read)
+    low_pages: tuple[int, ...] = ()
+
+
+def _page_numbers(raw: str | None) -> tuple[int, ...]:
+    """``document_sources.low_pages`` (a JSON list of page numbers) as a tuple; () when absent."""
+    import json
+
+    try:
+        pages = json.loads(raw) if raw else []
+    except ValueError:
+        return ()
+    return tuple(int(p) for p in pages if isinstance(p, int)) if isinstance(pages, list) else ()
 
 
 @dataclass(frozen=True)
@@ -181,11 +194,14 @@ class LedgerReads:
             " e.value_json, e.spans_json, substr(d.text, 1, ?) AS text, length(d.text) AS text_chars,"
             " e.n_chunks, (SELECT COUNT(*) FROM attempts a WHERE a.extraction_id = e.id"
             "  AND a.follows IN ('reask', 'retry')) AS n_reasks,"
-            " (SELECT COUNT(DISTINCT a.tier) FROM attempts a WHERE a.extraction_id = e.id) AS n_tiers"
+            " (SELECT COUNT(DISTINCT a.tier) FROM attempts a WHERE a.extraction_id = e.id) AS n_tiers,"
+            " s.low_pages"
             " FROM extractions e LEFT JOIN documents d ON d.sha256 = e.document_sha256"
+            " LEFT JOIN document_sources s ON s.document_sha256 = e.document_sha256"
             " WHERE e.status IN ('ok', 'failed') AND e.superseded_by IS NULL AND (e.status = 'failed'"
             " OR (e.n_attempts > 1 AND (e.n_chunks IS NULL OR EXISTS (SELECT 1 FROM attempts a"
-            "  WHERE a.extraction_id = e.id AND (a.follows IN ('reask', 'retry') OR a.tier <> e.tier)))))"
+            "  WHERE a.extraction_id = e.id AND (a.follows IN ('reask', 'retry') OR a.tier <> e.tier))))"
+            " OR (s.low_pages IS NOT NULL AND s.low_pages <> '[]'))"
             f" AND {where}"
             " ORDER BY CASE WHEN e.status = 'failed' THEN 0 ELSE 1 END, e.id DESC LIMIT ?",
             [max_chars, *params, limit],
@@ -214,6 +230,7 @@ class LedgerReads:
                 value_json=r["value_json"], spans_json=r["spans_json"], text=r["text"],
                 text_chars=r["text_chars"], rejected=tuple(rejected[r["id"]]),
                 n_chunks=r["n_chunks"], n_reasks=int(r["n_reasks"] or 0), n_tiers=int(r["n_tiers"] or 1),
+                low_pages=_page_numbers(r["low_pages"]),
             )  # fmt: skip
             for r in rows
         ]

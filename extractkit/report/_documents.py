@@ -112,8 +112,21 @@ def _where(start: int, end: int, page: Any = None) -> str:
 
 
 def _reason(doc: ReviewDocument) -> str:
-    """Why the document is to review: unresolved, or what it took. A long document's attempts
-    are one per chunk, not re-asks: its reason counts its chunks, re-asks, retries and tiers."""
+    """Why the document is to review: unresolved, or what it took, and OCR'd pages to check (low
+    confidence or little text read)."""
+    why = _took(doc)
+    if doc.low_pages:
+        pages = ", ".join(str(p) for p in doc.low_pages[:10]) + (", ..." if len(doc.low_pages) > 10 else "")
+        word = "pages" if len(doc.low_pages) > 1 else "page"
+        ocr = f"OCR to check on {word} {pages} (low confidence or little text read)"
+        lone = doc.status != "failed" and doc.n_attempts <= 1 and not doc.n_chunks
+        return ocr if lone else f"{why}; {ocr}"
+    return why
+
+
+def _took(doc: ReviewDocument) -> str:
+    """Unresolved, or what it took. A long document's attempts are one per chunk, not re-asks:
+    its reason counts its chunks, re-asks, retries and tiers."""
     if not doc.n_chunks:
         return "unresolved" if doc.status == "failed" else (
             f"resolved by {doc.tier} after {doc.n_attempts} attempts (re-asked or escalated)")  # fmt: skip
