@@ -17,9 +17,11 @@ from extractkit.report import checklist_csv, print_report, read_report, report_h
 
 from .ledger_fixtures import chain, result
 
-SCAN = (Page(1, 0, 10, "ocr", 0.95), Page(2, 12, 20, "ocr", 0.55))  # page 2 under 0.8
-CLEAN_SCAN = (Page(1, 0, 10, "ocr", 0.97),)
-TEXT = (Page(1, 0, 10, "text"),)
+# pages of TEXT_OF's text, each with more than 20 characters read (a page with fewer is listed to
+# check whatever its score: tests/test_ocr_fixes.py)
+SCAN = (Page(1, 0, 40, "ocr", 0.95), Page(2, 42, 80, "ocr", 0.55))  # page 2 under 0.8
+CLEAN_SCAN = (Page(1, 0, 40, "ocr", 0.97),)
+TEXT = (Page(1, 0, 40, "text"),)
 
 
 def report_of(target: str, documents: dict[str, tuple[Page, ...] | None]) -> Any:
@@ -31,9 +33,8 @@ def report_of(target: str, documents: dict[str, tuple[Page, ...] | None]) -> Any
             if pages is None:
                 led.record(ex, res, text=f"text of {path}", run_id=run, path=path, doc_type="txt")
             else:
-                led.record(
-                    ex, res, text=f"text of {path}", run_id=run, path=path, doc_type="pdf", pages=pages
-                )
+                text = f"text of {path}: " + "an invoice line read by OCR. " * 3
+                led.record(ex, res, text=text, run_id=run, path=path, doc_type="pdf", pages=pages)
         led.finish_run(run, "done")
         return read_report(led)
 

@@ -261,6 +261,27 @@ class BatchProvider:
                 raise
             return await self.retrieve(batch_id), str(exc)
 
+    async def cancel_or_lose(
+        self, batch_id: str, *, abandon: bool = False
+    ) -> tuple[Batch | None, str | None, str | None]:
+        """What ``batch cancel`` does with one submitted part: cancel it unless it has ended or the
+        provider refuses (``try_cancel``). Returns (the batch as it is then, the refusal's text, why
+        the part is lost). A part is lost (None, None, reason) when the provider no longer knows
+        the batch (HTTP 404) or, with ``abandon``, whatever the provider answered; any other error
+        is raised with the way out added (``batch cancel --all --abandon``)."""
+        try:
+            batch = await self.retrieve(batch_id)
+            refused = None
+            if batch.status not in ("completed", "failed", "expired", "cancelled", "cancelling"):
+                batch, refused = await self.try_cancel(batch_id)
+            return batch, refused, None
+        except (BatchError, ProviderUnreachable) as exc:
+            if abandon or (isinstance(exc, BatchError) and exc.status_code == 404):
+                return None, None, str(exc)
+            exc.args = (f"{exc}; `extractkit batch cancel --all --abandon` (with the same -c) "
+                        "frees its documents whatever the provider answers",)  # fmt: skip
+            raise
+
     async def find_batch(self, input_file_id: str, *, since: float | None = None) -> Batch | None:
         """The batch created from ``input_file_id`` (a create whose answer was lost), or None.
         Batches are listed newest first; the search stops at one created before ``since`` (the

@@ -239,7 +239,6 @@ def cancel(
 
     Example: extractkit batch cancel -c extractkit.toml --all
     """
-    from .._errors import BatchError, ProviderUnreachable
     from ..batch import BatchProvider
     from ._build import build
     from ._ledger_opt import open_ledger
@@ -274,20 +273,13 @@ def cancel(
                         client = await extractor._client(extractor.tier(job.tier))
                         p = providers[job.tier] = BatchProvider(client, retry_policy=extractor.policy.retry,
                                                                 breaker=extractor._breaker)  # fmt: skip
-                    try:
-                        batch = await p.retrieve(job.provider_batch_id)
-                        if batch.status not in ("completed", "failed", "expired", "cancelled", "cancelling"):
-                            batch, refused = await p.try_cancel(job.provider_batch_id)
-                            if refused is not None:
-                                row["refused"] = refused
-                    except (BatchError, ProviderUnreachable) as exc:
-                        if abandon or (isinstance(exc, BatchError) and exc.status_code == 404):
-                            row["status"], row["said"] = "abandoned", str(exc)  # it is given up below
-                            lost.append(job.id)
-                            continue
-                        exc.args = (f"{exc}; `extractkit batch cancel --all --abandon` (with the same -c) "
-                                    "frees its documents whatever the provider answers",)  # fmt: skip
-                        raise
+                    batch, refused, gone = await p.cancel_or_lose(job.provider_batch_id, abandon=abandon)
+                    if refused is not None:
+                        row["refused"] = refused
+                    if batch is None:
+                        row["status"], row["said"] = "abandoned", gone  # it is given up below
+                        lost.append(job.id)
+                        continue
                     await asyncio.to_thread(ledger.batch_job_polled, job.id, batch.status)
                     row["status"] = batch.status
 
