@@ -9,6 +9,7 @@ import io
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pypdfium2 as pdfium
@@ -194,3 +195,43 @@ def test_a_rerun_finds_a_done_scan_by_its_file_and_does_not_ocr_it_again(ledger_
     with Ledger(ledger_target) as led:
         n = led.query("SELECT COUNT(*) AS n FROM source_files")[0]["n"]
     assert n == 2  # scan.png (and its copy, the same bytes) and other.png
+
+
+def test_enqueue_finds_a_done_scan_by_its_file_and_does_not_ocr_it_again(pg_url, tmp_path, monkeypatch):
+    """Audit 19b, N1: on a PostgreSQL ledger `extract` queues every document first, and queuing read
+    (OCR'd) each scan again to learn its identity, even when the chain had finished it. A scan whose
+    file bytes the ledger knows is queued by the identity recorded for it: not OCR'd again."""
+    import asyncio
+
+    from extractkit.batch import Worker, aenqueue
+    from extractkit.ledger import WorkQueue
+
+    from .fakes import FakeLLMServer
+    from .test_ocr_batch import answer, extractor, png_bytes
+
+    reads: list[int] = []
+
+    def read(image: object) -> _ocr.Read:
+        reads.append(1)
+        return _ocr.Read("From: Scan Co\nTotal: 12.50", 0.99, 0.99)
+
+    monkeypatch.setattr(_ocr, "read", read)
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "scan.png").write_bytes(png_bytes())
+    with FakeLLMServer(answer) as server, WorkQueue(pg_url) as queue, Ledger(pg_url) as led:
+        ex = extractor(server.base_url, pg_url)
+
+        async def round_() -> Any:
+            async with ex:
+                queued = await aenqueue(ex, queue, [folder], ledger=led)
+                await Worker(ex, led, queue, lease_s=30).run()
+                return queued
+
+        first = asyncio.run(round_())
+        assert len(server.requests) == 1 and reads  # read when queued (and by the worker)
+        n = len(reads)
+        again = asyncio.run(round_())
+        assert len(reads) == n  # found by the file's bytes: neither queuing nor the worker read it
+        assert len(server.requests) == 1
+        assert again.shas == first.shas  # the same identity as when it was read

@@ -71,7 +71,7 @@ from ._loaders import (
     display_path,
     walk,
 )
-from ._runner import BatchRunner, BatchSummary, DocResult, Job, _load
+from ._runner import BatchRunner, BatchSummary, DocResult, Job, _done_by_file, _load
 
 if TYPE_CHECKING:
     from .._chain import Extractor
@@ -109,6 +109,20 @@ class EnqueueResult:
                 "unreadable": [{"path": p, "outcome": e.kind, "error": str(e)} for p, e in self.unreadable]}
 
 
+def _queued(
+    path: Source, sha256: str, doc_type: str, size: int | None, given: dict[str, str]
+) -> QueuedDocument:
+    """The queue row of a document read (or known by its file) at ``path``. A URI is queued as its
+    text (source_bytes None: a worker opens it with as_source); a local path as its exact bytes,
+    made absolute: a worker in another directory (or on another machine mounting the same path)
+    must find it."""
+    if isinstance(path, URI):
+        return QueuedDocument(sha256, display_path(path), None, doc_type, size)
+    absolute = Path(os.path.abspath(path))
+    given[display_path(absolute)] = display_path(path)
+    return QueuedDocument(sha256, display_path(absolute), os.fsencode(absolute), doc_type, size)
+
+
 async def aenqueue(
     extractor: Extractor[Any],
     queue: WorkQueue,
@@ -138,18 +152,16 @@ async def aenqueue(
 
     async def read(path: Source, doc_type: str) -> QueuedDocument | tuple[str, DocumentError]:
         async with gate:
+            # a scan or image this chain already finished (found by its file's bytes): its identity
+            # is known without reading it again (OCR is most of a rerun's time over scans)
+            done = await _done_by_file(ledger, extractor, path, doc_type, max_bytes, False, retry_failed)
+            if done is not None:
+                return _queued(path, done["document_sha256"], doc_type, None, result.given)
             try:
                 doc = await _load(path, doc_type, max_bytes, max_chars)
             except DocumentError as exc:
                 return display_path(path), exc
-        # a URI is queued as its text (source_bytes None: a worker opens it with as_source); a local
-        # path as its exact bytes, made absolute: a worker in another directory (or on another
-        # machine mounting the same path) must find it
-        if isinstance(path, URI):
-            return QueuedDocument(doc.sha256, doc.path, None, doc.type, doc.size)
-        absolute = Path(os.path.abspath(path))
-        result.given[display_path(absolute)] = doc.path
-        return QueuedDocument(doc.sha256, display_path(absolute), os.fsencode(absolute), doc.type, doc.size)
+        return _queued(path, doc.sha256, doc.type, doc.size, result.given)
 
     async def flush(batch: list[tuple[Source, str]]) -> None:
         read_ = await asyncio.gather(*(read(p, t) for p, t in batch))

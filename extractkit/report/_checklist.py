@@ -28,7 +28,7 @@ from typing import Any
 from .._errors import ConfigError
 from .._results import Outcome
 from .._words import plural
-from ._format import money, pct, short_version
+from ._format import low_confidence_line, money, pct, short_version
 from ._model import (
     Checklist,
     ChecklistItem,
@@ -393,13 +393,8 @@ def _ocr(sources: Sources | None) -> str:
     read = f"{plural(n, OCRD)} ({plural(sources.ocr_pages, 'page')}{mean})"
     if not low:
         return f"{read}, none with a page under the OCR confidence threshold"
-    named = []
-    for d in sources.low_confidence[:LOW_NAMED]:
-        pages = ", ".join(str(p) for p in d.pages)
-        under = f" under {d.threshold:.2f}" if d.threshold is not None else ""
-        lowest = f", lowest {d.min_confidence:.2f}" if d.min_confidence is not None else ""
-        named.append(f"{d.path or d.document_sha256[:12]}: {'page' if len(d.pages) == 1 else 'pages'} "
-                     f"{pages}{under}{lowest}")  # fmt: skip
+    # the report's own line per document (under the threshold, or little text read: _pages.low_pages)
+    named = [low_confidence_line(d) for d in sources.low_confidence[:LOW_NAMED]]
     more = f"; and {low - len(named)} more" if low > len(named) else ""
     return (f"low-confidence OCR: {low} of {read} {'has' if low == 1 else 'have'} pages under the OCR "
             f"confidence threshold ({'; '.join(named)}{more})")  # fmt: skip
